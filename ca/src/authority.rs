@@ -1,0 +1,194 @@
+//! An authority: a signing certificate and key, the path to its root, and the trust bundle it
+//! is served with. Immutable; a reload or rotation publishes a new one.
+
+use std::time::{Duration, SystemTime};
+
+use der::asn1::SetOfVec;
+use x509_cert::attr::AttributeTypeAndValue;
+use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
+
+use crate::chain::CertPath;
+use crate::identity::{AuthorityId, TrustDomain};
+use crate::keys::{KeyError, KeyType, SigningKey};
+use crate::x509::{self, CertTemplate, ParsedCert};
+
+/// Ten years, as Istio's self-signed root.
+pub const SELF_SIGNED_ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+#[derive(Debug)]
+pub struct Authority {
+    id: AuthorityId,
+    /// `[signing cert, intermediates..., root]`; a single element when the root signs.
+    path: Vec<ParsedCert>,
+    key: SigningKey,
+    roots: Vec<ParsedCert>,
+    key_id: Vec<u8>,
+    /// What follows the leaf in an Istio response: the signing cert and each intermediate
+    /// (never the root), then the whole root bundle as one PEM element.
+    chain_tail: Vec<String>,
+    /// The latest moment a leaf may expire: the earliest notAfter on the path.
+    path_not_after: SystemTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SelfSignedError {
+    #[error("generating the root key: {0}")]
+    Key(#[from] KeyError),
+    #[error("encoding the root certificate: {0}")]
+    Encode(#[from] der::Error),
+    #[error("reading back the root certificate: {0}")]
+    Parse(#[from] x509::ParseError),
+}
+
+// === impl Authority ===
+
+impl Authority {
+    /// `path` starts at the certificate `key` belongs to and ends at a root in `roots`.
+    pub fn new(path: CertPath, roots: Vec<ParsedCert>, key: SigningKey) -> Self {
+        let path = path.certs;
+        let signing = &path[0];
+        let key_id = signing.key_id();
+        let mut chain_tail: Vec<String> = if path.len() > 1 {
+            path[..path.len() - 1]
+                .iter()
+                .map(ParsedCert::to_pem)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        chain_tail.push(roots.iter().map(ParsedCert::to_pem).collect());
+        let path_not_after = path
+            .iter()
+            .map(ParsedCert::not_after)
+            .min()
+            .expect("path is never empty");
+        Self {
+            id: AuthorityId::from_key_id(&key_id),
+            path,
+            key,
+            roots,
+            key_id,
+            chain_tail,
+            path_not_after,
+        }
+    }
+
+    /// A new root for `trust_domain`: subject `O=<trust domain>`, ten years, CA:TRUE critical,
+    /// keyCertSign+cRLSign critical, SKI.
+    pub fn generate_self_signed(
+        trust_domain: &TrustDomain,
+        key_type: KeyType,
+        now: SystemTime,
+    ) -> Result<Self, SelfSignedError> {
+        let key = SigningKey::generate(key_type)?;
+        let subject = organization_name(trust_domain.as_str())?;
+        let template = CertTemplate {
+            serial: x509::random_serial(),
+            subject: subject.clone(),
+            not_before: now - Duration::from_secs(120),
+            not_after: now + SELF_SIGNED_ROOT_LIFETIME,
+            spki: key.subject_public_key_info(),
+            extensions: x509::ca_extensions(key.public_key_bits())?,
+        };
+        let der = x509::sign_certificate(template, &subject, &key)?;
+        let root = ParsedCert::from_der(&der)?;
+        Ok(Self::new(
+            CertPath {
+                certs: vec![root.clone()],
+            },
+            vec![root],
+            key,
+        ))
+    }
+
+    pub fn id(&self) -> &AuthorityId {
+        &self.id
+    }
+
+    pub fn signing_cert(&self) -> &ParsedCert {
+        &self.path[0]
+    }
+
+    /// The root this authority's path ends at.
+    pub fn root(&self) -> &ParsedCert {
+        self.path.last().expect("path is never empty")
+    }
+
+    /// The trust bundle served with this authority (all of root-cert.pem).
+    pub fn roots(&self) -> &[ParsedCert] {
+        &self.roots
+    }
+
+    /// Signing cert and intermediates, leaf-to-root, without the root.
+    pub fn intermediates(&self) -> &[ParsedCert] {
+        if self.path.len() > 1 {
+            &self.path[..self.path.len() - 1]
+        } else {
+            &[]
+        }
+    }
+
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// The AKI children carry.
+    pub fn key_id(&self) -> &[u8] {
+        &self.key_id
+    }
+
+    pub fn chain_tail(&self) -> &[String] {
+        &self.chain_tail
+    }
+
+    pub fn path_not_after(&self) -> SystemTime {
+        self.path_not_after
+    }
+
+    pub fn root_bundle_pem(&self) -> &str {
+        self.chain_tail.last().expect("the bundle is always last")
+    }
+
+    /// Signs a certificate as this authority. Callers build every field in `template`.
+    pub fn sign(&self, template: CertTemplate) -> Result<Vec<u8>, der::Error> {
+        x509::sign_certificate(template, self.signing_cert().subject(), &self.key)
+    }
+}
+
+/// `O=<organization>`: the subject Istio gives its self-signed root.
+fn organization_name(org: &str) -> Result<Name, der::Error> {
+    use der::oid::db::rfc4519::O;
+    let value = der::asn1::Utf8StringRef::new(org)?;
+    let atv = AttributeTypeAndValue {
+        oid: O,
+        value: der::Any::encode_from(&value)?,
+    };
+    Ok(RdnSequence(vec![RelativeDistinguishedName(
+        SetOfVec::try_from(vec![atv])?,
+    )]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_root_has_the_istio_shape() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let now = SystemTime::now();
+        let authority = Authority::generate_self_signed(&td, KeyType::EcP256, now).unwrap();
+        let root = authority.root();
+        assert_eq!(root.subject().to_string(), "O=example.org");
+        assert!(root.is_self_issued());
+        root.is_signed_by(root).unwrap();
+        let c = root.ca_constraints().unwrap();
+        assert!(c.ca);
+        assert_eq!(root.subject_key_id().unwrap(), authority.key_id());
+        let lifetime = root.not_after().duration_since(now).unwrap();
+        assert!(lifetime > SELF_SIGNED_ROOT_LIFETIME - Duration::from_secs(5));
+        // The root signs directly: the response tail is only the bundle.
+        assert_eq!(authority.chain_tail(), &[root.to_pem()]);
+        assert_eq!(authority.id().as_str(), hex::encode(authority.key_id()));
+    }
+}

@@ -1,0 +1,140 @@
+//! Order-independent path building from a signing certificate to a trusted root, and the checks
+//! RFC 5280 asks of every certificate on that path.
+
+use std::time::SystemTime;
+
+use x509_cert::ext::pkix::KeyUsages;
+
+use crate::x509::ParsedCert;
+
+/// Longest path we try; real meshes have one or two intermediates.
+const MAX_DEPTH: usize = 8;
+
+/// A verified path: `certs[0]` is the start, the last element is a root from the trust bundle.
+#[derive(Clone, Debug)]
+pub struct CertPath {
+    pub certs: Vec<ParsedCert>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PathError {
+    #[error("does not chain to any root in the trust bundle: no issuer found for {subject:?} (issuer {issuer:?})")]
+    NoPath { subject: String, issuer: String },
+    #[error("{subject:?} {reason}")]
+    Validity { subject: String, reason: String },
+    #[error("{subject:?} is not a CA: {reason}")]
+    NotCa { subject: String, reason: String },
+    #[error("{subject:?} has pathLenConstraint {path_len} but {below} CA certificate(s) sit below it on the path")]
+    PathLen {
+        subject: String,
+        path_len: u8,
+        below: usize,
+    },
+}
+
+/// Builds a path from `start` to one of `roots`, using any of `pool` as intermediates, in any
+/// order. Only signatures and names decide the path; then every certificate on it is checked.
+pub fn build_path(
+    start: &ParsedCert,
+    pool: &[ParsedCert],
+    roots: &[ParsedCert],
+    now: SystemTime,
+) -> Result<CertPath, PathError> {
+    let mut path = vec![start.clone()];
+    let mut dead_end = None;
+    if !extend(&mut path, pool, roots, &mut dead_end) {
+        let stuck = dead_end.unwrap_or_else(|| start.clone());
+        return Err(PathError::NoPath {
+            subject: stuck.subject_string(),
+            issuer: stuck.issuer().to_string(),
+        });
+    }
+    check_path(&path, now)?;
+    Ok(CertPath { certs: path })
+}
+
+/// Depth-first search; on success `path` ends with a root.
+fn extend(
+    path: &mut Vec<ParsedCert>,
+    pool: &[ParsedCert],
+    roots: &[ParsedCert],
+    dead_end: &mut Option<ParsedCert>,
+) -> bool {
+    let current = path.last().expect("path is never empty").clone();
+    if roots.contains(&current) {
+        return true;
+    }
+    if let Some(root) = roots.iter().find(|r| current.is_signed_by(r).is_ok()) {
+        path.push(root.clone());
+        return true;
+    }
+    if path.len() < MAX_DEPTH {
+        for candidate in pool {
+            // A self-signed certificate that is not in the bundle is an untrusted root: it can
+            // never end a path, so it is no use as an intermediate either.
+            if path.contains(candidate) || candidate.is_self_issued() {
+                continue;
+            }
+            if current.is_signed_by(candidate).is_ok() {
+                path.push(candidate.clone());
+                if extend(path, pool, roots, dead_end) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+    }
+    if dead_end.is_none() || path.len() > 1 {
+        *dead_end = Some(current);
+    }
+    false
+}
+
+fn check_path(path: &[ParsedCert], now: SystemTime) -> Result<(), PathError> {
+    for (depth, cert) in path.iter().enumerate() {
+        cert.check_validity(now)
+            .map_err(|reason| PathError::Validity {
+                subject: cert.subject_string(),
+                reason,
+            })?;
+        let is_anchor = depth == path.len() - 1;
+        let constraints = cert.ca_constraints();
+        // Trust anchors are trusted as configured (RFC 5280 §6.1); every other certificate on
+        // the path, the signing certificate included, must say it is a CA.
+        if !is_anchor || constraints.is_some() {
+            check_is_ca(cert)?;
+        }
+        // `depth` CA certificates sit below this one (the signing cert counts: a leaf follows).
+        if let Some(path_len) = constraints.and_then(|c| c.path_len) {
+            if depth > usize::from(path_len) {
+                return Err(PathError::PathLen {
+                    subject: cert.subject_string(),
+                    path_len,
+                    below: depth,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// basicConstraints CA:TRUE, and keyCertSign when keyUsage is present (RFC 5280 §4.2.1.3: an
+/// absent keyUsage restricts nothing, and OpenSSL's default `v3_ca` omits it).
+pub fn check_is_ca(cert: &ParsedCert) -> Result<(), PathError> {
+    let not_ca = |reason: &str| PathError::NotCa {
+        subject: cert.subject_string(),
+        reason: reason.to_string(),
+    };
+    match cert.ca_constraints() {
+        None => return Err(not_ca("no basicConstraints extension")),
+        Some(c) if !c.ca => return Err(not_ca("basicConstraints CA:FALSE")),
+        Some(_) => {}
+    }
+    if let Some(ku) = cert.key_usage() {
+        if !ku.0.contains(KeyUsages::KeyCertSign) {
+            return Err(not_ca("keyUsage lacks keyCertSign"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! The CA's configuration: plain data with defaults, deserialized from the `[ca]` and `[store]`
+//! sections of the config file (and `MESHCA_CA_*` / `MESHCA_STORE_*` overrides).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys::KeyType;
+use crate::store::redact_url;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaConfig {
+    /// A plugged-in CA (Istio `cacerts` or `kubernetes.io/tls` layout). Unset: self-signed root.
+    pub cacerts_dir: Option<PathBuf>,
+    /// How often `cacerts_dir` is checked for new material.
+    #[serde(with = "humantime_serde")]
+    pub cacerts_poll_interval: Duration,
+    /// Workload certificate TTL when the caller asks for none.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// Longest TTL a caller may ask for; longer requests are refused.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Key type of a generated self-signed root.
+    pub self_signed_key_type: KeyType,
+    /// 32 random bytes, base64, that seal CA keys in the store. Default
+    /// `<data_dir>/key-encryption-key`, generated (0600) when absent; a configured file must exist.
+    pub key_encryption_key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://…` or `postgres://…`. Default: SQLite file `<data_dir>/meshca.db`.
+    pub url: Option<String>,
+}
+
+// === impl CaConfig ===
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            cacerts_dir: None,
+            cacerts_poll_interval: Duration::from_secs(5),
+            default_ttl: Duration::from_secs(24 * 3600),
+            max_ttl: Duration::from_secs(90 * 24 * 3600),
+            self_signed_key_type: KeyType::EcP256,
+            key_encryption_key_file: None,
+        }
+    }
+}
+
+// === impl StoreConfig ===
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_debug_redacts_password() {
+        let c = StoreConfig {
+            url: Some("postgres://u:hunter2@db/meshca".into()),
+        };
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("u:***@db"));
+    }
+}

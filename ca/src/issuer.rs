@@ -1,0 +1,430 @@
+//! The certificate authority as a running service: the current authority (published through a
+//! `watch`, replaced on reload), the TTL policy, and the store every issuance is recorded in.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use crate::authority::{Authority, SelfSignedError};
+use crate::cacerts::{self, LoadCacertsError};
+use crate::chain::{self, PathError};
+use crate::config::{CaConfig, StoreConfig};
+use crate::csr::VerifiedCsr;
+use crate::identity::{AuthorityId, Serial, SpiffeId, TrustDomain};
+use crate::kek::{KekError, KeyEncryptionKey};
+use crate::keys::{self, KeyError, SigningKey};
+use crate::profile::{self, TtlError, TtlPolicy};
+use crate::store::{IssuanceRecord, Store, StoreError, StoredAuthority};
+use crate::x509::{self, ParsedCert};
+
+/// File name of the generated key-encryption key inside the data dir.
+pub const DEFAULT_KEK_FILE: &str = "key-encryption-key";
+
+/// How often to retry a serial collision before giving up (a collision of random 127-bit
+/// serials means the RNG is broken; retrying bounds the damage).
+const SERIAL_ATTEMPTS: usize = 3;
+
+/// What the CA needs to start: the shared top-level keys plus its own sections.
+#[derive(Clone, Debug)]
+pub struct CaSettings {
+    pub trust_domain: TrustDomain,
+    pub data_dir: PathBuf,
+    pub store: StoreConfig,
+    pub ca: CaConfig,
+}
+
+/// Who asked for a certificate, for the issuance record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requester {
+    /// `jwt`, `tokenreview`, `athenz`, `renewal`, …
+    pub method: String,
+    pub principal: String,
+    pub peer_address: Option<String>,
+    pub cluster_id: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct IssueRequest<'a> {
+    pub csr: &'a VerifiedCsr,
+    pub spiffe_id: &'a SpiffeId,
+    /// Seconds; ≤ 0 means the default TTL.
+    pub requested_ttl_secs: i64,
+    pub requester: &'a Requester,
+}
+
+/// A certificate that is on record.
+#[derive(Clone, Debug)]
+pub struct IssuedCertificate {
+    pub serial: Serial,
+    pub leaf_der: Vec<u8>,
+    /// Istio's response order: `[leaf, signing cert, intermediates…, root bundle]`, PEM.
+    pub chain_pem: Vec<String>,
+    pub not_after: SystemTime,
+    pub authority_id: AuthorityId,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssueError {
+    #[error(transparent)]
+    Ttl(#[from] TtlError),
+    #[error("SPIFFE id {id} is not in trust domain {trust_domain}")]
+    ForeignTrustDomain { id: String, trust_domain: String },
+    #[error("building the certificate: {0}")]
+    Encode(#[from] der::Error),
+    #[error("recording the issuance: {0}")]
+    Store(#[source] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Cacerts(#[from] LoadCacertsError),
+    #[error(transparent)]
+    Kek(#[from] KekError),
+    #[error("generating the self-signed root: {0}")]
+    SelfSigned(#[from] SelfSignedError),
+    #[error("stored authority {id}: {reason}")]
+    StoredAuthority { id: String, reason: String },
+    #[error("{path}: configured key_encryption_key_file does not exist")]
+    KekMissing { path: PathBuf },
+}
+
+/// Counters the metrics endpoint exports.
+#[derive(Debug, Default)]
+pub struct CaMetrics {
+    pub cacerts_reloads: AtomicU64,
+    pub cacerts_reload_failures: AtomicU64,
+}
+
+/// The running CA. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CertificateAuthority {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    trust_domain: TrustDomain,
+    ttl: TtlPolicy,
+    authority: watch::Receiver<Arc<Authority>>,
+    store: Store,
+    metrics: Arc<CaMetrics>,
+}
+
+// === impl CertificateAuthority ===
+
+impl CertificateAuthority {
+    /// Opens the store and loads the authority: the plugged-in directory when configured (and
+    /// a poller that reloads it), else the self-signed root on record, else a new one.
+    pub async fn start(settings: &CaSettings) -> Result<Self, StartError> {
+        let url = settings
+            .store
+            .url
+            .clone()
+            .unwrap_or_else(|| Store::default_sqlite_url(&settings.data_dir));
+        if url.starts_with("sqlite:") {
+            std::fs::create_dir_all(&settings.data_dir)
+                .map_err(|e| StartError::Store(StoreError::Connect(sqlx::Error::Io(e))))?;
+        }
+        let store = Store::connect(&url).await?;
+        Self::start_with_store(settings, store).await
+    }
+
+    pub async fn start_with_store(settings: &CaSettings, store: Store) -> Result<Self, StartError> {
+        let metrics = Arc::new(CaMetrics::default());
+        let now = SystemTime::now();
+        let receiver = match &settings.ca.cacerts_dir {
+            Some(dir) => {
+                // Fingerprint first: a swap during the load is then seen as a change.
+                let loaded_fingerprint = cacerts::fingerprint(dir);
+                let authority = cacerts::load_dir(dir, now)?;
+                tracing::info!(
+                    dir = %dir.display(),
+                    authority = %authority.id(),
+                    subject = %authority.signing_cert().subject_string(),
+                    "loaded plugged-in CA"
+                );
+                let (tx, rx) = watch::channel(Arc::new(authority));
+                spawn_cacerts_reloader(
+                    dir.clone(),
+                    loaded_fingerprint,
+                    settings.ca.cacerts_poll_interval,
+                    tx,
+                    metrics.clone(),
+                );
+                rx
+            }
+            None => {
+                let kek = load_kek(settings)?;
+                let authority = load_or_bootstrap_self_signed(
+                    &store,
+                    &kek,
+                    &settings.trust_domain,
+                    settings.ca.self_signed_key_type,
+                )
+                .await?;
+                watch::channel(Arc::new(authority)).1
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                trust_domain: settings.trust_domain.clone(),
+                ttl: TtlPolicy {
+                    default_ttl: settings.ca.default_ttl,
+                    max_ttl: settings.ca.max_ttl,
+                },
+                authority: receiver,
+                store,
+                metrics,
+            }),
+        })
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.inner.trust_domain
+    }
+
+    pub fn ttl_policy(&self) -> TtlPolicy {
+        self.inner.ttl
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn metrics(&self) -> &Arc<CaMetrics> {
+        &self.inner.metrics
+    }
+
+    /// The authority new certificates are signed by right now.
+    pub fn current_authority(&self) -> Arc<Authority> {
+        self.inner.authority.borrow().clone()
+    }
+
+    /// Follows authority changes (reloads, rotations).
+    pub fn watch_authority(&self) -> watch::Receiver<Arc<Authority>> {
+        self.inner.authority.clone()
+    }
+
+    /// Signs a workload certificate for `spiffe_id` and records it; the certificate is
+    /// returned only once its record is committed.
+    pub async fn issue(&self, req: IssueRequest<'_>) -> Result<IssuedCertificate, IssueError> {
+        let ttl = self.inner.ttl.resolve(req.requested_ttl_secs)?;
+        if req.spiffe_id.trust_domain() != self.inner.trust_domain {
+            return Err(IssueError::ForeignTrustDomain {
+                id: req.spiffe_id.to_string(),
+                trust_domain: self.inner.trust_domain.to_string(),
+            });
+        }
+        let authority = self.current_authority();
+        let now = SystemTime::now();
+        let validity = profile::leaf_validity(now, ttl, authority.path_not_after());
+        let key_hash = keys::sha256_hex(&keys::spki_der(req.csr.public_key()));
+        let (namespace, service_account) = match req.spiffe_id.kubernetes_workload() {
+            Some((ns, sa)) => (Some(ns.to_string()), Some(sa.to_string())),
+            None => (None, None),
+        };
+
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let serial_number = x509::random_serial();
+            let serial = Serial::from_be_bytes(serial_number.as_bytes());
+            let template = profile::workload_template(
+                req.csr,
+                req.spiffe_id,
+                serial_number,
+                validity,
+                authority.key_id(),
+            )?;
+            let leaf_der = authority.sign(template)?;
+            let record = IssuanceRecord {
+                serial: serial.to_hex(),
+                spiffe_id: req.spiffe_id.to_string(),
+                trust_domain: self.inner.trust_domain.to_string(),
+                namespace: namespace.clone(),
+                service_account: service_account.clone(),
+                not_before: unix(validity.0),
+                not_after: unix(validity.1),
+                issued_at: unix(now),
+                authority_id: authority.id().to_string(),
+                requester_method: req.requester.method.clone(),
+                requester_principal: req.requester.principal.clone(),
+                peer_address: req.requester.peer_address.clone(),
+                cluster_id: req.requester.cluster_id.clone(),
+                public_key_sha256: key_hash.clone(),
+                cert_der: leaf_der.clone(),
+            };
+            match self.inner.store.insert_issuance(&record).await {
+                Ok(()) => {
+                    let leaf_pem = pem_cert(&leaf_der);
+                    let mut chain_pem = Vec::with_capacity(1 + authority.chain_tail().len());
+                    chain_pem.push(leaf_pem);
+                    chain_pem.extend(authority.chain_tail().iter().cloned());
+                    return Ok(IssuedCertificate {
+                        serial,
+                        leaf_der,
+                        chain_pem,
+                        not_after: validity.1,
+                        authority_id: authority.id().clone(),
+                    });
+                }
+                Err(StoreError::DuplicateSerial(s)) if attempt < SERIAL_ATTEMPTS => {
+                    tracing::warn!(serial = %s, "serial collision; signing again with a new serial");
+                }
+                Err(e) => return Err(IssueError::Store(e)),
+            }
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn pem_cert(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+fn load_kek(settings: &CaSettings) -> Result<KeyEncryptionKey, StartError> {
+    match &settings.ca.key_encryption_key_file {
+        Some(path) if !path.exists() => Err(StartError::KekMissing { path: path.clone() }),
+        Some(path) => Ok(KeyEncryptionKey::load(path)?),
+        None => Ok(KeyEncryptionKey::load_or_generate(
+            &settings.data_dir.join(DEFAULT_KEK_FILE),
+        )?),
+    }
+}
+
+/// The active self-signed authority on record, or a new one. Replicas racing here all insert
+/// as `active`; the store's unique index lets one win and the others load the winner.
+async fn load_or_bootstrap_self_signed(
+    store: &Store,
+    kek: &KeyEncryptionKey,
+    trust_domain: &TrustDomain,
+    key_type: keys::KeyType,
+) -> Result<Authority, StartError> {
+    if let Some(stored) = store.active_authority().await? {
+        return authority_from_record(&stored, kek);
+    }
+    let now = SystemTime::now();
+    let authority = Authority::generate_self_signed(trust_domain, key_type, now)?;
+    let record = StoredAuthority {
+        id: authority.id().to_string(),
+        state: "active".into(),
+        source: "self-signed".into(),
+        key_type: key_type.to_string(),
+        cert_der: authority.signing_cert().der().to_vec(),
+        chain_pem: String::new(),
+        roots_pem: authority.root_bundle_pem().to_string(),
+        sealed_key: kek.seal(
+            authority.key().pkcs8_der(),
+            authority.id().as_str().as_bytes(),
+        ),
+        kek_id: kek.id().to_string(),
+        created_at: unix(now),
+    };
+    if store.insert_active_authority(&record).await? {
+        tracing::info!(authority = %authority.id(), key_type = %key_type, "generated self-signed root");
+        return Ok(authority);
+    }
+    let winner = store
+        .active_authority()
+        .await?
+        .ok_or_else(|| StartError::StoredAuthority {
+            id: "?".into(),
+            reason: "lost the bootstrap race but no active authority is on record".into(),
+        })?;
+    tracing::info!(authority = %winner.id, "another process bootstrapped the root first; using it");
+    authority_from_record(&winner, kek)
+}
+
+/// Rebuilds an authority from its record: unseals the key and re-validates the path.
+pub fn authority_from_record(
+    stored: &StoredAuthority,
+    kek: &KeyEncryptionKey,
+) -> Result<Authority, StartError> {
+    let bad = |reason: String| StartError::StoredAuthority {
+        id: stored.id.clone(),
+        reason,
+    };
+    let pkcs8 = kek.open(&stored.sealed_key, &stored.kek_id, stored.id.as_bytes())?;
+    let key = SigningKey::from_pkcs8(&pkcs8).map_err(|e: KeyError| bad(e.to_string()))?;
+    let signing = ParsedCert::from_der(&stored.cert_der).map_err(|e| bad(e.to_string()))?;
+    if key.public_key_bits() != signing.public_key_bits() {
+        return Err(bad("key does not match certificate".into()));
+    }
+    let pool = if stored.chain_pem.trim().is_empty() {
+        Vec::new()
+    } else {
+        ParsedCert::many_from_pem(stored.chain_pem.as_bytes()).map_err(|e| bad(e.to_string()))?
+    };
+    let roots =
+        ParsedCert::many_from_pem(stored.roots_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let path = chain::build_path(&signing, &pool, &roots, SystemTime::now())
+        .map_err(|e: PathError| bad(e.to_string()))?;
+    Ok(Authority::new(path, roots, key))
+}
+
+/// Polls `dir` and publishes new material when it changes and validates. A bad update is
+/// logged and counted, and the previous authority keeps signing.
+fn spawn_cacerts_reloader(
+    dir: PathBuf,
+    mut seen: Vec<u8>,
+    interval: Duration,
+    sender: watch::Sender<Arc<Authority>>,
+    metrics: Arc<CaMetrics>,
+) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if sender.is_closed() {
+                return;
+            }
+            let current = cacerts::fingerprint(&dir);
+            if current == seen {
+                continue;
+            }
+            seen = current;
+            reload_once(&dir, &sender, &metrics);
+        }
+    });
+}
+
+fn reload_once(dir: &Path, sender: &watch::Sender<Arc<Authority>>, metrics: &CaMetrics) {
+    match cacerts::load_dir(dir, SystemTime::now()) {
+        Ok(authority) => {
+            metrics.cacerts_reloads.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                dir = %dir.display(),
+                authority = %authority.id(),
+                "plugged-in CA changed; new issuances use the new material"
+            );
+            sender.send_replace(Arc::new(authority));
+        }
+        Err(error) => {
+            metrics
+                .cacerts_reload_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                dir = %dir.display(),
+                %error,
+                "plugged-in CA changed but does not validate; still signing with the previous material"
+            );
+        }
+    }
+}

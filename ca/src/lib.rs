@@ -1,0 +1,26 @@
+//! meshca's CA core: authorities (plugged-in `cacerts` or a self-signed root), the SPIFFE
+//! workload-certificate profile, and the store every issuance is recorded in.
+
+pub mod authority;
+pub mod cacerts;
+pub mod chain;
+pub mod config;
+pub mod csr;
+pub mod identity;
+pub mod issuer;
+pub mod kek;
+pub mod keys;
+pub mod profile;
+pub mod store;
+pub mod x509;
+
+pub use authority::Authority;
+pub use config::{CaConfig, StoreConfig};
+pub use csr::{CsrError, VerifiedCsr};
+pub use identity::{AuthorityId, Serial, SpiffeId, TrustDomain};
+pub use issuer::{
+    CaSettings, CertificateAuthority, IssueError, IssueRequest, IssuedCertificate, Requester,
+    StartError,
+};
+pub use keys::KeyType;
+pub use store::Store;

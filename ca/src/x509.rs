@@ -1,0 +1,383 @@
+//! Reading certificates (the facts path building and authentication need) and writing them
+//! (a TBS we assemble field by field, signed by a [`SigningKey`]).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use der::asn1::{BitString, GeneralizedTime, Ia5String, OctetString, UtcTime};
+use der::{Decode, Encode, Header, Reader, SliceReader};
+use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
+    SubjectAltName, SubjectKeyIdentifier,
+};
+use x509_cert::ext::Extension;
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::{Time, Validity};
+use x509_cert::{Certificate, TbsCertificate, Version};
+
+use crate::identity::Serial;
+use crate::keys::{self, SigningKey, VerifyError};
+
+/// A certificate kept with its DER and the facts we look at often.
+#[derive(Clone, Debug)]
+pub struct ParsedCert {
+    der: Vec<u8>,
+    cert: Certificate,
+    tbs_range: (usize, usize),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(String);
+
+/// The parts of basicConstraints we act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaConstraints {
+    pub ca: bool,
+    pub path_len: Option<u8>,
+}
+
+// === impl ParsedCert ===
+
+impl ParsedCert {
+    pub fn from_der(der: &[u8]) -> Result<Self, ParseError> {
+        let cert = Certificate::from_der(der).map_err(|e| ParseError(e.to_string()))?;
+        let tbs_range = first_element_range(der).map_err(|e| ParseError(e.to_string()))?;
+        Ok(Self {
+            der: der.to_vec(),
+            cert,
+            tbs_range,
+        })
+    }
+
+    /// All `CERTIFICATE` blocks of a PEM file, in order. Other block types are an error: a key
+    /// pasted into a chain file is a mistake worth naming.
+    pub fn many_from_pem(text: &[u8]) -> Result<Vec<Self>, ParseError> {
+        let blocks = pem::parse_many(text).map_err(|e| ParseError(format!("bad PEM: {e}")))?;
+        blocks
+            .iter()
+            .enumerate()
+            .map(|(i, block)| {
+                if block.tag() != "CERTIFICATE" {
+                    return Err(ParseError(format!(
+                        "PEM block {} is {:?}, expected CERTIFICATE",
+                        i + 1,
+                        block.tag()
+                    )));
+                }
+                Self::from_der(block.contents())
+                    .map_err(|e| ParseError(format!("certificate {} does not parse: {e}", i + 1)))
+            })
+            .collect()
+    }
+
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    pub fn cert(&self) -> &Certificate {
+        &self.cert
+    }
+
+    pub fn to_pem(&self) -> String {
+        pem::encode_config(
+            &pem::Pem::new("CERTIFICATE", self.der.clone()),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        )
+    }
+
+    pub fn tbs(&self) -> &TbsCertificate {
+        &self.cert.tbs_certificate
+    }
+
+    pub fn subject(&self) -> &Name {
+        &self.tbs().subject
+    }
+
+    pub fn issuer(&self) -> &Name {
+        &self.tbs().issuer
+    }
+
+    pub fn subject_string(&self) -> String {
+        let s = self.subject().to_string();
+        if s.is_empty() {
+            "<empty subject>".into()
+        } else {
+            s
+        }
+    }
+
+    pub fn spki(&self) -> &SubjectPublicKeyInfoOwned {
+        &self.tbs().subject_public_key_info
+    }
+
+    pub fn public_key_bits(&self) -> &[u8] {
+        self.spki().subject_public_key.raw_bytes()
+    }
+
+    pub fn serial(&self) -> Serial {
+        Serial::from_be_bytes(self.tbs().serial_number.as_bytes())
+    }
+
+    pub fn not_before(&self) -> SystemTime {
+        self.tbs().validity.not_before.to_system_time()
+    }
+
+    pub fn not_after(&self) -> SystemTime {
+        self.tbs().validity.not_after.to_system_time()
+    }
+
+    pub fn is_self_issued(&self) -> bool {
+        self.subject() == self.issuer()
+    }
+
+    /// Validity check with the reason spelled out for operators.
+    pub fn check_validity(&self, now: SystemTime) -> Result<(), String> {
+        if now < self.not_before() {
+            return Err(format!(
+                "is not yet valid (notBefore {})",
+                humantime::format_rfc3339_seconds(self.not_before())
+            ));
+        }
+        if now > self.not_after() {
+            return Err(format!(
+                "expired (notAfter {})",
+                humantime::format_rfc3339_seconds(self.not_after())
+            ));
+        }
+        Ok(())
+    }
+
+    fn extension_value<T: for<'a> Decode<'a>>(
+        &self,
+        oid: der::asn1::ObjectIdentifier,
+    ) -> Option<(bool, T)> {
+        self.tbs()
+            .extensions
+            .as_ref()?
+            .iter()
+            .find(|e| e.extn_id == oid)
+            .and_then(|e| {
+                T::from_der(e.extn_value.as_bytes())
+                    .ok()
+                    .map(|v| (e.critical, v))
+            })
+    }
+
+    pub fn ca_constraints(&self) -> Option<CaConstraints> {
+        use der::oid::AssociatedOid;
+        self.extension_value::<BasicConstraints>(BasicConstraints::OID)
+            .map(|(_, bc)| CaConstraints {
+                ca: bc.ca,
+                path_len: bc.path_len_constraint,
+            })
+    }
+
+    pub fn key_usage(&self) -> Option<KeyUsage> {
+        use der::oid::AssociatedOid;
+        self.extension_value::<KeyUsage>(KeyUsage::OID)
+            .map(|(_, ku)| ku)
+    }
+
+    pub fn subject_key_id(&self) -> Option<Vec<u8>> {
+        use der::oid::AssociatedOid;
+        self.extension_value::<SubjectKeyIdentifier>(SubjectKeyIdentifier::OID)
+            .map(|(_, ski)| ski.0.as_bytes().to_vec())
+    }
+
+    pub fn authority_key_id(&self) -> Option<Vec<u8>> {
+        use der::oid::AssociatedOid;
+        self.extension_value::<AuthorityKeyIdentifier>(AuthorityKeyIdentifier::OID)
+            .and_then(|(_, aki)| aki.key_identifier.map(|k| k.as_bytes().to_vec()))
+    }
+
+    /// The key id children of this certificate carry as AKI: its SKI, or (Istio's sample CA has
+    /// none) the RFC 5280 method-1 hash of its public key.
+    pub fn key_id(&self) -> Vec<u8> {
+        self.subject_key_id()
+            .unwrap_or_else(|| keys::key_identifier(self.public_key_bits()))
+    }
+
+    pub fn uri_sans(&self) -> Vec<String> {
+        use der::oid::AssociatedOid;
+        let Some((_, san)) = self.extension_value::<SubjectAltName>(SubjectAltName::OID) else {
+            return Vec::new();
+        };
+        san.0
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::UniformResourceIdentifier(uri) => Some(uri.as_str().to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether `issuer` signed this certificate: names chain and the signature verifies.
+    pub fn is_signed_by(&self, issuer: &ParsedCert) -> Result<(), VerifyError> {
+        if self.issuer() != issuer.subject() {
+            return Err(VerifyError::BadSignature);
+        }
+        keys::verify_signature(
+            issuer.spki(),
+            &self.cert.signature_algorithm,
+            &self.der[self.tbs_range.0..self.tbs_range.1],
+            self.cert.signature.raw_bytes(),
+        )
+    }
+}
+
+impl PartialEq for ParsedCert {
+    fn eq(&self, other: &Self) -> bool {
+        self.der == other.der
+    }
+}
+
+impl Eq for ParsedCert {}
+
+/// Byte range of the first element inside a DER SEQUENCE: the signed part of a certificate or
+/// CSR, exactly as it was signed (re-encoding could differ for non-canonical input).
+pub fn first_element_range(der: &[u8]) -> der::Result<(usize, usize)> {
+    let mut reader = SliceReader::new(der)?;
+    let outer = Header::decode(&mut reader)?;
+    outer.tag.assert_eq(der::Tag::Sequence)?;
+    let start: usize = reader.position().try_into()?;
+    let inner = Header::decode(&mut reader)?;
+    let after_header: usize = reader.position().try_into()?;
+    let body_len: usize = inner.length.try_into()?;
+    Ok((start, after_header + body_len))
+}
+
+// === writing certificates ===
+
+/// Encodes a point in time the way RFC 5280 §4.1.2.5 requires: UTCTime through 2049,
+/// GeneralizedTime from 2050 on.
+pub fn x509_time(t: SystemTime) -> Result<Time, der::Error> {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let t = UNIX_EPOCH + Duration::from_secs(secs);
+    // 2050-01-01T00:00:00Z
+    if secs < 2_524_608_000 {
+        Ok(Time::UtcTime(UtcTime::from_system_time(t)?))
+    } else {
+        Ok(Time::GeneralTime(GeneralizedTime::from_system_time(t)?))
+    }
+}
+
+/// A fresh random serial: 128 random bits, made positive. Unique in practice; the store's
+/// unique index turns the impossible collision into a retry.
+pub fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).expect("system RNG");
+    bytes[0] &= 0x7f;
+    if bytes[0] == 0 {
+        // Keep it 16 bytes long so every serial has the same width.
+        bytes[0] = 0x01;
+    }
+    SerialNumber::new(&bytes).expect("16 bytes fit a serial")
+}
+
+pub fn extension<T: Encode + der::oid::AssociatedOid>(
+    critical: bool,
+    value: &T,
+) -> Result<Extension, der::Error> {
+    Ok(Extension {
+        extn_id: T::OID,
+        critical,
+        extn_value: OctetString::new(value.to_der()?)?,
+    })
+}
+
+/// Everything a certificate needs except what the signer adds (issuer and algorithm).
+#[derive(Debug)]
+pub struct CertTemplate {
+    pub serial: SerialNumber,
+    pub subject: Name,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub spki: SubjectPublicKeyInfoOwned,
+    pub extensions: Vec<Extension>,
+}
+
+/// Signs `template` as `issuer` with `key`. The caller guarantees `key` belongs to `issuer`.
+pub fn sign_certificate(
+    template: CertTemplate,
+    issuer: &Name,
+    key: &SigningKey,
+) -> Result<Vec<u8>, der::Error> {
+    let signature_algorithm: AlgorithmIdentifierOwned = key.signature_algorithm();
+    let tbs = TbsCertificate {
+        version: Version::V3,
+        serial_number: template.serial,
+        signature: signature_algorithm.clone(),
+        issuer: issuer.clone(),
+        validity: Validity {
+            not_before: x509_time(template.not_before)?,
+            not_after: x509_time(template.not_after)?,
+        },
+        subject: template.subject,
+        subject_public_key_info: template.spki,
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: Some(template.extensions),
+    };
+    let tbs_der = tbs.to_der()?;
+    let signature = key.sign(&tbs_der);
+    let cert = Certificate {
+        tbs_certificate: tbs,
+        signature_algorithm,
+        signature: BitString::from_bytes(&signature)?,
+    };
+    cert.to_der()
+}
+
+/// The extensions of a CA certificate meshca generates.
+pub fn ca_extensions(public_key_bits: &[u8]) -> Result<Vec<Extension>, der::Error> {
+    Ok(vec![
+        extension(
+            true,
+            &BasicConstraints {
+                ca: true,
+                path_len_constraint: None,
+            },
+        )?,
+        extension(true, &KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign))?,
+        extension(
+            false,
+            &SubjectKeyIdentifier(OctetString::new(keys::key_identifier(public_key_bits))?),
+        )?,
+    ])
+}
+
+pub fn uri_san(uri: &str) -> Result<SubjectAltName, der::Error> {
+    Ok(SubjectAltName(vec![
+        GeneralName::UniformResourceIdentifier(Ia5String::new(uri)?),
+    ]))
+}
+
+pub fn server_client_eku() -> ExtendedKeyUsage {
+    use der::oid::db::rfc5280::{ID_KP_CLIENT_AUTH, ID_KP_SERVER_AUTH};
+    ExtendedKeyUsage(vec![ID_KP_SERVER_AUTH, ID_KP_CLIENT_AUTH])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_encoding_switches_in_2050() {
+        let y2049 = UNIX_EPOCH + Duration::from_secs(2_524_607_999);
+        let y2050 = UNIX_EPOCH + Duration::from_secs(2_524_608_000);
+        assert!(matches!(x509_time(y2049).unwrap(), Time::UtcTime(_)));
+        assert!(matches!(x509_time(y2050).unwrap(), Time::GeneralTime(_)));
+    }
+
+    #[test]
+    fn serials_are_positive_and_16_bytes() {
+        for _ in 0..200 {
+            let s = random_serial();
+            assert_eq!(s.as_bytes().len(), 16);
+            assert!(s.as_bytes()[0] < 0x80 && s.as_bytes()[0] > 0);
+        }
+    }
+}

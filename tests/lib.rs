@@ -1,0 +1,1 @@
+//! End-to-end tests for meshca live in tests/e2e/.
