@@ -235,16 +235,7 @@ impl CertificateAuthority {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let serial_number = x509::random_serial();
-            let serial = Serial::from_be_bytes(serial_number.as_bytes());
-            let template = profile::workload_template(
-                req.csr,
-                req.spiffe_id,
-                serial_number,
-                validity,
-                authority.key_id(),
-            )?;
-            let leaf_der = authority.sign(template)?;
+            let (serial, leaf_der) = sign_leaf(&authority, req.csr, req.spiffe_id, validity)?;
             let record = IssuanceRecord {
                 serial: serial.to_hex(),
                 spiffe_id: req.spiffe_id.to_string(),
@@ -283,6 +274,20 @@ impl CertificateAuthority {
             }
         }
     }
+}
+
+/// The signing hot path without the store: a fresh serial, the workload template, signed.
+pub fn sign_leaf(
+    authority: &Authority,
+    csr: &VerifiedCsr,
+    spiffe_id: &SpiffeId,
+    validity: (SystemTime, SystemTime),
+) -> Result<(Serial, Vec<u8>), der::Error> {
+    let serial_number = x509::random_serial();
+    let serial = Serial::from_be_bytes(serial_number.as_bytes());
+    let template =
+        profile::workload_template(csr, spiffe_id, serial_number, validity, authority.key_id())?;
+    Ok((serial, authority.sign(template)?))
 }
 
 fn unix(t: SystemTime) -> i64 {
