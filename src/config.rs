@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use meshca_ca::{CaConfig, CaSettings, StoreConfig, TrustDomain};
+use meshca_ra::{AuthConfig, GrpcConfig, MetricsConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -30,6 +31,9 @@ pub struct MeshcaConfig {
     pub data_dir: PathBuf,
     pub store: StoreConfig,
     pub ca: CaConfig,
+    pub grpc: GrpcConfig,
+    pub metrics: MetricsConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,9 @@ impl Default for MeshcaConfig {
             data_dir: PathBuf::from("/var/lib/meshca"),
             store: StoreConfig::default(),
             ca: CaConfig::default(),
+            grpc: GrpcConfig::default(),
+            metrics: MetricsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -116,18 +123,35 @@ impl MeshcaConfig {
     }
 }
 
-/// Layers defaults < file < environment < `flags` (dotted key → value).
+/// What `--dev` changes, below the file, the environment and flags: state in `./meshca-dev`
+/// and every listener on loopback (serving certs then carry loopback IP SANs).
+fn dev_defaults() -> Value {
+    serde_json::json!({
+        "data_dir": "./meshca-dev",
+        "grpc": { "listen": "127.0.0.1:15012", "ip_sans": ["127.0.0.1", "::1"] },
+        "metrics": { "listen": "127.0.0.1:15014" },
+    })
+}
+
+/// Layers defaults < (`--dev` defaults) < file < environment < `flags` (dotted key → value).
 pub fn load(
     file: Option<&Path>,
+    dev: bool,
     env: impl IntoIterator<Item = (String, String)>,
     flags: &[(&str, Value)],
 ) -> Result<Loaded, ConfigError> {
     let known = known_keys();
     let mut warnings = Vec::new();
-    let (mut tree, origin) = match file {
+    let (file_tree, origin) = match file {
         Some(path) => (read_file(path)?, path.display().to_string()),
         None => (Value::Object(Map::new()), "config".to_string()),
     };
+    let mut tree = if dev {
+        dev_defaults()
+    } else {
+        Value::Object(Map::new())
+    };
+    merge(&mut tree, file_tree);
 
     let mut env: Vec<(String, String)> = env
         .into_iter()
@@ -276,6 +300,18 @@ fn parse_env_value(kind: ValueKind, raw: &str) -> Result<Value, String> {
     }
 }
 
+/// Deep-merges `overlay` into `base`: tables merge, everything else replaces.
+fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Object(base), Value::Object(overlay)) => {
+            for (k, v) in overlay {
+                merge(base.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (base, overlay) => *base = overlay,
+    }
+}
+
 fn set_path(tree: &mut Value, path: &[String], value: Value) {
     let mut node = tree;
     for (i, segment) in path.iter().enumerate() {
@@ -314,7 +350,7 @@ mod tests {
 
     #[test]
     fn defaults_match_the_docs() {
-        let loaded = load(None, env(&[]), &[]).unwrap();
+        let loaded = load(None, false, env(&[]), &[]).unwrap();
         let c = loaded.config;
         assert_eq!(c.trust_domain, "cluster.local");
         assert_eq!(c.ca.default_ttl, Duration::from_secs(24 * 3600));
@@ -330,6 +366,7 @@ mod tests {
         );
         let loaded = load(
             Some(f.path()),
+            false,
             env(&[
                 ("MESHCA_TRUST_DOMAIN", "env.example"),
                 ("MESHCA_CA_CACERTS_DIR", "/from/env"),
@@ -352,20 +389,24 @@ mod tests {
 
     #[test]
     fn durations_accept_days() {
-        let loaded = load(None, env(&[("MESHCA_CA_MAX_TTL", "90d")]), &[]).unwrap();
+        let loaded = load(None, false, env(&[("MESHCA_CA_MAX_TTL", "90d")]), &[]).unwrap();
         assert_eq!(loaded.config.ca.max_ttl, Duration::from_secs(90 * 86400));
-        let err = load(None, env(&[("MESHCA_CA_MAX_TTL", "ninety")]), &[]).unwrap_err();
+        let err = load(None, false, env(&[("MESHCA_CA_MAX_TTL", "ninety")]), &[]).unwrap_err();
         assert!(err.to_string().contains("ca.max_ttl"), "{err}");
     }
 
     #[test]
     fn unknown_file_key_is_an_error_naming_it() {
         let f = write("[ca]\ncacert_dir = \"/typo\"\n");
-        let err = load(Some(f.path()), env(&[]), &[]).unwrap_err().to_string();
+        let err = load(Some(f.path()), false, env(&[]), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cacert_dir"), "{err}");
         assert!(err.contains(&f.path().display().to_string()), "{err}");
         let f = write("trust_domian = \"x\"\n");
-        let err = load(Some(f.path()), env(&[]), &[]).unwrap_err().to_string();
+        let err = load(Some(f.path()), false, env(&[]), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("trust_domian"), "{err}");
     }
 
@@ -373,6 +414,7 @@ mod tests {
     fn unknown_env_var_only_warns() {
         let loaded = load(
             None,
+            false,
             env(&[
                 ("MESHCA_CA_CACERT_DIR", "/typo"),
                 ("MESHCA_TEST_POSTGRES_URL", "postgres://x"),
@@ -397,16 +439,27 @@ mod tests {
 
     #[test]
     fn invalid_values_are_named() {
-        let err = load(None, env(&[("MESHCA_TRUST_DOMAIN", "Bad Domain")]), &[])
-            .unwrap_err()
-            .to_string();
+        let err = load(
+            None,
+            false,
+            env(&[("MESHCA_TRUST_DOMAIN", "Bad Domain")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("trust_domain"), "{err}");
-        let err = load(None, env(&[("MESHCA_CA_SELF_SIGNED_KEY_TYPE", "dsa")]), &[])
-            .unwrap_err()
-            .to_string();
+        let err = load(
+            None,
+            false,
+            env(&[("MESHCA_CA_SELF_SIGNED_KEY_TYPE", "dsa")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("ca.self_signed_key_type"), "{err}");
         let err = load(
             None,
+            false,
             env(&[
                 ("MESHCA_CA_DEFAULT_TTL", "100d"),
                 ("MESHCA_CA_MAX_TTL", "90d"),
@@ -419,9 +472,63 @@ mod tests {
     }
 
     #[test]
+    fn dev_defaults_sit_below_file_and_env() {
+        let f = write("[grpc]\ndns_names = [\"dev.example\"]\n");
+        let loaded = load(
+            Some(f.path()),
+            true,
+            env(&[("MESHCA_DATA_DIR", "/tmp/elsewhere")]),
+            &[],
+        )
+        .unwrap();
+        let c = loaded.config;
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/elsewhere"));
+        assert_eq!(c.grpc.listen.to_string(), "127.0.0.1:15012");
+        assert_eq!(c.grpc.dns_names, vec!["dev.example".to_string()]);
+        assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:15014");
+        let plain = load(None, false, env(&[]), &[]).unwrap().config;
+        assert_eq!(plain.grpc.listen.to_string(), "0.0.0.0:15012");
+    }
+
+    #[test]
+    fn nested_sections_map_to_env_names() {
+        let loaded = load(
+            None,
+            false,
+            env(&[
+                ("MESHCA_AUTH_ATHENZ_CA_BUNDLE", "/etc/athenz/ca.pem"),
+                (
+                    "MESHCA_AUTH_ATHENZ_NAMESPACE_MAP",
+                    "sports.api=sports, media=media-ns",
+                ),
+                ("MESHCA_AUTH_CLUSTERS_KUBERNETES_MODE", "jwks"),
+                (
+                    "MESHCA_AUTH_CLUSTERS_KUBERNETES_ISSUER",
+                    "https://issuer.example",
+                ),
+                ("MESHCA_GRPC_DNS_NAMES", "a.example, b.example"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        let c = loaded.config;
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        assert_eq!(
+            c.auth.athenz.ca_bundle,
+            Some(PathBuf::from("/etc/athenz/ca.pem"))
+        );
+        assert_eq!(c.auth.athenz.namespace_map["sports.api"], "sports");
+        let k8s = &c.auth.clusters["Kubernetes"];
+        assert_eq!(k8s.mode, meshca_ra::JwtMode::Jwks);
+        assert_eq!(k8s.issuer.as_deref(), Some("https://issuer.example"));
+        assert_eq!(c.grpc.dns_names, vec!["a.example", "b.example"]);
+    }
+
+    #[test]
     fn debug_and_display_hide_passwords() {
         let loaded = load(
             None,
+            false,
             env(&[("MESHCA_STORE_URL", "postgres://meshca:topsecret@db/meshca")]),
             &[],
         )

@@ -2,6 +2,7 @@
 //! the crates.
 
 mod config;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,8 +51,18 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the RA (Istio's CreateCertificate on gRPC/TLS) with the CA in-process.
+    Server(ServerArgs),
     /// Print the effective configuration and validate the CA material it names.
     Config,
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Development mode: state in ./meshca-dev, listeners on 127.0.0.1, a self-signed CA (unless
+    /// ca.cacerts_dir is set) and a local JWT issuer with a ready-made service-account token.
+    #[arg(long)]
+    dev: bool,
 }
 
 fn main() -> ExitCode {
@@ -67,12 +78,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let loaded = load_config(&cli.common)?;
+    let dev = matches!(&cli.command, Command::Server(args) if args.dev);
+    let loaded = load_config(&cli.common, dev)?;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
     let config = loaded.config;
     match cli.command {
+        Command::Server(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(server::run(config, args.dev))
+        }
         Command::Config => {
             print!("{}", config.to_redacted_toml());
             match &config.ca.cacerts_dir {
@@ -95,7 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn load_config(flags: &CommonFlags) -> Result<config::Loaded, config::ConfigError> {
+fn load_config(flags: &CommonFlags, dev: bool) -> Result<config::Loaded, config::ConfigError> {
     let mut overrides: Vec<(&str, Value)> = Vec::new();
     if let Some(td) = &flags.trust_domain {
         overrides.push(("trust_domain", Value::from(td.clone())));
@@ -109,7 +127,7 @@ fn load_config(flags: &CommonFlags) -> Result<config::Loaded, config::ConfigErro
     if let Some(dir) = &flags.cacerts_dir {
         overrides.push(("ca.cacerts_dir", Value::from(dir.display().to_string())));
     }
-    config::load(flags.config.as_deref(), std::env::vars(), &overrides)
+    config::load(flags.config.as_deref(), dev, std::env::vars(), &overrides)
 }
 
 fn init_tracing(format: LogFormat) {

@@ -50,7 +50,34 @@ pub fn build_path(
             issuer: stuck.issuer().to_string(),
         });
     }
-    check_path(&path, now)?;
+    check_path(&path, now, false)?;
+    Ok(CertPath { certs: path })
+}
+
+/// Verifies a client's end-entity certificate: builds its path to one of `roots` through
+/// `pool` and checks validity and CA constraints above it. The leaf itself need not be a CA.
+pub fn verify_leaf(
+    leaf: &ParsedCert,
+    pool: &[ParsedCert],
+    roots: &[ParsedCert],
+    now: SystemTime,
+) -> Result<CertPath, PathError> {
+    if roots.contains(leaf) {
+        return Err(PathError::NotCa {
+            subject: leaf.subject_string(),
+            reason: "a trust anchor is not a workload certificate".into(),
+        });
+    }
+    let mut path = vec![leaf.clone()];
+    let mut dead_end = None;
+    if !extend(&mut path, pool, roots, &mut dead_end) {
+        let stuck = dead_end.unwrap_or_else(|| leaf.clone());
+        return Err(PathError::NoPath {
+            subject: stuck.subject_string(),
+            issuer: stuck.issuer().to_string(),
+        });
+    }
+    check_path(&path, now, true)?;
     Ok(CertPath { certs: path })
 }
 
@@ -91,21 +118,26 @@ fn extend(
     false
 }
 
-fn check_path(path: &[ParsedCert], now: SystemTime) -> Result<(), PathError> {
-    for (depth, cert) in path.iter().enumerate() {
+fn check_path(path: &[ParsedCert], now: SystemTime, starts_at_leaf: bool) -> Result<(), PathError> {
+    for (index, cert) in path.iter().enumerate() {
         cert.check_validity(now)
             .map_err(|reason| PathError::Validity {
                 subject: cert.subject_string(),
                 reason,
             })?;
-        let is_anchor = depth == path.len() - 1;
+        if starts_at_leaf && index == 0 {
+            continue;
+        }
+        // CA certificates between this one and the end entity; a signing cert counts itself
+        // as one, since the leaf it issues follows it.
+        let depth = if starts_at_leaf { index - 1 } else { index };
+        let is_anchor = index == path.len() - 1;
         let constraints = cert.ca_constraints();
         // Trust anchors are trusted as configured (RFC 5280 §6.1); every other certificate on
         // the path, the signing certificate included, must say it is a CA.
         if !is_anchor || constraints.is_some() {
             check_is_ca(cert)?;
         }
-        // `depth` CA certificates sit below this one (the signing cert counts: a leaf follows).
         if let Some(path_len) = constraints.and_then(|c| c.path_len) {
             if depth > usize::from(path_len) {
                 return Err(PathError::PathLen {

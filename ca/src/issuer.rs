@@ -1,12 +1,15 @@
 //! The certificate authority as a running service: the current authority (published through a
 //! `watch`, replaced on reload), the TTL policy, and the store every issuance is recorded in.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use spki::SubjectPublicKeyInfoOwned;
 use tokio::sync::watch;
+use x509_cert::serial_number::SerialNumber;
 
 use crate::authority::{Authority, SelfSignedError};
 use crate::cacerts::{self, LoadCacertsError};
@@ -18,7 +21,7 @@ use crate::kek::{KekError, KeyEncryptionKey};
 use crate::keys::{self, KeyError, SigningKey};
 use crate::profile::{self, TtlError, TtlPolicy};
 use crate::store::{IssuanceRecord, Store, StoreError, StoredAuthority};
-use crate::x509::{self, ParsedCert};
+use crate::x509::{self, CertTemplate, ParsedCert};
 
 /// File name of the generated key-encryption key inside the data dir.
 pub const DEFAULT_KEK_FILE: &str = "key-encryption-key";
@@ -75,6 +78,8 @@ pub enum IssueError {
     ForeignTrustDomain { id: String, trust_domain: String },
     #[error("building the certificate: {0}")]
     Encode(#[from] der::Error),
+    #[error("the signing path expired at {0:?}: no certificate can be issued")]
+    NotReady(SystemTime),
     #[error("recording the issuance: {0}")]
     Store(#[source] StoreError),
 }
@@ -223,41 +228,114 @@ impl CertificateAuthority {
                 trust_domain: self.inner.trust_domain.to_string(),
             });
         }
-        let authority = self.current_authority();
-        let now = SystemTime::now();
-        let validity = profile::leaf_validity(now, ttl, authority.path_not_after());
-        let key_hash = keys::sha256_hex(&keys::spki_der(req.csr.public_key()));
         let (namespace, service_account) = match req.spiffe_id.kubernetes_workload() {
             Some((ns, sa)) => (Some(ns.to_string()), Some(sa.to_string())),
             None => (None, None),
         };
+        let subject = RecordSubject {
+            spiffe_id: req.spiffe_id.to_string(),
+            namespace,
+            service_account,
+            spki: req.csr.public_key(),
+        };
+        self.sign_and_record(
+            ttl,
+            subject,
+            req.requester,
+            |authority, serial, validity| {
+                profile::workload_template(
+                    req.csr,
+                    req.spiffe_id,
+                    serial,
+                    validity,
+                    authority.key_id(),
+                )
+            },
+        )
+        .await
+    }
 
+    /// A TLS serving certificate for meshca's own endpoints (DNS and IP SANs, serverAuth and
+    /// clientAuth), recorded like every other certificate.
+    pub async fn issue_server_certificate(
+        &self,
+        spki: &SubjectPublicKeyInfoOwned,
+        dns_names: &[String],
+        ip_addrs: &[IpAddr],
+        ttl: Duration,
+    ) -> Result<IssuedCertificate, IssueError> {
+        let subject = RecordSubject {
+            spiffe_id: String::new(),
+            namespace: None,
+            service_account: None,
+            spki,
+        };
+        let requester = Requester {
+            method: "internal".into(),
+            principal: "meshca-server".into(),
+            peer_address: None,
+            cluster_id: None,
+        };
+        self.sign_and_record(ttl, subject, &requester, |authority, serial, validity| {
+            profile::server_template(
+                spki,
+                dns_names,
+                ip_addrs,
+                serial,
+                validity,
+                authority.key_id(),
+            )
+        })
+        .await
+    }
+
+    /// Signs with the current authority and commits the record; a serial collision (the unique
+    /// index) signs again with a new serial.
+    async fn sign_and_record(
+        &self,
+        ttl: Duration,
+        subject: RecordSubject<'_>,
+        requester: &Requester,
+        template: impl Fn(
+            &Authority,
+            SerialNumber,
+            (SystemTime, SystemTime),
+        ) -> Result<CertTemplate, der::Error>,
+    ) -> Result<IssuedCertificate, IssueError> {
+        let authority = self.current_authority();
+        let now = SystemTime::now();
+        if authority.path_not_after() <= now {
+            return Err(IssueError::NotReady(authority.path_not_after()));
+        }
+        let validity = profile::leaf_validity(now, ttl, authority.path_not_after());
+        let key_hash = keys::sha256_hex(&keys::spki_der(subject.spki));
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (serial, leaf_der) = sign_leaf(&authority, req.csr, req.spiffe_id, validity)?;
+            let serial_number = x509::random_serial();
+            let serial = Serial::from_be_bytes(serial_number.as_bytes());
+            let leaf_der = authority.sign(template(&authority, serial_number, validity)?)?;
             let record = IssuanceRecord {
                 serial: serial.to_hex(),
-                spiffe_id: req.spiffe_id.to_string(),
+                spiffe_id: subject.spiffe_id.clone(),
                 trust_domain: self.inner.trust_domain.to_string(),
-                namespace: namespace.clone(),
-                service_account: service_account.clone(),
+                namespace: subject.namespace.clone(),
+                service_account: subject.service_account.clone(),
                 not_before: unix(validity.0),
                 not_after: unix(validity.1),
                 issued_at: unix(now),
                 authority_id: authority.id().to_string(),
-                requester_method: req.requester.method.clone(),
-                requester_principal: req.requester.principal.clone(),
-                peer_address: req.requester.peer_address.clone(),
-                cluster_id: req.requester.cluster_id.clone(),
+                requester_method: requester.method.clone(),
+                requester_principal: requester.principal.clone(),
+                peer_address: requester.peer_address.clone(),
+                cluster_id: requester.cluster_id.clone(),
                 public_key_sha256: key_hash.clone(),
                 cert_der: leaf_der.clone(),
             };
             match self.inner.store.insert_issuance(&record).await {
                 Ok(()) => {
-                    let leaf_pem = pem_cert(&leaf_der);
                     let mut chain_pem = Vec::with_capacity(1 + authority.chain_tail().len());
-                    chain_pem.push(leaf_pem);
+                    chain_pem.push(pem_cert(&leaf_der));
                     chain_pem.extend(authority.chain_tail().iter().cloned());
                     return Ok(IssuedCertificate {
                         serial,
@@ -274,6 +352,14 @@ impl CertificateAuthority {
             }
         }
     }
+}
+
+/// What the issuance record says the certificate is for.
+struct RecordSubject<'a> {
+    spiffe_id: String,
+    namespace: Option<String>,
+    service_account: Option<String>,
+    spki: &'a SubjectPublicKeyInfoOwned,
 }
 
 /// The signing hot path without the store: a fresh serial, the workload template, signed.

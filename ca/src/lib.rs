@@ -12,6 +12,7 @@ pub mod kek;
 pub mod keys;
 pub mod profile;
 pub mod store;
+pub mod testing;
 pub mod x509;
 
 pub use authority::Authority;

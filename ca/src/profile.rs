@@ -1,7 +1,13 @@
 //! The SPIFFE workload-certificate profile and its TTL policy. Pure functions: the CA decides
 //! every field here, and the CSR contributes nothing but its public key.
 
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
+
+use der::asn1::Ia5String;
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::SubjectAltName;
 
 use der::asn1::OctetString;
 use x509_cert::ext::pkix::{
@@ -122,6 +128,66 @@ pub fn workload_template(
         not_before: validity.0,
         not_after: validity.1,
         spki,
+        extensions,
+    })
+}
+
+/// A TLS certificate for meshca's own endpoints: DNS and IP SANs, serverAuth + clientAuth.
+pub fn server_template(
+    spki: &SubjectPublicKeyInfoOwned,
+    dns_names: &[String],
+    ip_addrs: &[IpAddr],
+    serial: SerialNumber,
+    validity: (SystemTime, SystemTime),
+    issuer_key_id: &[u8],
+) -> Result<CertTemplate, der::Error> {
+    let mut names = Vec::new();
+    for dns in dns_names {
+        names.push(GeneralName::DnsName(Ia5String::new(dns)?));
+    }
+    for ip in ip_addrs {
+        let bytes = match ip {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        names.push(GeneralName::IpAddress(OctetString::new(bytes)?));
+    }
+    let mut usage = KeyUsages::DigitalSignature.into();
+    if spki.algorithm.oid == keys::OID_RSA_ENCRYPTION {
+        usage |= KeyUsages::KeyEncipherment;
+    }
+    let extensions = vec![
+        x509::extension(
+            true,
+            &BasicConstraints {
+                ca: false,
+                path_len_constraint: None,
+            },
+        )?,
+        x509::extension(true, &KeyUsage(usage))?,
+        x509::extension(false, &x509::server_client_eku())?,
+        x509::extension(
+            false,
+            &SubjectKeyIdentifier(OctetString::new(keys::key_identifier(
+                spki.subject_public_key.raw_bytes(),
+            ))?),
+        )?,
+        x509::extension(
+            false,
+            &AuthorityKeyIdentifier {
+                key_identifier: Some(OctetString::new(issuer_key_id)?),
+                authority_cert_issuer: None,
+                authority_cert_serial_number: None,
+            },
+        )?,
+        x509::extension(true, &SubjectAltName(names))?,
+    ];
+    Ok(CertTemplate {
+        serial,
+        subject: RdnSequence(Vec::new()),
+        not_before: validity.0,
+        not_after: validity.1,
+        spki: spki.clone(),
         extensions,
     })
 }

@@ -224,6 +224,25 @@ impl Store {
         .map_err(StoreError::Query)
     }
 
+    /// Issuances of certificates for one public key (SHA-256 of its SPKI, hex): "what was
+    /// issued for this key" is the first question after a key leaks.
+    pub async fn issuances_for_public_key(
+        &self,
+        public_key_sha256: &str,
+    ) -> Result<Vec<IssuanceRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {ISSUANCE_COLUMNS} FROM issued_certificates WHERE public_key_sha256 = $1 \
+             ORDER BY id DESC"
+        );
+        with_pool!(self, pool => {
+            sqlx::query_as::<_, IssuanceRecord>(&sql)
+                .bind(public_key_sha256)
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(StoreError::Query)
+    }
+
     pub async fn count_issuances(&self) -> Result<i64, StoreError> {
         let sql = "SELECT COUNT(*) FROM issued_certificates";
         with_pool!(self, pool => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await)

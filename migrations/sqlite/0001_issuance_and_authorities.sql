@@ -23,6 +23,7 @@ CREATE INDEX issued_certificates_spiffe_id ON issued_certificates (spiffe_id, id
 CREATE INDEX issued_certificates_namespace ON issued_certificates (namespace, service_account, id);
 CREATE INDEX issued_certificates_not_after ON issued_certificates (not_after);
 CREATE INDEX issued_certificates_authority ON issued_certificates (authority_id, id);
+CREATE INDEX issued_certificates_public_key ON issued_certificates (public_key_sha256);
 
 -- Signing authorities. Keys are sealed (AES-256-GCM envelope under the KEK file), never plain.
 CREATE TABLE authorities (

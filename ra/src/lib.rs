@@ -1,1 +1,14 @@
-//! placeholder
+//! meshca's registration authority: Istio's CreateCertificate over TLS gRPC, caller
+//! authentication (renewal certs, Athenz X.509, Kubernetes JWTs), CSR checks, and the
+//! observability endpoints.
+
+pub mod auth;
+pub mod config;
+pub mod dev;
+pub mod metrics;
+pub mod server;
+pub mod service;
+pub mod tls;
+
+pub use config::{AthenzConfig, AuthConfig, ClusterConfig, GrpcConfig, JwtMode, MetricsConfig};
+pub use server::{RaSettings, RunningRa, ServeError};

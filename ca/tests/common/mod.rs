@@ -4,17 +4,10 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::time::{Duration, SystemTime};
 
-use der::asn1::OctetString;
-use meshca_ca::keys::{KeyType, SigningKey};
-use meshca_ca::x509::{self, CertTemplate, ParsedCert};
 use meshca_ca::Store;
-use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages, SubjectKeyIdentifier};
-use x509_cert::name::Name;
 
-pub const DAY: Duration = Duration::from_secs(86400);
+pub use meshca_ca::testing::{write_istio_dir, CaSpec, GeneratedChain, TestCa, DAY};
 
 pub fn istio_samples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/istio-samples-certs")
@@ -24,147 +17,10 @@ pub fn sample(name: &str) -> Vec<u8> {
     std::fs::read(istio_samples().join(name)).unwrap()
 }
 
-/// A CA certificate and its key.
-pub struct TestCa {
-    pub cert: ParsedCert,
-    pub key: SigningKey,
-}
-
-/// What a generated CA certificate looks like; defaults are a healthy CA.
-#[derive(Clone)]
-pub struct CaSpec {
-    pub subject: String,
-    pub key_type: KeyType,
-    pub ca: Option<bool>,
-    pub path_len: Option<u8>,
-    pub key_usage: Option<KeyUsage>,
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
-}
-
-impl CaSpec {
-    pub fn new(subject: &str) -> Self {
-        let now = SystemTime::now();
-        Self {
-            subject: subject.into(),
-            key_type: KeyType::EcP256,
-            ca: Some(true),
-            path_len: None,
-            key_usage: Some(KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)),
-            not_before: now - DAY,
-            not_after: now + 365 * DAY,
-        }
-    }
-}
-
-impl TestCa {
-    /// Issues `spec` under `issuer`, or self-signed when `issuer` is None.
-    pub fn new(spec: &CaSpec, issuer: Option<&TestCa>) -> TestCa {
-        let key = SigningKey::generate(spec.key_type).unwrap();
-        let subject = Name::from_str(&spec.subject).unwrap();
-        let mut extensions = Vec::new();
-        if let Some(ca) = spec.ca {
-            extensions.push(
-                x509::extension(
-                    true,
-                    &BasicConstraints {
-                        ca,
-                        path_len_constraint: spec.path_len,
-                    },
-                )
-                .unwrap(),
-            );
-        }
-        if let Some(ku) = spec.key_usage {
-            extensions.push(x509::extension(true, &ku).unwrap());
-        }
-        extensions.push(
-            x509::extension(
-                false,
-                &SubjectKeyIdentifier(
-                    OctetString::new(meshca_ca::keys::key_identifier(key.public_key_bits()))
-                        .unwrap(),
-                ),
-            )
-            .unwrap(),
-        );
-        let template = CertTemplate {
-            serial: x509::random_serial(),
-            subject: subject.clone(),
-            not_before: spec.not_before,
-            not_after: spec.not_after,
-            spki: key.subject_public_key_info(),
-            extensions,
-        };
-        let der = match issuer {
-            Some(parent) => x509::sign_certificate(template, parent.cert.subject(), &parent.key),
-            None => x509::sign_certificate(template, &subject, &key),
-        }
-        .unwrap();
-        TestCa {
-            cert: ParsedCert::from_der(&der).unwrap(),
-            key,
-        }
-    }
-
-    pub fn pem(&self) -> String {
-        self.cert.to_pem()
-    }
-}
-
-/// Writes an Istio `cacerts` directory.
-pub fn write_istio_dir(dir: &Path, ca_cert: &str, ca_key: &str, root_cert: &str, cert_chain: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("ca-cert.pem"), ca_cert).unwrap();
-    std::fs::write(dir.join("ca-key.pem"), ca_key).unwrap();
-    std::fs::write(dir.join("root-cert.pem"), root_cert).unwrap();
-    std::fs::write(dir.join("cert-chain.pem"), cert_chain).unwrap();
-}
-
-/// Copies Istio's sample set (optionally the `-alt` variants) into `dir`.
+/// Copies Istio's sample files (e.g. the `-alt` variants) into `dir` under Istio's names.
 pub fn write_sample_dir(dir: &Path, cert: &str, key: &str, root: &str, chain: &str) {
     let read = |n: &str| String::from_utf8(sample(n)).unwrap();
     write_istio_dir(dir, &read(cert), &read(key), &read(root), &read(chain));
-}
-
-/// A root → intermediate → signing-CA chain of `key_type` keys.
-pub struct GeneratedChain {
-    pub root: TestCa,
-    pub intermediate: TestCa,
-    pub signing: TestCa,
-}
-
-impl GeneratedChain {
-    pub fn new(key_type: KeyType) -> Self {
-        let spec = |s: &str| CaSpec {
-            key_type,
-            ..CaSpec::new(s)
-        };
-        let root = TestCa::new(&spec("CN=Generated Root,O=meshca tests"), None);
-        let intermediate = TestCa::new(
-            &spec("CN=Generated Intermediate,O=meshca tests"),
-            Some(&root),
-        );
-        let signing = TestCa::new(
-            &spec("CN=Generated Signing CA,O=meshca tests"),
-            Some(&intermediate),
-        );
-        Self {
-            root,
-            intermediate,
-            signing,
-        }
-    }
-
-    pub fn write(&self, dir: &Path) {
-        write_istio_dir(
-            dir,
-            &self.signing.pem(),
-            &self.signing.key.pkcs8_pem(),
-            &self.root.pem(),
-            &format!("{}{}", self.signing.pem(), self.intermediate.pem()),
-        );
-    }
 }
 
 /// Key types a workload may use in a CSR, as rcgen key pairs.

@@ -1,0 +1,287 @@
+//! Certificate fixtures for tests and benchmarks: CA chains with whatever flaw a test needs,
+//! and end-entity certificates in other systems' shapes (Athenz, API servers). Built with the
+//! same writer the CA uses, so no second X.509 library is involved.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use der::asn1::{Ia5String, OctetString};
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{
+    AuthorityKeyIdentifier, BasicConstraints, KeyUsage, KeyUsages, SubjectAltName,
+    SubjectKeyIdentifier,
+};
+use x509_cert::name::Name;
+
+use crate::keys::{self, KeyType, SigningKey};
+use crate::x509::{self, CertTemplate, ParsedCert};
+
+pub const DAY: Duration = Duration::from_secs(86400);
+
+/// A certificate and its key.
+#[derive(Debug)]
+pub struct TestCa {
+    pub cert: ParsedCert,
+    pub key: SigningKey,
+}
+
+/// What a generated CA certificate looks like; [`CaSpec::new`] is a healthy CA.
+#[derive(Clone, Debug)]
+pub struct CaSpec {
+    /// RFC 4514 string, e.g. `CN=Root,O=Example`.
+    pub subject: String,
+    pub key_type: KeyType,
+    /// basicConstraints CA flag; `None` leaves the extension out.
+    pub ca: Option<bool>,
+    pub path_len: Option<u8>,
+    pub key_usage: Option<KeyUsage>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+/// An end-entity certificate.
+#[derive(Clone, Debug)]
+pub struct LeafSpec {
+    pub subject: String,
+    pub key_type: KeyType,
+    pub dns_names: Vec<String>,
+    pub ip_addrs: Vec<IpAddr>,
+    pub uris: Vec<String>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+/// A root → intermediate → signing-CA chain.
+#[derive(Debug)]
+pub struct GeneratedChain {
+    pub root: TestCa,
+    pub intermediate: TestCa,
+    pub signing: TestCa,
+}
+
+// === impl CaSpec ===
+
+impl CaSpec {
+    pub fn new(subject: &str) -> Self {
+        let now = SystemTime::now();
+        Self {
+            subject: subject.into(),
+            key_type: KeyType::EcP256,
+            ca: Some(true),
+            path_len: None,
+            key_usage: Some(KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)),
+            not_before: now - DAY,
+            not_after: now + 365 * DAY,
+        }
+    }
+}
+
+// === impl LeafSpec ===
+
+impl LeafSpec {
+    pub fn new(subject: &str) -> Self {
+        let now = SystemTime::now();
+        Self {
+            subject: subject.into(),
+            key_type: KeyType::EcP256,
+            dns_names: Vec::new(),
+            ip_addrs: Vec::new(),
+            uris: Vec::new(),
+            not_before: now - DAY,
+            not_after: now + 30 * DAY,
+        }
+    }
+}
+
+// === impl TestCa ===
+
+impl TestCa {
+    /// Issues `spec` under `issuer`, or self-signed when `issuer` is None.
+    pub fn new(spec: &CaSpec, issuer: Option<&TestCa>) -> TestCa {
+        let key = SigningKey::generate(spec.key_type).expect("key generation");
+        let mut extensions = Vec::new();
+        if let Some(ca) = spec.ca {
+            extensions.push(
+                x509::extension(
+                    true,
+                    &BasicConstraints {
+                        ca,
+                        path_len_constraint: spec.path_len,
+                    },
+                )
+                .expect("encodes"),
+            );
+        }
+        if let Some(ku) = &spec.key_usage {
+            extensions.push(x509::extension(true, ku).expect("encodes"));
+        }
+        extensions.push(ski(&key));
+        Self::sign(
+            &spec.subject,
+            key,
+            spec.not_before,
+            spec.not_after,
+            extensions,
+            issuer,
+        )
+    }
+
+    /// An end-entity certificate signed by this CA, with its key.
+    pub fn issue_leaf(&self, spec: &LeafSpec) -> TestCa {
+        let key = SigningKey::generate(spec.key_type).expect("key generation");
+        let mut names: Vec<GeneralName> = Vec::new();
+        for dns in &spec.dns_names {
+            names.push(GeneralName::DnsName(Ia5String::new(dns).expect("ASCII")));
+        }
+        for ip in &spec.ip_addrs {
+            let bytes = match ip {
+                IpAddr::V4(v4) => v4.octets().to_vec(),
+                IpAddr::V6(v6) => v6.octets().to_vec(),
+            };
+            names.push(GeneralName::IpAddress(
+                OctetString::new(bytes).expect("fits"),
+            ));
+        }
+        for uri in &spec.uris {
+            names.push(GeneralName::UniformResourceIdentifier(
+                Ia5String::new(uri).expect("ASCII"),
+            ));
+        }
+        let mut extensions = vec![
+            x509::extension(
+                true,
+                &BasicConstraints {
+                    ca: false,
+                    path_len_constraint: None,
+                },
+            )
+            .expect("encodes"),
+            x509::extension(
+                true,
+                &KeyUsage(KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment),
+            )
+            .expect("encodes"),
+            x509::extension(false, &x509::server_client_eku()).expect("encodes"),
+            ski(&key),
+            x509::extension(
+                false,
+                &AuthorityKeyIdentifier {
+                    key_identifier: Some(OctetString::new(self.cert.key_id()).expect("fits")),
+                    authority_cert_issuer: None,
+                    authority_cert_serial_number: None,
+                },
+            )
+            .expect("encodes"),
+        ];
+        if !names.is_empty() {
+            extensions.push(
+                x509::extension(spec.subject.is_empty(), &SubjectAltName(names)).expect("encodes"),
+            );
+        }
+        Self::sign(
+            &spec.subject,
+            key,
+            spec.not_before,
+            spec.not_after,
+            extensions,
+            Some(self),
+        )
+    }
+
+    fn sign(
+        subject: &str,
+        key: SigningKey,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        extensions: Vec<x509_cert::ext::Extension>,
+        issuer: Option<&TestCa>,
+    ) -> TestCa {
+        let subject = Name::from_str(subject).expect("RFC 4514 subject");
+        let template = CertTemplate {
+            serial: x509::random_serial(),
+            subject: subject.clone(),
+            not_before,
+            not_after,
+            spki: key.subject_public_key_info(),
+            extensions,
+        };
+        let der = match issuer {
+            Some(parent) => x509::sign_certificate(template, parent.cert.subject(), &parent.key),
+            None => x509::sign_certificate(template, &subject, &key),
+        }
+        .expect("signs");
+        TestCa {
+            cert: ParsedCert::from_der(&der).expect("parses"),
+            key,
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.cert.to_pem()
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.pkcs8_pem()
+    }
+}
+
+fn ski(key: &SigningKey) -> x509_cert::ext::Extension {
+    x509::extension(
+        false,
+        &SubjectKeyIdentifier(
+            OctetString::new(keys::key_identifier(key.public_key_bits())).expect("fits"),
+        ),
+    )
+    .expect("encodes")
+}
+
+// === impl GeneratedChain ===
+
+impl GeneratedChain {
+    pub fn new(key_type: KeyType) -> Self {
+        let spec = |s: &str| CaSpec {
+            key_type,
+            ..CaSpec::new(s)
+        };
+        let root = TestCa::new(&spec("CN=Generated Root,O=meshca tests"), None);
+        let intermediate = TestCa::new(
+            &spec("CN=Generated Intermediate,O=meshca tests"),
+            Some(&root),
+        );
+        let signing = TestCa::new(
+            &spec("CN=Generated Signing CA,O=meshca tests"),
+            Some(&intermediate),
+        );
+        Self {
+            root,
+            intermediate,
+            signing,
+        }
+    }
+
+    /// Writes it as an Istio `cacerts` directory.
+    pub fn write(&self, dir: &Path) {
+        write_istio_dir(
+            dir,
+            &self.signing.pem(),
+            &self.signing.key_pem(),
+            &self.root.pem(),
+            &format!("{}{}", self.signing.pem(), self.intermediate.pem()),
+        );
+    }
+}
+
+/// Writes an Istio `cacerts` directory.
+pub fn write_istio_dir(dir: &Path, ca_cert: &str, ca_key: &str, root_cert: &str, cert_chain: &str) {
+    std::fs::create_dir_all(dir).expect("create cacerts dir");
+    for (name, body) in [
+        ("ca-cert.pem", ca_cert),
+        ("ca-key.pem", ca_key),
+        ("root-cert.pem", root_cert),
+        ("cert-chain.pem", cert_chain),
+    ] {
+        std::fs::write(dir.join(name), body).expect("write cacerts file");
+    }
+}

@@ -1,0 +1,217 @@
+//! Local validation of Kubernetes service-account JWTs against the issuer's keys (a JWKS file,
+//! a JWKS URL, or the issuer's OIDC discovery document). Only RS256 and ES256 are accepted:
+//! never `none`, never HMAC (which would let a public key act as a shared secret).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use super::AuthError;
+use crate::config::ClusterConfig;
+
+const MAX_LEEWAY: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct JwksAuthenticator {
+    issuer: String,
+    audiences: Vec<String>,
+    leeway: Duration,
+    source: KeySource,
+    http: reqwest::Client,
+    keys: RwLock<Arc<JwkSet>>,
+    /// When keys were last fetched because of an unknown `kid`; bounds how often a flood of
+    /// forged `kid`s can make us call the issuer.
+    last_forced_refresh: Mutex<Option<Instant>>,
+    min_refresh: Duration,
+}
+
+#[derive(Clone, Debug)]
+enum KeySource {
+    File(PathBuf),
+    Url(String),
+    /// The issuer's `/.well-known/openid-configuration` names `jwks_uri`.
+    Discovery(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct DiscoveryDocument {
+    issuer: String,
+    jwks_uri: String,
+}
+
+// === impl JwksAuthenticator ===
+
+impl JwksAuthenticator {
+    /// Loads the keys once (a failure here is a configuration error) and keeps them fresh.
+    pub async fn start(config: &ClusterConfig) -> Result<Arc<Self>, String> {
+        let issuer = config.issuer.clone().ok_or("jwks mode needs `issuer`")?;
+        let source = match (&config.jwks_file, &config.jwks_url) {
+            (Some(_), Some(_)) => return Err("set jwks_file or jwks_url, not both".into()),
+            (Some(file), None) => KeySource::File(file.clone()),
+            (None, Some(url)) => KeySource::Url(url.clone()),
+            (None, None) => KeySource::Discovery(issuer.clone()),
+        };
+        if config.audiences.is_empty() {
+            return Err("audiences must not be empty".into());
+        }
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        let this = Arc::new(Self {
+            issuer,
+            audiences: config.audiences.clone(),
+            leeway: config.leeway.min(MAX_LEEWAY),
+            source,
+            http,
+            keys: RwLock::new(Arc::new(JwkSet { keys: Vec::new() })),
+            last_forced_refresh: Mutex::new(None),
+            min_refresh: config.jwks_min_refresh,
+        });
+        this.refresh().await?;
+        spawn_periodic_refresh(Arc::downgrade(&this), config.jwks_refresh_interval);
+        Ok(this)
+    }
+
+    /// Validates `token`; returns its `sub` (the Kubernetes username).
+    pub async fn validate(&self, token: &str) -> Result<String, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Token(format!("malformed: {e}")))?;
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+            return Err(AuthError::Token(format!(
+                "algorithm {:?} is not allowed (RS256, ES256)",
+                header.alg
+            )));
+        }
+        let key = match self.find_key(header.kid.as_deref(), header.alg) {
+            Some(key) => key,
+            None => {
+                self.refresh_for_unknown_kid().await;
+                self.find_key(header.kid.as_deref(), header.alg)
+                    .ok_or_else(|| AuthError::Token(format!("unknown kid {:?}", header.kid)))?
+            }
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&self.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            .map_err(|e| AuthError::Token(e.to_string()))?;
+        Ok(data.claims.sub)
+    }
+
+    fn find_key(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
+        let keys = self.keys.read().expect("jwks lock").clone();
+        let fits = |jwk: &&jsonwebtoken::jwk::Jwk| {
+            let family_ok = matches!(
+                (&jwk.algorithm, alg),
+                (
+                    jsonwebtoken::jwk::AlgorithmParameters::RSA(_),
+                    Algorithm::RS256
+                ) | (
+                    jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_),
+                    Algorithm::ES256
+                )
+            );
+            family_ok && jwk.common.key_id.as_deref() == kid
+        };
+        let jwk = match kid {
+            Some(_) => keys.keys.iter().find(fits),
+            // No kid: only unambiguous when exactly one key of the family exists.
+            None => {
+                let mut candidates = keys.keys.iter().filter(fits);
+                match (candidates.next(), candidates.next()) {
+                    (Some(only), None) => Some(only),
+                    _ => None,
+                }
+            }
+        }?;
+        DecodingKey::from_jwk(jwk).ok()
+    }
+
+    async fn refresh_for_unknown_kid(&self) {
+        {
+            let mut last = self.last_forced_refresh.lock().expect("refresh lock");
+            if last.is_some_and(|t| t.elapsed() < self.min_refresh) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        if let Err(error) = self.refresh().await {
+            tracing::warn!(issuer = %self.issuer, %error, "JWKS refresh for an unknown kid failed");
+        }
+    }
+
+    async fn refresh(&self) -> Result<(), String> {
+        let set: JwkSet = match &self.source {
+            KeySource::File(path) => {
+                let text = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            KeySource::Url(url) => self.get_json(url).await?,
+            KeySource::Discovery(issuer) => {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    issuer.trim_end_matches('/')
+                );
+                let doc: DiscoveryDocument = self.get_json(&url).await?;
+                if doc.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
+                    return Err(format!(
+                        "discovery document at {url} names issuer {:?}, expected {issuer:?}",
+                        doc.issuer
+                    ));
+                }
+                self.get_json(&doc.jwks_uri).await?
+            }
+        };
+        tracing::debug!(issuer = %self.issuer, keys = set.keys.len(), "JWKS loaded");
+        *self.keys.write().expect("jwks lock") = Arc::new(set);
+        Ok(())
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("GET {url}: HTTP {}", response.status()));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: {e}"))
+    }
+}
+
+fn spawn_periodic_refresh(this: Weak<JwksAuthenticator>, every: Duration) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every.max(Duration::from_secs(1)));
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let Some(this) = this.upgrade() else { return };
+            if let Err(error) = this.refresh().await {
+                tracing::warn!(issuer = %this.issuer, %error, "periodic JWKS refresh failed; keeping the previous keys");
+            }
+        }
+    });
+}

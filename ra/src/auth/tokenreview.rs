@@ -1,0 +1,291 @@
+//! Kubernetes TokenReview (`authentication.k8s.io/v1`): the API server says whether a token is
+//! a live service-account token. Positive answers are cached briefly, keyed by a hash of the
+//! token (never the token itself), and never past the token's own `exp`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::{parse_service_account, AuthError};
+use crate::config::{ClusterConfig, IN_CLUSTER_CA_FILE, IN_CLUSTER_TOKEN_FILE};
+
+#[derive(Debug)]
+pub struct TokenReviewer {
+    url: String,
+    token_file: PathBuf,
+    audiences: Vec<String>,
+    http: reqwest::Client,
+    cache: Mutex<HashMap<[u8; 32], CachedReview>>,
+    cache_ttl: Duration,
+    cache_size: usize,
+}
+
+#[derive(Clone, Debug)]
+struct CachedReview {
+    username: String,
+    expires: Instant,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenReviewRequest<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    spec: TokenReviewSpec<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct TokenReviewSpec<'a> {
+    token: &'a str,
+    audiences: &'a [String],
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenReviewResponse {
+    #[serde(default)]
+    status: TokenReviewStatus,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct TokenReviewStatus {
+    #[serde(default)]
+    authenticated: bool,
+    #[serde(default)]
+    user: UserInfo,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    error: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct UserInfo {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+// === impl TokenReviewer ===
+
+impl TokenReviewer {
+    pub fn new(config: &ClusterConfig) -> Result<Self, String> {
+        let url = match &config.api_server_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => {
+                let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
+                    "tokenreview mode needs api_server_url outside a Kubernetes pod".to_string()
+                })?;
+                let port =
+                    std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+                if host.contains(':') {
+                    format!("https://[{host}]:{port}")
+                } else {
+                    format!("https://{host}:{port}")
+                }
+            }
+        };
+        let ca_file = config
+            .api_server_ca_file
+            .clone()
+            .unwrap_or_else(|| IN_CLUSTER_CA_FILE.into());
+        let mut http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if url.starts_with("https://") {
+            let pem = std::fs::read(&ca_file)
+                .map_err(|e| format!("api_server_ca_file {}: {e}", ca_file.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("api_server_ca_file {}: {e}", ca_file.display()))?;
+            http = http.tls_certs_only(certs);
+        }
+        Ok(Self {
+            url: format!("{url}/apis/authentication.k8s.io/v1/tokenreviews"),
+            token_file: config
+                .api_server_token_file
+                .clone()
+                .unwrap_or_else(|| IN_CLUSTER_TOKEN_FILE.into()),
+            audiences: config.audiences.clone(),
+            http: http.build().map_err(|e| format!("HTTP client: {e}"))?,
+            cache: Mutex::new(HashMap::new()),
+            cache_ttl: config.tokenreview_cache_ttl,
+            cache_size: config.tokenreview_cache_size.max(1),
+        })
+    }
+
+    /// Returns the reviewed token's username.
+    pub async fn review(&self, token: &str) -> Result<String, AuthError> {
+        let key = token_hash(token);
+        if let Some(hit) = self.cached(&key) {
+            return Ok(hit);
+        }
+        let username = self.call_api_server(token).await?;
+        self.remember(key, &username, token_expiry(token));
+        Ok(username)
+    }
+
+    async fn call_api_server(&self, token: &str) -> Result<String, AuthError> {
+        let own_token = tokio::fs::read_to_string(&self.token_file)
+            .await
+            .map_err(|e| {
+                AuthError::TokenReview(format!("reading {}: {e}", self.token_file.display()))
+            })?;
+        let body = TokenReviewRequest {
+            api_version: "authentication.k8s.io/v1",
+            kind: "TokenReview",
+            spec: TokenReviewSpec {
+                token,
+                audiences: &self.audiences,
+            },
+        };
+        let response = self
+            .http
+            .post(&self.url)
+            .bearer_auth(own_token.trim())
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .body(serde_json::to_vec(&body).expect("serializable"))
+            .send()
+            .await
+            .map_err(|e| AuthError::TokenReview(format!("API server unreachable: {e}")))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| AuthError::TokenReview(format!("reading response: {e}")))?;
+        if !status.is_success() {
+            return Err(AuthError::TokenReview(format!(
+                "API server answered HTTP {status}"
+            )));
+        }
+        let review: TokenReviewResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| AuthError::TokenReview(format!("malformed response: {e}")))?;
+        let s = review.status;
+        if !s.authenticated {
+            return Err(AuthError::TokenReview(format!(
+                "not authenticated: {}",
+                if s.error.is_empty() {
+                    "no reason given"
+                } else {
+                    &s.error
+                }
+            )));
+        }
+        if !s.audiences.is_empty() && !s.audiences.iter().any(|a| self.audiences.contains(a)) {
+            return Err(AuthError::TokenReview(format!(
+                "token audiences {:?} do not include {:?}",
+                s.audiences, self.audiences
+            )));
+        }
+        if !s.user.groups.iter().any(|g| g == "system:serviceaccounts") {
+            return Err(AuthError::TokenReview(format!(
+                "{:?} is not a service account (groups {:?})",
+                s.user.username, s.user.groups
+            )));
+        }
+        parse_service_account(&s.user.username)?;
+        Ok(s.user.username)
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> Option<String> {
+        let mut cache = self.cache.lock().expect("cache lock");
+        match cache.get(key) {
+            Some(hit) if hit.expires > Instant::now() => Some(hit.username.clone()),
+            Some(_) => {
+                cache.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember(&self, key: [u8; 32], username: &str, token_exp: Option<SystemTime>) {
+        let ttl = cache_lifetime(self.cache_ttl, token_exp, SystemTime::now());
+        if ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cache.len() >= self.cache_size {
+            cache.retain(|_, v| v.expires > now);
+        }
+        if cache.len() >= self.cache_size {
+            // Still full of live entries: drop one rather than grow without bound.
+            if let Some(victim) = cache.keys().next().copied() {
+                cache.remove(&victim);
+            }
+        }
+        cache.insert(
+            key,
+            CachedReview {
+                username: username.to_string(),
+                expires: now + ttl,
+            },
+        );
+    }
+}
+
+/// How long a positive review may be reused: the configured TTL, cut short by the token's
+/// own expiry. A pure function so the rule is tested directly.
+pub fn cache_lifetime(ttl: Duration, token_exp: Option<SystemTime>, now: SystemTime) -> Duration {
+    match token_exp {
+        Some(exp) => exp.duration_since(now).unwrap_or(Duration::ZERO).min(ttl),
+        None => ttl,
+    }
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+/// The token's `exp`, read without verifying (used only to shorten the cache lifetime).
+fn token_expiry(token: &str) -> Option<SystemTime> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = value.get("exp")?.as_u64()?;
+    Some(UNIX_EPOCH + Duration::from_secs(exp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_never_outlives_the_token() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ttl = Duration::from_secs(60);
+        assert_eq!(cache_lifetime(ttl, None, now), ttl);
+        assert_eq!(
+            cache_lifetime(ttl, Some(now + Duration::from_secs(10)), now),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            cache_lifetime(ttl, Some(now + Duration::from_secs(3600)), now),
+            ttl
+        );
+        assert_eq!(
+            cache_lifetime(ttl, Some(now - Duration::from_secs(1)), now),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn reads_exp_without_trusting_it() {
+        let payload =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"exp":2000000000}"#);
+        let token = format!("eyJhbGciOiJSUzI1NiJ9.{payload}.sig");
+        assert_eq!(
+            token_expiry(&token),
+            Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000))
+        );
+        assert_eq!(token_expiry("garbage"), None);
+    }
+}

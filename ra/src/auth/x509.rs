@@ -1,0 +1,172 @@
+//! X.509 client-certificate authentication: renewal with a workload cert meshca issued, and
+//! Athenz service identities. The TLS layer only checks possession of the key; the chain is
+//! verified here, against the trust store of the method.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::SystemTime;
+
+use meshca_ca::chain;
+use meshca_ca::x509::ParsedCert;
+use meshca_ca::{CertificateAuthority, SpiffeId, TrustDomain};
+use rustls_pki_types::CertificateDer;
+use x509_cert::name::Name;
+
+use super::{AuthError, Caller};
+
+const OID_COMMON_NAME: der::asn1::ObjectIdentifier =
+    der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
+
+/// Renewal: a workload certificate that chains to meshca's current trust bundle and names
+/// exactly one SPIFFE id in our trust domain.
+#[derive(Debug)]
+pub struct RenewalAuthenticator {
+    ca: CertificateAuthority,
+}
+
+/// Athenz service certificates (`CN=<domain>.<service>`), chained to the Athenz CA bundle.
+#[derive(Debug)]
+pub struct AthenzAuthenticator {
+    roots: Vec<ParsedCert>,
+    namespace_map: BTreeMap<String, String>,
+    trust_domain: TrustDomain,
+}
+
+// === impl RenewalAuthenticator ===
+
+impl RenewalAuthenticator {
+    pub fn new(ca: CertificateAuthority) -> Self {
+        Self { ca }
+    }
+
+    pub fn authenticate(&self, chain_der: &[CertificateDer<'static>]) -> Result<Caller, AuthError> {
+        let (leaf, pool) = parse_chain(chain_der)?;
+        let authority = self.ca.current_authority();
+        // The bundle's roots anchor; our own intermediates help clients that send only a leaf.
+        let mut pool = pool;
+        pool.extend(authority.intermediates().iter().cloned());
+        chain::verify_leaf(&leaf, &pool, authority.roots(), SystemTime::now())
+            .map_err(|e| AuthError::ClientCert(format!("not a current meshca certificate: {e}")))?;
+        let spiffe: Vec<String> = leaf
+            .uri_sans()
+            .into_iter()
+            .filter(|u| u.starts_with("spiffe://"))
+            .collect();
+        let [uri] = spiffe.as_slice() else {
+            return Err(AuthError::ClientCert(format!(
+                "expected exactly one spiffe:// URI SAN, found {}",
+                spiffe.len()
+            )));
+        };
+        let id = SpiffeId::new(uri).map_err(|e| AuthError::ClientCert(e.to_string()))?;
+        if &id.trust_domain() != self.ca.trust_domain() {
+            return Err(AuthError::ClientCert(format!(
+                "{id} is not in trust domain {}",
+                self.ca.trust_domain()
+            )));
+        }
+        Ok(Caller {
+            principal: id.to_string(),
+            spiffe_id: id,
+            method: "renewal",
+            cluster_id: None,
+        })
+    }
+}
+
+// === impl AthenzAuthenticator ===
+
+impl AthenzAuthenticator {
+    pub fn load(
+        bundle: &Path,
+        namespace_map: &BTreeMap<String, String>,
+        trust_domain: &TrustDomain,
+    ) -> Result<Self, String> {
+        let bytes = std::fs::read(bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
+        let roots =
+            ParsedCert::many_from_pem(&bytes).map_err(|e| format!("{}: {e}", bundle.display()))?;
+        if roots.is_empty() {
+            return Err(format!("{}: no certificates", bundle.display()));
+        }
+        Ok(Self {
+            roots,
+            namespace_map: namespace_map.clone(),
+            trust_domain: trust_domain.clone(),
+        })
+    }
+
+    pub fn authenticate(&self, chain_der: &[CertificateDer<'static>]) -> Result<Caller, AuthError> {
+        let (leaf, pool) = parse_chain(chain_der)?;
+        chain::verify_leaf(&leaf, &pool, &self.roots, SystemTime::now())
+            .map_err(|e| AuthError::ClientCert(format!("not an Athenz certificate: {e}")))?;
+        let cn = common_name(leaf.subject())
+            .ok_or_else(|| AuthError::ClientCert("Athenz certificate has no CN".into()))?;
+        let (domain, service) = cn
+            .rsplit_once('.')
+            .filter(|(d, s)| !d.is_empty() && !s.is_empty())
+            .ok_or_else(|| AuthError::ClientCert(format!("CN {cn:?} is not <domain>.<service>")))?;
+        // Athenz certs also carry athenz://instanceid/…; only spiffe:// URIs must agree.
+        let expected_uri = format!("spiffe://{domain}/sa/{service}");
+        if let Some(other) = leaf
+            .uri_sans()
+            .into_iter()
+            .find(|u| u.starts_with("spiffe://") && *u != expected_uri)
+        {
+            return Err(AuthError::ClientCert(format!(
+                "CN {cn:?} and URI SAN {other} disagree (expected {expected_uri})"
+            )));
+        }
+        let namespace = self
+            .namespace_map
+            .get(domain)
+            .cloned()
+            .unwrap_or_else(|| domain.replace('.', "-"));
+        let spiffe_id = self
+            .trust_domain
+            .workload_id(&namespace, service)
+            .map_err(|e| AuthError::ClientCert(format!("Athenz principal {cn:?}: {e}")))?;
+        Ok(Caller {
+            spiffe_id,
+            method: "athenz",
+            principal: cn,
+            cluster_id: None,
+        })
+    }
+}
+
+fn parse_chain(
+    chain_der: &[CertificateDer<'static>],
+) -> Result<(ParsedCert, Vec<ParsedCert>), AuthError> {
+    let mut certs = chain_der.iter().map(|c| {
+        ParsedCert::from_der(c.as_ref())
+            .map_err(|e| AuthError::ClientCert(format!("does not parse: {e}")))
+    });
+    let leaf = certs.next().ok_or(AuthError::NoCredential)??;
+    let pool = certs.collect::<Result<Vec<_>, _>>()?;
+    Ok((leaf, pool))
+}
+
+/// The (last) CN of a subject, in any of the string types CAs use.
+pub fn common_name(name: &Name) -> Option<String> {
+    name.0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .filter(|atv| atv.oid == OID_COMMON_NAME)
+        .filter_map(|atv| {
+            atv.value
+                .decode_as::<der::asn1::Utf8StringRef<'_>>()
+                .map(|s| s.as_str().to_string())
+                .or_else(|_| {
+                    atv.value
+                        .decode_as::<der::asn1::PrintableStringRef<'_>>()
+                        .map(|s| s.as_str().to_string())
+                })
+                .or_else(|_| {
+                    atv.value
+                        .decode_as::<der::asn1::Ia5StringRef<'_>>()
+                        .map(|s| s.as_str().to_string())
+                })
+                .ok()
+        })
+        .last()
+}

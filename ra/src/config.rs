@@ -1,0 +1,162 @@
+//! The RA's configuration sections: `[grpc]`, `[metrics]`, `[auth]`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Istio's default cluster id; an empty `clusterid` header means this one.
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+
+/// In-cluster service-account mount, as every Kubernetes client library reads it.
+pub const IN_CLUSTER_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+pub const IN_CLUSTER_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Where istio-agents connect (istiod's port).
+    pub listen: SocketAddr,
+    /// DNS names on the serving certificate meshca issues itself.
+    pub dns_names: Vec<String>,
+    /// IP SANs on that certificate (so clients can dial an address).
+    pub ip_sans: Vec<std::net::IpAddr>,
+    /// Serve this certificate instead (PEM chain); `key_file` must be set too.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Lifetime of the self-issued serving certificate; renewed at half-life.
+    #[serde(with = "humantime_serde")]
+    pub serving_cert_ttl: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Kubernetes clusters whose service-account tokens are accepted, by cluster id (the
+    /// `clusterid` request header).
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    pub athenz: AthenzConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JwtMode {
+    /// Validate locally against the issuer's keys.
+    Jwks,
+    /// Ask the API server (`authentication.k8s.io/v1` TokenReview).
+    Tokenreview,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub mode: JwtMode,
+    /// Accepted token audiences (`aud` must intersect).
+    pub audiences: Vec<String>,
+
+    // --- jwks mode ---
+    /// Expected `iss`; with neither `jwks_file` nor `jwks_url`, its OIDC discovery document
+    /// names the JWKS.
+    pub issuer: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    /// Re-fetch keys this often (and on an unknown `kid`, at most every `jwks_min_refresh`).
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub jwks_min_refresh: Duration,
+    /// Clock skew allowed on `exp`/`nbf`; at most 60 s.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+
+    // --- tokenreview mode ---
+    /// Default: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    pub api_server_url: Option<String>,
+    /// CA bundle for the API server (default: the in-cluster service-account `ca.crt`).
+    pub api_server_ca_file: Option<PathBuf>,
+    /// meshca's own token for the TokenReview call (default: the in-cluster token); re-read
+    /// on every call since projected tokens rotate.
+    pub api_server_token_file: Option<PathBuf>,
+    /// How long a positive review is reused (never past the token's `exp`).
+    #[serde(with = "humantime_serde")]
+    pub tokenreview_cache_ttl: Duration,
+    pub tokenreview_cache_size: usize,
+    /// Also used for JWKS/discovery fetches.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AthenzConfig {
+    /// PEM bundle of the Athenz CA(s); unset disables Athenz authentication.
+    pub ca_bundle: Option<PathBuf>,
+    /// Athenz domain → Kubernetes namespace; unmapped domains use the domain with `.` → `-`.
+    pub namespace_map: BTreeMap<String, String>,
+}
+
+// === defaults ===
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:15012".parse().expect("valid address"),
+            dns_names: vec![
+                "istiod.istio-system.svc".into(),
+                "meshca.meshca-system.svc".into(),
+                "localhost".into(),
+            ],
+            ip_sans: Vec::new(),
+            cert_file: None,
+            key_file: None,
+            serving_cert_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:15014".parse().expect("valid address"),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            clusters: BTreeMap::from([(DEFAULT_CLUSTER_ID.to_string(), ClusterConfig::default())]),
+            athenz: AthenzConfig::default(),
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            mode: JwtMode::Tokenreview,
+            audiences: vec!["istio-ca".into()],
+            issuer: None,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_interval: Duration::from_secs(300),
+            jwks_min_refresh: Duration::from_secs(30),
+            leeway: Duration::from_secs(60),
+            api_server_url: None,
+            api_server_ca_file: None,
+            api_server_token_file: None,
+            tokenreview_cache_ttl: Duration::from_secs(60),
+            tokenreview_cache_size: 10_000,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}

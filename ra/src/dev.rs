@@ -1,0 +1,109 @@
+//! `--dev` credentials: a local JWT issuer that the dev server trusts in `jwks` mode, and a
+//! service-account token from it, so a new user can get a certificate within a minute.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use meshca_ca::kek::private_file_options;
+use meshca_ca::keys::{KeyType, SigningKey};
+use serde_json::json;
+
+use crate::config::{ClusterConfig, JwtMode};
+
+/// What Kubernetes puts in `iss` of in-cluster service-account tokens.
+pub const DEV_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+pub const DEV_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Where the dev files live.
+#[derive(Clone, Debug)]
+pub struct DevFiles {
+    pub issuer_key: PathBuf,
+    pub jwks: PathBuf,
+    pub token: PathBuf,
+}
+
+impl DevFiles {
+    pub fn under(data_dir: &Path) -> Self {
+        let dev = data_dir.join("dev");
+        Self {
+            issuer_key: dev.join("issuer-key.pem"),
+            jwks: dev.join("jwks.json"),
+            token: dev.join("token"),
+        }
+    }
+
+    /// The cluster config that trusts this issuer.
+    pub fn cluster_config(&self) -> ClusterConfig {
+        ClusterConfig {
+            mode: JwtMode::Jwks,
+            issuer: Some(DEV_ISSUER.into()),
+            jwks_file: Some(self.jwks.clone()),
+            ..ClusterConfig::default()
+        }
+    }
+}
+
+/// Writes (or reuses) the issuer key, writes its JWKS, and mints a fresh token for
+/// `default/default`, audience `istio-ca`, valid 24 h.
+pub fn write_dev_credentials(files: &DevFiles) -> std::io::Result<()> {
+    if let Some(dir) = files.issuer_key.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let key = match std::fs::read(&files.issuer_key) {
+        Ok(pem) => SigningKey::from_pem(&pem).map_err(std::io::Error::other)?,
+        Err(_) => {
+            let key = SigningKey::generate(KeyType::EcP256).map_err(std::io::Error::other)?;
+            write_private(&files.issuer_key, key.pkcs8_pem().as_bytes())?;
+            key
+        }
+    };
+    let point = key.public_key_bits();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let kid = b64(&aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, point).as_ref()[..12]);
+    let jwks = json!({
+        "keys": [{
+            "kty": "EC",
+            "crv": "P-256",
+            "x": b64(&point[1..33]),
+            "y": b64(&point[33..65]),
+            "kid": kid,
+            "alg": "ES256",
+            "use": "sig",
+        }]
+    });
+    std::fs::write(&files.jwks, serde_json::to_vec_pretty(&jwks)?)?;
+
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = json!({
+        "iss": DEV_ISSUER,
+        "sub": "system:serviceaccount:default:default",
+        "aud": ["istio-ca"],
+        "iat": now,
+        "nbf": now,
+        "exp": now + DEV_TOKEN_LIFETIME.as_secs(),
+        "kubernetes.io": {
+            "namespace": "default",
+            "serviceaccount": {"name": "default", "uid": "00000000-0000-0000-0000-000000000000"},
+        },
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid);
+    let encoding = jsonwebtoken::EncodingKey::from_ec_der(key.pkcs8_der());
+    let token = jsonwebtoken::encode(&header, &claims, &encoding).map_err(std::io::Error::other)?;
+    write_private(&files.token, format!("{token}\n").as_bytes())
+}
+
+/// Replaces `path` with `bytes`, mode 0600, atomically.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = private_file_options().create_new(true).open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

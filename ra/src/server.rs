@@ -1,0 +1,214 @@
+//! Wiring of `meshca server`: the gRPC RA on its TLS port (CreateCertificate, health,
+//! reflection) and the plain-HTTP observability port.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use meshca_ca::CertificateAuthority;
+use meshca_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer;
+use tokio::net::TcpListener;
+
+use crate::auth::{AuthSetupError, Authenticator};
+use crate::config::{AuthConfig, GrpcConfig, MetricsConfig};
+use crate::metrics::{ExpiryGauges, RaMetrics};
+use crate::service::CertificateService;
+use crate::tls::{self, TlsSetupError};
+
+/// gRPC messages above this are refused by the transport (Istio's limit too).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct RaSettings {
+    pub grpc: GrpcConfig,
+    pub metrics: MetricsConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error("grpc.cert_file and grpc.key_file must be set together")]
+    HalfCertFiles,
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("metrics server: {0}")]
+    Http(std::io::Error),
+}
+
+/// A started RA: its bound addresses, and the future that runs it until shutdown.
+pub struct RunningRa {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub metrics: Arc<RaMetrics>,
+    serve: std::pin::Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>>,
+}
+
+impl std::fmt::Debug for RunningRa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningRa")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("metrics_addr", &self.metrics_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    ca: CertificateAuthority,
+    metrics: Arc<RaMetrics>,
+}
+
+// === impl RunningRa ===
+
+impl RunningRa {
+    /// Binds both ports and prepares the servers; `shutdown` resolving stops them gracefully.
+    pub async fn start(
+        settings: &RaSettings,
+        ca: CertificateAuthority,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Self, ServeError> {
+        let metrics = Arc::new(RaMetrics::default());
+        let auth = Arc::new(Authenticator::new(&settings.auth, ca.clone()).await?);
+        let files = match (&settings.grpc.cert_file, &settings.grpc.key_file) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            (None, None) => None,
+            _ => return Err(ServeError::HalfCertFiles),
+        };
+        let certs = tls::serving_certificate(
+            &ca,
+            &settings.grpc.dns_names,
+            &settings.grpc.ip_sans,
+            settings.grpc.serving_cert_ttl,
+            files,
+        )
+        .await?;
+
+        let grpc_listener = bind(settings.grpc.listen).await?;
+        let metrics_listener = bind(settings.metrics.listen).await?;
+        let grpc_addr = grpc_listener.local_addr().map_err(ServeError::Http)?;
+        let metrics_addr = metrics_listener.local_addr().map_err(ServeError::Http)?;
+
+        let service = IstioCertificateServiceServer::new(CertificateService::new(
+            ca.clone(),
+            auth,
+            metrics.clone(),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<IstioCertificateServiceServer<CertificateService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(meshca_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("descriptor sets are valid");
+
+        let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let mut grpc_stop = stop_tx.subscribe();
+        let mut http_stop = stop_tx.subscribe();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(());
+        });
+
+        let incoming = tls::incoming(grpc_listener, tls::server_config(certs));
+        let grpc = tonic::transport::Server::builder()
+            .add_service(service)
+            .add_service(health_service)
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = grpc_stop.recv().await;
+            });
+        let http = axum::serve(
+            metrics_listener,
+            http_app(HttpState {
+                ca,
+                metrics: metrics.clone(),
+            }),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.recv().await;
+        });
+        let serve = Box::pin(async move {
+            let (grpc, http) = tokio::join!(grpc, http);
+            grpc?;
+            http.map_err(ServeError::Http)
+        });
+        Ok(Self {
+            grpc_addr,
+            metrics_addr,
+            metrics,
+            serve,
+        })
+    }
+
+    /// Runs until the shutdown future resolves and connections drain.
+    pub async fn run(self) -> Result<(), ServeError> {
+        self.serve.await
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// `/metrics`, `/healthz`, `/readyz`.
+fn http_app(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler))
+        .with_state(state)
+}
+
+async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
+    let authority = state.ca.current_authority();
+    let unix = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let body = state.metrics.render(ExpiryGauges {
+        root_cert_expiry: unix(authority.root().not_after()),
+        cert_chain_expiry: unix(authority.path_not_after()),
+        cacerts_reload_failures: state
+            .ca
+            .metrics()
+            .cacerts_reload_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+    });
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+}
+
+/// Ready once the store answers and the authority can still sign.
+async fn ready_handler(State(state): State<HttpState>) -> impl IntoResponse {
+    if let Err(error) = state.ca.store().ping().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("store: {error}\n"));
+    }
+    let authority = state.ca.current_authority();
+    if authority.path_not_after() <= std::time::SystemTime::now() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "CA signing path has expired\n".to_string(),
+        );
+    }
+    (StatusCode::OK, "ready\n".to_string())
+}

@@ -1,0 +1,157 @@
+//! `istio.v1.auth.IstioCertificateService/CreateCertificate`: authenticate, check the CSR,
+//! have the CA sign and record, answer with Istio's chain. Errors become gRPC statuses here and
+//! only here, with Istio's codes and without internals.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use meshca_ca::{CertificateAuthority, IssueError, IssueRequest, Requester, VerifiedCsr};
+use meshca_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateService;
+use meshca_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Authenticator, Caller, Credentials};
+use crate::metrics::RaMetrics;
+use crate::tls::PeerInfo;
+
+/// Istio's message for every authentication failure; the reason is logged, not sent.
+pub const AUTHENTICATION_FAILURE: &str = "request authenticate failure";
+
+#[derive(Clone, Debug)]
+pub struct CertificateService {
+    ca: CertificateAuthority,
+    auth: Arc<Authenticator>,
+    metrics: Arc<RaMetrics>,
+}
+
+// === impl CertificateService ===
+
+impl CertificateService {
+    pub fn new(
+        ca: CertificateAuthority,
+        auth: Arc<Authenticator>,
+        metrics: Arc<RaMetrics>,
+    ) -> Self {
+        Self { ca, auth, metrics }
+    }
+
+    async fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(Caller, Option<PeerInfo>), Status> {
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let cluster_id = request
+            .metadata()
+            .get("clusterid")
+            .and_then(|v| v.to_str().ok());
+        let no_certs = Vec::new();
+        let creds = Credentials {
+            peer_certs: peer.as_ref().map_or(&no_certs, |p| p.certs.as_ref()),
+            bearer_token: bearer,
+            cluster_id,
+            peer_addr: peer.as_ref().map(|p| p.remote_addr),
+        };
+        match self.auth.authenticate(&creds).await {
+            Ok(caller) => Ok((caller, peer)),
+            Err(error) => {
+                self.metrics.authentication_failed(error.reason());
+                tracing::warn!(
+                    peer = ?creds.peer_addr,
+                    cluster_id = ?creds.cluster_id,
+                    %error,
+                    "authentication failed"
+                );
+                Err(Status::unauthenticated(AUTHENTICATION_FAILURE))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CertificateService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let started = Instant::now();
+        self.metrics.csr_received();
+        let (caller, peer) = self.authenticate(&request).await?;
+        let body = request.into_inner();
+
+        let csr = VerifiedCsr::from_pem(&body.csr).map_err(|error| {
+            self.metrics.sign_error("csr_error");
+            tracing::info!(spiffe_id = %caller.spiffe_id, %error, "CSR refused");
+            Status::invalid_argument(format!("CSR refused: {error}"))
+        })?;
+        if let Some(other) = csr
+            .requested_uri_sans()
+            .iter()
+            .find(|uri| *uri != caller.spiffe_id.as_str())
+        {
+            self.metrics.sign_error("identity_mismatch");
+            tracing::warn!(spiffe_id = %caller.spiffe_id, requested = %other, "CSR names another identity");
+            return Err(Status::invalid_argument(format!(
+                "CSR requests identity {other} but the caller is authenticated as {}",
+                caller.spiffe_id
+            )));
+        }
+
+        let requester = Requester {
+            method: caller.method.to_string(),
+            principal: caller.principal.clone(),
+            peer_address: peer.map(|p| p.remote_addr.to_string()),
+            cluster_id: caller.cluster_id.clone(),
+        };
+        let issued = self
+            .ca
+            .issue(IssueRequest {
+                csr: &csr,
+                spiffe_id: &caller.spiffe_id,
+                requested_ttl_secs: body.validity_duration,
+                requester: &requester,
+            })
+            .await
+            .map_err(|error| self.issue_status(&caller, error))?;
+
+        self.metrics.issued(started.elapsed());
+        tracing::info!(
+            serial = %issued.serial,
+            spiffe_id = %caller.spiffe_id,
+            method = caller.method,
+            principal = %caller.principal,
+            "issued certificate"
+        );
+        Ok(Response::new(IstioCertificateResponse {
+            cert_chain: issued.chain_pem,
+        }))
+    }
+}
+
+impl CertificateService {
+    fn issue_status(&self, caller: &Caller, error: IssueError) -> Status {
+        let (kind, status) = match &error {
+            IssueError::Ttl(e) => ("ttl_error", Status::invalid_argument(e.to_string())),
+            IssueError::Store(_) => (
+                "store_unavailable",
+                Status::unavailable("certificate store unavailable; nothing was issued"),
+            ),
+            IssueError::NotReady(_) => ("ca_not_ready", Status::internal("CA is not ready")),
+            _ => (
+                "cert_gen_error",
+                Status::internal("failed to generate the certificate"),
+            ),
+        };
+        self.metrics.sign_error(kind);
+        tracing::error!(spiffe_id = %caller.spiffe_id, %error, "issuance failed");
+        status
+    }
+}

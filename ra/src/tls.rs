@@ -1,0 +1,372 @@
+//! TLS for the RA's gRPC port: a serving certificate meshca issues itself (renewed at half-life
+//! and when the authority changes) or one read from files, client certificates requested but
+//! optional, and each connection's peer chain handed to the handlers.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use meshca_ca::keys::{KeyType, SigningKey};
+use meshca_ca::CertificateAuthority;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::server::TlsStream;
+
+/// A TLS handshake that takes longer than this is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retry delay when renewing the serving certificate fails.
+const RENEW_RETRY: Duration = Duration::from_secs(30);
+
+/// What handlers learn about the connection a request came on.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub remote_addr: SocketAddr,
+    /// Client certificate chain as sent, leaf first; empty when none.
+    pub certs: Arc<Vec<CertificateDer<'static>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsSetupError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("issuing the serving certificate: {0}")]
+    Issue(#[from] meshca_ca::IssueError),
+    #[error("serving key: {0}")]
+    Key(String),
+}
+
+/// The process-wide crypto provider: aws-lc-rs, the same backend the CA signs with.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// When to renew a certificate valid over `[not_before, not_after]`: at half its lifetime.
+pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    not_before + lifetime / 2
+}
+
+/// The serving certificate, published through a watch so renewals reach new handshakes.
+pub async fn serving_certificate(
+    ca: &CertificateAuthority,
+    dns_names: &[String],
+    ip_sans: &[IpAddr],
+    ttl: Duration,
+    files: Option<(&Path, &Path)>,
+) -> Result<watch::Receiver<Arc<CertifiedKey>>, TlsSetupError> {
+    if let Some((cert, key)) = files {
+        let certified = load_files(cert, key)?;
+        return Ok(watch::channel(Arc::new(certified)).1);
+    }
+    let (certified, renew) = issue_serving(ca, dns_names, ip_sans, ttl).await?;
+    let (tx, rx) = watch::channel(Arc::new(certified));
+    let ca = ca.clone();
+    let dns_names = dns_names.to_vec();
+    let ip_sans = ip_sans.to_vec();
+    tokio::spawn(async move {
+        let mut renew = renew;
+        let mut authority = ca.watch_authority();
+        loop {
+            let wait = renew
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                changed = authority.changed() => {
+                    if changed.is_err() { return; }
+                }
+                _ = tx.closed() => return,
+            }
+            match issue_serving(&ca, &dns_names, &ip_sans, ttl).await {
+                Ok((certified, next)) => {
+                    tracing::info!("renewed the gRPC serving certificate");
+                    tx.send_replace(Arc::new(certified));
+                    renew = next;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "renewing the gRPC serving certificate failed; retrying");
+                    renew = SystemTime::now() + RENEW_RETRY;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+async fn issue_serving(
+    ca: &CertificateAuthority,
+    dns_names: &[String],
+    ip_sans: &[IpAddr],
+    ttl: Duration,
+) -> Result<(CertifiedKey, SystemTime), TlsSetupError> {
+    let key =
+        SigningKey::generate(KeyType::EcP256).map_err(|e| TlsSetupError::Key(e.to_string()))?;
+    let issued = ca
+        .issue_server_certificate(&key.subject_public_key_info(), dns_names, ip_sans, ttl)
+        .await?;
+    let authority = ca.current_authority();
+    let mut chain = vec![CertificateDer::from(issued.leaf_der.clone())];
+    chain.extend(
+        authority
+            .intermediates()
+            .iter()
+            .map(|c| CertificateDer::from(c.der().to_vec())),
+    );
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            key.pkcs8_der().to_vec(),
+        )))
+        .map_err(|e| TlsSetupError::Key(e.to_string()))?;
+    let not_before = SystemTime::now();
+    Ok((
+        CertifiedKey::new(chain, signing_key),
+        renew_at(not_before, issued.not_after),
+    ))
+}
+
+fn load_files(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsSetupError> {
+    let file_err = |path: &Path, reason: String| TlsSetupError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let cert_pem = std::fs::read(cert).map_err(|e| file_err(cert, e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> = pem::parse_many(&cert_pem)
+        .map_err(|e| file_err(cert, e.to_string()))?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| CertificateDer::from(p.into_contents()))
+        .collect();
+    if chain.is_empty() {
+        return Err(file_err(cert, "no certificate".into()));
+    }
+    let key_pem = std::fs::read(key).map_err(|e| file_err(key, e.to_string()))?;
+    let signing = SigningKey::from_pem(&key_pem).map_err(|e| file_err(key, e.to_string()))?;
+    let signing_key = provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            signing.pkcs8_der().to_vec(),
+        )))
+        .map_err(|e| file_err(key, e.to_string()))?;
+    Ok(CertifiedKey::new(chain, signing_key))
+}
+
+/// rustls server config: TLS 1.2+, ALPN h2 (gRPC clients require it), optional client certs.
+pub fn server_config(certs: watch::Receiver<Arc<CertifiedKey>>) -> Arc<rustls::ServerConfig> {
+    let provider = provider();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
+        .with_client_cert_verifier(Arc::new(OptionalClientCert { provider }))
+        .with_cert_resolver(Arc::new(WatchedCert(certs)));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+/// Accepts connections, runs handshakes concurrently, yields finished TLS streams.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>> {
+    let (tx, rx) = mpsc::channel(128);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote_addr) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = tx.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let certs = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+                            .unwrap_or_default();
+                        let conn = TlsConn {
+                            stream,
+                            info: PeerInfo {
+                                remote_addr,
+                                certs: Arc::new(certs),
+                            },
+                        };
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%remote_addr, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote_addr, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A finished TLS connection and what it proved about the peer.
+pub struct TlsConn {
+    stream: TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl fmt::Debug for TlsConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConn")
+            .field("peer", &self.info.remote_addr)
+            .finish()
+    }
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+#[derive(Debug)]
+struct WatchedCert(watch::Receiver<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for WatchedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.borrow().clone())
+    }
+}
+
+/// Requests a client certificate but does not require one, and checks only that the client
+/// holds its key. Which roots a chain must reach depends on the authentication method (our
+/// bundle for renewal, the Athenz CA for Athenz), so chains are verified there.
+#[derive(Debug)]
+struct OptionalClientCert {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for OptionalClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renews_at_half_life() {
+        let nb = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let na = nb + Duration::from_secs(3600);
+        assert_eq!(renew_at(nb, na), nb + Duration::from_secs(1800));
+        assert_eq!(renew_at(na, nb), na, "inverted validity renews at once");
+    }
+}

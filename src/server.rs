@@ -1,0 +1,83 @@
+//! `meshca server`: the CA in-process and the RA in front of it, until SIGINT/SIGTERM.
+
+use meshca_ca::CertificateAuthority;
+use meshca_ra::dev::{self, DevFiles};
+use meshca_ra::{RaSettings, RunningRa};
+
+use crate::config::MeshcaConfig;
+
+pub async fn run(mut config: MeshcaConfig, dev_mode: bool) -> anyhow::Result<()> {
+    let dev_files = DevFiles::under(&config.data_dir);
+    if dev_mode {
+        dev::write_dev_credentials(&dev_files)?;
+        config.auth.clusters.insert(
+            meshca_ra::config::DEFAULT_CLUSTER_ID.to_string(),
+            dev_files.cluster_config(),
+        );
+    }
+    let ca = CertificateAuthority::start(&config.ca_settings()?).await?;
+    let root_path = config.data_dir.join("root-cert.pem");
+    if dev_mode {
+        std::fs::write(&root_path, ca.current_authority().root_bundle_pem())?;
+    }
+    let settings = RaSettings {
+        grpc: config.grpc.clone(),
+        metrics: config.metrics.clone(),
+        auth: config.auth.clone(),
+    };
+    let ra = RunningRa::start(&settings, ca.clone(), shutdown_signal()).await?;
+    tracing::info!(
+        grpc = %ra.grpc_addr,
+        metrics = %ra.metrics_addr,
+        trust_domain = %config.trust_domain,
+        authority = %ca.current_authority().id(),
+        store = ca.store().dialect(),
+        "meshca server ready"
+    );
+    if dev_mode {
+        println!("meshca dev server");
+        println!("  gRPC (Istio CreateCertificate): {}", ra.grpc_addr);
+        println!(
+            "  metrics / health:               http://{}/metrics",
+            ra.metrics_addr
+        );
+        println!("  trust bundle:                   {}", root_path.display());
+        println!(
+            "  JWT issuer key (PKCS#8):        {}",
+            dev_files.issuer_key.display()
+        );
+        println!(
+            "  JWKS:                           {}",
+            dev_files.jwks.display()
+        );
+        println!(
+            "  service-account token:          {}  (default/default, aud istio-ca, 24h)",
+            dev_files.token.display()
+        );
+    }
+    ra.run().await?;
+    tracing::info!("meshca server stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
