@@ -1,9 +1,6 @@
-#[test]
-fn probe_lock() {
-    let out = std::process::Command::new(std::env::var("CARGO").unwrap())
-        .args(["build", "--workspace", "--bins", "--tests", "--locked"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-}
+//! End-to-end tests: the real `meshca` binary on loopback, driven by real clients (tonic over
+//! rustls) and real peers. One test binary, shared helpers.
+
+mod harness;
+mod peers;
+mod ra;

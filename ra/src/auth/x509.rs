@@ -150,6 +150,7 @@ fn parse_chain(
 pub fn common_name(name: &Name) -> Option<String> {
     name.0
         .iter()
+        .rev()
         .flat_map(|rdn| rdn.0.iter())
         .filter(|atv| atv.oid == OID_COMMON_NAME)
         .filter_map(|atv| {
@@ -168,5 +169,5 @@ pub fn common_name(name: &Name) -> Option<String> {
                 })
                 .ok()
         })
-        .last()
+        .next()
 }

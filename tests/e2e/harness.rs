@@ -1,0 +1,393 @@
+//! Shared helpers: build and run the real `meshca` binary, talk to it with real clients, and
+//! stand up the third parties it talks to (a Kubernetes API server's TokenReview, an OIDC
+//! issuer) on loopback.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use meshca_ca::keys::{KeyType, SigningKey};
+use meshca_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
+use meshca_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
+use serde_json::{json, Value};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// The `meshca` binary, built once per test run with the same feature set as the tests (so
+/// under `cargo test --workspace` this is a no-op check).
+pub fn meshca_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .args([
+                "build",
+                "--workspace",
+                "--bins",
+                "--tests",
+                "--message-format=json-render-diagnostics",
+            ])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("cargo runs");
+        assert!(out.status.success(), "building meshca failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            // `--tests` also builds the binary's unit-test harness; we want the real binary.
+            .filter(|v| {
+                v["reason"] == "compiler-artifact"
+                    && v["target"]["name"] == "meshca"
+                    && v["profile"]["test"] == false
+            })
+            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported the meshca executable")
+    })
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `meshca` process; killed on drop. Its output goes to `log`.
+pub struct MeshcaProcess {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl MeshcaProcess {
+    /// Starts `meshca <args>` and waits until `/readyz` answers 200.
+    pub fn start(
+        args: &[&str],
+        env: &[(&str, String)],
+        log_dir: &Path,
+        grpc: SocketAddr,
+        metrics: SocketAddr,
+    ) -> Self {
+        std::fs::create_dir_all(log_dir).unwrap();
+        let log = log_dir.join(format!("meshca-{}.log", grpc.port()));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(meshca_bin());
+        cmd.args(args)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("meshca starts");
+        let mut process = Self {
+            child,
+            grpc,
+            metrics,
+            log,
+        };
+        process.wait_ready();
+        process
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("meshca exited with {status}:\n{}", self.output());
+            }
+            if http_get(self.metrics, "/readyz").is_ok_and(|(code, _)| code == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "meshca not ready:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metric(&self, name_and_labels: &str) -> f64 {
+        metric_value(
+            &http_get(self.metrics, "/metrics").unwrap().1,
+            name_and_labels,
+        )
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MeshcaProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A sample value from Prometheus text; 0 when the series is absent.
+pub fn metric_value(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            (series == name_and_labels).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// A minimal HTTP/1.1 GET over plain TCP (for the metrics port).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// A gRPC client for the RA, trusting `root_pem`, optionally presenting a client cert.
+pub async fn ca_client(
+    addr: SocketAddr,
+    root_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> IstioCertificateServiceClient<Channel> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(root_pem))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects to the RA");
+    IstioCertificateServiceClient::new(channel).max_decoding_message_size(8 * 1024 * 1024)
+}
+
+/// Sends CreateCertificate with an optional bearer token and cluster id.
+pub async fn create_certificate(
+    client: &mut IstioCertificateServiceClient<Channel>,
+    csr: &str,
+    ttl_secs: i64,
+    token: Option<&str>,
+    cluster_id: Option<&str>,
+) -> Result<IstioCertificateResponse, tonic::Status> {
+    let mut request = tonic::Request::new(IstioCertificateRequest {
+        csr: csr.to_string(),
+        validity_duration: ttl_secs,
+        metadata: None,
+    });
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    if let Some(id) = cluster_id {
+        request
+            .metadata_mut()
+            .insert("clusterid", id.parse().unwrap());
+    }
+    client
+        .create_certificate(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A workload key and a CSR for it, the way istio-agent makes them (URI SAN only).
+pub struct WorkloadKey {
+    pub key: rcgen::KeyPair,
+}
+
+impl WorkloadKey {
+    pub fn ec() -> Self {
+        Self {
+            key: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+        }
+    }
+
+    pub fn csr(&self, uris: &[&str]) -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| {
+                rcgen::SanType::URI(rcgen::string::Ia5String::try_from(u.to_string()).unwrap())
+            })
+            .collect();
+        params.serialize_request(&self.key).unwrap().pem().unwrap()
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// SHA-256 of the SPKI, as the issuance record stores it.
+    pub fn public_key_sha256(&self) -> String {
+        let spki = pem::parse(self.key.public_key_pem())
+            .unwrap()
+            .into_contents();
+        hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &spki).as_ref())
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A CSR from `openssl req` (for key types rcgen will not generate).
+pub fn openssl_csr(newkey: &[&str]) -> String {
+    let mut args = vec![
+        "req",
+        "-new",
+        "-nodes",
+        "-keyout",
+        "/dev/null",
+        "-subj",
+        "/",
+    ];
+    args.extend_from_slice(newkey);
+    let out = Command::new("openssl").args(&args).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `openssl verify -CAfile root -untrusted chain leaf`.
+pub fn openssl_verify(
+    dir: &Path,
+    root_pem: &str,
+    untrusted: &str,
+    leaf: &str,
+) -> Result<(), String> {
+    let (r, u, l) = (
+        dir.join("v-root.pem"),
+        dir.join("v-chain.pem"),
+        dir.join("v-leaf.pem"),
+    );
+    std::fs::write(&r, root_pem).unwrap();
+    std::fs::write(&u, untrusted).unwrap();
+    std::fs::write(&l, leaf).unwrap();
+    let mut cmd = Command::new("openssl");
+    cmd.arg("verify").arg("-CAfile").arg(&r);
+    if !untrusted.is_empty() {
+        cmd.arg("-untrusted").arg(&u);
+    }
+    let out = cmd.arg(&l).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(text)
+    }
+}
+
+// === JWTs ===
+
+/// A JWT signing key with its JWK.
+pub struct JwtKey {
+    pub kid: String,
+    pub alg: jsonwebtoken::Algorithm,
+    pub encoding: jsonwebtoken::EncodingKey,
+    pub jwk: Value,
+    pub public_pem: String,
+}
+
+impl JwtKey {
+    pub fn es256(kid: &str) -> Self {
+        let key = SigningKey::generate(KeyType::EcP256).unwrap();
+        let point = key.public_key_bits();
+        Self {
+            kid: kid.into(),
+            alg: jsonwebtoken::Algorithm::ES256,
+            encoding: jsonwebtoken::EncodingKey::from_ec_pem(key.pkcs8_pem().as_bytes()).unwrap(),
+            jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+                "x": b64url(&point[1..33]), "y": b64url(&point[33..65])}),
+            public_pem: spki_pem(&key),
+        }
+    }
+
+    pub fn rs256(kid: &str) -> Self {
+        let key = SigningKey::generate(KeyType::Rsa2048).unwrap();
+        use pkcs1::der::Decode;
+        let public = pkcs1::RsaPublicKey::from_der(key.public_key_bits()).unwrap();
+        Self {
+            kid: kid.into(),
+            alg: jsonwebtoken::Algorithm::RS256,
+            encoding: jsonwebtoken::EncodingKey::from_rsa_pem(key.pkcs8_pem().as_bytes()).unwrap(),
+            jwk: json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+                "n": b64url(public.modulus.as_bytes()), "e": b64url(public.public_exponent.as_bytes())}),
+            public_pem: spki_pem(&key),
+        }
+    }
+
+    pub fn mint(&self, claims: &Value) -> String {
+        let mut header = jsonwebtoken::Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
+    }
+}
+
+fn spki_pem(key: &SigningKey) -> String {
+    let der = meshca_ca::keys::spki_der(&key.subject_public_key_info());
+    pem::encode(&pem::Pem::new("PUBLIC KEY", der))
+}
+
+pub fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Service-account token claims as the Kubernetes API server writes them.
+pub fn sa_claims(issuer: &str, namespace: &str, sa: &str) -> Value {
+    let now = now_secs();
+    json!({
+        "iss": issuer,
+        "sub": format!("system:serviceaccount:{namespace}:{sa}"),
+        "aud": ["istio-ca"],
+        "iat": now,
+        "nbf": now - 5,
+        "exp": now + 3600,
+        "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": sa, "uid": "6b5c4d2e"}},
+    })
+}
+
+pub fn jwks(keys: &[&JwtKey]) -> Value {
+    json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()})
+}

@@ -1,0 +1,172 @@
+//! The third parties meshca talks to, on loopback: a Kubernetes API server that answers
+//! TokenReview exactly as `authentication.k8s.io/v1` does (the one test double: no API server
+//! runs here), and an OIDC issuer serving discovery and JWKS documents.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use meshca_ca::testing::{CaSpec, LeafSpec, TestCa};
+use serde_json::{json, Value};
+
+pub const REVIEWER_TOKEN: &str = "meshca-reviewer-token";
+
+/// Counts TokenReview calls, to see the cache at work.
+#[derive(Debug, Default)]
+pub struct ApiServerState {
+    pub reviews: AtomicUsize,
+}
+
+/// A TLS API server on loopback; returns its address and the CA that signed its cert.
+pub fn start_api_server(
+    runtime: &tokio::runtime::Handle,
+    state: Arc<ApiServerState>,
+) -> (SocketAddr, TestCa) {
+    let ca = TestCa::new(&CaSpec::new("CN=kubernetes,O=test cluster"), None);
+    let serving = ca.issue_leaf(&LeafSpec {
+        dns_names: vec!["kubernetes.default.svc".into()],
+        ip_addrs: vec!["127.0.0.1".parse().unwrap()],
+        ..LeafSpec::new("CN=kube-apiserver")
+    });
+    let app = Router::new()
+        .route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            post(token_review),
+        )
+        .with_state(state);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let cert = rustls::pki_types::CertificateDer::from(serving.cert.der().to_vec());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(serving.key.pkcs8_der().to_vec().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    });
+    (addr, ca)
+}
+
+/// TokenReview as the API server answers it. The test tokens say what the answer is.
+async fn token_review(
+    State(state): State<Arc<ApiServerState>>,
+    headers: HeaderMap,
+    Json(review): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let authorized = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {REVIEWER_TOKEN}"));
+    if !authorized {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Unauthorized", "code": 401}),
+            ),
+        );
+    }
+    if review["apiVersion"] != "authentication.k8s.io/v1" || review["kind"] != "TokenReview" {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"kind": "Status", "code": 400})),
+        );
+    }
+    state.reviews.fetch_add(1, Ordering::SeqCst);
+    let token = review["spec"]["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let audiences = review["spec"]["audiences"].clone();
+    let status = if let Some(rest) = token.strip_prefix("tr-good-") {
+        let (ns, sa) = rest.split_once('-').unwrap();
+        json!({
+            "authenticated": true,
+            "user": {
+                "username": format!("system:serviceaccount:{ns}:{sa}"),
+                "uid": "0d3e6f1c-2b7a-4c8e-9f00-5a1b2c3d4e5f",
+                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"],
+                "extra": {"authentication.kubernetes.io/pod-name": ["web-7d9f8"]},
+            },
+            "audiences": audiences,
+        })
+    } else if token == "tr-node" {
+        json!({
+            "authenticated": true,
+            "user": {"username": "system:node:worker-1", "groups": ["system:nodes", "system:authenticated"]},
+            "audiences": audiences,
+        })
+    } else if token == "tr-malformed-user" {
+        json!({
+            "authenticated": true,
+            "user": {"username": "system:serviceaccount:only-namespace", "groups": ["system:serviceaccounts", "system:authenticated"]},
+            "audiences": audiences,
+        })
+    } else {
+        json!({"authenticated": false, "error": "[invalid bearer token, token lookup failed]", "user": {}})
+    };
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": review["spec"],
+            "status": status,
+        })),
+    )
+}
+
+/// An OIDC issuer at `http://<addr>` serving discovery and `jwks`.
+pub fn start_oidc_issuer(runtime: &tokio::runtime::Handle, jwks: Value) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let issuer = format!("http://{addr}");
+    let discovery = json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{issuer}/openid/v1/jwks"),
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+    });
+    let app = Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(move || async move { Json(discovery) }),
+        )
+        .route("/openid/v1/jwks", get(move || async move { Json(jwks) }));
+    runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
+}

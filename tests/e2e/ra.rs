@@ -1,0 +1,782 @@
+//! `meshca server` as istio-agent sees it: CreateCertificate over TLS gRPC with each
+//! authentication method, Istio's chain, and every refusal with its code, no certificate,
+//! nothing recorded and the failure counted.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use meshca_ca::keys::KeyType;
+use meshca_ca::testing::{CaSpec, GeneratedChain, LeafSpec, TestCa, DAY};
+use meshca_ca::x509::ParsedCert;
+use meshca_ca::Store;
+use serde_json::json;
+use tonic::Code;
+
+use crate::harness::*;
+use crate::peers::{self, ApiServerState, REVIEWER_TOKEN};
+
+const K8S_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// One server for this file's tests, with every authentication method configured.
+struct World {
+    server: MeshcaProcess,
+    dir: PathBuf,
+    chain: GeneratedChain,
+    store_url: String,
+    es256: JwtKey,
+    rs256: JwtKey,
+    stranger: JwtKey,
+    remote_key: JwtKey,
+    remote_issuer: String,
+    athenz_ca: TestCa,
+    api_server: Arc<ApiServerState>,
+    _runtime: std::thread::JoinHandle<()>,
+    _tmp: tempfile::TempDir,
+}
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        // Third parties run on their own runtime, alive for the whole test binary.
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let runtime_thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            handle_tx.send(rt.handle().clone()).unwrap();
+            rt.block_on(std::future::pending::<()>());
+        });
+        let runtime = handle_rx.recv().unwrap();
+
+        let chain = GeneratedChain::new(KeyType::EcP256);
+        chain.write(&dir.join("cacerts"));
+        let es256 = JwtKey::es256("es-key-1");
+        let rs256 = JwtKey::rs256("rsa-key-1");
+        let stranger = JwtKey::es256("not-published");
+        std::fs::write(dir.join("jwks.json"), jwks(&[&es256, &rs256]).to_string()).unwrap();
+        let remote_key = JwtKey::rs256("remote-1");
+        let oidc = peers::start_oidc_issuer(&runtime, jwks(&[&remote_key]));
+        let remote_issuer = format!("http://{oidc}");
+        let api_server = Arc::new(ApiServerState::default());
+        let (api_addr, api_ca) = peers::start_api_server(&runtime, api_server.clone());
+        std::fs::write(dir.join("apiserver-ca.pem"), api_ca.pem()).unwrap();
+        std::fs::write(dir.join("reviewer-token"), REVIEWER_TOKEN).unwrap();
+        let athenz_ca = TestCa::new(&CaSpec::new("CN=Athenz CA,O=Athenz"), None);
+        std::fs::write(dir.join("athenz-ca.pem"), athenz_ca.pem()).unwrap();
+
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let down = free_port();
+        let d = dir.display();
+        let config = format!(
+            r#"
+trust_domain = "cluster.local"
+data_dir = "{d}/data"
+
+[ca]
+cacerts_dir = "{d}/cacerts"
+max_ttl = "48h"
+
+[grpc]
+listen = "{grpc}"
+ip_sans = ["127.0.0.1"]
+
+[metrics]
+listen = "{metrics}"
+
+[auth.athenz]
+ca_bundle = "{d}/athenz-ca.pem"
+namespace_map = {{ "sports.prod" = "sports" }}
+
+[auth.clusters.Kubernetes]
+mode = "jwks"
+issuer = "{K8S_ISSUER}"
+jwks_file = "{d}/jwks.json"
+jwks_min_refresh = "1h"
+
+[auth.clusters.remote]
+mode = "jwks"
+issuer = "{remote_issuer}"
+
+[auth.clusters.tr]
+mode = "tokenreview"
+api_server_url = "https://{api_addr}"
+api_server_ca_file = "{d}/apiserver-ca.pem"
+api_server_token_file = "{d}/reviewer-token"
+
+[auth.clusters.down]
+mode = "tokenreview"
+api_server_url = "https://127.0.0.1:{down}"
+api_server_ca_file = "{d}/apiserver-ca.pem"
+api_server_token_file = "{d}/reviewer-token"
+request_timeout = "2s"
+"#
+        );
+        std::fs::write(dir.join("meshca.toml"), config).unwrap();
+        let config_path = dir.join("meshca.toml").display().to_string();
+        let server = MeshcaProcess::start(
+            &["server", "--config", &config_path],
+            &[("MESHCA_LOG", "info".into())],
+            &dir,
+            grpc,
+            metrics,
+        );
+        World {
+            server,
+            store_url: format!("sqlite://{d}/data/meshca.db"),
+            dir,
+            chain,
+            es256,
+            rs256,
+            stranger,
+            remote_key,
+            remote_issuer,
+            athenz_ca,
+            api_server,
+            _runtime: runtime_thread,
+            _tmp: tmp,
+        }
+    })
+}
+
+impl World {
+    fn root(&self) -> String {
+        self.chain.root.pem()
+    }
+
+    async fn client(&self) -> meshca_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient<tonic::transport::Channel>{
+        ca_client(self.server.grpc, &self.root(), None).await
+    }
+
+    async fn store(&self) -> Store {
+        Store::connect(&self.store_url).await.unwrap()
+    }
+
+    fn athenz_cert(&self, ca: &TestCa, cn: &str, spiffe: &str, expired: bool) -> TestCa {
+        let (domain, service) = cn.rsplit_once('.').unwrap();
+        let mut spec = LeafSpec {
+            dns_names: vec![format!(
+                "{service}.{}.athenz.cloud",
+                domain.replace('.', "-")
+            )],
+            uris: vec![
+                spiffe.to_string(),
+                "athenz://instanceid/sys.k8s/pod-1234".to_string(),
+            ],
+            ..LeafSpec::new(&format!("CN={cn},O=Athenz"))
+        };
+        if expired {
+            spec.not_before = std::time::SystemTime::now() - 10 * DAY;
+            spec.not_after = std::time::SystemTime::now() - DAY;
+        }
+        ca.issue_leaf(&spec)
+    }
+}
+
+fn leaf_of(chain: &[String]) -> ParsedCert {
+    ParsedCert::from_der(pem::parse(&chain[0]).unwrap().contents()).unwrap()
+}
+
+#[tokio::test]
+async fn es256_jwt_gets_istio_chain_and_is_recorded() {
+    let w = world();
+    let mut client = w.client().await;
+    let key = WorkloadKey::ec();
+    let id = "spiffe://cluster.local/ns/default/sa/web";
+    let token = w.es256.mint(&sa_claims(K8S_ISSUER, "default", "web"));
+    let response = create_certificate(&mut client, &key.csr(&[id]), 0, Some(&token), None)
+        .await
+        .unwrap();
+    let chain = &response.cert_chain;
+    // [leaf, signing CA, intermediate, root bundle], each its own PEM element ending in "\n".
+    assert_eq!(chain.len(), 4);
+    assert!(chain
+        .iter()
+        .all(|e| e.ends_with('\n') && e.starts_with("-----BEGIN CERTIFICATE-----")));
+    assert_eq!(chain[1], w.chain.signing.pem());
+    assert_eq!(chain[2], w.chain.intermediate.pem());
+    assert_eq!(chain[3], w.root());
+    let leaf = leaf_of(chain);
+    assert_eq!(leaf.uri_sans(), vec![id.to_string()]);
+    openssl_verify(
+        &w.dir,
+        &w.root(),
+        &format!("{}{}", chain[1], chain[2]),
+        &chain[0],
+    )
+    .unwrap();
+
+    let records = w
+        .store()
+        .await
+        .issuances_for_public_key(&key.public_key_sha256())
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.serial, leaf.serial().to_hex());
+    assert_eq!(r.requester_method, "jwt");
+    assert_eq!(r.requester_principal, "system:serviceaccount:default:web");
+    assert_eq!(r.cluster_id.as_deref(), Some("Kubernetes"));
+    assert!(r.peer_address.as_deref().unwrap().starts_with("127.0.0.1:"));
+}
+
+#[tokio::test]
+async fn rs256_jwt_with_explicit_cluster_id_and_requested_ttl() {
+    let w = world();
+    let mut client = w.client().await;
+    let key = WorkloadKey::ec();
+    let token = w.rs256.mint(&sa_claims(K8S_ISSUER, "payments", "api"));
+    let response = create_certificate(
+        &mut client,
+        &key.csr(&[]),
+        3600,
+        Some(&token),
+        Some("Kubernetes"),
+    )
+    .await
+    .unwrap();
+    let leaf = leaf_of(&response.cert_chain);
+    assert_eq!(
+        leaf.uri_sans(),
+        vec!["spiffe://cluster.local/ns/payments/sa/api".to_string()]
+    );
+    let lifetime = leaf.not_after().duration_since(leaf.not_before()).unwrap();
+    assert_eq!(lifetime, Duration::from_secs(3600 + 120));
+}
+
+#[tokio::test]
+async fn oidc_discovered_issuer_in_another_cluster() {
+    let w = world();
+    let mut client = w.client().await;
+    let token = w
+        .remote_key
+        .mint(&sa_claims(&w.remote_issuer, "shop", "cart"));
+    let response = create_certificate(
+        &mut client,
+        &WorkloadKey::ec().csr(&[]),
+        0,
+        Some(&token),
+        Some("remote"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        leaf_of(&response.cert_chain).uri_sans(),
+        vec!["spiffe://cluster.local/ns/shop/sa/cart".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn tokenreview_success_is_cached() {
+    let w = world();
+    let mut client = w.client().await;
+    let token = "tr-good-billing-invoicer";
+    let before = w.api_server.reviews.load(Ordering::SeqCst);
+    for _ in 0..2 {
+        let response = create_certificate(
+            &mut client,
+            &WorkloadKey::ec().csr(&[]),
+            0,
+            Some(token),
+            Some("tr"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            leaf_of(&response.cert_chain).uri_sans(),
+            vec!["spiffe://cluster.local/ns/billing/sa/invoicer".to_string()]
+        );
+    }
+    assert_eq!(
+        w.api_server.reviews.load(Ordering::SeqCst) - before,
+        1,
+        "second call served from cache"
+    );
+}
+
+#[tokio::test]
+async fn athenz_identities_map_to_namespaces() {
+    let w = world();
+    for (cn, expected) in [
+        ("sports.prod.api", "spiffe://cluster.local/ns/sports/sa/api"),
+        (
+            "media.web.frontend",
+            "spiffe://cluster.local/ns/media-web/sa/frontend",
+        ),
+    ] {
+        let (domain, service) = cn.rsplit_once('.').unwrap();
+        let cert = w.athenz_cert(
+            &w.athenz_ca,
+            cn,
+            &format!("spiffe://{domain}/sa/{service}"),
+            false,
+        );
+        let mut client = ca_client(
+            w.server.grpc,
+            &w.root(),
+            Some((&cert.pem(), &cert.key_pem())),
+        )
+        .await;
+        let key = WorkloadKey::ec();
+        let response = create_certificate(&mut client, &key.csr(&[]), 0, None, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            leaf_of(&response.cert_chain).uri_sans(),
+            vec![expected.to_string()],
+            "{cn}"
+        );
+        let records = w
+            .store()
+            .await
+            .issuances_for_public_key(&key.public_key_sha256())
+            .await
+            .unwrap();
+        assert_eq!(records[0].requester_method, "athenz");
+        assert_eq!(records[0].requester_principal, cn);
+    }
+}
+
+#[tokio::test]
+async fn renewal_with_the_current_workload_cert() {
+    let w = world();
+    let mut client = w.client().await;
+    let first_key = WorkloadKey::ec();
+    let token = w.es256.mint(&sa_claims(K8S_ISSUER, "default", "renewer"));
+    let first = create_certificate(&mut client, &first_key.csr(&[]), 0, Some(&token), None)
+        .await
+        .unwrap();
+    let cert_chain: String = first.cert_chain[..first.cert_chain.len() - 1].concat();
+
+    // No token: the client certificate alone authenticates.
+    let mut mtls = ca_client(
+        w.server.grpc,
+        &w.root(),
+        Some((&cert_chain, &first_key.key_pem())),
+    )
+    .await;
+    let second_key = WorkloadKey::ec();
+    let second = create_certificate(
+        &mut mtls,
+        &second_key.csr(&["spiffe://cluster.local/ns/default/sa/renewer"]),
+        0,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        leaf_of(&second.cert_chain).uri_sans(),
+        vec!["spiffe://cluster.local/ns/default/sa/renewer".to_string()]
+    );
+    let records = w
+        .store()
+        .await
+        .issuances_for_public_key(&second_key.public_key_sha256())
+        .await
+        .unwrap();
+    assert_eq!(records[0].requester_method, "renewal");
+    assert_eq!(
+        records[0].requester_principal,
+        "spiffe://cluster.local/ns/default/sa/renewer"
+    );
+}
+
+#[tokio::test]
+async fn health_metrics_and_readiness() {
+    let w = world();
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "https://127.0.0.1:{}",
+        w.server.grpc.port()
+    ))
+    .unwrap()
+    .tls_config(
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(w.root()))
+            .domain_name("localhost"),
+    )
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "istio.v1.auth.IstioCertificateService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    assert_eq!(http_get(w.server.metrics, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(w.server.metrics, "/readyz").unwrap().0, 200);
+    let metrics = http_get(w.server.metrics, "/metrics").unwrap().1;
+    let chain_expiry = metric_value(&metrics, "citadel_server_cert_chain_expiry_timestamp");
+    let signing_expiry = w
+        .chain
+        .signing
+        .cert
+        .not_after()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(chain_expiry as u64, signing_expiry);
+    assert!(metrics.contains("# TYPE meshca_csr_latency_seconds histogram"));
+}
+
+/// Each refusal: the right code, no certificate, nothing on record, the failure counted.
+#[tokio::test]
+async fn refusals_issue_nothing_and_are_counted() {
+    let w = world();
+    let root = w.root();
+    let now = now_secs();
+    let claims = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = sa_claims(K8S_ISSUER, "default", "web");
+        f(&mut c);
+        c
+    };
+    let good = w.es256.mint(&sa_claims(K8S_ISSUER, "default", "web"));
+    let (h, p, s) = {
+        let mut parts = good.split('.');
+        (
+            parts.next().unwrap().to_string(),
+            parts.next().unwrap().to_string(),
+            parts.next().unwrap().to_string(),
+        )
+    };
+    let alg_none = format!(
+        "{}.{}.",
+        b64url(br#"{"alg":"none","typ":"JWT"}"#),
+        b64url(
+            sa_claims(K8S_ISSUER, "default", "web")
+                .to_string()
+                .as_bytes()
+        )
+    );
+    let hs256_with_public_key = {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some(w.rs256.kid.clone());
+        jsonwebtoken::encode(
+            &header,
+            &sa_claims(K8S_ISSUER, "default", "web"),
+            &jsonwebtoken::EncodingKey::from_secret(w.rs256.public_pem.as_bytes()),
+        )
+        .unwrap()
+    };
+    let tampered = format!(
+        "{h}.{}.{s}",
+        b64url(
+            sa_claims(K8S_ISSUER, "kube-system", "admin")
+                .to_string()
+                .as_bytes()
+        )
+    );
+    let _ = p;
+    let unknown_ca = TestCa::new(&CaSpec::new("CN=Rogue Athenz CA"), None);
+
+    struct Case {
+        name: &'static str,
+        token: Option<String>,
+        cluster: Option<&'static str>,
+        client_cert: Option<TestCa>,
+    }
+    let token_case = |name, token: String| Case {
+        name,
+        token: Some(token),
+        cluster: None,
+        client_cert: None,
+    };
+    let tr_case = |name, token: &str, cluster| Case {
+        name,
+        token: Some(token.into()),
+        cluster: Some(cluster),
+        client_cert: None,
+    };
+    let cert_case = |name, cert| Case {
+        name,
+        token: None,
+        cluster: None,
+        client_cert: Some(cert),
+    };
+    let cases = vec![
+        Case {
+            name: "no credential",
+            token: None,
+            cluster: None,
+            client_cert: None,
+        },
+        token_case("malformed token", "not.a.jwt".into()),
+        token_case("alg none", alg_none),
+        token_case("HS256 keyed with the RSA public key", hs256_with_public_key),
+        token_case(
+            "wrong iss",
+            w.es256
+                .mint(&claims(&|c| c["iss"] = json!("https://evil.example"))),
+        ),
+        token_case(
+            "wrong aud",
+            w.es256.mint(&claims(&|c| c["aud"] = json!(["kubernetes"]))),
+        ),
+        token_case(
+            "expired",
+            w.es256.mint(&claims(&|c| {
+                c["iat"] = json!(now - 7200);
+                c["nbf"] = json!(now - 7200);
+                c["exp"] = json!(now - 3600);
+            })),
+        ),
+        token_case(
+            "nbf in the future",
+            w.es256.mint(&claims(&|c| c["nbf"] = json!(now + 600))),
+        ),
+        token_case(
+            "unknown kid",
+            w.stranger.mint(&sa_claims(K8S_ISSUER, "default", "web")),
+        ),
+        token_case("tampered payload", tampered),
+        token_case(
+            "sub is not a service account",
+            w.es256.mint(&claims(&|c| c["sub"] = json!("admin"))),
+        ),
+        Case {
+            name: "unknown cluster id",
+            token: Some(good.clone()),
+            cluster: Some("elsewhere"),
+            client_cert: None,
+        },
+        tr_case("TokenReview unauthenticated", "tr-revoked-token", "tr"),
+        tr_case("TokenReview not a service account", "tr-node", "tr"),
+        tr_case("TokenReview malformed username", "tr-malformed-user", "tr"),
+        tr_case("TokenReview API server down", "tr-good-default-web", "down"),
+        cert_case(
+            "Athenz cert from an unknown CA",
+            w.athenz_cert(
+                &unknown_ca,
+                "sports.prod.api",
+                "spiffe://sports.prod/sa/api",
+                false,
+            ),
+        ),
+        cert_case(
+            "expired Athenz cert",
+            w.athenz_cert(
+                &w.athenz_ca,
+                "sports.prod.api",
+                "spiffe://sports.prod/sa/api",
+                true,
+            ),
+        ),
+        cert_case(
+            "Athenz CN and URI disagree",
+            w.athenz_cert(
+                &w.athenz_ca,
+                "sports.prod.api",
+                "spiffe://sports.prod/sa/admin",
+                false,
+            ),
+        ),
+    ];
+    for case in cases {
+        let before = w
+            .server
+            .metric("citadel_server_authentication_failure_count");
+        let mut client = match &case.client_cert {
+            Some(cert) => {
+                ca_client(w.server.grpc, &root, Some((&cert.pem(), &cert.key_pem()))).await
+            }
+            None => w.client().await,
+        };
+        let key = WorkloadKey::ec();
+        let err = create_certificate(
+            &mut client,
+            &key.csr(&[]),
+            0,
+            case.token.as_deref(),
+            case.cluster,
+        )
+        .await
+        .expect_err(case.name);
+        assert_eq!(err.code(), Code::Unauthenticated, "{}: {err:?}", case.name);
+        assert_eq!(
+            err.message(),
+            "request authenticate failure",
+            "{}",
+            case.name
+        );
+        let after = w
+            .server
+            .metric("citadel_server_authentication_failure_count");
+        assert_eq!(after - before, 1.0, "{}: failure counted once", case.name);
+        let records = w
+            .store()
+            .await
+            .issuances_for_public_key(&key.public_key_sha256())
+            .await
+            .unwrap();
+        assert!(records.is_empty(), "{}: nothing recorded", case.name);
+    }
+}
+
+/// CSR and policy refusals after a successful authentication: INVALID_ARGUMENT naming what
+/// was wrong, nothing issued.
+#[tokio::test]
+async fn bad_requests_are_invalid_argument() {
+    let w = world();
+    let mut client = w.client().await;
+    let token = w.es256.mint(&sa_claims(K8S_ISSUER, "default", "web"));
+    let key = WorkloadKey::ec();
+
+    let err = create_certificate(
+        &mut client,
+        &key.csr(&["spiffe://cluster.local/ns/kube-system/sa/admin"]),
+        0,
+        Some(&token),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("spiffe://cluster.local/ns/kube-system/sa/admin"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message()
+            .contains("spiffe://cluster.local/ns/default/sa/web"),
+        "{}",
+        err.message()
+    );
+
+    let mut der = pem::parse(key.csr(&[])).unwrap().into_contents();
+    let last = der.len() - 1;
+    der[last] ^= 0xff;
+    let bad_sig = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der));
+    let err = create_certificate(&mut client, &bad_sig, 0, Some(&token), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("signature"), "{}", err.message());
+
+    let weak = openssl_csr(&["-newkey", "rsa:1024"]);
+    let err = create_certificate(&mut client, &weak, 0, Some(&token), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("RSA-1024"), "{}", err.message());
+
+    let oversized = format!("{}{}", key.csr(&[]), " ".repeat(70 * 1024));
+    let err = create_certificate(&mut client, &oversized, 0, Some(&token), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("65536"), "{}", err.message());
+
+    let err = create_certificate(&mut client, &key.csr(&[]), 49 * 3600, Some(&token), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "requested TTL 49h is greater than the max allowed TTL 2d"
+    );
+
+    // Above the transport's 4 MiB limit the message never reaches the handler.
+    let huge = "A".repeat(5 * 1024 * 1024);
+    let err = create_certificate(&mut client, &huge, 0, Some(&token), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{err:?}"
+    );
+
+    let records = w
+        .store()
+        .await
+        .issuances_for_public_key(&key.public_key_sha256())
+        .await
+        .unwrap();
+    assert!(records.is_empty());
+    assert!(
+        w.server
+            .metric("citadel_server_csr_sign_err_count{error=\"identity_mismatch\"}")
+            >= 1.0
+    );
+    assert!(
+        w.server
+            .metric("citadel_server_csr_sign_err_count{error=\"csr_error\"}")
+            >= 3.0
+    );
+    assert!(
+        w.server
+            .metric("citadel_server_csr_sign_err_count{error=\"ttl_error\"}")
+            >= 1.0
+    );
+}
+
+/// The README's first minute: `meshca server --dev`, then a cert with the token it wrote.
+#[tokio::test]
+async fn dev_mode_issues_with_its_own_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("meshca-dev");
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _server = MeshcaProcess::start(
+        &["server", "--dev", "--data-dir", &data.display().to_string()],
+        &[
+            ("MESHCA_GRPC_LISTEN", grpc.to_string()),
+            ("MESHCA_METRICS_LISTEN", metrics.to_string()),
+        ],
+        tmp.path(),
+        grpc,
+        metrics,
+    );
+    let root = std::fs::read_to_string(data.join("root-cert.pem")).unwrap();
+    let token = std::fs::read_to_string(data.join("dev/token")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for secret in ["dev/token", "dev/issuer-key.pem", "key-encryption-key"] {
+        let mode = std::fs::metadata(data.join(secret))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{secret}");
+    }
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("dev/jwks.json")).unwrap())
+            .unwrap();
+    assert_eq!(jwks["keys"][0]["alg"], "ES256");
+    assert!(jwks["keys"][0]["kid"].is_string());
+
+    let mut client = ca_client(grpc, &root, None).await;
+    let response = create_certificate(
+        &mut client,
+        &WorkloadKey::ec().csr(&[]),
+        0,
+        Some(token.trim()),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.cert_chain.len(), 2, "[leaf, root bundle]");
+    assert_eq!(response.cert_chain[1], root);
+    assert_eq!(
+        leaf_of(&response.cert_chain).uri_sans(),
+        vec!["spiffe://cluster.local/ns/default/sa/default".to_string()]
+    );
+    let dir = tmp.path();
+    openssl_verify(dir, &root, "", &response.cert_chain[0]).unwrap();
+}
