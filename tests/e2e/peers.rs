@@ -2,9 +2,9 @@
 //! TokenReview exactly as `authentication.k8s.io/v1` does (the one test double: no API server
 //! runs here), and an OIDC issuer serving discovery and JWKS documents.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -15,10 +15,21 @@ use serde_json::{json, Value};
 
 pub const REVIEWER_TOKEN: &str = "meshca-reviewer-token";
 
-/// Counts TokenReview calls, to see the cache at work.
+/// Counts TokenReview calls per token, to see the cache at work.
 #[derive(Debug, Default)]
 pub struct ApiServerState {
-    pub reviews: AtomicUsize,
+    reviews: Mutex<HashMap<String, usize>>,
+}
+
+impl ApiServerState {
+    pub fn reviews_of(&self, token: &str) -> usize {
+        self.reviews
+            .lock()
+            .unwrap()
+            .get(token)
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 /// A TLS API server on loopback; returns its address and the CA that signed its cert.
@@ -100,11 +111,16 @@ async fn token_review(
             Json(json!({"kind": "Status", "code": 400})),
         );
     }
-    state.reviews.fetch_add(1, Ordering::SeqCst);
     let token = review["spec"]["token"]
         .as_str()
         .unwrap_or_default()
         .to_string();
+    *state
+        .reviews
+        .lock()
+        .unwrap()
+        .entry(token.clone())
+        .or_default() += 1;
     let audiences = review["spec"]["audiences"].clone();
     let status = if let Some(rest) = token.strip_prefix("tr-good-") {
         let (ns, sa) = rest.split_once('-').unwrap();
