@@ -41,15 +41,7 @@ pub fn build_path(
     roots: &[ParsedCert],
     now: SystemTime,
 ) -> Result<CertPath, PathError> {
-    let mut path = vec![start.clone()];
-    let mut dead_end = None;
-    if !extend(&mut path, pool, roots, &mut dead_end) {
-        let stuck = dead_end.unwrap_or_else(|| start.clone());
-        return Err(PathError::NoPath {
-            subject: stuck.subject_string(),
-            issuer: stuck.issuer().to_string(),
-        });
-    }
+    let path = find_path(start, pool, roots)?;
     check_path(&path, now, false)?;
     Ok(CertPath { certs: path })
 }
@@ -68,17 +60,27 @@ pub fn verify_leaf(
             reason: "a trust anchor is not a workload certificate".into(),
         });
     }
-    let mut path = vec![leaf.clone()];
-    let mut dead_end = None;
-    if !extend(&mut path, pool, roots, &mut dead_end) {
-        let stuck = dead_end.unwrap_or_else(|| leaf.clone());
-        return Err(PathError::NoPath {
-            subject: stuck.subject_string(),
-            issuer: stuck.issuer().to_string(),
-        });
-    }
+    let path = find_path(leaf, pool, roots)?;
     check_path(&path, now, true)?;
     Ok(CertPath { certs: path })
+}
+
+/// The certificates from `start` to a root, by name and signature only.
+fn find_path(
+    start: &ParsedCert,
+    pool: &[ParsedCert],
+    roots: &[ParsedCert],
+) -> Result<Vec<ParsedCert>, PathError> {
+    let mut path = vec![start.clone()];
+    let mut dead_end = None;
+    if extend(&mut path, pool, roots, &mut dead_end) {
+        return Ok(path);
+    }
+    let stuck = dead_end.unwrap_or_else(|| start.clone());
+    Err(PathError::NoPath {
+        subject: stuck.subject_string(),
+        issuer: stuck.issuer().to_string(),
+    })
 }
 
 /// Depth-first search; on success `path` ends with a root.

@@ -19,7 +19,7 @@ use x509_cert::serial_number::SerialNumber;
 
 use crate::csr::VerifiedCsr;
 use crate::identity::SpiffeId;
-use crate::keys::{self, PublicKeyKind};
+use crate::keys;
 use crate::x509::{self, CertTemplate};
 
 /// Clock skew allowance: a peer whose clock is a little behind still accepts a fresh cert.
@@ -82,7 +82,7 @@ pub fn leaf_validity(
     (now - BACKDATE, not_after)
 }
 
-/// The complete template of a workload certificate.
+/// The complete template of a workload certificate: the caller's SPIFFE id as the only SAN.
 pub fn workload_template(
     csr: &VerifiedCsr,
     spiffe_id: &SpiffeId,
@@ -90,9 +90,50 @@ pub fn workload_template(
     validity: (SystemTime, SystemTime),
     issuer_key_id: &[u8],
 ) -> Result<CertTemplate, der::Error> {
-    let spki = csr.public_key().clone();
+    end_entity_template(
+        csr.public_key(),
+        x509::uri_san(spiffe_id.as_str())?,
+        serial,
+        validity,
+        issuer_key_id,
+    )
+}
+
+/// A TLS certificate for meshca's own endpoints: DNS and IP SANs.
+pub fn server_template(
+    spki: &SubjectPublicKeyInfoOwned,
+    dns_names: &[String],
+    ip_addrs: &[IpAddr],
+    serial: SerialNumber,
+    validity: (SystemTime, SystemTime),
+    issuer_key_id: &[u8],
+) -> Result<CertTemplate, der::Error> {
+    let mut names = Vec::new();
+    for dns in dns_names {
+        names.push(GeneralName::DnsName(Ia5String::new(dns)?));
+    }
+    for ip in ip_addrs {
+        let bytes = match ip {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        names.push(GeneralName::IpAddress(OctetString::new(bytes)?));
+    }
+    end_entity_template(spki, SubjectAltName(names), serial, validity, issuer_key_id)
+}
+
+/// Every end-entity certificate meshca issues: empty subject, the SAN critical (RFC 5280
+/// §4.2.1.6, since the subject is empty), CA:FALSE, digitalSignature (+keyEncipherment for
+/// RSA keys), serverAuth+clientAuth, SKI, AKI.
+fn end_entity_template(
+    spki: &SubjectPublicKeyInfoOwned,
+    san: SubjectAltName,
+    serial: SerialNumber,
+    validity: (SystemTime, SystemTime),
+    issuer_key_id: &[u8],
+) -> Result<CertTemplate, der::Error> {
     let mut usage = KeyUsages::DigitalSignature.into();
-    if matches!(csr.key_kind(), PublicKeyKind::Rsa { .. }) {
+    if spki.algorithm.oid == keys::OID_RSA_ENCRYPTION {
         usage |= KeyUsages::KeyEncipherment;
     }
     let extensions: Vec<Extension> = vec![
@@ -119,68 +160,7 @@ pub fn workload_template(
                 authority_cert_serial_number: None,
             },
         )?,
-        // Critical because the subject is empty (RFC 5280 §4.2.1.6).
-        x509::extension(true, &x509::uri_san(spiffe_id.as_str())?)?,
-    ];
-    Ok(CertTemplate {
-        serial,
-        subject: RdnSequence(Vec::new()),
-        not_before: validity.0,
-        not_after: validity.1,
-        spki,
-        extensions,
-    })
-}
-
-/// A TLS certificate for meshca's own endpoints: DNS and IP SANs, serverAuth + clientAuth.
-pub fn server_template(
-    spki: &SubjectPublicKeyInfoOwned,
-    dns_names: &[String],
-    ip_addrs: &[IpAddr],
-    serial: SerialNumber,
-    validity: (SystemTime, SystemTime),
-    issuer_key_id: &[u8],
-) -> Result<CertTemplate, der::Error> {
-    let mut names = Vec::new();
-    for dns in dns_names {
-        names.push(GeneralName::DnsName(Ia5String::new(dns)?));
-    }
-    for ip in ip_addrs {
-        let bytes = match ip {
-            IpAddr::V4(v4) => v4.octets().to_vec(),
-            IpAddr::V6(v6) => v6.octets().to_vec(),
-        };
-        names.push(GeneralName::IpAddress(OctetString::new(bytes)?));
-    }
-    let mut usage = KeyUsages::DigitalSignature.into();
-    if spki.algorithm.oid == keys::OID_RSA_ENCRYPTION {
-        usage |= KeyUsages::KeyEncipherment;
-    }
-    let extensions = vec![
-        x509::extension(
-            true,
-            &BasicConstraints {
-                ca: false,
-                path_len_constraint: None,
-            },
-        )?,
-        x509::extension(true, &KeyUsage(usage))?,
-        x509::extension(false, &x509::server_client_eku())?,
-        x509::extension(
-            false,
-            &SubjectKeyIdentifier(OctetString::new(keys::key_identifier(
-                spki.subject_public_key.raw_bytes(),
-            ))?),
-        )?,
-        x509::extension(
-            false,
-            &AuthorityKeyIdentifier {
-                key_identifier: Some(OctetString::new(issuer_key_id)?),
-                authority_cert_issuer: None,
-                authority_cert_serial_number: None,
-            },
-        )?,
-        x509::extension(true, &SubjectAltName(names))?,
+        x509::extension(true, &san)?,
     ];
     Ok(CertTemplate {
         serial,
