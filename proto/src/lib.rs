@@ -13,5 +13,12 @@ pub mod istio {
     }
 }
 
+/// meshca's own services.
+pub mod meshca {
+    pub mod v1 {
+        include!("gen/meshca.v1.rs");
+    }
+}
+
 /// The encoded descriptor set of every service here, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/descriptor.bin");

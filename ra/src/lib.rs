@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod tls;
+pub mod trust_bundle;
 
 pub use config::{AthenzConfig, AuthConfig, ClusterConfig, GrpcConfig, JwtMode, MetricsConfig};
 pub use server::{RaSettings, RunningRa, ServeError};

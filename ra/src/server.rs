@@ -13,6 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use meshca_ca::CertificateAuthority;
 use meshca_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer;
+use meshca_proto::meshca::v1::trust_bundle_service_server::TrustBundleServiceServer;
 use tokio::net::TcpListener;
 
 use crate::auth::{AuthSetupError, Authenticator};
@@ -20,6 +21,7 @@ use crate::config::{AuthConfig, GrpcConfig, MetricsConfig};
 use crate::metrics::{ExpiryGauges, RaMetrics};
 use crate::service::CertificateService;
 use crate::tls::{self, TlsSetupError};
+use crate::trust_bundle::TrustBundleWatch;
 
 /// gRPC messages above this are refused by the transport (Istio's limit too).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -104,6 +106,11 @@ impl RunningRa {
         let grpc_addr = grpc_listener.local_addr().map_err(ServeError::Http)?;
         let metrics_addr = metrics_listener.local_addr().map_err(ServeError::Http)?;
 
+        let bundles = TrustBundleServiceServer::new(TrustBundleWatch::new(
+            ca.clone(),
+            auth.clone(),
+            metrics.clone(),
+        ));
         let service = IstioCertificateServiceServer::new(CertificateService::new(
             ca.clone(),
             auth,
@@ -113,6 +120,9 @@ impl RunningRa {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<IstioCertificateServiceServer<CertificateService>>()
+            .await;
+        health_reporter
+            .set_serving::<TrustBundleServiceServer<TrustBundleWatch>>()
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(meshca_proto::FILE_DESCRIPTOR_SET)
@@ -131,6 +141,7 @@ impl RunningRa {
         let incoming = tls::incoming(grpc_listener, tls::server_config(certs));
         let grpc = tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(bundles)
             .add_service(health_service)
             .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, async move {

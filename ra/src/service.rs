@@ -39,39 +39,49 @@ impl CertificateService {
         &self,
         request: &Request<T>,
     ) -> Result<(Caller, Option<PeerInfo>), Status> {
-        let peer = request.extensions().get::<PeerInfo>().cloned();
-        let bearer = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        let cluster_id = request
-            .metadata()
-            .get("clusterid")
-            .and_then(|v| v.to_str().ok());
-        let no_certs = Vec::new();
-        let creds = Credentials {
-            peer_certs: peer.as_ref().map_or(&no_certs, |p| p.certs.as_ref()),
-            bearer_token: bearer,
-            cluster_id,
-            peer_addr: peer.as_ref().map(|p| p.remote_addr),
-        };
-        match self.auth.authenticate(&creds).await {
-            Ok(caller) => Ok((caller, peer)),
-            Err(error) => {
-                self.metrics.authentication_failed(error.reason());
-                tracing::warn!(
-                    peer = ?creds.peer_addr,
-                    cluster_id = ?creds.cluster_id,
-                    %error,
-                    "authentication failed"
-                );
-                Err(Status::unauthenticated(AUTHENTICATION_FAILURE))
-            }
+        authenticate_request(&self.auth, &self.metrics, request).await
+    }
+}
+
+/// Authenticates a gRPC request from its TLS peer chain and its `authorization` and
+/// `clusterid` headers. Failures are logged and counted here; callers see Istio's message.
+pub async fn authenticate_request<T>(
+    auth: &Authenticator,
+    metrics: &RaMetrics,
+    request: &Request<T>,
+) -> Result<(Caller, Option<PeerInfo>), Status> {
+    let peer = request.extensions().get::<PeerInfo>().cloned();
+    let bearer = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let cluster_id = request
+        .metadata()
+        .get("clusterid")
+        .and_then(|v| v.to_str().ok());
+    let no_certs = Vec::new();
+    let creds = Credentials {
+        peer_certs: peer.as_ref().map_or(&no_certs, |p| p.certs.as_ref()),
+        bearer_token: bearer,
+        cluster_id,
+        peer_addr: peer.as_ref().map(|p| p.remote_addr),
+    };
+    match auth.authenticate(&creds).await {
+        Ok(caller) => Ok((caller, peer)),
+        Err(error) => {
+            metrics.authentication_failed(error.reason());
+            tracing::warn!(
+                peer = ?creds.peer_addr,
+                cluster_id = ?creds.cluster_id,
+                %error,
+                "authentication failed"
+            );
+            Err(Status::unauthenticated(AUTHENTICATION_FAILURE))
         }
     }
 }

@@ -778,3 +778,84 @@ async fn dev_mode_issues_with_its_own_token() {
     let dir = tmp.path();
     openssl_verify(dir, &root, "", &response.cert_chain[0]).unwrap();
 }
+
+/// The trust-bundle stream: the bundle at connect, a new message when `root-cert.pem` gains a
+/// root, and nothing for unauthenticated callers.
+#[tokio::test]
+async fn trust_bundle_stream_follows_root_changes() {
+    use meshca_proto::meshca::v1::trust_bundle_service_client::TrustBundleServiceClient;
+    use meshca_proto::meshca::v1::WatchTrustBundleRequest;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let chain = GeneratedChain::new(KeyType::EcP256);
+    chain.write(&dir.join("cacerts"));
+    let issuer = JwtKey::es256("k1");
+    std::fs::write(dir.join("jwks.json"), jwks(&[&issuer]).to_string()).unwrap();
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("meshca.toml"),
+        format!(
+            r#"
+data_dir = "{d}/data"
+[ca]
+cacerts_dir = "{d}/cacerts"
+cacerts_poll_interval = "200ms"
+[grpc]
+listen = "{grpc}"
+[metrics]
+listen = "{metrics}"
+[auth.clusters.Kubernetes]
+mode = "jwks"
+issuer = "{K8S_ISSUER}"
+jwks_file = "{d}/jwks.json"
+"#
+        ),
+    )
+    .unwrap();
+    let config = dir.join("meshca.toml").display().to_string();
+    let _server = MeshcaProcess::start(&["server", "--config", &config], &[], dir, grpc, metrics);
+
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", grpc.port()))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(chain.root.pem()))
+                    .domain_name("localhost"),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut client = TrustBundleServiceClient::new(channel);
+
+    let err = client.watch(WatchTrustBundleRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let token = issuer.mint(&sa_claims(K8S_ISSUER, "istio-system", "meshca-agent"));
+    let mut request = tonic::Request::new(WatchTrustBundleRequest {});
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut stream = client.watch(request).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.roots_pem, vec![chain.root.pem()]);
+
+    // The operator adds a second root (the first step of a manual rotation).
+    let next_root = TestCa::new(&CaSpec::new("CN=Next Root,O=meshca tests"), None);
+    std::fs::write(
+        dir.join("cacerts/root-cert.pem"),
+        format!("{}{}", chain.root.pem(), next_root.pem()),
+    )
+    .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a push within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.roots_pem, vec![chain.root.pem(), next_root.pem()]);
+    assert_ne!(second.version, first.version);
+}
