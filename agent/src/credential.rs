@@ -44,6 +44,10 @@ pub struct Credential {
     pub roots_pem: Vec<String>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When we accepted it. Rotation is measured from here rather than from `not_before`,
+    /// which CAs backdate (meshca and Istio by minutes): for a 20-second cert the backdated
+    /// lifetime would put the rotation point in the past.
+    pub received_at: SystemTime,
     /// The AKI of the leaf: which authority issued it (to react to a tainted authority).
     pub authority_key_id: Option<Vec<u8>>,
 }
@@ -174,6 +178,7 @@ impl KeyAndCsr {
             roots_pem: roots.iter().map(to_pem).collect(),
             not_before: validity.not_before.to_system_time(),
             not_after: validity.not_after.to_system_time(),
+            received_at: now,
             authority_key_id: authority_key_id(&leaf),
         })
     }

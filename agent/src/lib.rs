@@ -4,6 +4,7 @@
 //! This first part holds the pure rotation and backoff rules and the `OUTPUT_CERTS` writer;
 //! the CA client and the SDS / Workload API servers build on them.
 
+pub mod client;
 pub mod credential;
 pub mod output;
 pub mod timing;

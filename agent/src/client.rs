@@ -1,0 +1,188 @@
+//! The agent's view of the RA: Istio's CreateCertificate over TLS, authenticated by a
+//! service-account token (re-read on every call: projected tokens rotate) or an mTLS
+//! credential, and the rotation loop that keeps one workload credential fresh.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshca_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
+use meshca_proto::istio::v1::auth::IstioCertificateRequest;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::credential::{Credential, KeyAndCsr, KeyType};
+use crate::timing::{self, Backoff, RetryClass};
+
+/// How to reach and authenticate to the RA.
+#[derive(Clone, Debug)]
+pub struct CaClientConfig {
+    /// `host:port`.
+    pub ca_addr: String,
+    /// PEM roots that verify the RA's serving certificate.
+    pub ca_root_pem: String,
+    pub token_file: Option<PathBuf>,
+    /// An mTLS credential (e.g. Athenz), PEM cert chain and key.
+    pub client_identity: Option<(String, String)>,
+    pub cluster_id: String,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct CaClient {
+    client: IstioCertificateServiceClient<Channel>,
+    token_file: Option<PathBuf>,
+    cluster_id: String,
+}
+
+/// One identity to keep a certificate for.
+#[derive(Clone, Debug)]
+pub struct WorkloadIdentity {
+    pub spiffe_id: String,
+    pub key_type: KeyType,
+    pub ttl: Duration,
+    pub grace_ratio: f64,
+    pub grace_jitter: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    #[error("CA answered {code:?}: {message}")]
+    Status { code: tonic::Code, message: String },
+    #[error("reading the token {path}: {source}")]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("CA response refused: {0}")]
+    Invalid(#[from] crate::credential::ValidationError),
+    #[error("{0}")]
+    KeyGen(#[from] crate::credential::KeyGenError),
+}
+
+// === impl CaClient ===
+
+impl CaClient {
+    /// Connects lazily: the agent starts (and keeps serving what it has) while the RA is down.
+    pub fn new(config: &CaClientConfig) -> Result<Self, tonic::transport::Error> {
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&config.ca_root_pem));
+        if let Some((cert, key)) = &config.client_identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        let channel = Endpoint::from_shared(format!("https://{}", config.ca_addr))?
+            .tls_config(tls)?
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .connect_lazy();
+        Ok(Self {
+            client: IstioCertificateServiceClient::new(channel),
+            token_file: config.token_file.clone(),
+            cluster_id: config.cluster_id.clone(),
+        })
+    }
+
+    /// Asks for a certificate for `identity` with a fresh key and checks the answer.
+    pub async fn fetch(&self, identity: &WorkloadIdentity) -> Result<Credential, FetchError> {
+        let request_key = KeyAndCsr::generate(identity.key_type, &identity.spiffe_id)?;
+        let mut request = tonic::Request::new(IstioCertificateRequest {
+            csr: request_key.csr_pem.clone(),
+            validity_duration: identity.ttl.as_secs() as i64,
+            metadata: None,
+        });
+        if let Some(path) = &self.token_file {
+            let token =
+                tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|source| FetchError::Token {
+                        path: path.clone(),
+                        source,
+                    })?;
+            if let Ok(value) = format!("Bearer {}", token.trim()).parse() {
+                request.metadata_mut().insert("authorization", value);
+            }
+        }
+        if let Ok(value) = self.cluster_id.parse() {
+            request.metadata_mut().insert("clusterid", value);
+        }
+        let response = self
+            .client
+            .clone()
+            .create_certificate(request)
+            .await
+            .map_err(|s| FetchError::Status {
+                code: s.code(),
+                message: s.message().to_string(),
+            })?
+            .into_inner();
+        Ok(request_key.accept(&identity.spiffe_id, &response.cert_chain, SystemTime::now())?)
+    }
+}
+
+impl FetchError {
+    fn retry_class(&self) -> RetryClass {
+        match self {
+            FetchError::Status { code, .. } => timing::retry_class(*code),
+            // A bad answer or an unreadable token will not fix itself in 200 ms.
+            _ => RetryClass::Slow,
+        }
+    }
+}
+
+/// Keeps `identity`'s credential fresh and published on `tx` until every receiver is gone.
+/// Rotates at the grace point; failures back off (fast for transient codes, slow for
+/// refusals) while the last good credential stays published until it expires.
+pub async fn keep_fresh(
+    client: CaClient,
+    identity: WorkloadIdentity,
+    tx: watch::Sender<Option<Arc<Credential>>>,
+) {
+    let mut attempt = 0u32;
+    loop {
+        let wait = match client.fetch(&identity).await {
+            Ok(credential) => {
+                attempt = 0;
+                let at = timing::rotation_time(
+                    credential.received_at.max(credential.not_before),
+                    credential.not_after,
+                    identity.grace_ratio,
+                    identity.grace_jitter,
+                    timing::random_unit(),
+                );
+                tracing::info!(
+                    spiffe_id = %identity.spiffe_id,
+                    not_after = ?credential.not_after,
+                    "certificate renewed"
+                );
+                tx.send_replace(Some(Arc::new(credential)));
+                timing::delay_until(at, SystemTime::now())
+            }
+            Err(error) => {
+                let class = error.retry_class();
+                let delay = Backoff::for_class(class).delay(attempt, timing::random_unit());
+                attempt = attempt.saturating_add(1);
+                match class {
+                    RetryClass::Fast => {
+                        tracing::warn!(spiffe_id = %identity.spiffe_id, %error, ?delay, "certificate request failed; retrying")
+                    }
+                    RetryClass::Slow => {
+                        tracing::error!(spiffe_id = %identity.spiffe_id, %error, ?delay, "certificate request refused; retrying slowly")
+                    }
+                }
+                let expired = tx
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|c| c.not_after <= SystemTime::now());
+                if expired {
+                    tx.send_replace(None);
+                }
+                delay
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
