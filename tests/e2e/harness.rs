@@ -180,20 +180,29 @@ pub async fn ca_client(
     root_pem: &str,
     identity: Option<(&str, &str)>,
 ) -> IstioCertificateServiceClient<Channel> {
+    IstioCertificateServiceClient::new(tls_channel(addr, root_pem, identity).await)
+        .max_decoding_message_size(8 * 1024 * 1024)
+}
+
+/// A TLS channel to the RA's port, as an agent dials it (server name `localhost`).
+pub async fn tls_channel(
+    addr: SocketAddr,
+    root_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Channel {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(root_pem))
         .domain_name("localhost");
     if let Some((cert, key)) = identity {
         tls = tls.identity(Identity::from_pem(cert, key));
     }
-    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{}", addr.port()))
+    Endpoint::from_shared(format!("https://127.0.0.1:{}", addr.port()))
         .unwrap()
         .tls_config(tls)
         .unwrap()
         .connect()
         .await
-        .expect("connects to the RA");
-    IstioCertificateServiceClient::new(channel).max_decoding_message_size(8 * 1024 * 1024)
+        .expect("connects to the RA")
 }
 
 /// Sends CreateCertificate with an optional bearer token and cluster id.

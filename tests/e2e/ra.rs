@@ -391,20 +391,7 @@ async fn renewal_with_the_current_workload_cert() {
 #[tokio::test]
 async fn health_metrics_and_readiness() {
     let w = world();
-    let channel = tonic::transport::Endpoint::from_shared(format!(
-        "https://127.0.0.1:{}",
-        w.server.grpc.port()
-    ))
-    .unwrap()
-    .tls_config(
-        tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(w.root()))
-            .domain_name("localhost"),
-    )
-    .unwrap()
-    .connect()
-    .await
-    .unwrap();
+    let channel = tls_channel(w.server.grpc, &w.root(), None).await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let status = health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -818,18 +805,7 @@ jwks_file = "{d}/jwks.json"
     let config = dir.join("meshca.toml").display().to_string();
     let _server = MeshcaProcess::start(&["server", "--config", &config], &[], dir, grpc, metrics);
 
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", grpc.port()))
-            .unwrap()
-            .tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(chain.root.pem()))
-                    .domain_name("localhost"),
-            )
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = tls_channel(grpc, &chain.root.pem(), None).await;
     let mut client = TrustBundleServiceClient::new(channel);
 
     let err = client.watch(WatchTrustBundleRequest {}).await.unwrap_err();
