@@ -8,3 +8,4 @@ pub mod client;
 pub mod credential;
 pub mod output;
 pub mod timing;
+pub mod workload_api;

@@ -20,5 +20,10 @@ pub mod meshca {
     }
 }
 
+/// The SPIFFE Workload API (no proto package, as SPIFFE defines it).
+pub mod workload {
+    include!("gen/spiffe.workload.rs");
+}
+
 /// The encoded descriptor set of every service here, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/descriptor.bin");

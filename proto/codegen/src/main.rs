@@ -31,5 +31,10 @@ fn main() {
         .compile_well_known_types(false)
         .compile_fds(descriptors)
         .expect("code generation");
+    // prost names the output of a package-less file `_.rs`; give it a real name.
+    let unnamed = out_dir.join("_.rs");
+    if unnamed.exists() {
+        std::fs::rename(&unnamed, out_dir.join("spiffe.workload.rs")).unwrap();
+    }
     println!("wrote {}", out_dir.display());
 }

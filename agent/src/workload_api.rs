@@ -1,0 +1,195 @@
+//! The SPIFFE Workload API on a Unix socket, for workloads that are not Envoy (go-spiffe,
+//! rust `spiffe`, py-spiffe): the current X509-SVID and bundle, and a new message on every
+//! rotation.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use meshca_proto::workload::spiffe_workload_api_server::{
+    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
+};
+use meshca_proto::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
+    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
+    X509svidResponse,
+};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::{UnixListenerStream, WatchStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::credential::Credential;
+
+/// Every Workload API request must carry this metadata (SPIFFE Workload Endpoint spec), so a
+/// browser or SSRF cannot reach the socket through an HTTP proxy.
+pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Serves what the rotation loop publishes.
+#[derive(Clone, Debug)]
+pub struct WorkloadApi {
+    credential: watch::Receiver<Option<Arc<Credential>>>,
+}
+
+// === impl WorkloadApi ===
+
+impl WorkloadApi {
+    pub fn new(credential: watch::Receiver<Option<Arc<Credential>>>) -> Self {
+        Self { credential }
+    }
+
+    /// Each published credential, skipping the gaps where none is held.
+    fn credentials(&self) -> impl Stream<Item = Arc<Credential>> + Send + 'static {
+        WatchStream::new(self.credential.clone()).filter_map(|c| c)
+    }
+}
+
+fn check_security_header<T>(request: &Request<T>) -> Result<(), Status> {
+    match request.metadata().get(SECURITY_HEADER).map(|v| v.to_str()) {
+        Some(Ok("true")) => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "security header missing from request",
+        )),
+    }
+}
+
+/// PEM certificates → their DER, concatenated (the Workload API's encoding).
+fn concat_der<'a>(pems: impl IntoIterator<Item = &'a String>) -> Vec<u8> {
+    pems.into_iter()
+        .filter_map(|p| pem::parse_many(p).ok())
+        .flatten()
+        .flat_map(pem::Pem::into_contents)
+        .collect()
+}
+
+fn trust_domain(spiffe_id: &str) -> String {
+    spiffe_id
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn x509_svid_response(c: &Credential) -> X509svidResponse {
+    let key = pem::parse(&c.key_pem)
+        .map(pem::Pem::into_contents)
+        .unwrap_or_default();
+    X509svidResponse {
+        svids: vec![X509svid {
+            spiffe_id: c.spiffe_id.clone(),
+            x509_svid: concat_der(&c.chain_pem),
+            x509_svid_key: key,
+            bundle: concat_der(&c.roots_pem),
+            hint: String::new(),
+        }],
+        crl: Vec::new(),
+        federated_bundles: HashMap::new(),
+    }
+}
+
+fn x509_bundles_response(c: &Credential) -> X509BundlesResponse {
+    X509BundlesResponse {
+        crl: Vec::new(),
+        bundles: HashMap::from([(trust_domain(&c.spiffe_id), concat_der(&c.roots_pem))]),
+    }
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchJWTBundlesStream = ResponseStream<JwtBundlesResponse>;
+    type FetchX509SVIDStream = ResponseStream<X509svidResponse>;
+    type FetchX509BundlesStream = ResponseStream<X509BundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        check_security_header(&request)?;
+        let stream = self.credentials().map(|c| Ok(x509_svid_response(&c)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        check_security_header(&request)?;
+        let mut last: Option<Vec<u8>> = None;
+        // Only bundle changes make a message; a rotation under the same roots does not.
+        let stream = self.credentials().filter_map(move |c| {
+            let response = x509_bundles_response(&c);
+            let bundle = response.bundles.values().next().cloned();
+            if bundle == last {
+                return None;
+            }
+            last = bundle;
+            Some(Ok(response))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        check_security_header(&request)?;
+        Err(Status::unimplemented(
+            "JWT-SVIDs are not served by meshca yet",
+        ))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        check_security_header(&request)?;
+        Err(Status::unimplemented(
+            "JWT bundles are not served by meshca yet",
+        ))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        check_security_header(&request)?;
+        Err(Status::unimplemented(
+            "JWT-SVIDs are not served by meshca yet",
+        ))
+    }
+}
+
+/// Serves the Workload API on `socket` until `shutdown`; a stale socket file is replaced and
+/// the socket is removed on exit.
+pub async fn serve(
+    api: WorkloadApi,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = bind_unix(socket)?;
+    let result = tonic::transport::Server::builder()
+        .add_service(SpiffeWorkloadApiServer::new(api))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .map_err(std::io::Error::other);
+    let _ = std::fs::remove_file(socket);
+    result
+}
+
+/// Binds a Unix socket at `path`, removing a stale one first (a previous agent that died
+/// leaves its file behind, and bind would fail on it).
+pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(socket = %path.display(), "removed stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    UnixListener::bind(path)
+}

@@ -1,0 +1,148 @@
+//! The SPIFFE Workload API over a real Unix socket, with a tonic client as go-spiffe or the
+//! rust `spiffe` crate would connect: the security header, the SVID and bundle encodings, and
+//! a new message on rotation.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshca_agent::credential::{Credential, KeyAndCsr, KeyType};
+use meshca_agent::workload_api::{self, WorkloadApi};
+use meshca_ca::issuer::sign_leaf;
+use meshca_ca::x509::ParsedCert;
+use meshca_ca::{Authority, SpiffeId, TrustDomain, VerifiedCsr};
+use meshca_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use meshca_proto::workload::{X509BundlesRequest, X509svidRequest};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+const ID: &str = "spiffe://cluster.local/ns/default/sa/web";
+
+fn credential(authority: &Authority) -> Credential {
+    let request = KeyAndCsr::generate(KeyType::EcP256, ID).unwrap();
+    let csr = VerifiedCsr::from_pem(&request.csr_pem).unwrap();
+    let now = SystemTime::now();
+    let validity = (
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(3600),
+    );
+    let (_, der) = sign_leaf(authority, &csr, &SpiffeId::new(ID).unwrap(), validity).unwrap();
+    let mut answer = vec![pem::encode(&pem::Pem::new("CERTIFICATE", der))];
+    answer.extend(authority.chain_tail().iter().cloned());
+    request.accept(ID, &answer, now).unwrap()
+}
+
+async fn connect(socket: std::path::PathBuf) -> SpiffeWorkloadApiClient<Channel> {
+    let channel = Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    SpiffeWorkloadApiClient::new(channel)
+}
+
+fn with_header<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert(workload_api::SECURITY_HEADER, "true".parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn serves_svids_and_bundles_and_pushes_rotations() {
+    let td = TrustDomain::new("cluster.local").unwrap();
+    let authority =
+        Authority::generate_self_signed(&td, meshca_ca::KeyType::EcP256, SystemTime::now())
+            .unwrap();
+    let first = credential(&authority);
+    let (tx, rx) = watch::channel(Some(Arc::new(first.clone())));
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent/spiffe.sock");
+    // A stale file from a crashed agent is replaced.
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    std::fs::write(&socket, "stale").unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let socket = socket.clone();
+        async move {
+            workload_api::serve(WorkloadApi::new(rx), &socket, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut client = connect(socket.clone()).await;
+
+    // Without the security header: INVALID_ARGUMENT.
+    let err = client.fetch_x509svid(X509svidRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    let mut svids = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let message = svids.message().await.unwrap().unwrap();
+    let svid = &message.svids[0];
+    assert_eq!(svid.spiffe_id, ID);
+    // x509_svid: DER chain without the root, leaf first; key: PKCS#8 DER; bundle: DER roots.
+    let leaf = ParsedCert::from_der(&svid.x509_svid).unwrap();
+    assert_eq!(leaf.uri_sans(), vec![ID.to_string()]);
+    assert_eq!(
+        svid.x509_svid,
+        pem::parse(&first.chain_pem[0]).unwrap().into_contents()
+    );
+    assert_eq!(svid.bundle, authority.root().der());
+    let key = meshca_ca::keys::SigningKey::from_pkcs8(&svid.x509_svid_key).unwrap();
+    assert_eq!(key.public_key_bits(), leaf.public_key_bits());
+
+    let mut bundles = client
+        .fetch_x509_bundles(with_header(X509BundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let bundle = bundles.message().await.unwrap().unwrap();
+    assert_eq!(bundle.bundles["cluster.local"], authority.root().der());
+
+    // Rotation: a new message with the new SVID.
+    let second = credential(&authority);
+    tx.send_replace(Some(Arc::new(second.clone())));
+    let rotated = tokio::time::timeout(Duration::from_secs(5), svids.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rotated.svids[0].x509_svid,
+        pem::parse(&second.chain_pem[0]).unwrap().into_contents()
+    );
+
+    // JWT-SVIDs are not served yet, and say so.
+    let err = client
+        .fetch_jwtsvid(with_header(meshca_proto::workload::JwtsvidRequest {
+            audience: vec!["x".into()],
+            spiffe_id: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+
+    drop(svids);
+    drop(bundles);
+    drop(client);
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!socket.exists(), "socket removed at exit");
+}
