@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use meshca_agent::config::AgentConfig;
 use meshca_ca::{CaConfig, CaSettings, StoreConfig, TrustDomain};
 use meshca_ra::{AuthConfig, GrpcConfig, MetricsConfig};
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ const NON_CONFIG_ENV: &[&str] = &[
     "MESHCA_ADMIN_CA",
 ];
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MeshcaConfig {
     /// SPIFFE trust domain of every identity meshca issues.
@@ -34,6 +35,7 @@ pub struct MeshcaConfig {
     pub grpc: GrpcConfig,
     pub metrics: MetricsConfig,
     pub auth: AuthConfig,
+    pub agent: AgentConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,7 @@ impl Default for MeshcaConfig {
             grpc: GrpcConfig::default(),
             metrics: MetricsConfig::default(),
             auth: AuthConfig::default(),
+            agent: AgentConfig::default(),
         }
     }
 }

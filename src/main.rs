@@ -53,8 +53,19 @@ enum LogFormat {
 enum Command {
     /// Run the RA (Istio's CreateCertificate on gRPC/TLS) with the CA in-process.
     Server(ServerArgs),
+    /// Run the node agent: keep a workload certificate fresh and serve it over the SPIFFE
+    /// Workload API (and to `agent.output_dir`).
+    Agent(AgentArgs),
     /// Print the effective configuration and validate the CA material it names.
     Config,
+}
+
+#[derive(Debug, Args)]
+struct AgentArgs {
+    /// Development mode: talk to `meshca server --dev` on 127.0.0.1:15012 with its root and
+    /// token from ./meshca-dev, as default/default; sockets under ./meshca-dev/agent.
+    #[arg(long)]
+    dev: bool,
 }
 
 #[derive(Debug, Args)]
@@ -78,7 +89,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let dev = matches!(&cli.command, Command::Server(args) if args.dev);
+    let dev = match &cli.command {
+        Command::Server(args) => args.dev,
+        Command::Agent(args) => args.dev,
+        Command::Config => false,
+    };
     let loaded = load_config(&cli.common, dev)?;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
@@ -90,6 +105,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(server::run(config, args.dev))
+        }
+        Command::Agent(args) => {
+            let settings = meshca_agent::run::AgentSettings::resolve(
+                &config.trust_domain,
+                &config.data_dir,
+                &config.agent,
+                args.dev,
+            )?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(meshca_agent::run::run(settings, server::shutdown_signal()))?;
+            Ok(())
         }
         Command::Config => {
             print!("{}", config.to_redacted_toml());

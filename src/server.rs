@@ -60,7 +60,8 @@ pub async fn run(mut config: MeshcaConfig, dev_mode: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM (what Kubernetes sends).
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -1,11 +1,12 @@
 //! meshca's node agent: gets workload certificates from the RA, rotates them before expiry,
 //! and serves them to Envoy (SDS) and to any workload (SPIFFE Workload API).
 //!
-//! This first part holds the pure rotation and backoff rules and the `OUTPUT_CERTS` writer;
-//! the CA client and the SDS / Workload API servers build on them.
+//! Envoy SDS is not served yet: the SPIFFE Workload API and `output_dir` are.
 
 pub mod client;
+pub mod config;
 pub mod credential;
 pub mod output;
+pub mod run;
 pub mod timing;
 pub mod workload_api;

@@ -91,3 +91,74 @@ async fn rotates_before_expiry_and_survives_a_server_outage() {
     let recovered = next_credential(&mut rx, Duration::from_secs(30)).await;
     assert!(recovered.not_after > second.not_after);
 }
+
+/// `meshca agent --dev` next to `meshca server --dev`: the README's second minute.
+#[tokio::test]
+async fn dev_agent_serves_the_workload_api_and_writes_files() {
+    use meshca_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+    use meshca_proto::workload::X509svidRequest;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("meshca-dev");
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let data_arg = data.to_str().unwrap();
+    let _server = MeshcaProcess::start(
+        &["server", "--dev", "--data-dir", data_arg],
+        &[
+            ("MESHCA_GRPC_LISTEN", grpc.to_string()),
+            ("MESHCA_METRICS_LISTEN", metrics.to_string()),
+        ],
+        tmp.path(),
+        grpc,
+        metrics,
+    );
+    let agent_health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let out = tmp.path().join("certs");
+    let _agent = MeshcaProcess::start(
+        &["agent", "--dev", "--data-dir", data_arg],
+        &[
+            ("MESHCA_AGENT_CA_ADDR", grpc.to_string()),
+            ("MESHCA_AGENT_METRICS_LISTEN", agent_health.to_string()),
+            ("MESHCA_AGENT_OUTPUT_DIR", out.display().to_string()),
+        ],
+        tmp.path(),
+        agent_health,
+        agent_health,
+    );
+
+    let socket = data.join("agent/spiffe.sock");
+    let channel = tonic::transport::Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut client = SpiffeWorkloadApiClient::new(channel);
+    let mut request = tonic::Request::new(X509svidRequest {});
+    request
+        .metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().unwrap());
+    let mut stream = client.fetch_x509svid(request).await.unwrap().into_inner();
+    let svid = stream.message().await.unwrap().unwrap().svids.remove(0);
+    assert_eq!(svid.spiffe_id, ID);
+
+    // OUTPUT_CERTS: the same certificate, the key private.
+    let chain = std::fs::read_to_string(out.join("cert-chain.pem")).unwrap();
+    assert_eq!(pem::parse(&chain).unwrap().into_contents(), svid.x509_svid);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(out.join("root-cert.pem")).unwrap(),
+        std::fs::read_to_string(data.join("root-cert.pem")).unwrap()
+    );
+}

@@ -1,0 +1,66 @@
+//! The agent's `[agent]` config section.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::credential::KeyType;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `host:port` of the RA (istiod's address when meshca stands in for it).
+    pub ca_addr: String,
+    /// PEM roots that verify the RA's serving certificate.
+    pub ca_root_cert: Option<PathBuf>,
+    /// Service-account token, re-read on every request (projected tokens rotate).
+    pub token_file: Option<PathBuf>,
+    /// mTLS credential (e.g. Athenz) used instead of a token.
+    pub athenz_cert: Option<PathBuf>,
+    pub athenz_key: Option<PathBuf>,
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
+    /// Sent as the `clusterid` header.
+    pub cluster_id: String,
+    pub key_type: KeyType,
+    #[serde(with = "humantime_serde")]
+    pub cert_ttl: Duration,
+    /// Rotate at this fraction of the lifetime…
+    pub grace_ratio: f64,
+    /// …give or take this fraction, so a fleet does not renew at once.
+    pub grace_jitter: f64,
+    pub sds_socket: Option<PathBuf>,
+    pub workload_api_socket: Option<PathBuf>,
+    /// Istio's OUTPUT_CERTS: key.pem, cert-chain.pem, root-cert.pem.
+    pub output_dir: Option<PathBuf>,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_listen: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            ca_addr: "istiod.istio-system.svc:15012".into(),
+            ca_root_cert: None,
+            token_file: None,
+            athenz_cert: None,
+            athenz_key: None,
+            namespace: None,
+            service_account: None,
+            cluster_id: "Kubernetes".into(),
+            key_type: KeyType::EcP256,
+            cert_ttl: Duration::from_secs(24 * 3600),
+            grace_ratio: 0.5,
+            grace_jitter: 0.01,
+            sds_socket: None,
+            workload_api_socket: None,
+            output_dir: None,
+            metrics_listen: "127.0.0.1:15020".parse().expect("valid address"),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
