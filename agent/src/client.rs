@@ -30,7 +30,7 @@ pub struct CaClientConfig {
 
 #[derive(Clone, Debug)]
 pub struct CaClient {
-    client: IstioCertificateServiceClient<Channel>,
+    channel: Channel,
     token_file: Option<PathBuf>,
     cluster_id: String,
 }
@@ -77,20 +77,20 @@ impl CaClient {
             .connect_timeout(config.timeout)
             .connect_lazy();
         Ok(Self {
-            client: IstioCertificateServiceClient::new(channel),
+            channel,
             token_file: config.token_file.clone(),
             cluster_id: config.cluster_id.clone(),
         })
     }
 
-    /// Asks for a certificate for `identity` with a fresh key and checks the answer.
-    pub async fn fetch(&self, identity: &WorkloadIdentity) -> Result<Credential, FetchError> {
-        let request_key = KeyAndCsr::generate(identity.key_type, &identity.spiffe_id)?;
-        let mut request = tonic::Request::new(IstioCertificateRequest {
-            csr: request_key.csr_pem.clone(),
-            validity_duration: identity.ttl.as_secs() as i64,
-            metadata: None,
-        });
+    /// The TLS channel to the RA (shared by every RPC the agent makes).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// Adds the agent's credentials to a request: the current token (read now, since
+    /// projected tokens rotate) and the cluster id.
+    pub async fn authorize<T>(&self, request: &mut tonic::Request<T>) -> Result<(), FetchError> {
         if let Some(path) = &self.token_file {
             let token =
                 tokio::fs::read_to_string(path)
@@ -106,9 +106,19 @@ impl CaClient {
         if let Ok(value) = self.cluster_id.parse() {
             request.metadata_mut().insert("clusterid", value);
         }
-        let response = self
-            .client
-            .clone()
+        Ok(())
+    }
+
+    /// Asks for a certificate for `identity` with a fresh key and checks the answer.
+    pub async fn fetch(&self, identity: &WorkloadIdentity) -> Result<Credential, FetchError> {
+        let request_key = KeyAndCsr::generate(identity.key_type, &identity.spiffe_id)?;
+        let mut request = tonic::Request::new(IstioCertificateRequest {
+            csr: request_key.csr_pem.clone(),
+            validity_duration: identity.ttl.as_secs() as i64,
+            metadata: None,
+        });
+        self.authorize(&mut request).await?;
+        let response = IstioCertificateServiceClient::new(self.channel())
             .create_certificate(request)
             .await
             .map_err(|s| FetchError::Status {

@@ -3,6 +3,7 @@
 //!
 //! Envoy SDS is not served yet: the SPIFFE Workload API and `output_dir` are.
 
+pub mod bundle;
 pub mod client;
 pub mod config;
 pub mod credential;

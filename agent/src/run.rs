@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::client::{keep_fresh, CaClient, CaClientConfig, WorkloadIdentity};
 use crate::config::AgentConfig;
 use crate::credential::Credential;
-use crate::{output, workload_api};
+use crate::{bundle, output, workload_api};
 
 /// The agent's settings after defaults are applied.
 #[derive(Clone, Debug)]
@@ -143,8 +143,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     let client = CaClient::new(&settings.client)?;
+    let (fresh_tx, fresh_rx) = watch::channel(None);
+    tokio::spawn(keep_fresh(
+        client.clone(),
+        settings.identity.clone(),
+        fresh_tx,
+    ));
+    let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Vec::new()));
+    tokio::spawn(bundle::follow_trust_bundle(client, bundle_tx));
+    // What is served: the credential with its roots merged with the RA's bundle stream.
     let (tx, rx) = watch::channel(None);
-    tokio::spawn(keep_fresh(client, settings.identity.clone(), tx));
+    tokio::spawn(bundle::combine(fresh_rx, bundle_rx, tx));
     if let Some(dir) = settings.output_dir.clone() {
         tokio::spawn(write_outputs(dir, rx.clone()));
     }

@@ -127,19 +127,8 @@ async fn dev_agent_serves_the_workload_api_and_writes_files() {
         agent_health,
     );
 
-    let socket = data.join("agent/spiffe.sock");
-    let channel = tonic::transport::Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap();
-    let mut client = SpiffeWorkloadApiClient::new(channel);
+    let mut client =
+        SpiffeWorkloadApiClient::new(unix_channel(data.join("agent/spiffe.sock")).await);
     let mut request = tonic::Request::new(X509svidRequest {});
     request
         .metadata_mut()
@@ -161,4 +150,117 @@ async fn dev_agent_serves_the_workload_api_and_writes_files() {
         std::fs::read_to_string(out.join("root-cert.pem")).unwrap(),
         std::fs::read_to_string(data.join("root-cert.pem")).unwrap()
     );
+}
+
+/// A gRPC channel over a Unix socket, as SPIFFE clients dial the Workload API.
+async fn unix_channel(socket: std::path::PathBuf) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+/// A root added on the CA side reaches workloads through the trust-bundle stream, before any
+/// certificate rotation.
+#[tokio::test]
+async fn new_roots_reach_workloads_without_a_rotation() {
+    use meshca_ca::keys::KeyType as CaKeyType;
+    use meshca_ca::testing::{CaSpec, GeneratedChain, TestCa};
+    use meshca_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+    use meshca_proto::workload::X509BundlesRequest;
+
+    const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let d = dir.display();
+    let chain = GeneratedChain::new(CaKeyType::EcP256);
+    chain.write(&dir.join("cacerts"));
+    std::fs::write(dir.join("root.pem"), chain.root.pem()).unwrap();
+    let issuer = JwtKey::es256("k1");
+    std::fs::write(dir.join("jwks.json"), jwks(&[&issuer]).to_string()).unwrap();
+    std::fs::write(
+        dir.join("token"),
+        issuer.mint(&sa_claims(ISSUER, "shop", "cart")),
+    )
+    .unwrap();
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    std::fs::write(
+        dir.join("meshca.toml"),
+        format!(
+            r#"
+data_dir = "{d}/data"
+[ca]
+cacerts_dir = "{d}/cacerts"
+cacerts_poll_interval = "200ms"
+[grpc]
+listen = "{grpc}"
+ip_sans = ["127.0.0.1"]
+[metrics]
+listen = "{metrics}"
+[auth.clusters.Kubernetes]
+mode = "jwks"
+issuer = "{ISSUER}"
+jwks_file = "{d}/jwks.json"
+"#
+        ),
+    )
+    .unwrap();
+    let config = dir.join("meshca.toml").display().to_string();
+    let _server = MeshcaProcess::start(&["server", "--config", &config], &[], dir, grpc, metrics);
+
+    let agent_health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let socket = dir.join("agent.sock");
+    let _agent = MeshcaProcess::start(
+        &["agent", "--data-dir", &format!("{d}/agent-data")],
+        &[
+            ("MESHCA_AGENT_CA_ADDR", grpc.to_string()),
+            ("MESHCA_AGENT_CA_ROOT_CERT", format!("{d}/root.pem")),
+            ("MESHCA_AGENT_TOKEN_FILE", format!("{d}/token")),
+            ("MESHCA_AGENT_NAMESPACE", "shop".into()),
+            ("MESHCA_AGENT_SERVICE_ACCOUNT", "cart".into()),
+            (
+                "MESHCA_AGENT_WORKLOAD_API_SOCKET",
+                socket.display().to_string(),
+            ),
+            ("MESHCA_AGENT_METRICS_LISTEN", agent_health.to_string()),
+        ],
+        dir,
+        agent_health,
+        agent_health,
+    );
+
+    let mut client = SpiffeWorkloadApiClient::new(unix_channel(socket).await);
+    let mut request = tonic::Request::new(X509BundlesRequest {});
+    request
+        .metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().unwrap());
+    let mut bundles = client
+        .fetch_x509_bundles(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = bundles.message().await.unwrap().unwrap();
+    assert_eq!(first.bundles["cluster.local"], chain.root.cert.der());
+
+    let next_root = TestCa::new(&CaSpec::new("CN=Next Root,O=meshca tests"), None);
+    std::fs::write(
+        dir.join("cacerts/root-cert.pem"),
+        format!("{}{}", chain.root.pem(), next_root.pem()),
+    )
+    .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(15), bundles.message())
+        .await
+        .expect("the new root within 15 s")
+        .unwrap()
+        .unwrap();
+    let expected: Vec<u8> = [chain.root.cert.der(), next_root.cert.der()].concat();
+    assert_eq!(second.bundles["cluster.local"], expected);
 }
