@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::credential::{Credential, KeyAndCsr, KeyType};
+use crate::metrics::AgentMetrics;
 use crate::timing::{self, Backoff, RetryClass};
 
 /// How to reach and authenticate to the RA.
@@ -147,10 +148,14 @@ pub async fn keep_fresh(
     client: CaClient,
     identity: WorkloadIdentity,
     tx: watch::Sender<Option<Arc<Credential>>>,
+    metrics: Arc<AgentMetrics>,
 ) {
     let mut attempt = 0u32;
     loop {
-        let wait = match client.fetch(&identity).await {
+        let started = std::time::Instant::now();
+        let result = client.fetch(&identity).await;
+        metrics.csr_sent(started.elapsed(), result.is_ok());
+        let wait = match result {
             Ok(credential) => {
                 attempt = 0;
                 let at = timing::rotation_time(
@@ -172,6 +177,7 @@ pub async fn keep_fresh(
                 let class = error.retry_class();
                 let delay = Backoff::for_class(class).delay(attempt, timing::random_unit());
                 attempt = attempt.saturating_add(1);
+                metrics.retry_scheduled();
                 match class {
                     RetryClass::Fast => {
                         tracing::warn!(spiffe_id = %identity.spiffe_id, %error, ?delay, "certificate request failed; retrying")

@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod client;
 pub mod config;
 pub mod credential;
+pub mod metrics;
 pub mod output;
 pub mod run;
 pub mod timing;

@@ -5,7 +5,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,6 +15,7 @@ use tokio::sync::watch;
 use crate::client::{keep_fresh, CaClient, CaClientConfig, WorkloadIdentity};
 use crate::config::AgentConfig;
 use crate::credential::Credential;
+use crate::metrics::AgentMetrics;
 use crate::{bundle, output, workload_api};
 
 /// The agent's settings after defaults are applied.
@@ -144,10 +144,12 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let client = CaClient::new(&settings.client)?;
     let (fresh_tx, fresh_rx) = watch::channel(None);
+    let metrics = Arc::new(AgentMetrics::default());
     tokio::spawn(keep_fresh(
         client.clone(),
         settings.identity.clone(),
         fresh_tx,
+        metrics.clone(),
     ));
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Vec::new()));
     tokio::spawn(bundle::follow_trust_bundle(client, bundle_tx));
@@ -190,13 +192,13 @@ pub async fn run(
     );
 
     let api = workload_api::serve(
-        workload_api::WorkloadApi::new(rx.clone()),
+        workload_api::WorkloadApi::new(rx.clone(), metrics.clone()),
         &settings.workload_api_socket,
         async move {
             let _ = api_stop.recv().await;
         },
     );
-    let http = axum::serve(listener, http_app(rx)).with_graceful_shutdown(async move {
+    let http = axum::serve(listener, http_app(rx, metrics)).with_graceful_shutdown(async move {
         let _ = http_stop.recv().await;
     });
     let (api, http) = tokio::join!(api, http);
@@ -227,31 +229,25 @@ async fn write_outputs(dir: PathBuf, mut rx: Current) {
     }
 }
 
-fn http_app(current: Current) -> Router {
+fn http_app(current: Current, metrics: Arc<AgentMetrics>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .with_state(current)
+        .route("/metrics", get(render_metrics))
+        .with_state((current, metrics))
 }
 
 /// Ready once the first certificate is held.
-async fn ready(State(current): State<Current>) -> (StatusCode, &'static str) {
+async fn ready(
+    State((current, _)): State<(Current, Arc<AgentMetrics>)>,
+) -> (StatusCode, &'static str) {
     match current.borrow().as_ref() {
         Some(_) => (StatusCode::OK, "ready\n"),
         None => (StatusCode::SERVICE_UNAVAILABLE, "no certificate yet\n"),
     }
 }
 
-async fn metrics(State(current): State<Current>) -> String {
-    let expiry = current
-        .borrow()
-        .as_ref()
-        .and_then(|c| c.not_after.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
-    format!(
-        "# HELP meshca_agent_cert_expiry_timestamp Unix time the served certificate expires.\n\
-         # TYPE meshca_agent_cert_expiry_timestamp gauge\n\
-         meshca_agent_cert_expiry_timestamp{{resource=\"default\"}} {expiry}\n"
-    )
+async fn render_metrics(State((current, metrics)): State<(Current, Arc<AgentMetrics>)>) -> String {
+    let not_after = current.borrow().as_ref().map(|c| c.not_after);
+    metrics.render(not_after)
 }

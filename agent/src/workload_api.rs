@@ -22,6 +22,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::credential::Credential;
+use crate::metrics::AgentMetrics;
 
 /// Every Workload API request must carry this metadata (SPIFFE Workload Endpoint spec), so a
 /// browser or SSRF cannot reach the socket through an HTTP proxy.
@@ -33,13 +34,20 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Clone, Debug)]
 pub struct WorkloadApi {
     credential: watch::Receiver<Option<Arc<Credential>>>,
+    metrics: Arc<AgentMetrics>,
 }
 
 // === impl WorkloadApi ===
 
 impl WorkloadApi {
-    pub fn new(credential: watch::Receiver<Option<Arc<Credential>>>) -> Self {
-        Self { credential }
+    pub fn new(
+        credential: watch::Receiver<Option<Arc<Credential>>>,
+        metrics: Arc<AgentMetrics>,
+    ) -> Self {
+        Self {
+            credential,
+            metrics,
+        }
     }
 
     /// Each published credential, skipping the gaps where none is held.
@@ -109,7 +117,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_security_header(&request)?;
-        let stream = self.credentials().map(|c| Ok(x509_svid_response(&c)));
+        let connected = self.metrics.stream_opened();
+        let stream = self.credentials().map(move |c| {
+            let _counted = &connected;
+            Ok(x509_svid_response(&c))
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -119,8 +131,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         check_security_header(&request)?;
         let mut last: Option<Vec<u8>> = None;
+        let connected = self.metrics.stream_opened();
         // Only bundle changes make a message; a rotation under the same roots does not.
         let stream = self.credentials().filter_map(move |c| {
+            let _counted = &connected;
             let response = x509_bundles_response(&c);
             let bundle = response.bundles.values().next().cloned();
             if bundle == last {

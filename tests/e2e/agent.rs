@@ -59,7 +59,7 @@ async fn rotates_before_expiry_and_survives_a_server_outage() {
         grace_jitter: 0.01,
     };
     let (tx, mut rx) = watch::channel(None);
-    tokio::spawn(keep_fresh(client, identity, tx));
+    tokio::spawn(keep_fresh(client, identity, tx, Default::default()));
 
     let first = next_credential(&mut rx, Duration::from_secs(15)).await;
     assert_eq!(first.spiffe_id, ID);
@@ -115,7 +115,7 @@ async fn dev_agent_serves_the_workload_api_and_writes_files() {
     );
     let agent_health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let out = tmp.path().join("certs");
-    let _agent = MeshcaProcess::start(
+    let agent = MeshcaProcess::start(
         &["agent", "--dev", "--data-dir", data_arg],
         &[
             ("MESHCA_AGENT_CA_ADDR", grpc.to_string()),
@@ -136,6 +136,9 @@ async fn dev_agent_serves_the_workload_api_and_writes_files() {
     let mut stream = client.fetch_x509svid(request).await.unwrap().into_inner();
     let svid = stream.message().await.unwrap().unwrap().svids.remove(0);
     assert_eq!(svid.spiffe_id, ID);
+    assert_eq!(agent.metric("meshca_agent_workload_api_streams"), 1.0);
+    assert!(agent.metric("meshca_agent_csr_count") >= 1.0);
+    assert_eq!(agent.metric("meshca_agent_csr_failure_count"), 0.0);
 
     // OUTPUT_CERTS: the same certificate, the key private.
     let chain = std::fs::read_to_string(out.join("cert-chain.pem")).unwrap();
