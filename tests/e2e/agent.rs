@@ -179,45 +179,19 @@ async fn new_roots_reach_workloads_without_a_rotation() {
     use meshca_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
     use meshca_proto::workload::X509BundlesRequest;
 
-    const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let d = dir.display();
     let chain = GeneratedChain::new(CaKeyType::EcP256);
-    chain.write(&dir.join("cacerts"));
     std::fs::write(dir.join("root.pem"), chain.root.pem()).unwrap();
     let issuer = JwtKey::es256("k1");
-    std::fs::write(dir.join("jwks.json"), jwks(&[&issuer]).to_string()).unwrap();
     std::fs::write(
         dir.join("token"),
-        issuer.mint(&sa_claims(ISSUER, "shop", "cart")),
+        issuer.mint(&sa_claims(K8S_ISSUER, "shop", "cart")),
     )
     .unwrap();
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    std::fs::write(
-        dir.join("meshca.toml"),
-        format!(
-            r#"
-data_dir = "{d}/data"
-[ca]
-cacerts_dir = "{d}/cacerts"
-cacerts_poll_interval = "200ms"
-[grpc]
-listen = "{grpc}"
-ip_sans = ["127.0.0.1"]
-[metrics]
-listen = "{metrics}"
-[auth.clusters.Kubernetes]
-mode = "jwks"
-issuer = "{ISSUER}"
-jwks_file = "{d}/jwks.json"
-"#
-        ),
-    )
-    .unwrap();
-    let config = dir.join("meshca.toml").display().to_string();
-    let _server = MeshcaProcess::start(&["server", "--config", &config], &[], dir, grpc, metrics);
+    let server = plugged_in_server(dir, &chain, &issuer);
+    let grpc = server.grpc;
 
     let agent_health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let socket = dir.join("agent.sock");

@@ -400,3 +400,43 @@ pub fn sa_claims(issuer: &str, namespace: &str, sa: &str) -> Value {
 pub fn jwks(keys: &[&JwtKey]) -> Value {
     json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()})
 }
+
+/// Issuer of the Kubernetes service-account tokens in these tests.
+pub const K8S_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// A server with a plugged-in CA (`<dir>/cacerts`, polled every 200 ms) and one JWKS-mode
+/// cluster trusting `issuer`: the setup for tests that change the CA files underneath it.
+pub fn plugged_in_server(
+    dir: &Path,
+    chain: &meshca_ca::testing::GeneratedChain,
+    issuer: &JwtKey,
+) -> MeshcaProcess {
+    chain.write(&dir.join("cacerts"));
+    std::fs::write(dir.join("jwks.json"), jwks(&[issuer]).to_string()).unwrap();
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("meshca.toml"),
+        format!(
+            r#"
+data_dir = "{d}/data"
+[ca]
+cacerts_dir = "{d}/cacerts"
+cacerts_poll_interval = "200ms"
+[grpc]
+listen = "{grpc}"
+ip_sans = ["127.0.0.1"]
+[metrics]
+listen = "{metrics}"
+[auth.clusters.Kubernetes]
+mode = "jwks"
+issuer = "{K8S_ISSUER}"
+jwks_file = "{d}/jwks.json"
+"#
+        ),
+    )
+    .unwrap();
+    let config = dir.join("meshca.toml").display().to_string();
+    MeshcaProcess::start(&["server", "--config", &config], &[], dir, grpc, metrics)
+}

@@ -17,8 +17,6 @@ use tonic::Code;
 use crate::harness::*;
 use crate::peers::{self, ApiServerState, REVIEWER_TOKEN};
 
-const K8S_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-
 /// One server for this file's tests, with every authentication method configured.
 struct World {
     server: MeshcaProcess,
@@ -776,34 +774,9 @@ async fn trust_bundle_stream_follows_root_changes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let chain = GeneratedChain::new(KeyType::EcP256);
-    chain.write(&dir.join("cacerts"));
     let issuer = JwtKey::es256("k1");
-    std::fs::write(dir.join("jwks.json"), jwks(&[&issuer]).to_string()).unwrap();
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let d = dir.display();
-    std::fs::write(
-        dir.join("meshca.toml"),
-        format!(
-            r#"
-data_dir = "{d}/data"
-[ca]
-cacerts_dir = "{d}/cacerts"
-cacerts_poll_interval = "200ms"
-[grpc]
-listen = "{grpc}"
-[metrics]
-listen = "{metrics}"
-[auth.clusters.Kubernetes]
-mode = "jwks"
-issuer = "{K8S_ISSUER}"
-jwks_file = "{d}/jwks.json"
-"#
-        ),
-    )
-    .unwrap();
-    let config = dir.join("meshca.toml").display().to_string();
-    let _server = MeshcaProcess::start(&["server", "--config", &config], &[], dir, grpc, metrics);
+    let server = plugged_in_server(dir, &chain, &issuer);
+    let grpc = server.grpc;
 
     let channel = tls_channel(grpc, &chain.root.pem(), None).await;
     let mut client = TrustBundleServiceClient::new(channel);
