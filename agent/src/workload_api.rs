@@ -207,3 +207,18 @@ pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
     }
     UnixListener::bind(path)
 }
+
+/// A gRPC channel to a Workload API socket, as SPIFFE clients dial it (for probes and tests).
+pub async fn unix_channel(
+    socket: std::path::PathBuf,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+}

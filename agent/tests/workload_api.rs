@@ -13,7 +13,7 @@ use meshca_ca::{Authority, SpiffeId, TrustDomain, VerifiedCsr};
 use meshca_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use meshca_proto::workload::{X509BundlesRequest, X509svidRequest};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const ID: &str = "spiffe://cluster.local/ns/default/sa/web";
 
@@ -32,18 +32,7 @@ fn credential(authority: &Authority) -> Credential {
 }
 
 async fn connect(socket: std::path::PathBuf) -> SpiffeWorkloadApiClient<Channel> {
-    let channel = Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap();
-    SpiffeWorkloadApiClient::new(channel)
+    SpiffeWorkloadApiClient::new(workload_api::unix_channel(socket).await.unwrap())
 }
 
 fn with_header<T>(message: T) -> tonic::Request<T> {

@@ -157,15 +157,7 @@ async fn dev_agent_serves_the_workload_api_and_writes_files() {
 
 /// A gRPC channel over a Unix socket, as SPIFFE clients dial the Workload API.
 async fn unix_channel(socket: std::path::PathBuf) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
+    meshca_agent::workload_api::unix_channel(socket)
         .await
         .unwrap()
 }
