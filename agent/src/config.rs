@@ -31,6 +31,7 @@ pub struct AgentConfig {
     pub grace_ratio: f64,
     /// …give or take this fraction, so a fleet does not renew at once.
     pub grace_jitter: f64,
+    /// Envoy SDS (`default`, `ROOTCA`, `file-cert:`, `file-root:`).
     pub sds_socket: Option<PathBuf>,
     pub workload_api_socket: Option<PathBuf>,
     /// Istio's OUTPUT_CERTS: key.pem, cert-chain.pem, root-cert.pem.

@@ -1,7 +1,5 @@
 //! meshca's node agent: gets workload certificates from the RA, rotates them before expiry,
 //! and serves them to Envoy (SDS) and to any workload (SPIFFE Workload API).
-//!
-//! Envoy SDS is not served yet: the SPIFFE Workload API and `output_dir` are.
 
 pub mod bundle;
 pub mod client;
@@ -10,5 +8,6 @@ pub mod credential;
 pub mod metrics;
 pub mod output;
 pub mod run;
+pub mod sds;
 pub mod timing;
 pub mod workload_api;

@@ -1,5 +1,5 @@
 //! Agent metrics, in the Prometheus text format: certificate expiry, outgoing CSRs (count,
-//! failures, retries, latency) and connected Workload API streams.
+//! failures, retries, latency) and connected SDS and Workload API streams.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -13,11 +13,19 @@ pub struct AgentMetrics {
     csr_retries: AtomicU64,
     csr_latency_micros: AtomicU64,
     workload_api_streams: AtomicI64,
+    sds_streams: AtomicI64,
+}
+
+/// Which server a stream is connected to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    WorkloadApi,
+    Sds,
 }
 
 /// Counts a connected stream for as long as it lives.
 #[derive(Debug)]
-pub struct StreamGuard(Arc<AgentMetrics>);
+pub struct StreamGuard(Arc<AgentMetrics>, StreamKind);
 
 impl AgentMetrics {
     pub fn csr_sent(&self, latency: Duration, ok: bool) {
@@ -33,15 +41,39 @@ impl AgentMetrics {
         self.csr_retries.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn stream_opened(self: &Arc<Self>) -> StreamGuard {
-        self.workload_api_streams.fetch_add(1, Ordering::Relaxed);
-        StreamGuard(self.clone())
+    pub fn stream_opened(self: &Arc<Self>, kind: StreamKind) -> StreamGuard {
+        self.streams(kind).fetch_add(1, Ordering::Relaxed);
+        StreamGuard(self.clone(), kind)
     }
 
-    pub fn render(&self, cert_not_after: Option<SystemTime>) -> String {
-        let expiry = cert_not_after
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
+    fn streams(&self, kind: StreamKind) -> &AtomicI64 {
+        match kind {
+            StreamKind::WorkloadApi => &self.workload_api_streams,
+            StreamKind::Sds => &self.sds_streams,
+        }
+    }
+
+    /// `expiries`: each served certificate resource (`default`, `ROOTCA`, mounted files) and
+    /// when it expires; `default` reads 0 until the first certificate arrives.
+    pub fn render(&self, expiries: &[(String, SystemTime)]) -> String {
+        let mut expiry_samples = String::new();
+        if !expiries.iter().any(|(name, _)| name == "default") {
+            expiry_samples.push_str("meshca_agent_cert_expiry_timestamp{resource=\"default\"} 0");
+        }
+        for (name, at) in expiries {
+            let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            if !expiry_samples.is_empty() {
+                expiry_samples.push('\n');
+            }
+            let name = name
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = write!(
+                expiry_samples,
+                "meshca_agent_cert_expiry_timestamp{{resource=\"{name}\"}} {secs}"
+            );
+        }
         let count = self.csr_count.load(Ordering::Relaxed);
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, sample: String| {
@@ -50,8 +82,8 @@ impl AgentMetrics {
         metric(
             "meshca_agent_cert_expiry_timestamp",
             "gauge",
-            "Unix time the served certificate expires.",
-            format!("meshca_agent_cert_expiry_timestamp{{resource=\"default\"}} {expiry}"),
+            "Unix time a served certificate (or, for a bundle, its first root) expires.",
+            expiry_samples,
         );
         metric(
             "meshca_agent_csr_count",
@@ -87,6 +119,15 @@ impl AgentMetrics {
             ),
         );
         metric(
+            "meshca_agent_sds_streams",
+            "gauge",
+            "Connected Envoy SDS streams.",
+            format!(
+                "meshca_agent_sds_streams {}",
+                self.sds_streams.load(Ordering::Relaxed)
+            ),
+        );
+        metric(
             "meshca_agent_workload_api_streams",
             "gauge",
             "Connected Workload API streams.",
@@ -101,7 +142,7 @@ impl AgentMetrics {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.workload_api_streams.fetch_sub(1, Ordering::Relaxed);
+        self.0.streams(self.1).fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -115,16 +156,22 @@ mod tests {
         m.csr_sent(Duration::from_millis(5), true);
         m.csr_sent(Duration::from_millis(5), false);
         m.retry_scheduled();
-        let guard = m.stream_opened();
-        let text = m.render(Some(UNIX_EPOCH + Duration::from_secs(42)));
-        assert!(text.contains("meshca_agent_cert_expiry_timestamp{resource=\"default\"} 42"));
+        let guard = m.stream_opened(StreamKind::WorkloadApi);
+        let sds = m.stream_opened(StreamKind::Sds);
+        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+        let text = m.render(&[("default".into(), at(42)), ("ROOTCA".into(), at(99))]);
+        assert!(text.contains("meshca_agent_cert_expiry_timestamp{resource=\"default\"} 42\n"));
+        assert!(text.contains("meshca_agent_cert_expiry_timestamp{resource=\"ROOTCA\"} 99\n"));
+        assert!(text.contains("\nmeshca_agent_sds_streams 1\n"));
         assert!(text.contains("\nmeshca_agent_csr_count 2\n"));
         assert!(text.contains("\nmeshca_agent_csr_failure_count 1\n"));
         assert!(text.contains("\nmeshca_agent_csr_retry_count 1\n"));
         assert!(text.contains("\nmeshca_agent_workload_api_streams 1\n"));
         drop(guard);
-        assert!(m
-            .render(None)
-            .contains("\nmeshca_agent_workload_api_streams 0\n"));
+        drop(sds);
+        let text = m.render(&[]);
+        assert!(text.contains("\nmeshca_agent_workload_api_streams 0\n"));
+        assert!(text.contains("\nmeshca_agent_sds_streams 0\n"));
+        assert!(text.contains("meshca_agent_cert_expiry_timestamp{resource=\"default\"} 0\n"));
     }
 }

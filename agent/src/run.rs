@@ -1,5 +1,6 @@
-//! `meshca agent`: one workload identity kept fresh, served over the SPIFFE Workload API and,
-//! when configured, written to `output_dir`; health and readiness on a local HTTP port.
+//! `meshca agent`: one workload identity kept fresh, served to Envoy over SDS and to any
+//! workload over the SPIFFE Workload API and, when configured, written to `output_dir`; health,
+//! readiness and metrics on a local HTTP port.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,7 +17,8 @@ use crate::client::{keep_fresh, CaClient, CaClientConfig, WorkloadIdentity};
 use crate::config::AgentConfig;
 use crate::credential::Credential;
 use crate::metrics::AgentMetrics;
-use crate::{bundle, output, workload_api};
+use crate::sds::SdsService;
+use crate::{bundle, output, sds, workload_api};
 
 /// The agent's settings after defaults are applied.
 #[derive(Clone, Debug)]
@@ -25,6 +27,7 @@ pub struct AgentSettings {
     pub spiffe_id: String,
     pub client: CaClientConfig,
     pub identity: WorkloadIdentity,
+    pub sds_socket: PathBuf,
     pub workload_api_socket: PathBuf,
     pub output_dir: Option<PathBuf>,
     pub metrics_listen: SocketAddr,
@@ -119,6 +122,11 @@ impl AgentSettings {
                 grace_ratio: config.grace_ratio,
                 grace_jitter: config.grace_jitter,
             },
+            sds_socket: config
+                .sds_socket
+                .clone()
+                .or_else(|| dev_path("agent/sds.sock"))
+                .unwrap_or_else(|| PathBuf::from("/var/run/meshca/sds.sock")),
             workload_api_socket: config
                 .workload_api_socket
                 .clone()
@@ -162,6 +170,7 @@ pub async fn run(
 
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut api_stop = stop_tx.subscribe();
+    let mut sds_stop = stop_tx.subscribe();
     let mut http_stop = stop_tx.subscribe();
     tokio::spawn(async move {
         shutdown.await;
@@ -176,6 +185,10 @@ pub async fn run(
         })?;
     println!("meshca agent for {}", settings.spiffe_id);
     println!("  CA:                 {}", settings.client.ca_addr);
+    println!(
+        "  Envoy SDS:           unix:{}",
+        settings.sds_socket.display()
+    );
     println!(
         "  SPIFFE Workload API: unix:{}",
         settings.workload_api_socket.display()
@@ -198,10 +211,20 @@ pub async fn run(
             let _ = api_stop.recv().await;
         },
     );
-    let http = axum::serve(listener, http_app(rx, metrics)).with_graceful_shutdown(async move {
-        let _ = http_stop.recv().await;
+    let sds_service = SdsService::new(rx.clone(), metrics.clone());
+    let sds = sds::serve(sds_service.clone(), &settings.sds_socket, async move {
+        let _ = sds_stop.recv().await;
     });
-    let (api, http) = tokio::join!(api, http);
+    let http = axum::serve(listener, http_app(rx, sds_service, metrics)).with_graceful_shutdown(
+        async move {
+            let _ = http_stop.recv().await;
+        },
+    );
+    let (api, sds, http) = tokio::join!(api, sds, http);
+    sds.map_err(|source| AgentError::Serve {
+        what: "agent.sds_socket",
+        source,
+    })?;
     api.map_err(|source| AgentError::Serve {
         what: "agent.workload_api_socket",
         source,
@@ -229,25 +252,33 @@ async fn write_outputs(dir: PathBuf, mut rx: Current) {
     }
 }
 
-fn http_app(current: Current, metrics: Arc<AgentMetrics>) -> Router {
+#[derive(Clone)]
+struct HttpState {
+    current: Current,
+    sds: SdsService,
+    metrics: Arc<AgentMetrics>,
+}
+
+fn http_app(current: Current, sds: SdsService, metrics: Arc<AgentMetrics>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
-        .with_state((current, metrics))
+        .with_state(HttpState {
+            current,
+            sds,
+            metrics,
+        })
 }
 
 /// Ready once the first certificate is held.
-async fn ready(
-    State((current, _)): State<(Current, Arc<AgentMetrics>)>,
-) -> (StatusCode, &'static str) {
-    match current.borrow().as_ref() {
+async fn ready(State(state): State<HttpState>) -> (StatusCode, &'static str) {
+    match state.current.borrow().as_ref() {
         Some(_) => (StatusCode::OK, "ready\n"),
         None => (StatusCode::SERVICE_UNAVAILABLE, "no certificate yet\n"),
     }
 }
 
-async fn render_metrics(State((current, metrics)): State<(Current, Arc<AgentMetrics>)>) -> String {
-    let not_after = current.borrow().as_ref().map(|c| c.not_after);
-    metrics.render(not_after)
+async fn render_metrics(State(state): State<HttpState>) -> String {
+    state.metrics.render(&state.sds.expiries())
 }

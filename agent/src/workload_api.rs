@@ -22,7 +22,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::credential::Credential;
-use crate::metrics::AgentMetrics;
+use crate::metrics::{AgentMetrics, StreamKind};
 
 /// Every Workload API request must carry this metadata (SPIFFE Workload Endpoint spec), so a
 /// browser or SSRF cannot reach the socket through an HTTP proxy.
@@ -117,7 +117,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_security_header(&request)?;
-        let connected = self.metrics.stream_opened();
+        let connected = self.metrics.stream_opened(StreamKind::WorkloadApi);
         let stream = self.credentials().map(move |c| {
             let _counted = &connected;
             Ok(x509_svid_response(&c))
@@ -131,7 +131,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         check_security_header(&request)?;
         let mut last: Option<Vec<u8>> = None;
-        let connected = self.metrics.stream_opened();
+        let connected = self.metrics.stream_opened(StreamKind::WorkloadApi);
         // Only bundle changes make a message; a rotation under the same roots does not.
         let stream = self.credentials().filter_map(move |c| {
             let _counted = &connected;

@@ -5,31 +5,16 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshca_agent::credential::{Credential, KeyAndCsr, KeyType};
 use meshca_agent::workload_api::{self, WorkloadApi};
-use meshca_ca::issuer::sign_leaf;
 use meshca_ca::x509::ParsedCert;
-use meshca_ca::{Authority, SpiffeId, TrustDomain, VerifiedCsr};
+use meshca_ca::{Authority, TrustDomain};
 use meshca_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use meshca_proto::workload::{X509BundlesRequest, X509svidRequest};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-const ID: &str = "spiffe://cluster.local/ns/default/sa/web";
-
-fn credential(authority: &Authority) -> Credential {
-    let request = KeyAndCsr::generate(KeyType::EcP256, ID).unwrap();
-    let csr = VerifiedCsr::from_pem(&request.csr_pem).unwrap();
-    let now = SystemTime::now();
-    let validity = (
-        now - Duration::from_secs(60),
-        now + Duration::from_secs(3600),
-    );
-    let (_, der) = sign_leaf(authority, &csr, &SpiffeId::new(ID).unwrap(), validity).unwrap();
-    let mut answer = vec![pem::encode(&pem::Pem::new("CERTIFICATE", der))];
-    answer.extend(authority.chain_tail().iter().cloned());
-    request.accept(ID, &answer, now).unwrap()
-}
+mod common;
+use common::{credential, ID};
 
 async fn connect(socket: std::path::PathBuf) -> SpiffeWorkloadApiClient<Channel> {
     SpiffeWorkloadApiClient::new(workload_api::unix_channel(socket).await.unwrap())
