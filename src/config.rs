@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use meshca_agent::config::AgentConfig;
 use meshca_ca::{CaConfig, CaSettings, StoreConfig, TrustDomain};
-use meshca_ra::{AuthConfig, GrpcConfig, MetricsConfig};
+use meshca_ra::{AuthConfig, GrpcConfig, MetricsConfig, RestConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -35,6 +35,7 @@ pub struct MeshcaConfig {
     pub grpc: GrpcConfig,
     pub metrics: MetricsConfig,
     pub auth: AuthConfig,
+    pub rest: RestConfig,
     pub agent: AgentConfig,
 }
 
@@ -97,6 +98,7 @@ impl Default for MeshcaConfig {
             grpc: GrpcConfig::default(),
             metrics: MetricsConfig::default(),
             auth: AuthConfig::default(),
+            rest: RestConfig::default(),
             agent: AgentConfig::default(),
         }
     }

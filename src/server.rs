@@ -14,6 +14,8 @@ pub async fn run(mut config: MeshcaConfig, dev_mode: bool) -> anyhow::Result<()>
             meshca_ra::config::DEFAULT_CLUSTER_ID.to_string(),
             dev_files.cluster_config(),
         );
+        let tokens = dev::write_dev_rest_tokens(&dev_files)?;
+        config.rest.tokens.extend(tokens);
     }
     let ca = CertificateAuthority::start(&config.ca_settings()?).await?;
     let root_path = config.data_dir.join("root-cert.pem");
@@ -24,11 +26,13 @@ pub async fn run(mut config: MeshcaConfig, dev_mode: bool) -> anyhow::Result<()>
         grpc: config.grpc.clone(),
         metrics: config.metrics.clone(),
         auth: config.auth.clone(),
+        rest: config.rest.clone(),
     };
     let ra = RunningRa::start(&settings, ca.clone(), shutdown_signal()).await?;
     tracing::info!(
         grpc = %ra.grpc_addr,
         metrics = %ra.metrics_addr,
+        rest = %ra.rest_addr,
         trust_domain = %config.trust_domain,
         authority = %ca.current_authority().id(),
         store = ca.store().dialect(),
@@ -40,6 +44,15 @@ pub async fn run(mut config: MeshcaConfig, dev_mode: bool) -> anyhow::Result<()>
         println!(
             "  metrics / health:               http://{}/metrics",
             ra.metrics_addr
+        );
+        println!(
+            "  admin REST API (HTTPS):         https://{}/v1/authorities",
+            ra.rest_addr
+        );
+        println!(
+            "  REST tokens (admin, auditor):   {}, {}",
+            dev_files.admin_token.display(),
+            dev_files.auditor_token.display()
         );
         println!("  trust bundle:                   {}", root_path.display());
         println!(

@@ -12,6 +12,25 @@ use crate::client::CaClient;
 use crate::credential::Credential;
 use crate::timing::{self, Backoff};
 
+/// What the RA's trust-bundle stream last said.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamBundle {
+    pub roots_pem: Vec<String>,
+    /// Authorities (hex key ids) whose certificates must be replaced now.
+    pub tainted_authority_ids: Vec<String>,
+}
+
+/// Whether a credential must be replaced before its rotation time: its issuer was tainted.
+pub fn issued_by_tainted(credential: &Credential, bundle: &StreamBundle) -> bool {
+    credential.authority_key_id.as_ref().is_some_and(|aki| {
+        let id = hex::encode(aki);
+        bundle
+            .tainted_authority_ids
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(&id))
+    })
+}
+
 /// Roots from the CA response, then any the stream adds, each once (compared by DER), in that
 /// stable order so unchanged inputs give byte-identical bundles.
 pub fn merge_roots(response_roots: &[String], stream_roots: &[String]) -> Vec<String> {
@@ -29,9 +48,9 @@ pub fn merge_roots(response_roots: &[String], stream_roots: &[String]) -> Vec<St
     merged
 }
 
-/// Follows the RA's trust-bundle stream, reconnecting with backoff, and publishes each bundle's
-/// roots on `tx` until every receiver is gone.
-pub async fn follow_trust_bundle(client: CaClient, tx: watch::Sender<Arc<Vec<String>>>) {
+/// Follows the RA's trust-bundle stream, reconnecting with backoff, and publishes each bundle
+/// on `tx` until every receiver is gone.
+pub async fn follow_trust_bundle(client: CaClient, tx: watch::Sender<Arc<StreamBundle>>) {
     let mut attempt = 0u32;
     loop {
         let mut request = tonic::Request::new(WatchTrustBundleRequest {});
@@ -48,8 +67,11 @@ pub async fn follow_trust_bundle(client: CaClient, tx: watch::Sender<Arc<Vec<Str
                                 message = stream.message() => match message {
                                     Ok(Some(bundle)) => {
                                         attempt = 0;
-                                        tracing::info!(version = %bundle.version, roots = bundle.roots_pem.len(), "trust bundle received");
-                                        tx.send_replace(Arc::new(bundle.roots_pem));
+                                        tracing::info!(version = %bundle.version, roots = bundle.roots_pem.len(), tainted = ?bundle.tainted_authority_ids, "trust bundle received");
+                                        tx.send_replace(Arc::new(StreamBundle {
+                                            roots_pem: bundle.roots_pem,
+                                            tainted_authority_ids: bundle.tainted_authority_ids,
+                                        }));
                                     }
                                     Ok(None) => break "stream ended".to_string(),
                                     Err(status) => break format!("{:?}: {}", status.code(), status.message()),
@@ -75,7 +97,7 @@ pub async fn follow_trust_bundle(client: CaClient, tx: watch::Sender<Arc<Vec<Str
 /// whenever either changes.
 pub async fn combine(
     mut credential: watch::Receiver<Option<Arc<Credential>>>,
-    mut stream_roots: watch::Receiver<Arc<Vec<String>>>,
+    mut stream_roots: watch::Receiver<Arc<StreamBundle>>,
     served: watch::Sender<Option<Arc<Credential>>>,
 ) {
     loop {
@@ -83,7 +105,7 @@ pub async fn combine(
         let extra = stream_roots.borrow_and_update().clone();
         let next = current.map(|c| {
             let mut merged = (*c).clone();
-            merged.roots_pem = merge_roots(&c.roots_pem, &extra);
+            merged.roots_pem = merge_roots(&c.roots_pem, &extra.roots_pem);
             Arc::new(merged)
         });
         served.send_if_modified(|old| {
@@ -108,6 +130,33 @@ pub async fn combine(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tainted_issuer_means_rotate_now() {
+        let credential = Credential {
+            spiffe_id: "spiffe://cluster.local/ns/a/sa/b".into(),
+            key_pem: String::new(),
+            chain_pem: Vec::new(),
+            roots_pem: Vec::new(),
+            not_before: std::time::SystemTime::UNIX_EPOCH,
+            not_after: std::time::SystemTime::UNIX_EPOCH,
+            received_at: std::time::SystemTime::UNIX_EPOCH,
+            authority_key_id: Some(vec![0xab, 0xcd]),
+        };
+        let bundle = |ids: &[&str]| StreamBundle {
+            roots_pem: Vec::new(),
+            tainted_authority_ids: ids.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(issued_by_tainted(&credential, &bundle(&["00", "abcd"])));
+        assert!(issued_by_tainted(&credential, &bundle(&["ABCD"])));
+        assert!(!issued_by_tainted(&credential, &bundle(&["abce"])));
+        assert!(!issued_by_tainted(&credential, &bundle(&[])));
+        let no_aki = Credential {
+            authority_key_id: None,
+            ..credential
+        };
+        assert!(!issued_by_tainted(&no_aki, &bundle(&["abcd"])));
+    }
 
     fn cert(byte: u8) -> String {
         pem::encode(&pem::Pem::new("CERTIFICATE", vec![byte; 8]))

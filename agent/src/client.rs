@@ -11,6 +11,7 @@ use meshca_proto::istio::v1::auth::IstioCertificateRequest;
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::bundle::{self, StreamBundle};
 use crate::credential::{Credential, KeyAndCsr, KeyType};
 use crate::metrics::AgentMetrics;
 use crate::timing::{self, Backoff, RetryClass};
@@ -149,8 +150,10 @@ pub async fn keep_fresh(
     identity: WorkloadIdentity,
     tx: watch::Sender<Option<Arc<Credential>>>,
     metrics: Arc<AgentMetrics>,
+    mut bundle: watch::Receiver<Arc<StreamBundle>>,
 ) {
     let mut attempt = 0u32;
+    let mut bundle_open = true;
     loop {
         let started = std::time::Instant::now();
         let result = client.fetch(&identity).await;
@@ -196,9 +199,27 @@ pub async fn keep_fresh(
                 delay
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = tx.closed() => return,
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                _ = tx.closed() => return,
+                changed = bundle.changed(), if bundle_open => {
+                    if changed.is_err() {
+                        // No bundle stream any more (shutting down): just wait.
+                        bundle_open = false;
+                        continue;
+                    }
+                    let tainted = tx.borrow().as_ref().is_some_and(|c| {
+                        bundle::issued_by_tainted(c, &bundle.borrow_and_update())
+                    });
+                    if tainted {
+                        tracing::warn!(spiffe_id = %identity.spiffe_id, "the certificate's issuer was tainted; rotating now");
+                        break;
+                    }
+                }
+            }
         }
     }
 }

@@ -153,13 +153,14 @@ pub async fn run(
     let client = CaClient::new(&settings.client)?;
     let (fresh_tx, fresh_rx) = watch::channel(None);
     let metrics = Arc::new(AgentMetrics::default());
+    let (bundle_tx, bundle_rx) = watch::channel(Arc::new(bundle::StreamBundle::default()));
     tokio::spawn(keep_fresh(
         client.clone(),
         settings.identity.clone(),
         fresh_tx,
         metrics.clone(),
+        bundle_rx.clone(),
     ));
-    let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Vec::new()));
     tokio::spawn(bundle::follow_trust_bundle(client, bundle_tx));
     // What is served: the credential with its roots merged with the RA's bundle stream.
     let (tx, rx) = watch::channel(None);

@@ -69,46 +69,98 @@ struct Layout {
 /// Loads and validates a plugged-in CA directory.
 pub fn load_dir(dir: &Path, now: SystemTime) -> Result<Authority, LoadCacertsError> {
     let layout = detect_layout(dir)?;
-    let signing_file = read(&layout.signing_cert)?;
-    let mut signing_certs = parse_certs(&layout.signing_cert, &signing_file)?;
+    let file = |path: &PathBuf| -> Result<NamedPem, LoadCacertsError> {
+        Ok(NamedPem {
+            name: path.clone(),
+            bytes: read(path)?,
+        })
+    };
+    let material = CacertsMaterial {
+        signing_cert: file(&layout.signing_cert)?,
+        key: file(&layout.key)?,
+        roots: file(&layout.roots)?,
+        chain: layout.chain.as_ref().map(file).transpose()?,
+    };
+    validate(&material, now)
+}
+
+/// One PEM input and the name errors call it by (a file path, or an API field).
+#[derive(Clone, Debug)]
+pub struct NamedPem {
+    pub name: PathBuf,
+    pub bytes: Vec<u8>,
+}
+
+/// A plug-in CA set, from a directory or uploaded through the admin API.
+#[derive(Clone, Debug)]
+pub struct CacertsMaterial {
+    /// Istio's `ca-cert.pem`: the signing certificate first, optionally followed by its chain.
+    pub signing_cert: NamedPem,
+    pub key: NamedPem,
+    pub roots: NamedPem,
+    /// Istio's `cert-chain.pem`, in any order, with or without the signing cert and root.
+    pub chain: Option<NamedPem>,
+}
+
+impl NamedPem {
+    /// An uploaded PEM, named after the API field that carried it.
+    pub fn field(name: &str, pem: &str) -> Self {
+        Self {
+            name: PathBuf::from(name),
+            bytes: pem.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// Validates a plug-in set exactly as a directory is validated: the key matches, the signing
+/// cert is a CA, and a path leads from it to one of the roots, all valid `now`.
+pub fn validate(
+    material: &CacertsMaterial,
+    now: SystemTime,
+) -> Result<Authority, LoadCacertsError> {
+    let signing = &material.signing_cert;
+    let mut signing_certs = parse_certs(&signing.name, &signing.bytes)?;
     if signing_certs.is_empty() {
         return Err(LoadCacertsError::NoCertificate {
-            path: layout.signing_cert.clone(),
+            path: signing.name.clone(),
         });
     }
     let signing_cert = signing_certs.remove(0);
     // Certificates after the first in ca-cert.pem / tls.crt are chain candidates too.
     let mut pool = signing_certs;
-    if let Some(chain_path) = &layout.chain {
-        pool.extend(parse_certs(chain_path, &read(chain_path)?)?);
+    if let Some(chain) = &material.chain {
+        pool.extend(parse_certs(&chain.name, &chain.bytes)?);
     }
-    let roots = parse_certs(&layout.roots, &read(&layout.roots)?)?;
+    let roots = parse_certs(&material.roots.name, &material.roots.bytes)?;
     if roots.is_empty() {
         return Err(LoadCacertsError::NoCertificate {
-            path: layout.roots.clone(),
+            path: material.roots.name.clone(),
         });
     }
 
     let key =
-        SigningKey::from_pem(&read(&layout.key)?).map_err(|source| LoadCacertsError::Key {
-            path: layout.key.clone(),
+        SigningKey::from_pem(&material.key.bytes).map_err(|source| LoadCacertsError::Key {
+            path: material.key.name.clone(),
             source,
         })?;
     if key.public_key_bits() != signing_cert.public_key_bits() {
         return Err(LoadCacertsError::KeyMismatch {
-            key_path: layout.key.clone(),
-            cert_path: layout.signing_cert.clone(),
+            key_path: material.key.name.clone(),
+            cert_path: signing.name.clone(),
         });
     }
     chain::check_is_ca(&signing_cert).map_err(|source| LoadCacertsError::NotCa {
-        path: layout.signing_cert.clone(),
+        path: signing.name.clone(),
         source,
     })?;
 
     let path = chain::build_path(&signing_cert, &pool, &roots, now).map_err(|source| {
         LoadCacertsError::Chain {
-            path: layout.chain.clone().unwrap_or(layout.signing_cert.clone()),
-            roots: layout.roots.clone(),
+            path: material
+                .chain
+                .as_ref()
+                .map_or(signing.name.clone(), |c| c.name.clone()),
+            roots: material.roots.name.clone(),
             source,
         }
     })?;

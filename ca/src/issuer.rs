@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use spki::SubjectPublicKeyInfoOwned;
@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use x509_cert::serial_number::SerialNumber;
 
 use crate::authority::{Authority, SelfSignedError};
-use crate::cacerts::{self, LoadCacertsError};
+use crate::cacerts::{self, CacertsMaterial, LoadCacertsError};
 use crate::chain::{self, PathError};
 use crate::config::{CaConfig, StoreConfig};
 use crate::csr::VerifiedCsr;
@@ -20,7 +20,8 @@ use crate::identity::{AuthorityId, Serial, SpiffeId, TrustDomain};
 use crate::kek::{KekError, KeyEncryptionKey};
 use crate::keys::{self, KeyError, SigningKey};
 use crate::profile::{self, TtlError, TtlPolicy};
-use crate::store::{IssuanceRecord, Store, StoreError, StoredAuthority};
+use crate::rotation::{AuthorityEntry, AuthoritySet, AuthorityState};
+use crate::store::{IssuanceRecord, Store, StoreError, StoredAuthority, TransitionError};
 use crate::x509::{self, CertTemplate, ParsedCert};
 
 /// File name of the generated key-encryption key inside the data dir.
@@ -118,9 +119,43 @@ pub struct CertificateAuthority {
 struct Inner {
     trust_domain: TrustDomain,
     ttl: TtlPolicy,
-    authority: watch::Receiver<Arc<Authority>>,
+    authorities: Arc<watch::Sender<Arc<AuthoritySet>>>,
+    /// Seals the keys of authorities prepared through the admin API; `None` when a plugged-in
+    /// directory manages the authority.
+    kek: Option<KeyEncryptionKey>,
     store: Store,
     metrics: Arc<CaMetrics>,
+}
+
+/// How a new authority is prepared.
+#[derive(Debug)]
+pub enum PrepareRequest {
+    /// A new self-signed root with a key of this type.
+    Generate(keys::KeyType),
+    /// An uploaded plug-in set, validated like a `cacerts` directory.
+    Upload(CacertsMaterial),
+}
+
+/// Why a rotation step was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotationError {
+    #[error(
+        "authorities are managed by the plugged-in cacerts directory; change the directory instead"
+    )]
+    ManagedByCacerts,
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("authority {0} already exists")]
+    Exists(String),
+    #[error(transparent)]
+    Invalid(#[from] LoadCacertsError),
+    #[error("generating the root: {0}")]
+    Generate(#[from] SelfSignedError),
+    #[error(transparent)]
+    Load(#[from] StartError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 // === impl CertificateAuthority ===
@@ -156,28 +191,37 @@ impl CertificateAuthority {
                     subject = %authority.signing_cert().subject_string(),
                     "loaded plugged-in CA"
                 );
-                let (tx, rx) = watch::channel(Arc::new(authority));
+                let tx = Arc::new(
+                    watch::channel(Arc::new(AuthoritySet::single(
+                        authority,
+                        "cacerts",
+                        unix(now),
+                    )))
+                    .0,
+                );
                 spawn_cacerts_reloader(
                     dir.clone(),
                     loaded_fingerprint,
                     settings.ca.cacerts_poll_interval,
-                    tx,
+                    Arc::downgrade(&tx),
                     metrics.clone(),
                 );
-                rx
+                (tx, None)
             }
             None => {
                 let kek = load_kek(settings)?;
-                let authority = load_or_bootstrap_self_signed(
+                load_or_bootstrap_self_signed(
                     &store,
                     &kek,
                     &settings.trust_domain,
                     settings.ca.self_signed_key_type,
                 )
                 .await?;
-                watch::channel(Arc::new(authority)).1
+                let set = load_authority_set(&store, &kek).await?;
+                (Arc::new(watch::channel(Arc::new(set)).0), Some(kek))
             }
         };
+        let (authorities, kek) = receiver;
         Ok(Self {
             inner: Arc::new(Inner {
                 trust_domain: settings.trust_domain.clone(),
@@ -185,7 +229,8 @@ impl CertificateAuthority {
                     default_ttl: settings.ca.default_ttl,
                     max_ttl: settings.ca.max_ttl,
                 },
-                authority: receiver,
+                authorities,
+                kek,
                 store,
                 metrics,
             }),
@@ -210,12 +255,124 @@ impl CertificateAuthority {
 
     /// The authority new certificates are signed by right now.
     pub fn current_authority(&self) -> Arc<Authority> {
-        self.inner.authority.borrow().clone()
+        self.inner.authorities.borrow().active().clone()
     }
 
-    /// Follows authority changes (reloads, rotations).
-    pub fn watch_authority(&self) -> watch::Receiver<Arc<Authority>> {
-        self.inner.authority.clone()
+    /// Every authority and its rotation state, as of now.
+    pub fn authorities(&self) -> Arc<AuthoritySet> {
+        self.inner.authorities.borrow().clone()
+    }
+
+    /// Follows authority changes (reloads, rotation steps).
+    pub fn watch_authorities(&self) -> watch::Receiver<Arc<AuthoritySet>> {
+        self.inner.authorities.subscribe()
+    }
+
+    /// Re-reads the authorities from the store and publishes them if anything changed (another
+    /// replica's rotation step, or this one's).
+    pub async fn refresh_authorities(&self) -> Result<(), RotationError> {
+        let Some(kek) = &self.inner.kek else {
+            return Ok(());
+        };
+        let fresh = load_authority_set(&self.inner.store, kek).await?;
+        self.inner.authorities.send_if_modified(|current| {
+            if current.same_as(&fresh) {
+                return false;
+            }
+            *current = Arc::new(fresh);
+            true
+        });
+        Ok(())
+    }
+
+    /// Records a new authority as `prepared`: its root joins the trust bundle at once; it signs
+    /// nothing until activated.
+    pub async fn prepare_authority(
+        &self,
+        request: PrepareRequest,
+    ) -> Result<AuthorityEntry, RotationError> {
+        let kek = self
+            .inner
+            .kek
+            .as_ref()
+            .ok_or(RotationError::ManagedByCacerts)?;
+        let now = SystemTime::now();
+        let (authority, source, key_type, chain_pem) = match request {
+            PrepareRequest::Generate(key_type) => (
+                Authority::generate_self_signed(&self.inner.trust_domain, key_type, now)?,
+                "generated",
+                key_type.to_string(),
+                String::new(),
+            ),
+            PrepareRequest::Upload(material) => {
+                let authority = cacerts::validate(&material, now)?;
+                let key_type = authority.key().key_description().to_string();
+                let chain_pem = authority
+                    .intermediates()
+                    .iter()
+                    .map(ParsedCert::to_pem)
+                    .collect();
+                (authority, "uploaded", key_type, chain_pem)
+            }
+        };
+        let id = authority.id().to_string();
+        if self.authorities().get(&id).is_some() {
+            return Err(RotationError::Exists(id));
+        }
+        let record = sealed_record(&authority, kek, source, &key_type, chain_pem, now);
+        match self.inner.store.insert_prepared_authority(&record).await {
+            Ok(()) => {}
+            Err(StoreError::Query(sqlx::Error::Database(e))) if e.is_unique_violation() => {
+                return Err(RotationError::Exists(id))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(authority = %id, source, "authority prepared; its root joins the trust bundle");
+        self.refresh_authorities().await?;
+        self.entry(&id)
+    }
+
+    /// `prepared` → `active` (the active one becomes `old`).
+    pub async fn activate_authority(&self, id: &str) -> Result<AuthorityEntry, RotationError> {
+        self.transition(id, AuthorityState::Prepared, AuthorityState::Active)
+            .await
+    }
+
+    /// `old` → `tainted`: workloads holding its certificates rotate now.
+    pub async fn taint_authority(&self, id: &str) -> Result<AuthorityEntry, RotationError> {
+        self.transition(id, AuthorityState::Old, AuthorityState::Tainted)
+            .await
+    }
+
+    /// `tainted` → `revoked`: its root leaves the trust bundle.
+    pub async fn revoke_authority(&self, id: &str) -> Result<AuthorityEntry, RotationError> {
+        self.transition(id, AuthorityState::Tainted, AuthorityState::Revoked)
+            .await
+    }
+
+    async fn transition(
+        &self,
+        id: &str,
+        from: AuthorityState,
+        to: AuthorityState,
+    ) -> Result<AuthorityEntry, RotationError> {
+        if self.inner.kek.is_none() {
+            return Err(RotationError::ManagedByCacerts);
+        }
+        self.inner
+            .store
+            .transition_authority(id, from.as_str(), to.as_str(), unix(SystemTime::now()))
+            .await?;
+        tracing::info!(authority = %id, from = %from, to = %to, "authority state changed");
+        self.refresh_authorities().await?;
+        self.entry(id)
+    }
+
+    fn entry(&self, id: &str) -> Result<AuthorityEntry, RotationError> {
+        self.authorities()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| TransitionError::NotFound(id.to_string()).into())
     }
 
     /// Signs a workload certificate for `spiffe_id` and records it; the certificate is
@@ -412,21 +569,14 @@ async fn load_or_bootstrap_self_signed(
     }
     let now = SystemTime::now();
     let authority = Authority::generate_self_signed(trust_domain, key_type, now)?;
-    let record = StoredAuthority {
-        id: authority.id().to_string(),
-        state: "active".into(),
-        source: "self-signed".into(),
-        key_type: key_type.to_string(),
-        cert_der: authority.signing_cert().der().to_vec(),
-        chain_pem: String::new(),
-        roots_pem: authority.root_bundle_pem().to_string(),
-        sealed_key: kek.seal(
-            authority.key().pkcs8_der(),
-            authority.id().as_str().as_bytes(),
-        ),
-        kek_id: kek.id().to_string(),
-        created_at: unix(now),
-    };
+    let record = sealed_record(
+        &authority,
+        kek,
+        "self-signed",
+        &key_type.to_string(),
+        String::new(),
+        now,
+    );
     if store.insert_active_authority(&record).await? {
         tracing::info!(authority = %authority.id(), key_type = %key_type, "generated self-signed root");
         return Ok(authority);
@@ -440,6 +590,59 @@ async fn load_or_bootstrap_self_signed(
         })?;
     tracing::info!(authority = %winner.id, "another process bootstrapped the root first; using it");
     authority_from_record(&winner, kek)
+}
+
+/// An authority as the store keeps it: the key sealed under the KEK, bound to the id.
+fn sealed_record(
+    authority: &Authority,
+    kek: &KeyEncryptionKey,
+    source: &str,
+    key_type: &str,
+    chain_pem: String,
+    now: SystemTime,
+) -> StoredAuthority {
+    StoredAuthority {
+        id: authority.id().to_string(),
+        state: String::new(),
+        source: source.to_string(),
+        key_type: key_type.to_string(),
+        cert_der: authority.signing_cert().der().to_vec(),
+        chain_pem,
+        roots_pem: authority.root_bundle_pem().to_string(),
+        sealed_key: kek.seal(
+            authority.key().pkcs8_der(),
+            authority.id().as_str().as_bytes(),
+        ),
+        kek_id: kek.id().to_string(),
+        created_at: unix(now),
+        updated_at: unix(now),
+    }
+}
+
+/// Every authority on record, unsealed and re-validated.
+async fn load_authority_set(
+    store: &Store,
+    kek: &KeyEncryptionKey,
+) -> Result<AuthoritySet, StartError> {
+    let mut entries = Vec::new();
+    for stored in store.authorities().await? {
+        let state =
+            AuthorityState::parse(&stored.state).ok_or_else(|| StartError::StoredAuthority {
+                id: stored.id.clone(),
+                reason: format!("unknown state {:?}", stored.state),
+            })?;
+        entries.push(AuthorityEntry {
+            authority: Arc::new(authority_from_record(&stored, kek)?),
+            state,
+            source: stored.source.clone(),
+            created_at: stored.created_at,
+            updated_at: stored.updated_at,
+        });
+    }
+    AuthoritySet::new(entries).ok_or_else(|| StartError::StoredAuthority {
+        id: "-".into(),
+        reason: "the store does not hold exactly one active authority".into(),
+    })
 }
 
 /// Rebuilds an authority from its record: unseals the key and re-validates the path.
@@ -475,7 +678,7 @@ fn spawn_cacerts_reloader(
     dir: PathBuf,
     mut seen: Vec<u8>,
     interval: Duration,
-    sender: watch::Sender<Arc<Authority>>,
+    sender: Weak<watch::Sender<Arc<AuthoritySet>>>,
     metrics: Arc<CaMetrics>,
 ) {
     tokio::spawn(async move {
@@ -483,9 +686,9 @@ fn spawn_cacerts_reloader(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            if sender.is_closed() {
+            let Some(sender) = sender.upgrade() else {
                 return;
-            }
+            };
             let current = cacerts::fingerprint(&dir);
             if current == seen {
                 continue;
@@ -496,7 +699,7 @@ fn spawn_cacerts_reloader(
     });
 }
 
-fn reload_once(dir: &Path, sender: &watch::Sender<Arc<Authority>>, metrics: &CaMetrics) {
+fn reload_once(dir: &Path, sender: &watch::Sender<Arc<AuthoritySet>>, metrics: &CaMetrics) {
     match cacerts::load_dir(dir, SystemTime::now()) {
         Ok(authority) => {
             metrics.cacerts_reloads.fetch_add(1, Ordering::Relaxed);
@@ -505,7 +708,8 @@ fn reload_once(dir: &Path, sender: &watch::Sender<Arc<Authority>>, metrics: &CaM
                 authority = %authority.id(),
                 "plugged-in CA changed; new issuances use the new material"
             );
-            sender.send_replace(Arc::new(authority));
+            let now = unix(SystemTime::now());
+            sender.send_replace(Arc::new(AuthoritySet::single(authority, "cacerts", now)));
         }
         Err(error) => {
             metrics

@@ -11,6 +11,7 @@ pub mod issuer;
 pub mod kek;
 pub mod keys;
 pub mod profile;
+pub mod rotation;
 pub mod store;
 pub mod testing;
 pub mod x509;
@@ -20,8 +21,9 @@ pub use config::{CaConfig, StoreConfig};
 pub use csr::{CsrError, VerifiedCsr};
 pub use identity::{AuthorityId, Serial, SpiffeId, TrustDomain};
 pub use issuer::{
-    CaSettings, CertificateAuthority, IssueError, IssueRequest, IssuedCertificate, Requester,
-    StartError,
+    CaSettings, CertificateAuthority, IssueError, IssueRequest, IssuedCertificate, PrepareRequest,
+    Requester, RotationError, StartError,
 };
 pub use keys::KeyType;
+pub use rotation::{AuthorityEntry, AuthoritySet, AuthorityState};
 pub use store::Store;

@@ -36,6 +36,33 @@ pub enum StoreError {
     Query(#[source] sqlx::Error),
 }
 
+/// Why an authority could not change state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransitionError {
+    #[error("no authority {0}")]
+    NotFound(String),
+    #[error("authority {id} is {state}; this step needs it {required}")]
+    WrongState {
+        id: String,
+        state: String,
+        required: &'static str,
+    },
+    #[error("another activation happened at the same time; retry")]
+    Raced,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A certificate revocation as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RevocationRecord {
+    pub serial: String,
+    pub reason: String,
+    pub revoked_at: i64,
+    pub actor: String,
+}
+
 /// One issued certificate, as the audit trail keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct IssuanceRecord {
@@ -69,6 +96,7 @@ pub struct StoredAuthority {
     pub sealed_key: Vec<u8>,
     pub kek_id: String,
     pub created_at: i64,
+    pub updated_at: i64,
 }
 
 impl std::fmt::Debug for StoredAuthority {
@@ -97,8 +125,8 @@ const ISSUANCE_COLUMNS: &str = "serial, spiffe_id, trust_domain, namespace, serv
     not_before, not_after, issued_at, authority_id, requester_method, requester_principal, \
     peer_address, cluster_id, public_key_sha256, cert_der";
 
-const AUTHORITY_COLUMNS: &str =
-    "id, state, source, key_type, cert_der, chain_pem, roots_pem, sealed_key, kek_id, created_at";
+const AUTHORITY_COLUMNS: &str = "id, state, source, key_type, cert_der, chain_pem, roots_pem, \
+    sealed_key, kek_id, created_at, updated_at";
 
 // === impl Store ===
 
@@ -262,7 +290,7 @@ impl Store {
     pub async fn insert_active_authority(&self, a: &StoredAuthority) -> Result<bool, StoreError> {
         let sql = format!(
             "INSERT INTO authorities ({AUTHORITY_COLUMNS}) VALUES \
-             ($1, 'active', $2, $3, $4, $5, $6, $7, $8, $9)"
+             ($1, 'active', $2, $3, $4, $5, $6, $7, $8, $9, $9)"
         );
         let result = with_pool!(self, pool => {
             sqlx::query(&sql)
@@ -284,6 +312,145 @@ impl Store {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
             Err(e) => Err(StoreError::Query(e)),
         }
+    }
+
+    /// Every authority ever recorded, oldest first.
+    pub async fn authorities(&self) -> Result<Vec<StoredAuthority>, StoreError> {
+        let sql = format!("SELECT {AUTHORITY_COLUMNS} FROM authorities ORDER BY created_at, id");
+        with_pool!(self, pool => sqlx::query_as::<_, StoredAuthority>(&sql).fetch_all(pool).await)
+            .map_err(StoreError::Query)
+    }
+
+    /// Records a new authority as `prepared`: its root joins the bundle, nothing is signed.
+    pub async fn insert_prepared_authority(&self, a: &StoredAuthority) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO authorities ({AUTHORITY_COLUMNS}) VALUES \
+             ($1, 'prepared', $2, $3, $4, $5, $6, $7, $8, $9, $9)"
+        );
+        with_pool!(self, pool => {
+            sqlx::query(&sql)
+                .bind(&a.id)
+                .bind(&a.source)
+                .bind(&a.key_type)
+                .bind(&a.cert_der)
+                .bind(&a.chain_pem)
+                .bind(&a.roots_pem)
+                .bind(&a.sealed_key)
+                .bind(&a.kek_id)
+                .bind(a.created_at)
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(StoreError::Query)
+    }
+
+    /// Moves authority `id` from state `from` to `to` in one transaction. Activating also
+    /// demotes the current active authority to `old`, so exactly one stays active.
+    pub async fn transition_authority(
+        &self,
+        id: &str,
+        from: &'static str,
+        to: &'static str,
+        now: i64,
+    ) -> Result<(), TransitionError> {
+        let query_failed = |e| TransitionError::Store(StoreError::Query(e));
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(query_failed)?;
+            let state: Option<String> =
+                sqlx::query_scalar("SELECT state FROM authorities WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query_failed)?;
+            match state {
+                None => return Err(TransitionError::NotFound(id.to_string())),
+                Some(state) if state != from => {
+                    return Err(TransitionError::WrongState {
+                        id: id.to_string(),
+                        state,
+                        required: from,
+                    })
+                }
+                Some(_) => {}
+            }
+            if to == "active" {
+                sqlx::query(
+                    "UPDATE authorities SET state = 'old', updated_at = $1 WHERE state = 'active'",
+                )
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_failed)?;
+            }
+            let updated = sqlx::query(
+                "UPDATE authorities SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4",
+            )
+            .bind(to)
+            .bind(now)
+            .bind(id)
+            .bind(from)
+            .execute(&mut *tx)
+            .await;
+            match updated {
+                Ok(done) if done.rows_affected() == 1 => {}
+                Ok(_) => return Err(TransitionError::Raced),
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    return Err(TransitionError::Raced)
+                }
+                Err(e) => return Err(query_failed(e)),
+            }
+            tx.commit().await.map_err(query_failed)
+        })
+    }
+
+    /// Certificates from `authority_id` that are neither expired (at `now`) nor revoked.
+    pub async fn count_live_certificates(
+        &self,
+        authority_id: &str,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        let sql = "SELECT COUNT(*) FROM issued_certificates c \
+                   WHERE c.authority_id = $1 AND c.not_after > $2 AND NOT EXISTS \
+                   (SELECT 1 FROM certificate_revocations r WHERE r.serial = c.serial)";
+        with_pool!(self, pool => {
+            sqlx::query_scalar::<_, i64>(sql).bind(authority_id).bind(now).fetch_one(pool).await
+        })
+        .map_err(StoreError::Query)
+    }
+
+    /// Records a revocation; revoking an already revoked serial keeps the first record.
+    pub async fn insert_revocation(&self, r: &RevocationRecord) -> Result<bool, StoreError> {
+        let sql = "INSERT INTO certificate_revocations (serial, reason, revoked_at, actor) \
+                   VALUES ($1, $2, $3, $4) ON CONFLICT (serial) DO NOTHING";
+        with_pool!(self, pool => {
+            sqlx::query(sql)
+                .bind(&r.serial)
+                .bind(&r.reason)
+                .bind(r.revoked_at)
+                .bind(&r.actor)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected() == 1)
+        })
+        .map_err(StoreError::Query)
+    }
+
+    pub async fn revocation(&self, serial: &str) -> Result<Option<RevocationRecord>, StoreError> {
+        let sql = "SELECT serial, reason, revoked_at, actor FROM certificate_revocations \
+                   WHERE serial = $1";
+        with_pool!(self, pool => {
+            sqlx::query_as::<_, RevocationRecord>(sql).bind(serial).fetch_optional(pool).await
+        })
+        .map_err(StoreError::Query)
+    }
+
+    /// Every revocation, oldest first (the CRL's content).
+    pub async fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError> {
+        let sql = "SELECT serial, reason, revoked_at, actor FROM certificate_revocations \
+                   ORDER BY revoked_at, serial";
+        with_pool!(self, pool => sqlx::query_as::<_, RevocationRecord>(sql).fetch_all(pool).await)
+            .map_err(StoreError::Query)
     }
 }
 

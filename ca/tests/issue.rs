@@ -565,7 +565,7 @@ async fn hot_reload_swaps_valid_material_and_keeps_old_on_failure() {
     };
     second.write(&dir.join("..2026_02_01"));
     swap("..2026_02_01");
-    let mut watch = ca.watch_authority();
+    let mut watch = ca.watch_authorities();
     let changed = tokio::time::timeout(Duration::from_secs(10), watch.changed()).await;
     assert!(
         changed.is_ok(),

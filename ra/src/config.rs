@@ -1,4 +1,4 @@
-//! The RA's configuration sections: `[grpc]`, `[metrics]`, `[auth]`.
+//! The RA's configuration sections: `[grpc]`, `[metrics]`, `[auth]`, `[rest]`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -104,7 +104,50 @@ pub struct AthenzConfig {
     pub namespace_map: BTreeMap<String, String>,
 }
 
+/// The admin and audit REST API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestConfig {
+    /// HTTPS, with a certificate from meshca's own CA (the gRPC port's).
+    pub listen: SocketAddr,
+    /// Bearer tokens, stored only as SHA-256 hashes.
+    pub tokens: Vec<RestToken>,
+    /// SPIFFE ids whose mesh client certificates may administer.
+    pub admins: Vec<String>,
+    /// SPIFFE ids whose mesh client certificates may read (inventory, audit log).
+    pub auditors: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestToken {
+    /// Who holds it; recorded as the actor of what it does.
+    pub name: String,
+    /// Hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`).
+    pub sha256: String,
+    pub role: RestRole,
+}
+
+/// `admin` can do everything an `auditor` can, and change things.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestRole {
+    Auditor,
+    Admin,
+}
+
 // === defaults ===
+
+impl Default for RestConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8443".parse().expect("valid address"),
+            tokens: Vec::new(),
+            admins: Vec::new(),
+            auditors: Vec::new(),
+        }
+    }
+}
 
 impl Default for GrpcConfig {
     fn default() -> Self {

@@ -10,7 +10,7 @@ use meshca_ca::kek::private_file_options;
 use meshca_ca::keys::{KeyType, SigningKey};
 use serde_json::json;
 
-use crate::config::{ClusterConfig, JwtMode};
+use crate::config::{ClusterConfig, JwtMode, RestRole, RestToken};
 
 /// What Kubernetes puts in `iss` of in-cluster service-account tokens.
 pub const DEV_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -22,6 +22,9 @@ pub struct DevFiles {
     pub issuer_key: PathBuf,
     pub jwks: PathBuf,
     pub token: PathBuf,
+    /// Bearer tokens for the REST API, roles `admin` and `auditor`.
+    pub admin_token: PathBuf,
+    pub auditor_token: PathBuf,
 }
 
 impl DevFiles {
@@ -31,6 +34,8 @@ impl DevFiles {
             issuer_key: dev.join("issuer-key.pem"),
             jwks: dev.join("jwks.json"),
             token: dev.join("token"),
+            admin_token: dev.join("admin-token"),
+            auditor_token: dev.join("auditor-token"),
         }
     }
 
@@ -96,6 +101,40 @@ pub fn write_dev_credentials(files: &DevFiles) -> std::io::Result<()> {
     let encoding = jsonwebtoken::EncodingKey::from_ec_der(key.pkcs8_der());
     let token = jsonwebtoken::encode(&header, &claims, &encoding).map_err(std::io::Error::other)?;
     write_private(&files.token, format!("{token}\n").as_bytes())
+}
+
+/// Writes (or reuses) the REST API's dev tokens and returns their configuration: only the
+/// hashes are configured, as in production.
+pub fn write_dev_rest_tokens(files: &DevFiles) -> std::io::Result<Vec<RestToken>> {
+    let mut tokens = Vec::new();
+    for (path, name, role) in [
+        (&files.admin_token, "dev-admin", RestRole::Admin),
+        (&files.auditor_token, "dev-auditor", RestRole::Auditor),
+    ] {
+        let token = match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => {
+                let mut random = [0u8; 32];
+                aws_lc_rs::rand::fill(&mut random)
+                    .map_err(|_| std::io::Error::other("the system random generator failed"))?;
+                let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random);
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                write_private(path, format!("{token}\n").as_bytes())?;
+                token
+            }
+        };
+        tokens.push(RestToken {
+            name: name.into(),
+            sha256: hex::encode(aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                token.as_bytes(),
+            )),
+            role,
+        });
+    }
+    Ok(tokens)
 }
 
 /// Replaces `path` with `bytes`, mode 0600, atomically.

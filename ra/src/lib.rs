@@ -1,15 +1,19 @@
 //! meshca's registration authority: Istio's CreateCertificate over TLS gRPC, caller
 //! authentication (renewal certs, Athenz X.509, Kubernetes JWTs), CSR checks, and the
-//! observability endpoints.
+//! observability endpoints, and the admin/audit REST API.
 
 pub mod auth;
 pub mod config;
 pub mod dev;
 pub mod metrics;
+pub mod rest;
 pub mod server;
 pub mod service;
 pub mod tls;
 pub mod trust_bundle;
 
-pub use config::{AthenzConfig, AuthConfig, ClusterConfig, GrpcConfig, JwtMode, MetricsConfig};
+pub use config::{
+    AthenzConfig, AuthConfig, ClusterConfig, GrpcConfig, JwtMode, MetricsConfig, RestConfig,
+    RestRole, RestToken,
+};
 pub use server::{RaSettings, RunningRa, ServeError};

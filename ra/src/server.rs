@@ -1,5 +1,6 @@
-//! Wiring of `meshca server`: the gRPC RA on its TLS port (CreateCertificate, health,
-//! reflection) and the plain-HTTP observability port.
+//! Wiring of `meshca server`: the gRPC RA on its TLS port (CreateCertificate, trust bundle,
+//! health, reflection), the admin/audit REST API on its HTTPS port, and the plain-HTTP
+//! observability port.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,11 +18,12 @@ use meshca_proto::meshca::v1::trust_bundle_service_server::TrustBundleServiceSer
 use tokio::net::TcpListener;
 
 use crate::auth::{AuthSetupError, Authenticator};
-use crate::config::{AuthConfig, GrpcConfig, MetricsConfig};
+use crate::config::{AuthConfig, GrpcConfig, MetricsConfig, RestConfig};
 use crate::metrics::{ExpiryGauges, RaMetrics};
+use crate::rest::{self, RestState, TlsListener};
 use crate::service::CertificateService;
-use crate::tls::{self, TlsSetupError};
-use crate::trust_bundle::TrustBundleWatch;
+use crate::tls::{self, PeerInfo, TlsSetupError};
+use crate::trust_bundle::{BundleWatchers, TrustBundleWatch};
 
 /// gRPC messages above this are refused by the transport (Istio's limit too).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -31,6 +33,7 @@ pub struct RaSettings {
     pub grpc: GrpcConfig,
     pub metrics: MetricsConfig,
     pub auth: AuthConfig,
+    pub rest: RestConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,12 +54,17 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("metrics server: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    RestTokens(#[from] rest::auth::TokenConfigError),
+    #[error("REST server: {0}")]
+    Rest(std::io::Error),
 }
 
 /// A started RA: its bound addresses, and the future that runs it until shutdown.
 pub struct RunningRa {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    pub rest_addr: SocketAddr,
     pub metrics: Arc<RaMetrics>,
     serve: std::pin::Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>>,
 }
@@ -103,13 +111,18 @@ impl RunningRa {
 
         let grpc_listener = bind(settings.grpc.listen).await?;
         let metrics_listener = bind(settings.metrics.listen).await?;
+        let rest_listener = bind(settings.rest.listen).await?;
         let grpc_addr = grpc_listener.local_addr().map_err(ServeError::Http)?;
         let metrics_addr = metrics_listener.local_addr().map_err(ServeError::Http)?;
+        let rest_addr = rest_listener.local_addr().map_err(ServeError::Rest)?;
 
+        let watchers = Arc::new(BundleWatchers::default());
+        let rest_state = RestState::new(&settings.rest, ca.clone(), watchers.clone())?;
         let bundles = TrustBundleServiceServer::new(TrustBundleWatch::new(
             ca.clone(),
             auth.clone(),
             metrics.clone(),
+            watchers,
         ));
         let service = IstioCertificateServiceServer::new(CertificateService::new(
             ca.clone(),
@@ -133,11 +146,20 @@ impl RunningRa {
         let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
         let mut grpc_stop = stop_tx.subscribe();
         let mut http_stop = stop_tx.subscribe();
+        let mut rest_stop = stop_tx.subscribe();
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(());
         });
 
+        let rest_incoming = tls::incoming(rest_listener, tls::rest_server_config(certs.clone()));
+        let rest = axum::serve(
+            TlsListener::new(rest_incoming, rest_addr),
+            rest::router(rest_state).into_make_service_with_connect_info::<PeerInfo>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rest_stop.recv().await;
+        });
         let incoming = tls::incoming(grpc_listener, tls::server_config(certs));
         let grpc = tonic::transport::Server::builder()
             .add_service(service)
@@ -158,13 +180,15 @@ impl RunningRa {
             let _ = http_stop.recv().await;
         });
         let serve = Box::pin(async move {
-            let (grpc, http) = tokio::join!(grpc, http);
+            let (grpc, http, rest) = tokio::join!(grpc, http, rest);
             grpc?;
+            rest.map_err(ServeError::Rest)?;
             http.map_err(ServeError::Http)
         });
         Ok(Self {
             grpc_addr,
             metrics_addr,
+            rest_addr,
             metrics,
             serve,
         })

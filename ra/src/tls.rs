@@ -79,15 +79,20 @@ pub async fn serving_certificate(
     let ip_sans = ip_sans.to_vec();
     tokio::spawn(async move {
         let mut renew = renew;
-        let mut authority = ca.watch_authority();
+        let mut authorities = ca.watch_authorities();
+        let mut signer = ca.current_authority().id().clone();
         loop {
             let wait = renew
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                changed = authority.changed() => {
+                changed = authorities.changed() => {
                     if changed.is_err() { return; }
+                    // Only a new signer (activation, reload) needs a new serving cert.
+                    let active = authorities.borrow_and_update().active().id().clone();
+                    if active == signer { continue; }
+                    signer = active;
                 }
                 _ = tx.closed() => return,
             }
@@ -167,13 +172,25 @@ fn load_files(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsSetupError> {
 
 /// rustls server config: TLS 1.2+, ALPN h2 (gRPC clients require it), optional client certs.
 pub fn server_config(certs: watch::Receiver<Arc<CertifiedKey>>) -> Arc<rustls::ServerConfig> {
+    server_config_for(certs, b"h2")
+}
+
+/// The same TLS setup for the HTTP/1.1 REST API.
+pub fn rest_server_config(certs: watch::Receiver<Arc<CertifiedKey>>) -> Arc<rustls::ServerConfig> {
+    server_config_for(certs, b"http/1.1")
+}
+
+fn server_config_for(
+    certs: watch::Receiver<Arc<CertifiedKey>>,
+    alpn: &[u8],
+) -> Arc<rustls::ServerConfig> {
     let provider = provider();
     let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("aws-lc-rs supports TLS 1.2 and 1.3")
         .with_client_cert_verifier(Arc::new(OptionalClientCert { provider }))
         .with_cert_resolver(Arc::new(WatchedCert(certs)));
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Arc::new(config)
 }
 
@@ -231,6 +248,12 @@ pub fn incoming(
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     info: PeerInfo,
+}
+
+impl TlsConn {
+    pub fn peer(&self) -> &PeerInfo {
+        &self.info
+    }
 }
 
 impl fmt::Debug for TlsConn {

@@ -59,7 +59,15 @@ async fn rotates_before_expiry_and_survives_a_server_outage() {
         grace_jitter: 0.01,
     };
     let (tx, mut rx) = watch::channel(None);
-    tokio::spawn(keep_fresh(client, identity, tx, Default::default()));
+    // No trust-bundle stream here: the bundle never changes.
+    let (_bundle_tx, bundle_rx) = watch::channel(Default::default());
+    tokio::spawn(keep_fresh(
+        client,
+        identity,
+        tx,
+        Default::default(),
+        bundle_rx,
+    ));
 
     let first = next_credential(&mut rx, Duration::from_secs(15)).await;
     assert_eq!(first.spiffe_id, ID);

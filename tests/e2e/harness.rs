@@ -66,11 +66,14 @@ pub struct MeshcaProcess {
     child: Child,
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
+    /// The admin REST API of a `server` (a free port unless the test set one).
+    pub rest: SocketAddr,
     pub log: PathBuf,
 }
 
 impl MeshcaProcess {
-    /// Starts `meshca <args>` and waits until `/readyz` answers 200.
+    /// Starts `meshca <args>` and waits until `/readyz` answers 200. A server's REST API gets
+    /// a free port unless `MESHCA_REST_LISTEN` is given, so servers can run side by side.
     pub fn start(
         args: &[&str],
         env: &[(&str, String)],
@@ -86,14 +89,22 @@ impl MeshcaProcess {
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null());
+        let mut rest: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         for (k, v) in env {
             cmd.env(k, v);
+            if *k == "MESHCA_REST_LISTEN" {
+                rest = v.parse().unwrap();
+            }
+        }
+        if !env.iter().any(|(k, _)| *k == "MESHCA_REST_LISTEN") {
+            cmd.env("MESHCA_REST_LISTEN", rest.to_string());
         }
         let child = cmd.spawn().expect("meshca starts");
         let mut process = Self {
             child,
             grpc,
             metrics,
+            rest,
             log,
         };
         process.wait_ready();

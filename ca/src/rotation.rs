@@ -1,0 +1,231 @@
+//! Authorities through a root rotation, SPIRE-style: `prepared` (its root is trusted, nothing is
+//! signed with it) → `active` (signs; exactly one) → `old` (still trusted) → `tainted` (workloads
+//! holding its certs rotate now; renewal with them is refused) → `revoked` (its root leaves the
+//! bundle). The set is published as one value so the signer, the trust bundle and the admin
+//! API always agree.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::authority::Authority;
+use crate::x509::ParsedCert;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthorityState {
+    Prepared,
+    Active,
+    Old,
+    Tainted,
+    Revoked,
+}
+
+/// An authority with where it stands in the rotation.
+#[derive(Clone, Debug)]
+pub struct AuthorityEntry {
+    pub authority: Arc<Authority>,
+    pub state: AuthorityState,
+    /// `self-signed` (bootstrap), `generated` / `uploaded` (admin API), or `cacerts` (directory).
+    pub source: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Every known authority; exactly one is active.
+#[derive(Debug)]
+pub struct AuthoritySet {
+    entries: Vec<AuthorityEntry>,
+    active: usize,
+}
+
+// === impl AuthorityState ===
+
+impl AuthorityState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Prepared => "prepared",
+            Self::Active => "active",
+            Self::Old => "old",
+            Self::Tainted => "tainted",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Prepared,
+            Self::Active,
+            Self::Old,
+            Self::Tainted,
+            Self::Revoked,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+    }
+
+    /// Whether this authority's root belongs in the trust bundle.
+    pub fn trusted(self) -> bool {
+        self != Self::Revoked
+    }
+}
+
+impl std::fmt::Display for AuthorityState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl AuthoritySet ===
+
+impl AuthoritySet {
+    /// `None` unless exactly one entry is active.
+    pub fn new(entries: Vec<AuthorityEntry>) -> Option<Self> {
+        let mut active = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.state == AuthorityState::Active)
+            .map(|(i, _)| i);
+        let first = active.next()?;
+        if active.next().is_some() {
+            return None;
+        }
+        Some(Self {
+            entries,
+            active: first,
+        })
+    }
+
+    /// One active authority and nothing else (a plugged-in directory).
+    pub fn single(authority: Authority, source: &str, now: i64) -> Self {
+        Self {
+            entries: vec![AuthorityEntry {
+                authority: Arc::new(authority),
+                state: AuthorityState::Active,
+                source: source.to_string(),
+                created_at: now,
+                updated_at: now,
+            }],
+            active: 0,
+        }
+    }
+
+    /// The authority new certificates are signed by.
+    pub fn active(&self) -> &Arc<Authority> {
+        &self.entries[self.active].authority
+    }
+
+    /// Oldest first.
+    pub fn entries(&self) -> &[AuthorityEntry] {
+        &self.entries
+    }
+
+    pub fn get(&self, id: &str) -> Option<&AuthorityEntry> {
+        self.entries
+            .iter()
+            .find(|e| e.authority.id().as_str() == id)
+    }
+
+    /// The roots of every authority that is not revoked, each once, oldest authority first.
+    pub fn bundle(&self) -> Vec<&ParsedCert> {
+        let mut roots: Vec<&ParsedCert> = Vec::new();
+        for entry in self.entries.iter().filter(|e| e.state.trusted()) {
+            for root in entry.authority.roots() {
+                if !roots.iter().any(|r| r.der() == root.der()) {
+                    roots.push(root);
+                }
+            }
+        }
+        roots
+    }
+
+    /// Ids of tainted authorities: workloads whose leaf names one of them as issuer rotate now.
+    pub fn tainted_ids(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|e| e.state == AuthorityState::Tainted)
+            .map(|e| e.authority.id().to_string())
+            .collect()
+    }
+
+    /// Whether certificates signed by authority `id` may still be renewed with.
+    pub fn renewable_from(&self, id: &str) -> bool {
+        self.get(id).is_some_and(|e| {
+            matches!(
+                e.state,
+                AuthorityState::Active | AuthorityState::Old | AuthorityState::Prepared
+            )
+        })
+    }
+
+    /// Same authorities in the same states (ignores timestamps).
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.entries.len() == other.entries.len()
+            && self
+                .entries
+                .iter()
+                .zip(&other.entries)
+                .all(|(a, b)| a.authority.id() == b.authority.id() && a.state == b.state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::TrustDomain;
+    use crate::keys::KeyType;
+    use std::time::SystemTime;
+
+    fn entry(state: AuthorityState) -> AuthorityEntry {
+        let td = TrustDomain::new("cluster.local").unwrap();
+        AuthorityEntry {
+            authority: Arc::new(
+                Authority::generate_self_signed(&td, KeyType::EcP256, SystemTime::now()).unwrap(),
+            ),
+            state,
+            source: "generated".into(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn exactly_one_active() {
+        use AuthorityState::*;
+        assert!(AuthoritySet::new(vec![entry(Prepared)]).is_none());
+        assert!(AuthoritySet::new(vec![entry(Active), entry(Active)]).is_none());
+        let set = AuthoritySet::new(vec![entry(Old), entry(Active), entry(Prepared)]).unwrap();
+        assert_eq!(set.active().id(), set.entries()[1].authority.id());
+    }
+
+    #[test]
+    fn bundle_and_taint_follow_states() {
+        use AuthorityState::*;
+        let set = AuthoritySet::new(vec![
+            entry(Revoked),
+            entry(Tainted),
+            entry(Active),
+            entry(Prepared),
+        ])
+        .unwrap();
+        let roots: Vec<_> = set.bundle().into_iter().cloned().collect();
+        let expected: Vec<_> = set.entries()[1..]
+            .iter()
+            .map(|e| e.authority.root().clone())
+            .collect();
+        assert_eq!(roots, expected, "revoked root left out, order kept");
+        assert_eq!(
+            set.tainted_ids(),
+            [set.entries()[1].authority.id().to_string()]
+        );
+        let id = |i: usize| set.entries()[i].authority.id().to_string();
+        assert!(!set.renewable_from(&id(0)));
+        assert!(!set.renewable_from(&id(1)));
+        assert!(set.renewable_from(&id(2)));
+        assert!(!set.renewable_from("unknown"));
+        for state in [Prepared, Active, Old, Tainted, Revoked] {
+            assert_eq!(AuthorityState::parse(state.as_str()), Some(state));
+        }
+    }
+}

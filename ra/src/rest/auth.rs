@@ -1,0 +1,236 @@
+//! Who is calling the REST API, and may they: bearer tokens looked up by SHA-256 (the config
+//! never holds a token), or a mesh client certificate whose SPIFFE id is listed.
+
+use std::time::SystemTime;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use meshca_ca::chain;
+use meshca_ca::x509::ParsedCert;
+
+use super::{ApiError, RestState};
+use crate::config::{RestRole, RestToken};
+use crate::tls::PeerInfo;
+
+/// An authenticated caller, as the audit trail names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    /// `token` or `mtls`.
+    pub method: &'static str,
+    /// The token's configured name, or the client certificate's SPIFFE id.
+    pub principal: String,
+    /// `None`: authenticated, but listed in no role.
+    pub role: Option<RestRole>,
+}
+
+/// A caller with the `admin` role.
+#[derive(Debug)]
+pub struct Admin(pub Actor);
+
+/// A caller with at least the `auditor` role.
+#[derive(Debug)]
+pub struct Auditor(pub Actor);
+
+/// Configured tokens by hash.
+#[derive(Debug, Default)]
+pub struct TokenTable {
+    tokens: Vec<([u8; 32], String, RestRole)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("rest.tokens[{index}] ({name}): sha256 must be 64 hex digits")]
+pub struct TokenConfigError {
+    index: usize,
+    name: String,
+}
+
+// === impl TokenTable ===
+
+impl TokenTable {
+    pub fn new(tokens: &[RestToken]) -> Result<Self, TokenConfigError> {
+        let mut table = Vec::with_capacity(tokens.len());
+        for (index, token) in tokens.iter().enumerate() {
+            let digest: [u8; 32] = hex::decode(token.sha256.trim())
+                .ok()
+                .and_then(|d| d.try_into().ok())
+                .ok_or_else(|| TokenConfigError {
+                    index,
+                    name: token.name.clone(),
+                })?;
+            table.push((digest, token.name.clone(), token.role));
+        }
+        Ok(Self { tokens: table })
+    }
+
+    fn lookup(&self, token: &str) -> Option<(&str, RestRole)> {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        self.tokens
+            .iter()
+            .find(|(known, _, _)| {
+                aws_lc_rs::constant_time::verify_slices_are_equal(known, digest.as_ref()).is_ok()
+            })
+            .map(|(_, name, role)| (name.as_str(), *role))
+    }
+}
+
+/// Authenticates the request: an `Authorization: Bearer` header decides when present (a bad
+/// token is 401 even with a client certificate); otherwise the client certificate.
+fn authenticate(parts: &Parts, state: &RestState) -> Result<Actor, ApiError> {
+    let unauthenticated = |why: &str| ApiError::new(StatusCode::UNAUTHORIZED, why.to_string());
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unauthenticated("Authorization must be \"Bearer <token>\""))?;
+        let (name, role) = state
+            .tokens
+            .lookup(token)
+            .ok_or_else(|| unauthenticated("unknown token"))?;
+        return Ok(Actor {
+            method: "token",
+            principal: name.to_string(),
+            role: Some(role),
+        });
+    }
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<PeerInfo>>()
+        .map(|c| c.0.clone());
+    let Some(peer) = peer.filter(|p| !p.certs.is_empty()) else {
+        return Err(unauthenticated(
+            "a bearer token or a mesh client certificate is required",
+        ));
+    };
+    let spiffe_id = verify_client_cert(&peer, state)
+        .map_err(|why| unauthenticated(&format!("client certificate: {why}")))?;
+    let role = if state.admins.contains(&spiffe_id) {
+        Some(RestRole::Admin)
+    } else if state.auditors.contains(&spiffe_id) {
+        Some(RestRole::Auditor)
+    } else {
+        None
+    };
+    Ok(Actor {
+        method: "mtls",
+        principal: spiffe_id,
+        role,
+    })
+}
+
+/// The SPIFFE id of a client chain that verifies to the mesh's trust bundle.
+fn verify_client_cert(peer: &PeerInfo, state: &RestState) -> Result<String, String> {
+    let mut certs = peer.certs.iter().map(|c| ParsedCert::from_der(c.as_ref()));
+    let leaf = certs
+        .next()
+        .ok_or("none sent")?
+        .map_err(|e| format!("does not parse: {e}"))?;
+    let pool: Vec<ParsedCert> = certs.filter_map(Result::ok).collect();
+    let set = state.ca.authorities();
+    let roots: Vec<ParsedCert> = set.bundle().into_iter().cloned().collect();
+    chain::verify_leaf(&leaf, &pool, &roots, SystemTime::now()).map_err(|e| e.to_string())?;
+    match leaf.uri_sans().as_slice() {
+        [id] if id.starts_with("spiffe://") => Ok(id.clone()),
+        _ => Err("no single SPIFFE id".into()),
+    }
+}
+
+fn require(actor: Actor, role: RestRole) -> Result<Actor, ApiError> {
+    if actor.role.is_some_and(|r| r >= role) {
+        return Ok(actor);
+    }
+    let needed = match role {
+        RestRole::Admin => "admin",
+        RestRole::Auditor => "auditor",
+    };
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "{} {} lacks the {needed} role",
+            actor.method, actor.principal
+        ),
+    ))
+}
+
+impl FromRequestParts<RestState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &RestState) -> Result<Self, ApiError> {
+        require(authenticate(parts, state)?, RestRole::Admin).map(Admin)
+    }
+}
+
+impl FromRequestParts<RestState> for Auditor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &RestState) -> Result<Self, ApiError> {
+        require(authenticate(parts, state)?, RestRole::Auditor).map(Auditor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_by_hash_only() {
+        let hash = |t: &str| {
+            hex::encode(aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                t.as_bytes(),
+            ))
+        };
+        let table = TokenTable::new(&[
+            RestToken {
+                name: "ops".into(),
+                sha256: hash("s3cret-admin"),
+                role: RestRole::Admin,
+            },
+            RestToken {
+                name: "audit".into(),
+                sha256: hash("s3cret-audit").to_uppercase(),
+                role: RestRole::Auditor,
+            },
+        ])
+        .unwrap();
+        assert_eq!(table.lookup("s3cret-admin"), Some(("ops", RestRole::Admin)));
+        assert_eq!(
+            table.lookup("s3cret-audit"),
+            Some(("audit", RestRole::Auditor))
+        );
+        assert_eq!(table.lookup("s3cret"), None);
+        assert_eq!(
+            table.lookup(&hash("s3cret-admin")),
+            None,
+            "the hash is not the token"
+        );
+
+        let err = TokenTable::new(&[RestToken {
+            name: "bad".into(),
+            sha256: "abc".into(),
+            role: RestRole::Admin,
+        }])
+        .unwrap_err();
+        assert!(err.to_string().contains("rest.tokens[0] (bad)"));
+    }
+
+    #[test]
+    fn admins_can_audit_but_not_the_reverse() {
+        let actor = |role| Actor {
+            method: "token",
+            principal: "x".into(),
+            role,
+        };
+        assert!(require(actor(Some(RestRole::Admin)), RestRole::Auditor).is_ok());
+        assert!(require(actor(Some(RestRole::Auditor)), RestRole::Auditor).is_ok());
+        let denied = require(actor(Some(RestRole::Auditor)), RestRole::Admin).unwrap_err();
+        assert_eq!(denied.status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            require(actor(None), RestRole::Auditor).unwrap_err().status,
+            StatusCode::FORBIDDEN
+        );
+    }
+}

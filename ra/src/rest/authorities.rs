@@ -1,0 +1,284 @@
+//! `/v1/authorities` (root rotation: prepare → activate → taint → revoke) and
+//! `/v1/trust-bundle`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use der::asn1::{ObjectIdentifier, UintRef};
+use der::Decode;
+use meshca_ca::cacerts::{CacertsMaterial, NamedPem};
+use meshca_ca::keys::{self, KeyType};
+use meshca_ca::store::TransitionError;
+use meshca_ca::x509::ParsedCert;
+use meshca_ca::{AuthorityEntry, PrepareRequest, RotationError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::{Admin, Auditor};
+use super::{ApiError, RestState};
+use crate::trust_bundle::bundle_of;
+
+/// `POST /v1/authorities`: either `generate`, or an uploaded plug-in set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareBody {
+    generate: Option<GenerateBody>,
+    ca_cert: Option<String>,
+    ca_key: Option<String>,
+    cert_chain: Option<String>,
+    root_cert: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateBody {
+    #[serde(default)]
+    key_type: KeyType,
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn unix_to_rfc3339(secs: i64) -> String {
+    rfc3339(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
+}
+
+/// An authority as the API shows it.
+async fn view(state: &RestState, entry: &AuthorityEntry) -> Result<Value, ApiError> {
+    let authority = &entry.authority;
+    let signing = authority.signing_cert();
+    let root_fingerprint = sha256_hex(authority.root().der());
+    let now = SystemTime::now();
+    let live = state
+        .ca
+        .store()
+        .count_live_certificates(authority.id().as_str(), unix(now))
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let (received, connected) = state.watchers.propagation(&root_fingerprint);
+    Ok(json!({
+        "id": authority.id().to_string(),
+        "state": entry.state,
+        "source": entry.source,
+        "subject": signing.subject_string(),
+        "key_type": authority.key().key_description(),
+        "not_before": rfc3339(signing.not_before()),
+        "not_after": rfc3339(signing.not_after()),
+        "root_subject": authority.root().subject_string(),
+        "root_fingerprint_sha256": root_fingerprint,
+        "live_certificates": live,
+        "propagation": { "received": received, "connected": connected },
+        "created_at": unix_to_rfc3339(entry.created_at),
+        "updated_at": unix_to_rfc3339(entry.updated_at),
+    }))
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl From<RotationError> for ApiError {
+    fn from(error: RotationError) -> Self {
+        match &error {
+            RotationError::Transition(TransitionError::NotFound(_)) => {
+                ApiError::not_found(error.to_string())
+            }
+            RotationError::Transition(TransitionError::WrongState { .. })
+            | RotationError::Transition(TransitionError::Raced)
+            | RotationError::ManagedByCacerts
+            | RotationError::Exists(_) => ApiError::conflict(error.to_string()),
+            RotationError::Invalid(_) => ApiError::bad_request(error.to_string()),
+            _ => ApiError::internal(&error),
+        }
+    }
+}
+
+pub async fn list(
+    State(state): State<RestState>,
+    _caller: Auditor,
+) -> Result<Json<Value>, ApiError> {
+    let set = state.ca.authorities();
+    let mut out = Vec::new();
+    for entry in set.entries() {
+        out.push(view(&state, entry).await?);
+    }
+    Ok(Json(json!({ "authorities": out })))
+}
+
+pub async fn show(
+    State(state): State<RestState>,
+    _caller: Auditor,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let set = state.ca.authorities();
+    let entry = set
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no authority {id}")))?;
+    Ok(Json(view(&state, entry).await?))
+}
+
+pub async fn prepare(
+    State(state): State<RestState>,
+    Admin(actor): Admin,
+    body: Result<Json<PrepareBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let uploaded = [
+        &body.ca_cert,
+        &body.ca_key,
+        &body.cert_chain,
+        &body.root_cert,
+    ]
+    .iter()
+    .any(|f| f.is_some());
+    let request = match (body.generate, uploaded) {
+        (Some(generate), false) => PrepareRequest::Generate(generate.key_type),
+        (None, true) => {
+            let field = |name: &'static str, value: Option<String>| {
+                value
+                    .map(|pem| NamedPem::field(name, &pem))
+                    .ok_or_else(|| ApiError::bad_request(format!("{name} is required")))
+            };
+            PrepareRequest::Upload(CacertsMaterial {
+                signing_cert: field("ca_cert", body.ca_cert)?,
+                key: field("ca_key", body.ca_key)?,
+                roots: field("root_cert", body.root_cert)?,
+                chain: body
+                    .cert_chain
+                    .map(|pem| NamedPem::field("cert_chain", &pem)),
+            })
+        }
+        _ => return Err(ApiError::bad_request(
+            "give either \"generate\" or the plug-in set (ca_cert, ca_key, root_cert, cert_chain)",
+        )),
+    };
+    let entry = state.ca.prepare_authority(request).await?;
+    tracing::info!(actor = %actor.principal, authority = %entry.authority.id(), "authority prepared through the REST API");
+    Ok((StatusCode::CREATED, Json(view(&state, &entry).await?)))
+}
+
+pub async fn activate(
+    State(state): State<RestState>,
+    Admin(actor): Admin,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let entry = state.ca.activate_authority(&id).await?;
+    tracing::info!(actor = %actor.principal, authority = %id, "authority activated");
+    Ok(Json(view(&state, &entry).await?))
+}
+
+pub async fn taint(
+    State(state): State<RestState>,
+    Admin(actor): Admin,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let entry = state.ca.taint_authority(&id).await?;
+    tracing::info!(actor = %actor.principal, authority = %id, "authority tainted");
+    Ok(Json(view(&state, &entry).await?))
+}
+
+pub async fn revoke(
+    State(state): State<RestState>,
+    Admin(actor): Admin,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let entry = state.ca.revoke_authority(&id).await?;
+    tracing::info!(actor = %actor.principal, authority = %id, "authority revoked");
+    Ok(Json(view(&state, &entry).await?))
+}
+
+/// `GET /v1/trust-bundle` (anonymous): PEM, or the SPIFFE bundle (a JWK set with
+/// `use: x509-svid`) for `Accept: application/json`; the ETag is the bundle version.
+pub async fn trust_bundle(State(state): State<RestState>, headers: HeaderMap) -> Response {
+    let set = state.ca.authorities();
+    let bundle = bundle_of(&set);
+    let etag = format!("\"{}\"", bundle.version);
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let etag_header = (
+        header::ETAG,
+        HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"\"")),
+    );
+    if not_modified {
+        return (StatusCode::NOT_MODIFIED, [etag_header]).into_response();
+    }
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    if wants_json {
+        let keys: Vec<Value> = set.bundle().into_iter().map(x509_svid_jwk).collect();
+        let body = json!({
+            "keys": keys,
+            "spiffe_refresh_hint": 300,
+        });
+        return ([etag_header], Json(body)).into_response();
+    }
+    (
+        [
+            etag_header,
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-pem-file"),
+            ),
+        ],
+        bundle.roots_pem.concat(),
+    )
+        .into_response()
+}
+
+#[derive(der::Sequence)]
+struct RsaPublicKey<'a> {
+    modulus: UintRef<'a>,
+    public_exponent: UintRef<'a>,
+}
+
+/// A root as a JWK in a SPIFFE bundle: the key parameters plus `x5c` with the certificate.
+fn x509_svid_jwk(root: &ParsedCert) -> Value {
+    let b64url = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let x5c = base64::engine::general_purpose::STANDARD.encode(root.der());
+    let spki = root.spki();
+    let bits = root.public_key_bits();
+    let mut jwk = if spki.algorithm.oid == keys::OID_EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+        let crv = match curve {
+            Some(oid) if oid == keys::OID_P384 => "P-384",
+            _ => "P-256",
+        };
+        // Uncompressed point: 0x04 || X || Y.
+        let coords = bits.get(1..).unwrap_or_default();
+        let (x, y) = coords.split_at(coords.len() / 2);
+        json!({ "kty": "EC", "crv": crv, "x": b64url(x), "y": b64url(y) })
+    } else if spki.algorithm.oid == keys::OID_RSA_ENCRYPTION {
+        match RsaPublicKey::from_der(bits) {
+            Ok(key) => json!({
+                "kty": "RSA",
+                "n": b64url(key.modulus.as_bytes()),
+                "e": b64url(key.public_exponent.as_bytes()),
+            }),
+            Err(_) => json!({ "kty": "RSA" }),
+        }
+    } else {
+        json!({ "kty": "OKP", "crv": "Ed25519", "x": b64url(bits) })
+    };
+    jwk["use"] = json!("x509-svid");
+    jwk["x5c"] = json!([x5c]);
+    jwk
+}

@@ -1,0 +1,181 @@
+//! The admin and audit REST API (axum over HTTPS): root rotation with visible propagation and
+//! the trust bundle. Callers are bearer tokens (configured by SHA-256) or mesh client
+//! certificates whose SPIFFE id is listed; anonymous callers get only the trust bundle and
+//! health.
+
+pub mod auth;
+mod authorities;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::connect_info::Connected;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use meshca_ca::CertificateAuthority;
+use serde_json::json;
+use tokio_stream::StreamExt;
+
+use crate::config::RestConfig;
+use crate::tls::{PeerInfo, TlsConn};
+use crate::trust_bundle::BundleWatchers;
+
+pub use auth::{Actor, TokenTable};
+
+/// Everything the handlers share.
+#[derive(Clone, Debug)]
+pub struct RestState {
+    pub ca: CertificateAuthority,
+    pub watchers: Arc<BundleWatchers>,
+    tokens: Arc<TokenTable>,
+    admins: Arc<HashSet<String>>,
+    auditors: Arc<HashSet<String>>,
+}
+
+/// An error as the API shows it: a status and a JSON body `{"error", "message"}`; never the
+/// internals (those are logged).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+// === impl RestState ===
+
+impl RestState {
+    pub fn new(
+        config: &RestConfig,
+        ca: CertificateAuthority,
+        watchers: Arc<BundleWatchers>,
+    ) -> Result<Self, auth::TokenConfigError> {
+        Ok(Self {
+            ca,
+            watchers,
+            tokens: Arc::new(TokenTable::new(&config.tokens)?),
+            admins: Arc::new(config.admins.iter().cloned().collect()),
+            auditors: Arc::new(config.auditors.iter().cloned().collect()),
+        })
+    }
+}
+
+// === impl ApiError ===
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+
+    /// A failure the caller cannot fix: logged in full, answered in general terms.
+    pub fn internal(error: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%error, "REST request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let error = match self.status {
+            StatusCode::UNAUTHORIZED => "unauthenticated",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::BAD_REQUEST => "invalid_argument",
+            _ => "internal",
+        };
+        let mut response = (
+            self.status,
+            Json(json!({ "error": error, "message": self.message })),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"meshca\""),
+            );
+        }
+        response
+    }
+}
+
+/// The API's routes.
+pub fn router(state: RestState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/trust-bundle", get(authorities::trust_bundle))
+        .route(
+            "/v1/authorities",
+            get(authorities::list).post(authorities::prepare),
+        )
+        .route("/v1/authorities/{id}", get(authorities::show))
+        .route("/v1/authorities/{id}/activate", post(authorities::activate))
+        .route("/v1/authorities/{id}/taint", post(authorities::taint))
+        .route("/v1/authorities/{id}/revoke", post(authorities::revoke))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
+}
+
+/// TLS connections for axum, carrying the client certificate chain to the handlers.
+#[derive(Debug)]
+pub struct TlsListener {
+    incoming: tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>>,
+    local_addr: SocketAddr,
+}
+
+impl TlsListener {
+    pub fn new(
+        incoming: tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>>,
+        local_addr: SocketAddr,
+    ) -> Self {
+        Self {
+            incoming,
+            local_addr,
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsConn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(conn)) => {
+                    let addr = conn.peer().remote_addr;
+                    return (conn, addr);
+                }
+                Some(Err(error)) => tracing::debug!(%error, "REST accept failed"),
+                // The acceptor only stops when this listener is dropped.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
+
+impl Connected<axum::serve::IncomingStream<'_, TlsListener>> for PeerInfo {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        stream.io().peer().clone()
+    }
+}
