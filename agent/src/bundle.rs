@@ -68,6 +68,7 @@ pub async fn follow_trust_bundle(client: CaClient, tx: watch::Sender<Arc<StreamB
                                     Ok(Some(bundle)) => {
                                         attempt = 0;
                                         tracing::info!(version = %bundle.version, roots = bundle.roots_pem.len(), tainted = ?bundle.tainted_authority_ids, "trust bundle received");
+                                        client.trust_roots(&bundle.roots_pem);
                                         tx.send_replace(Arc::new(StreamBundle {
                                             roots_pem: bundle.roots_pem,
                                             tainted_authority_ids: bundle.tainted_authority_ids,

@@ -32,7 +32,10 @@ pub struct CaClientConfig {
 
 #[derive(Clone, Debug)]
 pub struct CaClient {
-    channel: Channel,
+    /// Replaced when the trust bundle gains roots, so the RA's serving certificate still
+    /// verifies after it moves to a newly activated authority.
+    channel: Arc<std::sync::RwLock<Channel>>,
+    config: Arc<CaClientConfig>,
     token_file: Option<PathBuf>,
     cluster_id: String,
 }
@@ -68,26 +71,50 @@ pub enum FetchError {
 impl CaClient {
     /// Connects lazily: the agent starts (and keeps serving what it has) while the RA is down.
     pub fn new(config: &CaClientConfig) -> Result<Self, tonic::transport::Error> {
-        let mut tls =
-            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&config.ca_root_pem));
-        if let Some((cert, key)) = &config.client_identity {
-            tls = tls.identity(Identity::from_pem(cert, key));
-        }
-        let channel = Endpoint::from_shared(format!("https://{}", config.ca_addr))?
-            .tls_config(tls)?
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .connect_lazy();
         Ok(Self {
-            channel,
+            channel: Arc::new(std::sync::RwLock::new(Self::connect(config, &[])?)),
+            config: Arc::new(config.clone()),
             token_file: config.token_file.clone(),
             cluster_id: config.cluster_id.clone(),
         })
     }
 
+    fn connect(
+        config: &CaClientConfig,
+        extra_roots: &[String],
+    ) -> Result<Channel, tonic::transport::Error> {
+        let roots = std::iter::once(config.ca_root_pem.as_str())
+            .chain(extra_roots.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(roots));
+        if let Some((cert, key)) = &config.client_identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        Ok(
+            Endpoint::from_shared(format!("https://{}", config.ca_addr))?
+                .tls_config(tls)?
+                .timeout(config.timeout)
+                .connect_timeout(config.timeout)
+                .connect_lazy(),
+        )
+    }
+
+    /// Trusts `roots` (the mesh's trust bundle) besides `ca_root_cert` for new connections to
+    /// the RA.
+    pub fn trust_roots(&self, roots: &[String]) {
+        match Self::connect(&self.config, roots) {
+            Ok(channel) => *self.channel.write().unwrap_or_else(|e| e.into_inner()) = channel,
+            Err(error) => tracing::warn!(%error, "keeping the previous RA channel"),
+        }
+    }
+
     /// The TLS channel to the RA (shared by every RPC the agent makes).
     pub fn channel(&self) -> Channel {
-        self.channel.clone()
+        self.channel
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Adds the agent's credentials to a request: the current token (read now, since

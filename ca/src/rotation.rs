@@ -149,14 +149,11 @@ impl AuthoritySet {
             .collect()
     }
 
-    /// Whether certificates signed by authority `id` may still be renewed with.
-    pub fn renewable_from(&self, id: &str) -> bool {
-        self.get(id).is_some_and(|e| {
-            matches!(
-                e.state,
-                AuthorityState::Active | AuthorityState::Old | AuthorityState::Prepared
-            )
-        })
+    /// Whether renewal with a certificate signed by authority `id` is refused: its authority
+    /// was tainted or revoked. Unknown ids are left to chain verification.
+    pub fn refuses_renewal_from(&self, id: &str) -> bool {
+        self.get(id)
+            .is_some_and(|e| matches!(e.state, AuthorityState::Tainted | AuthorityState::Revoked))
     }
 
     /// Same authorities in the same states (ignores timestamps).
@@ -220,10 +217,11 @@ mod tests {
             [set.entries()[1].authority.id().to_string()]
         );
         let id = |i: usize| set.entries()[i].authority.id().to_string();
-        assert!(!set.renewable_from(&id(0)));
-        assert!(!set.renewable_from(&id(1)));
-        assert!(set.renewable_from(&id(2)));
-        assert!(!set.renewable_from("unknown"));
+        assert!(set.refuses_renewal_from(&id(0)));
+        assert!(set.refuses_renewal_from(&id(1)));
+        assert!(!set.refuses_renewal_from(&id(2)));
+        assert!(!set.refuses_renewal_from(&id(3)));
+        assert!(!set.refuses_renewal_from("unknown"));
         for state in [Prepared, Active, Old, Tainted, Revoked] {
             assert_eq!(AuthorityState::parse(state.as_str()), Some(state));
         }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `meshca` binary on loopback, driven by real clients (tonic over
 //! rustls) and real peers. One test binary, shared helpers.
 
+mod admin;
 mod agent;
 mod harness;
 mod peers;

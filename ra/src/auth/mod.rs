@@ -141,7 +141,7 @@ impl Authenticator {
     pub async fn authenticate(&self, creds: &Credentials<'_>) -> Result<Caller, AuthError> {
         let mut failure = AuthError::NoCredential;
         if !creds.peer_certs.is_empty() {
-            match self.renewal.authenticate(creds.peer_certs) {
+            match self.renewal.authenticate(creds.peer_certs).await {
                 Ok(caller) => return Ok(caller),
                 Err(e) => failure = e,
             }

@@ -39,14 +39,47 @@ impl RenewalAuthenticator {
         Self { ca }
     }
 
-    pub fn authenticate(&self, chain_der: &[CertificateDer<'static>]) -> Result<Caller, AuthError> {
+    /// Verifies the chain to the trust bundle, then refuses certificates whose authority was
+    /// tainted or revoked, and certificates an administrator revoked.
+    pub async fn authenticate(
+        &self,
+        chain_der: &[CertificateDer<'static>],
+    ) -> Result<Caller, AuthError> {
         let (leaf, pool) = parse_chain(chain_der)?;
-        let authority = self.ca.current_authority();
+        let set = self.ca.authorities();
         // The bundle's roots anchor; our own intermediates help clients that send only a leaf.
         let mut pool = pool;
-        pool.extend(authority.intermediates().iter().cloned());
-        chain::verify_leaf(&leaf, &pool, authority.roots(), SystemTime::now())
+        for entry in set.entries() {
+            pool.extend(entry.authority.intermediates().iter().cloned());
+        }
+        let roots: Vec<ParsedCert> = set.bundle().into_iter().cloned().collect();
+        chain::verify_leaf(&leaf, &pool, &roots, SystemTime::now())
             .map_err(|e| AuthError::ClientCert(format!("not a current meshca certificate: {e}")))?;
+        if let Some(aki) = leaf.authority_key_id() {
+            let issuer = hex::encode(aki);
+            if set.refuses_renewal_from(&issuer) {
+                return Err(AuthError::ClientCert(format!(
+                    "issued by authority {issuer}, which was tainted; renew with another credential"
+                )));
+            }
+        }
+        let serial = leaf.serial().to_hex();
+        match self.ca.store().revocation(&serial).await {
+            Ok(None) => {}
+            Ok(Some(revoked)) => {
+                return Err(AuthError::ClientCert(format!(
+                    "certificate {serial} was revoked ({})",
+                    revoked.reason
+                )))
+            }
+            Err(error) => {
+                // Fail closed: a revocation we cannot check is not a valid credential.
+                tracing::error!(%error, "checking revocation failed");
+                return Err(AuthError::ClientCert(
+                    "revocation status unavailable".into(),
+                ));
+            }
+        }
         let spiffe: Vec<String> = leaf
             .uri_sans()
             .into_iter()

@@ -1,0 +1,418 @@
+//! The admin REST API against a real `meshca server --dev` with a real `meshca agent --dev`
+//! connected: a full root rotation (prepare → activate → taint → revoke) seen from the API and
+//! from the workload, across a server restart; authentication and roles; illegal steps.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use meshca_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use meshca_proto::workload::{X509BundlesRequest, X509BundlesResponse, X509svidRequest};
+use serde_json::{json, Value};
+use tonic::Streaming;
+
+use crate::harness::*;
+
+/// An HTTPS client for the REST API that trusts the dev root.
+struct Rest {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Rest {
+    fn new(addr: SocketAddr, root_pem: &str) -> Self {
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(root_pem.as_bytes()).unwrap()])
+            .build()
+            .unwrap();
+        Self {
+            base: format!("https://{addr}"),
+            client,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+}
+
+fn with_header<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().unwrap());
+    request
+}
+
+fn read_token(data: &Path, name: &str) -> String {
+    std::fs::read_to_string(data.join("dev").join(name))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Roots (DER, concatenated) in the workload's next bundle message, waiting at most `within`.
+async fn next_bundle(stream: &mut Streaming<X509BundlesResponse>, within: Duration) -> Vec<u8> {
+    let message = tokio::time::timeout(within, stream.message())
+        .await
+        .expect("a bundle update in time")
+        .unwrap()
+        .unwrap();
+    message.bundles["cluster.local"].clone()
+}
+
+fn der_of(pem_text: &str) -> Vec<u8> {
+    pem::parse_many(pem_text)
+        .unwrap()
+        .into_iter()
+        .flat_map(pem::Pem::into_contents)
+        .collect()
+}
+
+fn state_of(list: &Value, id: &str) -> String {
+    list["authorities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id)
+        .map(|a| a["state"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("{id} not listed: {list}"))
+}
+
+#[tokio::test]
+async fn root_rotation_end_to_end_with_a_connected_agent() {
+    use reqwest::Method;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("meshca-dev");
+    let data_arg = data.to_str().unwrap();
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let rest_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let server_args = ["server", "--dev", "--data-dir", data_arg];
+    let server_env = [
+        ("MESHCA_GRPC_LISTEN", grpc.to_string()),
+        ("MESHCA_METRICS_LISTEN", metrics.to_string()),
+        ("MESHCA_REST_LISTEN", rest_addr.to_string()),
+    ];
+    let mut server = MeshcaProcess::start(&server_args, &server_env, tmp.path(), grpc, metrics);
+    let first_root = std::fs::read_to_string(data.join("root-cert.pem")).unwrap();
+    let admin = read_token(&data, "admin-token");
+    let auditor = read_token(&data, "auditor-token");
+    let rest = Rest::new(rest_addr, &first_root);
+
+    // Authentication and roles.
+    let (status, body) = rest.call(Method::GET, "/v1/authorities", None, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "unauthenticated");
+    assert_eq!(rest.get("/v1/authorities", "not-a-token").await.0, 401);
+    let (status, body) = rest
+        .post("/v1/authorities", &auditor, json!({"generate": {}}))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("admin"),
+        "{body}"
+    );
+    let (status, pem_bundle) = rest.call(Method::GET, "/v1/trust-bundle", None, None).await;
+    assert_eq!(status, 200, "the trust bundle is public");
+    assert_eq!(pem_bundle, Value::String(first_root.clone()));
+
+    // A workload beside the agent watches its bundle.
+    let agent_health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _agent = MeshcaProcess::start(
+        &["agent", "--dev", "--data-dir", data_arg],
+        &[
+            ("MESHCA_AGENT_CA_ADDR", grpc.to_string()),
+            ("MESHCA_AGENT_METRICS_LISTEN", agent_health.to_string()),
+        ],
+        tmp.path(),
+        agent_health,
+        agent_health,
+    );
+    let channel = meshca_agent::workload_api::unix_channel(data.join("agent/spiffe.sock"))
+        .await
+        .unwrap();
+    let mut workload = SpiffeWorkloadApiClient::new(channel);
+    let mut bundles = workload
+        .fetch_x509_bundles(with_header(X509BundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        next_bundle(&mut bundles, Duration::from_secs(10)).await,
+        der_of(&first_root)
+    );
+    let mut svids = workload
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first_svid = svids.message().await.unwrap().unwrap().svids.remove(0);
+
+    let (status, list) = rest.get("/v1/authorities", &auditor).await;
+    assert_eq!(status, 200, "{list}");
+    let old_id = list["authorities"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list["authorities"][0]["state"], "active");
+    assert!(
+        list["authorities"][0]["live_certificates"]
+            .as_i64()
+            .unwrap()
+            >= 1
+    );
+
+    // Prepare: the new root reaches the workload within 5 s; propagation shows it.
+    let (status, prepared) = rest
+        .post(
+            "/v1/authorities",
+            &admin,
+            json!({"generate": {"key_type": "ec-p256"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{prepared}");
+    assert_eq!(prepared["state"], "prepared");
+    let new_id = prepared["id"].as_str().unwrap().to_string();
+    let widened = next_bundle(&mut bundles, Duration::from_secs(5)).await;
+    assert!(widened.starts_with(&der_of(&first_root)) && widened.len() > first_root.len() / 2);
+    let new_root_der = widened[der_of(&first_root).len()..].to_vec();
+    let (_, shown) = rest
+        .get(&format!("/v1/authorities/{new_id}"), &auditor)
+        .await;
+    assert_eq!(
+        shown["propagation"],
+        json!({"received": 1, "connected": 1}),
+        "{shown}"
+    );
+    assert_eq!(shown["live_certificates"], 0);
+
+    // Illegal steps name the state they need; unknown ids are 404.
+    let (status, body) = rest
+        .post(
+            &format!("/v1/authorities/{new_id}/taint"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("needs it old"),
+        "{body}"
+    );
+    let (status, _) = rest
+        .post(
+            &format!("/v1/authorities/{new_id}/revoke"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let (status, _) = rest
+        .post(
+            &format!("/v1/authorities/{old_id}/activate"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 409, "the active authority is not prepared");
+    let (status, _) = rest
+        .post("/v1/authorities/00ff/activate", &admin, json!({}))
+        .await;
+    assert_eq!(status, 404);
+
+    // Activate: new certificates chain to the new root; the old one is `old`.
+    let (status, body) = rest
+        .post(
+            &format!("/v1/authorities/{new_id}/activate"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "active");
+    let token = std::fs::read_to_string(data.join("dev/token")).unwrap();
+    // The RA now serves a certificate from the new authority: trust the whole bundle.
+    let (_, bundle_pem) = rest
+        .call(reqwest::Method::GET, "/v1/trust-bundle", None, None)
+        .await;
+    let bundle_pem = bundle_pem.as_str().unwrap().to_string();
+    let rest = Rest::new(rest_addr, &bundle_pem);
+    let mut ca = ca_client(grpc, &bundle_pem, None).await;
+    let key = WorkloadKey::ec();
+    let response = create_certificate(
+        &mut ca,
+        &key.csr(&["spiffe://cluster.local/ns/default/sa/default"]),
+        0,
+        Some(token.trim()),
+        None,
+    )
+    .await
+    .expect("issued under the new authority");
+    let new_root_pem = response.cert_chain.last().unwrap().clone();
+    assert_eq!(der_of(&new_root_pem), new_root_der);
+
+    // Restart between steps: nothing is lost.
+    server.stop();
+    server = MeshcaProcess::start(&server_args, &server_env, tmp.path(), grpc, metrics);
+    let (_, list) = rest.get("/v1/authorities", &auditor).await;
+    assert_eq!(state_of(&list, &old_id), "old");
+    assert_eq!(state_of(&list, &new_id), "active");
+
+    // Taint the old authority: the agent rotates onto the new one without waiting for
+    // half-life (its certificate lives 24 h).
+    let (status, body) = rest
+        .post(
+            &format!("/v1/authorities/{old_id}/taint"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let rotated = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let message = svids.message().await.unwrap().unwrap();
+            if message.svids[0].x509_svid != first_svid.x509_svid {
+                return message.svids[0].clone();
+            }
+        }
+    })
+    .await
+    .expect("the agent rotated after the taint");
+    let leaf = meshca_ca::x509::ParsedCert::from_der(&rotated.x509_svid).unwrap();
+    assert_eq!(hex(&leaf.authority_key_id().unwrap()), new_id);
+
+    // Renewal with a certificate from the tainted authority is refused.
+    let old_leaf_pem = pem::encode(&pem::Pem::new("CERTIFICATE", first_svid.x509_svid.clone()));
+    let old_key_pem = pem::encode(&pem::Pem::new(
+        "PRIVATE KEY",
+        first_svid.x509_svid_key.clone(),
+    ));
+    let mut renewing = ca_client(grpc, &bundle_pem, Some((&old_leaf_pem, &old_key_pem))).await;
+    let refused = create_certificate(
+        &mut renewing,
+        &key.csr(&["spiffe://cluster.local/ns/default/sa/default"]),
+        0,
+        None,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    // Revoke: the old root leaves the workload's bundle and the public bundle.
+    let (status, body) = rest
+        .post(
+            &format!("/v1/authorities/{old_id}/revoke"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let narrowed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let roots = next_bundle(&mut bundles, Duration::from_secs(10)).await;
+            if roots == new_root_der {
+                return roots;
+            }
+        }
+    })
+    .await
+    .expect("the old root left the bundle");
+    assert_eq!(narrowed, new_root_der);
+    let (status, pem_bundle) = rest.call(Method::GET, "/v1/trust-bundle", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(der_of(pem_bundle.as_str().unwrap()), new_root_der);
+    let (_, list) = rest.get("/v1/authorities", &auditor).await;
+    assert_eq!(state_of(&list, &old_id), "revoked");
+    drop(server);
+}
+
+#[tokio::test]
+async fn trust_bundle_formats_and_etag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("meshca-dev");
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let server = MeshcaProcess::start(
+        &["server", "--dev", "--data-dir", data.to_str().unwrap()],
+        &[
+            ("MESHCA_GRPC_LISTEN", grpc.to_string()),
+            ("MESHCA_METRICS_LISTEN", metrics.to_string()),
+        ],
+        tmp.path(),
+        grpc,
+        metrics,
+    );
+    let root = std::fs::read_to_string(data.join("root-cert.pem")).unwrap();
+    let rest = Rest::new(server.rest, &root);
+    let url = format!("{}/v1/trust-bundle", rest.base);
+
+    let response = rest.client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let etag = response.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(response.text().await.unwrap(), root);
+
+    let cached = rest
+        .client
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), 304);
+
+    // The SPIFFE bundle format: a JWK set, one x509-svid key per root, x5c = the root.
+    let response = rest
+        .client
+        .get(&url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    let bundle: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    let keys = bundle["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["use"], "x509-svid");
+    assert_eq!(keys[0]["kty"], "EC");
+    assert_eq!(keys[0]["crv"], "P-256");
+    use base64::Engine;
+    let x5c = base64::engine::general_purpose::STANDARD
+        .decode(keys[0]["x5c"][0].as_str().unwrap())
+        .unwrap();
+    assert_eq!(x5c, der_of(&root));
+
+    // Unknown endpoints are JSON 404s, not HTML.
+    let (status, body) = rest.get("/v1/nope", "x").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], "not_found");
+}
