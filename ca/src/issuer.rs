@@ -11,6 +11,7 @@ use spki::SubjectPublicKeyInfoOwned;
 use tokio::sync::watch;
 use x509_cert::serial_number::SerialNumber;
 
+use crate::audit::{AuditEvent, Outcome};
 use crate::authority::{Authority, SelfSignedError};
 use crate::cacerts::{self, CacertsMaterial, LoadCacertsError};
 use crate::chain::{self, PathError};
@@ -489,7 +490,20 @@ impl CertificateAuthority {
                 public_key_sha256: key_hash.clone(),
                 cert_der: leaf_der.clone(),
             };
-            match self.inner.store.insert_issuance(&record).await {
+            let audit = AuditEvent::new(
+                (&requester.method, &requester.principal),
+                "certificate.issue",
+                &record.serial,
+                Outcome::Success,
+                serde_json::json!({
+                    "spiffe_id": record.spiffe_id,
+                    "authority": record.authority_id,
+                    "not_after": record.not_after,
+                    "peer_address": record.peer_address,
+                    "cluster_id": record.cluster_id,
+                }),
+            );
+            match self.inner.store.insert_issuance(&record, &audit).await {
                 Ok(()) => {
                     let mut chain_pem = Vec::with_capacity(1 + authority.chain_tail().len());
                     chain_pem.push(pem_cert(&leaf_der));

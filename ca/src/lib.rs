@@ -1,10 +1,12 @@
 //! meshca's CA core: authorities (plugged-in `cacerts` or a self-signed root), the SPIFFE
 //! workload-certificate profile, and the store every issuance is recorded in.
 
+pub mod audit;
 pub mod authority;
 pub mod cacerts;
 pub mod chain;
 pub mod config;
+pub mod crl;
 pub mod csr;
 pub mod identity;
 pub mod issuer;

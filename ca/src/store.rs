@@ -13,6 +13,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use crate::audit::{AuditEvent, AuditRecord};
 use crate::identity::Serial;
 
 #[derive(Clone, Debug)]
@@ -111,6 +112,196 @@ impl std::fmt::Debug for StoredAuthority {
     }
 }
 
+/// Appends `$event` to the audit chain inside transaction `$tx`: bump the head (this takes the
+/// row lock that serializes writers), read the previous hash, insert, move the head.
+macro_rules! append_audit_in {
+    ($tx:ident, $event:expr) => {{
+        sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1")
+            .execute(&mut *$tx)
+            .await?;
+        let (seq, prev): (i64, String) =
+            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                .fetch_one(&mut *$tx)
+                .await?;
+        let record = $event.chained(seq, &prev);
+        sqlx::query(
+            "INSERT INTO audit_events (seq, at, actor_method, actor_principal, action, target, \
+             outcome, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(record.seq)
+        .bind(record.at)
+        .bind(&record.actor_method)
+        .bind(&record.actor_principal)
+        .bind(&record.action)
+        .bind(&record.target)
+        .bind(&record.outcome)
+        .bind(&record.details)
+        .bind(&record.prev_hash)
+        .bind(&record.hash)
+        .execute(&mut *$tx)
+        .await?;
+        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+            .bind(&record.hash)
+            .execute(&mut *$tx)
+            .await?;
+        record
+    }};
+}
+
+const AUDIT_COLUMNS: &str = "seq, at, actor_method, actor_principal, action, target, outcome, \
+    details, prev_hash, hash";
+
+/// Filters for `GET /v1/audit`; all optional, combined with AND.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub outcome: Option<String>,
+    pub target: Option<String>,
+    /// Unix seconds, inclusive.
+    pub since: Option<i64>,
+    /// Unix seconds, exclusive.
+    pub until: Option<i64>,
+}
+
+/// Write transactions. SQLite's default deferred transaction takes the write lock only at its
+/// first write, and a reader that then wants to write fails at once with "database is locked"
+/// when another writer got there first; `BEGIN IMMEDIATE` queues for the lock up front.
+trait BeginWrite {
+    type Db: sqlx::Database;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+           + Send;
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+           + Send {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Db = sqlx::Postgres;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+           + Send {
+        self.begin()
+    }
+}
+
+/// One query parameter of a dynamically built query.
+#[derive(Clone, Debug)]
+enum Param {
+    Text(String),
+    Int(i64),
+}
+
+/// A WHERE clause under construction: `?` in each condition becomes the next `$n`.
+#[derive(Debug, Default)]
+struct Conditions {
+    sql: String,
+    params: Vec<Param>,
+}
+
+impl Conditions {
+    fn push(&mut self, condition: &str, param: Param) {
+        self.params.push(param);
+        let placeholder = format!("${}", self.params.len());
+        self.sql.push_str(" AND ");
+        self.sql.push_str(&condition.replace('?', &placeholder));
+    }
+
+    fn push_fixed(&mut self, condition: &str) {
+        self.sql.push_str(" AND ");
+        self.sql.push_str(condition);
+    }
+}
+
+/// Binds `$params` to `$query` in order.
+macro_rules! bind_params {
+    ($query:ident, $params:expr) => {
+        for param in $params {
+            $query = match param {
+                Param::Text(t) => $query.bind(t.clone()),
+                Param::Int(i) => $query.bind(*i),
+            };
+        }
+    };
+}
+
+/// What an auditor can filter certificates by; all optional, combined with AND.
+#[derive(Clone, Debug, Default)]
+pub struct CertificateFilter {
+    pub serial: Option<String>,
+    /// Exact, or a prefix when it ends with `*`.
+    pub spiffe_id: Option<String>,
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
+    pub authority: Option<String>,
+    /// The requester's principal (service account, Athenz CN, SPIFFE id).
+    pub requester: Option<String>,
+    pub issued_after: Option<i64>,
+    pub issued_before: Option<i64>,
+    pub expires_after: Option<i64>,
+    pub expires_before: Option<i64>,
+    pub status: Option<CertificateStatus>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateStatus {
+    /// Unexpired and not revoked.
+    Valid,
+    Expired,
+    Revoked,
+}
+
+/// A certificate in the inventory (without its DER).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct CertificateRow {
+    pub id: i64,
+    pub serial: String,
+    pub spiffe_id: String,
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub issued_at: i64,
+    pub authority_id: String,
+    pub requester_method: String,
+    pub requester_principal: String,
+    pub peer_address: Option<String>,
+    pub cluster_id: Option<String>,
+    pub public_key_sha256: String,
+    pub revoked_at: Option<i64>,
+    pub revocation_reason: Option<String>,
+}
+
+const CERTIFICATE_ROW_SELECT: &str = "SELECT c.id, c.serial, c.spiffe_id, c.namespace, \
+    c.service_account, c.not_before, c.not_after, c.issued_at, c.authority_id, \
+    c.requester_method, c.requester_principal, c.peer_address, c.cluster_id, \
+    c.public_key_sha256, r.revoked_at, r.reason AS revocation_reason \
+    FROM issued_certificates c LEFT JOIN certificate_revocations r ON r.serial = c.serial \
+    WHERE 1 = 1";
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
+fn like_prefix(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
 /// Runs the same body against whichever pool the store holds.
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
@@ -183,39 +374,128 @@ impl Store {
     }
 
     /// Commits one issuance. Returns only after the row is durable.
-    pub async fn insert_issuance(&self, r: &IssuanceRecord) -> Result<(), StoreError> {
+    /// Records an issuance and its audit event in one transaction: both or neither.
+    pub async fn insert_issuance(
+        &self,
+        r: &IssuanceRecord,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO issued_certificates ({ISSUANCE_COLUMNS}) VALUES \
              ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         );
         let result = with_pool!(self, pool => {
-            sqlx::query(&sql)
-                .bind(&r.serial)
-                .bind(&r.spiffe_id)
-                .bind(&r.trust_domain)
-                .bind(&r.namespace)
-                .bind(&r.service_account)
-                .bind(r.not_before)
-                .bind(r.not_after)
-                .bind(r.issued_at)
-                .bind(&r.authority_id)
-                .bind(&r.requester_method)
-                .bind(&r.requester_principal)
-                .bind(&r.peer_address)
-                .bind(&r.cluster_id)
-                .bind(&r.public_key_sha256)
-                .bind(&r.cert_der)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
+            async {
+                let mut tx = pool.begin_write().await?;
+                sqlx::query(&sql)
+                    .bind(&r.serial)
+                    .bind(&r.spiffe_id)
+                    .bind(&r.trust_domain)
+                    .bind(&r.namespace)
+                    .bind(&r.service_account)
+                    .bind(r.not_before)
+                    .bind(r.not_after)
+                    .bind(r.issued_at)
+                    .bind(&r.authority_id)
+                    .bind(&r.requester_method)
+                    .bind(&r.requester_principal)
+                    .bind(&r.peer_address)
+                    .bind(&r.cluster_id)
+                    .bind(&r.public_key_sha256)
+                    .bind(&r.cert_der)
+                    .execute(&mut *tx)
+                    .await?;
+                append_audit_in!(tx, audit);
+                tx.commit().await
+            }
+            .await
         });
         match result {
-            Ok(_) => Ok(()),
+            Ok(()) => Ok(()),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 Err(StoreError::DuplicateSerial(r.serial.clone()))
             }
             Err(e) => Err(StoreError::Query(e)),
         }
+    }
+
+    /// Appends one event to the audit chain.
+    pub async fn append_audit(&self, event: &AuditEvent) -> Result<AuditRecord, StoreError> {
+        with_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin_write().await?;
+                let record = append_audit_in!(tx, event);
+                tx.commit().await?;
+                Ok(record)
+            }
+            .await
+        })
+        .map_err(StoreError::Query)
+    }
+
+    /// Audit events newest first, matching `filter`, before `before_seq` (the cursor).
+    pub async fn audit_events(
+        &self,
+        filter: &AuditFilter,
+        before_seq: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut conditions = Conditions::default();
+        for (column, value) in [
+            ("action = ?", &filter.action),
+            ("actor_principal = ?", &filter.actor),
+            ("outcome = ?", &filter.outcome),
+            ("target = ?", &filter.target),
+        ] {
+            if let Some(v) = value {
+                conditions.push(column, Param::Text(v.clone()));
+            }
+        }
+        for (condition, value) in [
+            ("at >= ?", filter.since),
+            ("at < ?", filter.until),
+            ("seq < ?", before_seq),
+        ] {
+            if let Some(v) = value {
+                conditions.push(condition, Param::Int(v));
+            }
+        }
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE 1 = 1{} ORDER BY seq DESC LIMIT {}",
+            conditions.sql,
+            limit.max(0)
+        );
+        with_pool!(self, pool => {
+            let mut query = sqlx::query_as::<_, AuditRecord>(&sql);
+            bind_params!(query, &conditions.params);
+            query.fetch_all(pool).await
+        })
+        .map_err(StoreError::Query)
+    }
+
+    /// The chain's head: the last sequence number and hash written.
+    pub async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query_as::<_, (i64, String)>("SELECT seq, hash FROM audit_head WHERE id = 1")
+                .fetch_one(pool)
+                .await
+        })
+        .map_err(StoreError::Query)
+    }
+
+    /// Audit events in chain order after `after_seq`, for verification page by page.
+    pub async fn audit_chain_page(
+        &self,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+        );
+        with_pool!(self, pool => {
+            sqlx::query_as::<_, AuditRecord>(&sql).bind(after_seq).bind(limit).fetch_all(pool).await
+        })
+        .map_err(StoreError::Query)
     }
 
     pub async fn issuance_by_serial(
@@ -356,7 +636,7 @@ impl Store {
     ) -> Result<(), TransitionError> {
         let query_failed = |e| TransitionError::Store(StoreError::Query(e));
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(query_failed)?;
+            let mut tx = pool.begin_write().await.map_err(query_failed)?;
             let state: Option<String> =
                 sqlx::query_scalar("SELECT state FROM authorities WHERE id = $1")
                     .bind(id)
@@ -402,6 +682,87 @@ impl Store {
             }
             tx.commit().await.map_err(query_failed)
         })
+    }
+
+    /// The inventory, newest first: certificates matching `filter` (status relative to `now`)
+    /// with an id below `before_id` (the cursor), at most `limit`.
+    pub async fn certificates(
+        &self,
+        filter: &CertificateFilter,
+        now: i64,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<CertificateRow>, StoreError> {
+        let mut conditions = Conditions::default();
+        if let Some(serial) = &filter.serial {
+            conditions.push("c.serial = ?", Param::Text(serial.to_ascii_lowercase()));
+        }
+        match filter.spiffe_id.as_deref() {
+            Some(id) if id.ends_with('*') => conditions.push(
+                "c.spiffe_id LIKE ? ESCAPE '\\'",
+                Param::Text(like_prefix(&id[..id.len() - 1])),
+            ),
+            Some(id) => conditions.push("c.spiffe_id = ?", Param::Text(id.to_string())),
+            None => {}
+        }
+        for (condition, value) in [
+            ("c.namespace = ?", &filter.namespace),
+            ("c.service_account = ?", &filter.service_account),
+            ("c.authority_id = ?", &filter.authority),
+            ("c.requester_principal = ?", &filter.requester),
+        ] {
+            if let Some(v) = value {
+                conditions.push(condition, Param::Text(v.clone()));
+            }
+        }
+        for (condition, value) in [
+            ("c.issued_at >= ?", filter.issued_after),
+            ("c.issued_at < ?", filter.issued_before),
+            ("c.not_after >= ?", filter.expires_after),
+            ("c.not_after < ?", filter.expires_before),
+            ("c.id < ?", before_id),
+        ] {
+            if let Some(v) = value {
+                conditions.push(condition, Param::Int(v));
+            }
+        }
+        match filter.status {
+            Some(CertificateStatus::Valid) => {
+                conditions.push("c.not_after > ?", Param::Int(now));
+                conditions.push_fixed("r.serial IS NULL");
+            }
+            Some(CertificateStatus::Expired) => {
+                conditions.push("c.not_after <= ?", Param::Int(now));
+            }
+            Some(CertificateStatus::Revoked) => conditions.push_fixed("r.serial IS NOT NULL"),
+            None => {}
+        }
+        let sql = format!(
+            "{CERTIFICATE_ROW_SELECT}{} ORDER BY c.id DESC LIMIT {}",
+            conditions.sql,
+            limit.max(0)
+        );
+        with_pool!(self, pool => {
+            let mut query = sqlx::query_as::<_, CertificateRow>(&sql);
+            bind_params!(query, &conditions.params);
+            query.fetch_all(pool).await
+        })
+        .map_err(StoreError::Query)
+    }
+
+    /// Revocations of certificates `authority_id` issued: the entries of its CRL.
+    pub async fn revocations_for_authority(
+        &self,
+        authority_id: &str,
+    ) -> Result<Vec<RevocationRecord>, StoreError> {
+        let sql = "SELECT r.serial, r.reason, r.revoked_at, r.actor \
+                   FROM certificate_revocations r \
+                   JOIN issued_certificates c ON c.serial = r.serial \
+                   WHERE c.authority_id = $1 ORDER BY r.revoked_at, r.serial";
+        with_pool!(self, pool => {
+            sqlx::query_as::<_, RevocationRecord>(sql).bind(authority_id).fetch_all(pool).await
+        })
+        .map_err(StoreError::Query)
     }
 
     /// Certificates from `authority_id` that are neither expired (at `now`) nor revoked.

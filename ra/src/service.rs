@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use meshca_ca::audit::{AuditEvent, Outcome};
 use meshca_ca::{CertificateAuthority, IssueError, IssueRequest, Requester, VerifiedCsr};
 use meshca_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateService;
 use meshca_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
+use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Authenticator, Caller, Credentials};
@@ -34,13 +36,6 @@ impl CertificateService {
     ) -> Self {
         Self { ca, auth, metrics }
     }
-
-    async fn authenticate<T>(
-        &self,
-        request: &Request<T>,
-    ) -> Result<(Caller, Option<PeerInfo>), Status> {
-        authenticate_request(&self.auth, &self.metrics, request).await
-    }
 }
 
 /// Authenticates a gRPC request from its TLS peer chain and its `authorization` and
@@ -50,6 +45,18 @@ pub async fn authenticate_request<T>(
     metrics: &RaMetrics,
     request: &Request<T>,
 ) -> Result<(Caller, Option<PeerInfo>), Status> {
+    authenticate_explained(auth, metrics, request)
+        .await
+        .map_err(|_| Status::unauthenticated(AUTHENTICATION_FAILURE))
+}
+
+/// Like [`authenticate_request`], but a failure keeps its reason (for the audit log; never
+/// for the caller).
+async fn authenticate_explained<T>(
+    auth: &Authenticator,
+    metrics: &RaMetrics,
+    request: &Request<T>,
+) -> Result<(Caller, Option<PeerInfo>), String> {
     let peer = request.extensions().get::<PeerInfo>().cloned();
     let bearer = request
         .metadata()
@@ -81,7 +88,7 @@ pub async fn authenticate_request<T>(
                 %error,
                 "authentication failed"
             );
-            Err(Status::unauthenticated(AUTHENTICATION_FAILURE))
+            Err(error.to_string())
         }
     }
 }
@@ -94,13 +101,38 @@ impl IstioCertificateService for CertificateService {
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let started = Instant::now();
         self.metrics.csr_received();
-        let (caller, peer) = self.authenticate(&request).await?;
+        let peer_addr = request
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|p| p.remote_addr.to_string());
+        let (caller, peer) = match authenticate_explained(&self.auth, &self.metrics, &request).await
+        {
+            Ok(ok) => ok,
+            Err(reason) => {
+                self.audit_refusal(
+                    ("anonymous", peer_addr.as_deref().unwrap_or("unknown")),
+                    "",
+                    Outcome::Denied,
+                    json!({ "reason": reason, "peer_address": peer_addr }),
+                );
+                return Err(Status::unauthenticated(AUTHENTICATION_FAILURE));
+            }
+        };
         let body = request.into_inner();
+        let refused = |status: Status| {
+            self.audit_refusal(
+                (caller.method, &caller.principal),
+                caller.spiffe_id.as_str(),
+                Outcome::Refused,
+                json!({ "reason": status.message(), "peer_address": peer_addr }),
+            );
+            status
+        };
 
         let csr = VerifiedCsr::from_pem(&body.csr).map_err(|error| {
             self.metrics.sign_error("csr_error");
             tracing::info!(spiffe_id = %caller.spiffe_id, %error, "CSR refused");
-            Status::invalid_argument(format!("CSR refused: {error}"))
+            refused(Status::invalid_argument(format!("CSR refused: {error}")))
         })?;
         if let Some(other) = csr
             .requested_uri_sans()
@@ -109,10 +141,10 @@ impl IstioCertificateService for CertificateService {
         {
             self.metrics.sign_error("identity_mismatch");
             tracing::warn!(spiffe_id = %caller.spiffe_id, requested = %other, "CSR names another identity");
-            return Err(Status::invalid_argument(format!(
+            return Err(refused(Status::invalid_argument(format!(
                 "CSR requests identity {other} but the caller is authenticated as {}",
                 caller.spiffe_id
-            )));
+            ))));
         }
 
         let requester = Requester {
@@ -130,7 +162,7 @@ impl IstioCertificateService for CertificateService {
                 requester: &requester,
             })
             .await
-            .map_err(|error| self.issue_status(&caller, error))?;
+            .map_err(|error| refused(self.issue_status(&caller, error)))?;
 
         self.metrics.issued(started.elapsed());
         tracing::info!(
@@ -147,6 +179,24 @@ impl IstioCertificateService for CertificateService {
 }
 
 impl CertificateService {
+    /// Records a refused issuance without holding up the answer; a store that cannot take it
+    /// is logged.
+    fn audit_refusal(
+        &self,
+        actor: (&str, &str),
+        target: &str,
+        outcome: Outcome,
+        details: serde_json::Value,
+    ) {
+        let event = AuditEvent::new(actor, "certificate.issue", target, outcome, details);
+        let store = self.ca.store().clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.append_audit(&event).await {
+                tracing::error!(%error, "recording a refused issuance in the audit log failed");
+            }
+        });
+    }
+
     fn issue_status(&self, caller: &Caller, error: IssueError) -> Status {
         let (kind, status) = match &error {
             IssueError::Ttl(e) => ("ttl_error", Status::invalid_argument(e.to_string())),

@@ -13,60 +13,6 @@ use tonic::Streaming;
 
 use crate::harness::*;
 
-/// An HTTPS client for the REST API that trusts the dev root.
-struct Rest {
-    base: String,
-    client: reqwest::Client,
-}
-
-impl Rest {
-    fn new(addr: SocketAddr, root_pem: &str) -> Self {
-        let client = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(root_pem.as_bytes()).unwrap()])
-            .build()
-            .unwrap();
-        Self {
-            base: format!("https://{addr}"),
-            client,
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, Some(token), None)
-            .await
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, Some(token), Some(body))
-            .await
-    }
-}
-
 fn with_header<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request

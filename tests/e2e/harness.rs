@@ -451,3 +451,59 @@ jwks_file = "{d}/jwks.json"
     let config = dir.join("meshca.toml").display().to_string();
     MeshcaProcess::start(&["server", "--config", &config], &[], dir, grpc, metrics)
 }
+
+// === REST ===
+
+/// An HTTPS client for the admin REST API that trusts `root_pem`.
+pub struct Rest {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Rest {
+    pub fn new(addr: SocketAddr, root_pem: &str) -> Self {
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(root_pem.as_bytes()).unwrap()])
+            .build()
+            .unwrap();
+        Self {
+            base: format!("https://{addr}"),
+            client,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+}

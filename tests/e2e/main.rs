@@ -4,6 +4,7 @@
 mod admin;
 mod agent;
 mod harness;
+mod inventory;
 mod peers;
 mod ra;
 mod sds;

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
+use meshca_ca::audit::{AuditEvent, Outcome};
 use meshca_ca::chain;
 use meshca_ca::x509::ParsedCert;
 
@@ -155,11 +156,41 @@ fn require(actor: Actor, role: RestRole) -> Result<Actor, ApiError> {
     ))
 }
 
+/// Authenticates and authorizes; every failure is an audit event (`rest.authenticate`,
+/// outcome `denied`).
+fn admit(parts: &Parts, state: &RestState, role: RestRole) -> Result<Actor, ApiError> {
+    let actor = authenticate(parts, state).inspect_err(|e| record_denial(parts, state, None, e))?;
+    require(actor.clone(), role).inspect_err(|e| record_denial(parts, state, Some(&actor), e))
+}
+
+fn record_denial(parts: &Parts, state: &RestState, actor: Option<&Actor>, error: &ApiError) {
+    let (method, principal) = actor.map_or(("anonymous", String::new()), |a| {
+        (a.method, a.principal.clone())
+    });
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<PeerInfo>>()
+        .map(|c| c.0.remote_addr.to_string());
+    let event = AuditEvent::new(
+        (method, &principal),
+        "rest.authenticate",
+        parts.uri.path(),
+        Outcome::Denied,
+        serde_json::json!({
+            "http_method": parts.method.as_str(),
+            "status": error.status.as_u16(),
+            "reason": error.message,
+            "peer_address": peer,
+        }),
+    );
+    state.audit_in_background(event);
+}
+
 impl FromRequestParts<RestState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &RestState) -> Result<Self, ApiError> {
-        require(authenticate(parts, state)?, RestRole::Admin).map(Admin)
+        admit(parts, state, RestRole::Admin).map(Admin)
     }
 }
 
@@ -167,7 +198,7 @@ impl FromRequestParts<RestState> for Auditor {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &RestState) -> Result<Self, ApiError> {
-        require(authenticate(parts, state)?, RestRole::Auditor).map(Auditor)
+        admit(parts, state, RestRole::Auditor).map(Auditor)
     }
 }
 

@@ -45,7 +45,7 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn unix_to_rfc3339(secs: i64) -> String {
+pub fn unix_to_rfc3339(secs: i64) -> String {
     rfc3339(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
 }
 
@@ -133,6 +133,26 @@ pub async fn prepare(
     Admin(actor): Admin,
     body: Result<Json<PrepareBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let result = prepare_inner(&state, body).await;
+    let target = result
+        .as_ref()
+        .map(|e| e.authority.id().to_string())
+        .unwrap_or_default();
+    let result = match result {
+        Ok(entry) => view(&state, &entry).await,
+        Err(e) => Err(e),
+    };
+    let details = result.as_ref().map(|v| json!({ "state": v["state"], "source": v["source"], "root_fingerprint_sha256": v["root_fingerprint_sha256"] }));
+    state
+        .audit_action(&actor, "authority.prepare", &target, details)
+        .await;
+    Ok((StatusCode::CREATED, Json(result?)))
+}
+
+async fn prepare_inner(
+    state: &RestState,
+    body: Result<Json<PrepareBody>, JsonRejection>,
+) -> Result<AuthorityEntry, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let uploaded = [
         &body.ca_cert,
@@ -163,9 +183,24 @@ pub async fn prepare(
             "give either \"generate\" or the plug-in set (ca_cert, ca_key, root_cert, cert_chain)",
         )),
     };
-    let entry = state.ca.prepare_authority(request).await?;
-    tracing::info!(actor = %actor.principal, authority = %entry.authority.id(), "authority prepared through the REST API");
-    Ok((StatusCode::CREATED, Json(view(&state, &entry).await?)))
+    Ok(state.ca.prepare_authority(request).await?)
+}
+
+/// One rotation step, recorded in the audit log whether it happened or not.
+async fn step(
+    state: &RestState,
+    actor: &super::Actor,
+    action: &str,
+    id: &str,
+    result: Result<AuthorityEntry, RotationError>,
+) -> Result<Json<Value>, ApiError> {
+    let result = match result {
+        Ok(entry) => view(state, &entry).await,
+        Err(e) => Err(e.into()),
+    };
+    let details = result.as_ref().map(|v| json!({ "state": v["state"] }));
+    state.audit_action(actor, action, id, details).await;
+    result.map(Json)
 }
 
 pub async fn activate(
@@ -173,9 +208,8 @@ pub async fn activate(
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let entry = state.ca.activate_authority(&id).await?;
-    tracing::info!(actor = %actor.principal, authority = %id, "authority activated");
-    Ok(Json(view(&state, &entry).await?))
+    let result = state.ca.activate_authority(&id).await;
+    step(&state, &actor, "authority.activate", &id, result).await
 }
 
 pub async fn taint(
@@ -183,9 +217,8 @@ pub async fn taint(
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let entry = state.ca.taint_authority(&id).await?;
-    tracing::info!(actor = %actor.principal, authority = %id, "authority tainted");
-    Ok(Json(view(&state, &entry).await?))
+    let result = state.ca.taint_authority(&id).await;
+    step(&state, &actor, "authority.taint", &id, result).await
 }
 
 pub async fn revoke(
@@ -193,9 +226,8 @@ pub async fn revoke(
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let entry = state.ca.revoke_authority(&id).await?;
-    tracing::info!(actor = %actor.principal, authority = %id, "authority revoked");
-    Ok(Json(view(&state, &entry).await?))
+    let result = state.ca.revoke_authority(&id).await;
+    step(&state, &actor, "authority.revoke", &id, result).await
 }
 
 /// `GET /v1/trust-bundle` (anonymous): PEM, or the SPIFFE bundle (a JWK set with

@@ -1,10 +1,13 @@
-//! The admin and audit REST API (axum over HTTPS): root rotation with visible propagation and
-//! the trust bundle. Callers are bearer tokens (configured by SHA-256) or mesh client
+//! The admin and audit REST API (axum over HTTPS): root rotation with visible propagation, the
+//! trust bundle, the certificate inventory, revocation and the CRL, and the audit log. Callers are bearer tokens (configured by SHA-256) or mesh client
 //! certificates whose SPIFFE id is listed; anonymous callers get only the trust bundle and
 //! health.
 
+mod audit;
 pub mod auth;
 mod authorities;
+mod certificates;
+mod pagination;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -15,6 +18,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use meshca_ca::audit::{AuditEvent, Outcome};
 use meshca_ca::CertificateAuthority;
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -58,6 +62,46 @@ impl RestState {
             admins: Arc::new(config.admins.iter().cloned().collect()),
             auditors: Arc::new(config.auditors.iter().cloned().collect()),
         })
+    }
+}
+
+impl RestState {
+    /// Appends an audit event without holding up the response (used for denials, which an
+    /// attacker controls the rate of).
+    pub fn audit_in_background(&self, event: AuditEvent) {
+        let store = self.ca.store().clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.append_audit(&event).await {
+                tracing::error!(%error, "recording an audit event failed");
+            }
+        });
+    }
+
+    /// Records what an admin did (or tried), before answering.
+    pub async fn audit_action(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        result: Result<serde_json::Value, &ApiError>,
+    ) {
+        let (outcome, details) = match result {
+            Ok(details) => (Outcome::Success, details),
+            Err(e) => (
+                Outcome::Refused,
+                json!({ "status": e.status.as_u16(), "reason": e.message }),
+            ),
+        };
+        let event = AuditEvent::new(
+            (actor.method, &actor.principal),
+            action,
+            target,
+            outcome,
+            details,
+        );
+        if let Err(error) = self.ca.store().append_audit(&event).await {
+            tracing::error!(%error, action, target, "recording an admin action in the audit log failed");
+        }
     }
 }
 
@@ -128,6 +172,16 @@ pub fn router(state: RestState) -> Router {
         .route("/v1/authorities/{id}/activate", post(authorities::activate))
         .route("/v1/authorities/{id}/taint", post(authorities::taint))
         .route("/v1/authorities/{id}/revoke", post(authorities::revoke))
+        .route("/v1/certificates", get(certificates::list))
+        .route("/v1/certificates/export", get(certificates::export))
+        .route("/v1/certificates/{serial}", get(certificates::show))
+        .route(
+            "/v1/certificates/{serial}/revoke",
+            post(certificates::revoke),
+        )
+        .route("/v1/crl", get(certificates::crl))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/verify", get(audit::verify))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
 }

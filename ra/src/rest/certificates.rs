@@ -1,0 +1,475 @@
+//! The certificate inventory for auditors (`/v1/certificates`, filters, keyset pages, a
+//! streamed export), revocation for admins, and the CRL.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use meshca_ca::crl::{build_crl, CrlEntry, RevocationReason};
+use meshca_ca::store::{
+    CertificateFilter, CertificateRow, CertificateStatus, RevocationRecord, Store,
+};
+use meshca_ca::Serial;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::{Admin, Auditor};
+use super::authorities::unix_to_rfc3339;
+use super::pagination::{self, Cursor};
+use super::{ApiError, RestState};
+
+/// Rows per store round trip while exporting.
+const EXPORT_PAGE: i64 = 1000;
+/// How long a CRL is valid; clients refetch before `nextUpdate`.
+const CRL_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateQuery {
+    serial: Option<String>,
+    spiffe_id: Option<String>,
+    namespace: Option<String>,
+    service_account: Option<String>,
+    authority: Option<String>,
+    requester: Option<String>,
+    issued_after: Option<String>,
+    issued_before: Option<String>,
+    expires_after: Option<String>,
+    expires_before: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+    /// Export only: `ndjson` (default) or `csv`.
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    reason: String,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn normalize_serial(text: &str) -> Result<String, ApiError> {
+    Serial::from_str(text)
+        .map(|s| s.to_hex())
+        .map_err(|_| ApiError::bad_request(format!("{text:?} is not a hex serial number")))
+}
+
+impl CertificateQuery {
+    fn filter(&self) -> Result<CertificateFilter, ApiError> {
+        let status = match self.status.as_deref() {
+            None => None,
+            Some("valid") => Some(CertificateStatus::Valid),
+            Some("expired") => Some(CertificateStatus::Expired),
+            Some("revoked") => Some(CertificateStatus::Revoked),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "status must be valid, expired or revoked, not {other:?}"
+                )))
+            }
+        };
+        Ok(CertificateFilter {
+            serial: self.serial.as_deref().map(normalize_serial).transpose()?,
+            spiffe_id: self.spiffe_id.clone(),
+            namespace: self.namespace.clone(),
+            service_account: self.service_account.clone(),
+            authority: self.authority.clone(),
+            requester: self.requester.clone(),
+            issued_after: pagination::time_param("issued_after", self.issued_after.as_deref())?,
+            issued_before: pagination::time_param("issued_before", self.issued_before.as_deref())?,
+            expires_after: pagination::time_param("expires_after", self.expires_after.as_deref())?,
+            expires_before: pagination::time_param(
+                "expires_before",
+                self.expires_before.as_deref(),
+            )?,
+            status,
+        })
+    }
+}
+
+fn status_of(row: &CertificateRow, now: i64) -> &'static str {
+    if row.revoked_at.is_some() {
+        "revoked"
+    } else if row.not_after <= now {
+        "expired"
+    } else {
+        "valid"
+    }
+}
+
+fn view(row: &CertificateRow, now: i64) -> Value {
+    json!({
+        "serial": row.serial,
+        "spiffe_id": row.spiffe_id,
+        "namespace": row.namespace,
+        "service_account": row.service_account,
+        "not_before": unix_to_rfc3339(row.not_before),
+        "not_after": unix_to_rfc3339(row.not_after),
+        "issued_at": unix_to_rfc3339(row.issued_at),
+        "authority": row.authority_id,
+        "requester": {
+            "method": row.requester_method,
+            "principal": row.requester_principal,
+            "peer_address": row.peer_address,
+            "cluster_id": row.cluster_id,
+        },
+        "public_key_sha256": row.public_key_sha256,
+        "status": status_of(row, now),
+        "revocation": row.revoked_at.map(|at| json!({
+            "at": unix_to_rfc3339(at),
+            "reason": row.revocation_reason,
+        })),
+    })
+}
+
+fn query_of(
+    query: Result<Query<CertificateQuery>, QueryRejection>,
+) -> Result<CertificateQuery, ApiError> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+pub async fn list(
+    State(state): State<RestState>,
+    _caller: Auditor,
+    query: Result<Query<CertificateQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let query = query_of(query)?;
+    if query.format.is_some() {
+        return Err(ApiError::bad_request(
+            "format applies to /v1/certificates/export",
+        ));
+    }
+    let filter = query.filter()?;
+    let limit = pagination::limit(query.limit)?;
+    let before = query
+        .cursor
+        .as_deref()
+        .map(|c| Cursor::decode(c, "certificates"))
+        .transpose()?;
+    let now = now();
+    let rows = state
+        .ca
+        .store()
+        .certificates(&filter, now, before.map(|c| c.0), limit + 1)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let (page, next) = pagination::split_page(rows, limit, |r| Cursor(r.id).encode("certificates"));
+    Ok(Json(json!({
+        "certificates": page.iter().map(|r| view(r, now)).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
+async fn find(store: &Store, serial: &str) -> Result<CertificateRow, ApiError> {
+    let filter = CertificateFilter {
+        serial: Some(normalize_serial(serial)?),
+        ..Default::default()
+    };
+    store
+        .certificates(&filter, now(), None, 1)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .pop()
+        .ok_or_else(|| ApiError::not_found(format!("no certificate with serial {serial}")))
+}
+
+pub async fn show(
+    State(state): State<RestState>,
+    _caller: Auditor,
+    Path(serial): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row = find(state.ca.store(), &serial).await?;
+    let record = state
+        .ca
+        .store()
+        .issuance_by_serial(&Serial::from_str(&row.serial).map_err(|e| ApiError::internal(&e))?)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("no certificate with serial {serial}")))?;
+    let mut body = view(&row, now());
+    body["pem"] = json!(pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", record.cert_der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    ));
+    Ok(Json(body))
+}
+
+pub async fn revoke(
+    State(state): State<RestState>,
+    Admin(actor): Admin,
+    Path(serial): Path<String>,
+    body: Result<Json<RevokeBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let result = revoke_inner(&state, &actor.principal, &serial, body).await;
+    let details = result
+        .as_ref()
+        .map(|v| json!({ "reason": v["revocation"]["reason"], "spiffe_id": v["spiffe_id"] }));
+    state
+        .audit_action(&actor, "certificate.revoke", &serial, details)
+        .await;
+    result.map(Json)
+}
+
+async fn revoke_inner(
+    state: &RestState,
+    actor: &str,
+    serial: &str,
+    body: Result<Json<RevokeBody>, JsonRejection>,
+) -> Result<Value, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let reason = RevocationReason::parse(&body.reason).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "reason must be one of {}",
+            RevocationReason::names().join(", ")
+        ))
+    })?;
+    let row = find(state.ca.store(), serial).await?;
+    let inserted = state
+        .ca
+        .store()
+        .insert_revocation(&RevocationRecord {
+            serial: row.serial.clone(),
+            reason: reason.as_str().to_string(),
+            revoked_at: now(),
+            actor: actor.to_string(),
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    if !inserted {
+        return Err(ApiError::conflict(format!(
+            "certificate {} is already revoked",
+            row.serial
+        )));
+    }
+    tracing::info!(serial = %row.serial, spiffe_id = %row.spiffe_id, reason = reason.as_str(), "certificate revoked");
+    let row = find(state.ca.store(), &row.serial).await?;
+    Ok(view(&row, now()))
+}
+
+/// Streams every matching certificate, newest first, one store page at a time.
+pub async fn export(
+    State(state): State<RestState>,
+    _caller: Auditor,
+    query: Result<Query<CertificateQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let query = query_of(query)?;
+    if query.cursor.is_some() || query.limit.is_some() {
+        return Err(ApiError::bad_request(
+            "export streams everything that matches; limit and cursor do not apply",
+        ));
+    }
+    let csv = match query.format.as_deref() {
+        None | Some("ndjson") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format must be ndjson or csv, not {other:?}"
+            )))
+        }
+    };
+    let filter = query.filter()?;
+    let store = state.ca.store().clone();
+    let now = now();
+    let header_line = csv.then(|| format!("{}\n", CSV_COLUMNS.join(",")));
+    let pages = futures_util::stream::unfold(
+        (Some(None::<i64>), header_line),
+        move |(cursor, header_line)| {
+            let store = store.clone();
+            let filter = filter.clone();
+            async move {
+                let before = cursor?;
+                let rows = match store.certificates(&filter, now, before, EXPORT_PAGE).await {
+                    Ok(rows) => rows,
+                    Err(error) => {
+                        // The status line is gone already; cut the stream so the client sees
+                        // a truncated body rather than a silently short export.
+                        tracing::error!(%error, "certificate export failed midway");
+                        return Some((Err(std::io::Error::other("export failed")), (None, None)));
+                    }
+                };
+                let next = (rows.len() as i64 == EXPORT_PAGE).then(|| rows.last().map(|r| r.id));
+                let mut chunk = header_line.unwrap_or_default();
+                for row in &rows {
+                    if csv {
+                        chunk.push_str(&csv_line(row, now));
+                    } else {
+                        chunk.push_str(&view(row, now).to_string());
+                        chunk.push('\n');
+                    }
+                }
+                if chunk.is_empty() {
+                    return None;
+                }
+                Some((Ok::<_, std::io::Error>(chunk), (next, None)))
+            }
+        },
+    );
+    let content_type = if csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/x-ndjson"
+    };
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(pages),
+    )
+        .into_response())
+}
+
+const CSV_COLUMNS: [&str; 13] = [
+    "serial",
+    "spiffe_id",
+    "namespace",
+    "service_account",
+    "not_before",
+    "not_after",
+    "issued_at",
+    "authority",
+    "requester_method",
+    "requester_principal",
+    "status",
+    "revoked_at",
+    "revocation_reason",
+];
+
+fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_string()
+    }
+}
+
+fn csv_line(row: &CertificateRow, now: i64) -> String {
+    let fields = [
+        row.serial.clone(),
+        row.spiffe_id.clone(),
+        row.namespace.clone().unwrap_or_default(),
+        row.service_account.clone().unwrap_or_default(),
+        unix_to_rfc3339(row.not_before),
+        unix_to_rfc3339(row.not_after),
+        unix_to_rfc3339(row.issued_at),
+        row.authority_id.clone(),
+        row.requester_method.clone(),
+        row.requester_principal.clone(),
+        status_of(row, now).to_string(),
+        row.revoked_at.map(unix_to_rfc3339).unwrap_or_default(),
+        row.revocation_reason.clone().unwrap_or_default(),
+    ];
+    let mut line = fields
+        .iter()
+        .map(|f| csv_field(f))
+        .collect::<Vec<_>>()
+        .join(",");
+    line.push('\n');
+    line
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlQuery {
+    /// Default: the active authority.
+    authority: Option<String>,
+}
+
+/// `GET /v1/crl`: the revoked certificates of one authority (default: the active one), signed
+/// by it; DER, or PEM for `Accept: application/x-pem-file`.
+pub async fn crl(
+    State(state): State<RestState>,
+    _caller: Auditor,
+    headers: HeaderMap,
+    query: Result<Query<CrlQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let set = state.ca.authorities();
+    let authority = match &query.authority {
+        None => set.active().clone(),
+        Some(id) => set
+            .get(id)
+            .map(|e| e.authority.clone())
+            .ok_or_else(|| ApiError::not_found(format!("no authority {id}")))?,
+    };
+    let revocations = state
+        .ca
+        .store()
+        .revocations_for_authority(authority.id().as_str())
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let entries: Vec<CrlEntry> = revocations
+        .iter()
+        .map(|r| CrlEntry {
+            serial_hex: r.serial.clone(),
+            revoked_at: UNIX_EPOCH + Duration::from_secs(r.revoked_at.max(0) as u64),
+            reason: RevocationReason::parse(&r.reason).unwrap_or(RevocationReason::Unspecified),
+        })
+        .collect();
+    let this_update = SystemTime::now();
+    // The CRL number must grow with every CRL: the generation time in seconds does.
+    let number = now() as u64;
+    let der = build_crl(
+        &authority,
+        &entries,
+        this_update,
+        this_update + CRL_VALIDITY,
+        number,
+    )
+    .map_err(|e| ApiError::internal(&e))?;
+    let wants_pem = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-pem-file"));
+    if wants_pem {
+        let text = pem::encode_config(
+            &pem::Pem::new("X509 CRL", der),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        );
+        return Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-pem-file"),
+            )],
+            text,
+        )
+            .into_response());
+    }
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/pkix-crl"),
+        )],
+        der,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_only_when_needed() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn serials_are_normalized() {
+        assert_eq!(normalize_serial("0A:BC").unwrap(), "0abc");
+        assert!(normalize_serial("xyz").is_err());
+    }
+}
