@@ -362,3 +362,144 @@ async fn trust_bundle_formats_and_etag() {
     assert_eq!(status, 404);
     assert_eq!(body["error"], "not_found");
 }
+
+/// Every endpoint answers 401 without credentials and 403 to a role below the one it needs;
+/// a mesh client certificate listed in `rest.admins` is an admin.
+#[tokio::test]
+async fn every_endpoint_requires_its_role() {
+    use reqwest::Method;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("meshca-dev");
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin_id = "spiffe://cluster.local/ns/default/sa/default";
+    let server = MeshcaProcess::start(
+        &["server", "--dev", "--data-dir", data.to_str().unwrap()],
+        &[
+            ("MESHCA_GRPC_LISTEN", grpc.to_string()),
+            ("MESHCA_METRICS_LISTEN", metrics.to_string()),
+            ("MESHCA_REST_ADMINS", admin_id.to_string()),
+        ],
+        tmp.path(),
+        grpc,
+        metrics,
+    );
+    let root = std::fs::read_to_string(data.join("root-cert.pem")).unwrap();
+    let rest = Rest::new(server.rest, &root);
+    let admin = read_token(&data, "admin-token");
+    let auditor = read_token(&data, "auditor-token");
+
+    let endpoints: [(Method, &str, bool); 16] = [
+        (Method::GET, "/v1/authorities", false),
+        (Method::GET, "/v1/authorities/00ff", false),
+        (Method::POST, "/v1/authorities", true),
+        (Method::POST, "/v1/authorities/00ff/activate", true),
+        (Method::POST, "/v1/authorities/00ff/taint", true),
+        (Method::POST, "/v1/authorities/00ff/revoke", true),
+        (Method::GET, "/v1/certificates", false),
+        (Method::GET, "/v1/certificates/export", false),
+        (Method::GET, "/v1/certificates/00ff", false),
+        (Method::POST, "/v1/certificates/00ff/revoke", true),
+        (Method::GET, "/v1/crl", false),
+        (Method::GET, "/v1/audit", false),
+        (Method::GET, "/v1/audit/verify", false),
+        (Method::GET, "/openapi.json", false),
+        (Method::GET, "/v1/authorities?x=1", false),
+        (Method::GET, "/v1/certificates?status=valid", false),
+    ];
+    for (method, path, admin_only) in &endpoints {
+        let body = (*method == Method::POST).then(|| json!({}));
+        let (status, answer) = rest.call(method.clone(), path, None, body.clone()).await;
+        assert_eq!(status, 401, "{method} {path} anonymous: {answer}");
+        let (status, _) = rest
+            .call(method.clone(), path, Some("wrong"), body.clone())
+            .await;
+        assert_eq!(status, 401, "{method} {path} unknown token");
+        let (status, answer) = rest
+            .call(method.clone(), path, Some(&auditor), body.clone())
+            .await;
+        if *admin_only {
+            assert_eq!(status, 403, "{method} {path} as auditor: {answer}");
+        } else {
+            assert!(
+                ![401, 403].contains(&status),
+                "{method} {path} as auditor: {status} {answer}"
+            );
+        }
+        let (status, answer) = rest.call(method.clone(), path, Some(&admin), body).await;
+        assert!(
+            ![401, 403].contains(&status),
+            "{method} {path} as admin: {status} {answer}"
+        );
+    }
+
+    // The OpenAPI document describes exactly these endpoints (plus the public bundle).
+    let (status, document) = rest.get("/openapi.json", &auditor).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        document["openapi"].as_str().unwrap().chars().next(),
+        Some('3')
+    );
+    let mut documented: Vec<String> = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    let mut expected: Vec<String> = endpoints
+        .iter()
+        .filter(|(_, path, _)| !path.contains('?') && *path != "/openapi.json")
+        .map(|(method, path, _)| {
+            let path = path
+                .replace("/v1/authorities/00ff", "/v1/authorities/{id}")
+                .replace("/v1/certificates/00ff", "/v1/certificates/{serial}");
+            format!("{method} {path}")
+        })
+        .chain(["GET /v1/trust-bundle".to_string()])
+        .collect();
+    expected.sort();
+    assert_eq!(documented, expected);
+    let schemes = document["components"]["securitySchemes"]
+        .as_object()
+        .unwrap();
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    assert_eq!(schemes["mtls"]["type"], "mutualTLS");
+
+    // A mesh certificate listed in rest.admins: admin over mTLS, no token.
+    let token = std::fs::read_to_string(data.join("dev/token")).unwrap();
+    let key = WorkloadKey::ec();
+    let mut ca = ca_client(grpc, &root, None).await;
+    let chain = create_certificate(&mut ca, &key.csr(&[admin_id]), 0, Some(token.trim()), None)
+        .await
+        .unwrap()
+        .cert_chain;
+    let identity =
+        reqwest::Identity::from_pem(format!("{}{}", chain[0], key.key_pem()).as_bytes()).unwrap();
+    let mtls = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(root.as_bytes()).unwrap()])
+        .identity(identity)
+        .build()
+        .unwrap();
+    let response = mtls
+        .post(format!("{}/v1/authorities", rest.base))
+        .header("content-type", "application/json")
+        .body(json!({"generate": {"key_type": "ec-p384"}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let (_, events) = rest
+        .get("/v1/audit?action=authority.prepare", &auditor)
+        .await;
+    assert_eq!(
+        events["events"][0]["actor"],
+        json!({"method": "mtls", "principal": admin_id})
+    );
+    // The failed attempts above are on record too.
+    let (_, denied) = rest
+        .get("/v1/audit?action=rest.authenticate&limit=1000", &auditor)
+        .await;
+    assert!(denied["events"].as_array().unwrap().len() >= 2 * endpoints.len());
+}

@@ -5,20 +5,24 @@ use axum::extract::{Query, State};
 use axum::Json;
 use meshca_ca::audit::{verify_chain, AuditRecord, GENESIS_HASH};
 use meshca_ca::store::AuditFilter;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Auditor;
 use super::authorities::unix_to_rfc3339;
 use super::pagination::{self, Cursor};
-use super::{ApiError, RestState};
+use super::{ApiError, ErrorBody, RestState};
 
 /// Events checked per store round trip while verifying.
 const VERIFY_PAGE: i64 = 1000;
 
-#[derive(Debug, Default, Deserialize)]
+/// Filters (combined with AND); times are RFC 3339 in UTC.
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// e.g. `certificate.issue`, `certificate.revoke`, `authority.activate`, `rest.authenticate`.
     action: Option<String>,
     actor: Option<String>,
     outcome: Option<String>,
@@ -31,25 +35,84 @@ pub struct AuditQuery {
     cursor: Option<String>,
 }
 
-fn view(record: &AuditRecord) -> Value {
-    json!({
-        "seq": record.seq,
-        "at": unix_to_rfc3339(record.at),
-        "actor": { "method": record.actor_method, "principal": record.actor_principal },
-        "action": record.action,
-        "target": record.target,
-        "outcome": record.outcome,
-        "details": serde_json::from_str::<Value>(&record.details).unwrap_or(Value::Null),
-        "prev_hash": record.prev_hash,
-        "hash": record.hash,
-    })
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActorView {
+    /// `jwt`, `tokenreview`, `athenz`, `renewal`, `token`, `mtls`, `internal` or `anonymous`.
+    method: String,
+    principal: String,
 }
 
+/// One event of the hash-chained log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEventView {
+    seq: i64,
+    at: String,
+    actor: ActorView,
+    action: String,
+    target: String,
+    /// `success`, `refused` or `denied`.
+    outcome: String,
+    #[schema(value_type = Object)]
+    details: Value,
+    prev_hash: String,
+    hash: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    events: Vec<AuditEventView>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BrokenLinkView {
+    seq: i64,
+    reason: String,
+}
+
+/// The result of walking the chain.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Verdict {
+    intact: bool,
+    /// Events verified before the first broken link (all of them when intact).
+    checked: i64,
+    /// The last hash, when intact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    head: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_broken: Option<BrokenLinkView>,
+}
+
+fn view(record: &AuditRecord) -> AuditEventView {
+    AuditEventView {
+        seq: record.seq,
+        at: unix_to_rfc3339(record.at),
+        actor: ActorView {
+            method: record.actor_method.clone(),
+            principal: record.actor_principal.clone(),
+        },
+        action: record.action.clone(),
+        target: record.target.clone(),
+        outcome: record.outcome.clone(),
+        details: serde_json::from_str::<Value>(&record.details).unwrap_or(Value::Null),
+        prev_hash: record.prev_hash.clone(),
+        hash: record.hash.clone(),
+    }
+}
+
+/// The audit log, newest first, in keyset pages.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+    params(AuditQuery),
+    responses(
+        (status = 200, body = AuditPage), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []), ("mtls" = [])))]
 pub async fn list(
     State(state): State<RestState>,
     _caller: Auditor,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = pagination::limit(query.limit)?;
     let before = query
@@ -72,16 +135,23 @@ pub async fn list(
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let (page, next) = pagination::split_page(records, limit, |r| Cursor(r.seq).encode("audit"));
-    Ok(Json(json!({
-        "events": page.iter().map(view).collect::<Vec<_>>(),
-        "next_cursor": next,
-    })))
+    Ok(Json(AuditPage {
+        events: page.iter().map(view).collect(),
+        next_cursor: next,
+    }))
 }
 
+/// Walks the whole chain and names the first event that was altered, removed or inserted.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
+    responses(
+        (status = 200, body = Verdict),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []), ("mtls" = [])))]
 pub async fn verify(
     State(state): State<RestState>,
     _caller: Auditor,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Verdict>, ApiError> {
     let store = state.ca.store();
     let (head_seq, head_hash) = store
         .audit_head()
@@ -99,26 +169,37 @@ pub async fn verify(
         match verify_chain(&page, tail.0, tail.1.clone()) {
             Ok(next) => tail = next,
             Err(broken) => {
-                return Ok(Json(json!({
-                    "intact": false,
-                    "checked": broken.seq - 1,
-                    "first_broken": broken,
-                })))
+                return Ok(Json(Verdict {
+                    intact: false,
+                    checked: broken.seq - 1,
+                    head: None,
+                    first_broken: Some(BrokenLinkView {
+                        seq: broken.seq,
+                        reason: broken.reason,
+                    }),
+                }))
             }
         }
     }
     // Rows cut from the end leave the chain consistent but shorter than its recorded head.
     if tail.0 != head_seq || tail.1 != head_hash {
-        return Ok(Json(json!({
-            "intact": false,
-            "checked": tail.0,
-            "first_broken": {
-                "seq": tail.0 + 1,
-                "reason": format!("the log ends at event {} but its head says {}", tail.0, head_seq),
-            },
-        })));
+        return Ok(Json(Verdict {
+            intact: false,
+            checked: tail.0,
+            head: None,
+            first_broken: Some(BrokenLinkView {
+                seq: tail.0 + 1,
+                reason: format!(
+                    "the log ends at event {} but its head says {head_seq}",
+                    tail.0
+                ),
+            }),
+        }));
     }
-    Ok(Json(
-        json!({ "intact": true, "checked": tail.0, "head": tail.1 }),
-    ))
+    Ok(Json(Verdict {
+        intact: true,
+        checked: tail.0,
+        head: Some(tail.1),
+        first_broken: None,
+    }))
 }

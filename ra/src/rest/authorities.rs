@@ -16,29 +16,73 @@ use meshca_ca::keys::{self, KeyType};
 use meshca_ca::store::TransitionError;
 use meshca_ca::x509::ParsedCert;
 use meshca_ca::{AuthorityEntry, PrepareRequest, RotationError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use super::auth::{Admin, Auditor};
-use super::{ApiError, RestState};
+use super::{ApiError, ErrorBody, RestState};
 use crate::trust_bundle::bundle_of;
 
-/// `POST /v1/authorities`: either `generate`, or an uploaded plug-in set.
-#[derive(Debug, Deserialize)]
+/// `POST /v1/authorities`: either `generate`, or an uploaded plug-in set (PEM), validated
+/// like a `cacerts` directory.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrepareBody {
     generate: Option<GenerateBody>,
+    /// Istio's `ca-cert.pem`.
     ca_cert: Option<String>,
+    /// Istio's `ca-key.pem`.
     ca_key: Option<String>,
+    /// Istio's `cert-chain.pem` (optional).
     cert_chain: Option<String>,
+    /// Istio's `root-cert.pem`.
     root_cert: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateBody {
+    /// `ec-p256` (default), `ec-p384`, `rsa-2048`, `rsa-3072` or `rsa-4096`.
     #[serde(default)]
+    #[schema(value_type = Option<String>, example = "ec-p256")]
     key_type: KeyType,
+}
+
+/// How far an authority's root has reached the agents connected to this server.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Propagation {
+    /// Trust-bundle streams that were sent a bundle holding this root.
+    received: usize,
+    /// Trust-bundle streams connected now.
+    connected: usize,
+}
+
+/// An authority and where it stands in the rotation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthorityView {
+    /// Hex key identifier of the signing certificate.
+    id: String,
+    /// `prepared`, `active`, `old`, `tainted` or `revoked`.
+    state: String,
+    /// `self-signed`, `generated`, `uploaded` or `cacerts`.
+    source: String,
+    subject: String,
+    key_type: String,
+    not_before: String,
+    not_after: String,
+    root_subject: String,
+    root_fingerprint_sha256: String,
+    /// Issued by this authority, unexpired and unrevoked.
+    live_certificates: i64,
+    propagation: Propagation,
+    created_at: String,
+    updated_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthorityList {
+    authorities: Vec<AuthorityView>,
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -54,7 +98,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// An authority as the API shows it.
-async fn view(state: &RestState, entry: &AuthorityEntry) -> Result<Value, ApiError> {
+async fn view(state: &RestState, entry: &AuthorityEntry) -> Result<AuthorityView, ApiError> {
     let authority = &entry.authority;
     let signing = authority.signing_cert();
     let root_fingerprint = sha256_hex(authority.root().der());
@@ -66,21 +110,24 @@ async fn view(state: &RestState, entry: &AuthorityEntry) -> Result<Value, ApiErr
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let (received, connected) = state.watchers.propagation(&root_fingerprint);
-    Ok(json!({
-        "id": authority.id().to_string(),
-        "state": entry.state,
-        "source": entry.source,
-        "subject": signing.subject_string(),
-        "key_type": authority.key().key_description(),
-        "not_before": rfc3339(signing.not_before()),
-        "not_after": rfc3339(signing.not_after()),
-        "root_subject": authority.root().subject_string(),
-        "root_fingerprint_sha256": root_fingerprint,
-        "live_certificates": live,
-        "propagation": { "received": received, "connected": connected },
-        "created_at": unix_to_rfc3339(entry.created_at),
-        "updated_at": unix_to_rfc3339(entry.updated_at),
-    }))
+    Ok(AuthorityView {
+        id: authority.id().to_string(),
+        state: entry.state.to_string(),
+        source: entry.source.clone(),
+        subject: signing.subject_string(),
+        key_type: authority.key().key_description(),
+        not_before: rfc3339(signing.not_before()),
+        not_after: rfc3339(signing.not_after()),
+        root_subject: authority.root().subject_string(),
+        root_fingerprint_sha256: root_fingerprint,
+        live_certificates: live,
+        propagation: Propagation {
+            received,
+            connected,
+        },
+        created_at: unix_to_rfc3339(entry.created_at),
+        updated_at: unix_to_rfc3339(entry.updated_at),
+    })
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -104,23 +151,38 @@ impl From<RotationError> for ApiError {
     }
 }
 
+/// Every authority, oldest first.
+#[utoipa::path(get, path = "/v1/authorities", tag = "authorities",
+    responses(
+        (status = 200, body = AuthorityList),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []), ("mtls" = [])))]
 pub async fn list(
     State(state): State<RestState>,
     _caller: Auditor,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuthorityList>, ApiError> {
     let set = state.ca.authorities();
-    let mut out = Vec::new();
+    let mut authorities = Vec::new();
     for entry in set.entries() {
-        out.push(view(&state, entry).await?);
+        authorities.push(view(&state, entry).await?);
     }
-    Ok(Json(json!({ "authorities": out })))
+    Ok(Json(AuthorityList { authorities }))
 }
 
+/// One authority.
+#[utoipa::path(get, path = "/v1/authorities/{id}", tag = "authorities",
+    params(("id" = String, Path, description = "Authority id (hex key identifier)")),
+    responses(
+        (status = 200, body = AuthorityView), (status = 404, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []), ("mtls" = [])))]
 pub async fn show(
     State(state): State<RestState>,
     _caller: Auditor,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuthorityView>, ApiError> {
     let set = state.ca.authorities();
     let entry = set
         .get(&id)
@@ -128,11 +190,21 @@ pub async fn show(
     Ok(Json(view(&state, entry).await?))
 }
 
+/// Prepares a new authority: its root joins the trust bundle at once; it signs nothing yet.
+#[utoipa::path(post, path = "/v1/authorities", tag = "authorities",
+    request_body = PrepareBody,
+    responses(
+        (status = 201, body = AuthorityView),
+        (status = 400, body = ErrorBody, description = "Invalid plug-in set or body"),
+        (status = 409, body = ErrorBody, description = "Already known, or managed by a cacerts directory"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []), ("mtls" = [])))]
 pub async fn prepare(
     State(state): State<RestState>,
     Admin(actor): Admin,
     body: Result<Json<PrepareBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<AuthorityView>), ApiError> {
     let result = prepare_inner(&state, body).await;
     let target = result
         .as_ref()
@@ -142,7 +214,9 @@ pub async fn prepare(
         Ok(entry) => view(&state, &entry).await,
         Err(e) => Err(e),
     };
-    let details = result.as_ref().map(|v| json!({ "state": v["state"], "source": v["source"], "root_fingerprint_sha256": v["root_fingerprint_sha256"] }));
+    let details = result.as_ref().map(|v| {
+        json!({ "state": v.state, "source": v.source, "root_fingerprint_sha256": v.root_fingerprint_sha256 })
+    });
     state
         .audit_action(&actor, "authority.prepare", &target, details)
         .await;
@@ -193,45 +267,78 @@ async fn step(
     action: &str,
     id: &str,
     result: Result<AuthorityEntry, RotationError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuthorityView>, ApiError> {
     let result = match result {
         Ok(entry) => view(state, &entry).await,
         Err(e) => Err(e.into()),
     };
-    let details = result.as_ref().map(|v| json!({ "state": v["state"] }));
+    let details = result.as_ref().map(|v| json!({ "state": v.state }));
     state.audit_action(actor, action, id, details).await;
     result.map(Json)
 }
 
+/// `prepared` → `active`: new certificates are signed by it; the previous active becomes `old`.
+#[utoipa::path(post, path = "/v1/authorities/{id}/activate", tag = "authorities",
+    params(("id" = String, Path, description = "Authority id")),
+    responses(
+        (status = 200, body = AuthorityView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Not prepared"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []), ("mtls" = [])))]
 pub async fn activate(
     State(state): State<RestState>,
     Admin(actor): Admin,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuthorityView>, ApiError> {
     let result = state.ca.activate_authority(&id).await;
     step(&state, &actor, "authority.activate", &id, result).await
 }
 
+/// `old` → `tainted`: agents holding its certificates rotate now; renewal with them is refused.
+#[utoipa::path(post, path = "/v1/authorities/{id}/taint", tag = "authorities",
+    params(("id" = String, Path, description = "Authority id")),
+    responses(
+        (status = 200, body = AuthorityView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Not old"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []), ("mtls" = [])))]
 pub async fn taint(
     State(state): State<RestState>,
     Admin(actor): Admin,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuthorityView>, ApiError> {
     let result = state.ca.taint_authority(&id).await;
     step(&state, &actor, "authority.taint", &id, result).await
 }
 
+/// `tainted` → `revoked`: its root leaves the trust bundle.
+#[utoipa::path(post, path = "/v1/authorities/{id}/revoke", tag = "authorities",
+    params(("id" = String, Path, description = "Authority id")),
+    responses(
+        (status = 200, body = AuthorityView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "Not tainted"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []), ("mtls" = [])))]
 pub async fn revoke(
     State(state): State<RestState>,
     Admin(actor): Admin,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuthorityView>, ApiError> {
     let result = state.ca.revoke_authority(&id).await;
     step(&state, &actor, "authority.revoke", &id, result).await
 }
 
-/// `GET /v1/trust-bundle` (anonymous): PEM, or the SPIFFE bundle (a JWK set with
+/// The trust bundle (anonymous): PEM, or the SPIFFE bundle (a JWK set with
 /// `use: x509-svid`) for `Accept: application/json`; the ETag is the bundle version.
+#[utoipa::path(get, path = "/v1/trust-bundle", tag = "trust bundle",
+    responses(
+        (status = 200, description = "PEM roots, or a SPIFFE bundle (JWK set) for Accept: application/json",
+            content((String = "application/x-pem-file"), (Object = "application/json"))),
+        (status = 304, description = "If-None-Match matched the ETag"),
+    ))]
 pub async fn trust_bundle(State(state): State<RestState>, headers: HeaderMap) -> Response {
     let set = state.ca.authorities();
     let bundle = bundle_of(&set);

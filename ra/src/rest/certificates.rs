@@ -15,43 +15,100 @@ use meshca_ca::store::{
     CertificateFilter, CertificateRow, CertificateStatus, RevocationRecord, Store,
 };
 use meshca_ca::Serial;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Admin, Auditor};
 use super::authorities::unix_to_rfc3339;
 use super::pagination::{self, Cursor};
-use super::{ApiError, RestState};
+use super::{ApiError, ErrorBody, RestState};
 
 /// Rows per store round trip while exporting.
 const EXPORT_PAGE: i64 = 1000;
 /// How long a CRL is valid; clients refetch before `nextUpdate`.
 const CRL_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
-#[derive(Debug, Default, Deserialize)]
+/// Filters (combined with AND); times are RFC 3339 in UTC.
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct CertificateQuery {
+    /// Hex serial (colons allowed).
     serial: Option<String>,
+    /// Exact SPIFFE id, or a prefix ending in `*`.
     spiffe_id: Option<String>,
     namespace: Option<String>,
     service_account: Option<String>,
+    /// Authority id.
     authority: Option<String>,
+    /// The requester's principal.
     requester: Option<String>,
     issued_after: Option<String>,
     issued_before: Option<String>,
     expires_after: Option<String>,
     expires_before: Option<String>,
+    /// `valid`, `expired` or `revoked`.
     status: Option<String>,
+    /// 1–1000, default 100 (not for export).
     limit: Option<i64>,
+    /// `next_cursor` of the previous page (not for export).
     cursor: Option<String>,
     /// Export only: `ndjson` (default) or `csv`.
     format: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeBody {
+    /// RFC 5280 reason: `unspecified`, `keyCompromise`, `cACompromise`, `affiliationChanged`,
+    /// `superseded`, `cessationOfOperation` or `privilegeWithdrawn`.
+    #[schema(example = "keyCompromise")]
     reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RequesterView {
+    /// `jwt`, `tokenreview`, `athenz`, `renewal` or `internal`.
+    method: String,
+    principal: String,
+    peer_address: Option<String>,
+    cluster_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevocationView {
+    at: String,
+    reason: Option<String>,
+}
+
+/// A certificate on record.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CertificateView {
+    serial: String,
+    spiffe_id: String,
+    namespace: Option<String>,
+    service_account: Option<String>,
+    not_before: String,
+    not_after: String,
+    issued_at: String,
+    authority: String,
+    requester: RequesterView,
+    public_key_sha256: String,
+    /// `valid`, `expired` or `revoked`.
+    status: String,
+    revocation: Option<RevocationView>,
+    /// The certificate (single-certificate views only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pem: Option<String>,
+}
+
+/// A page, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CertificatePage {
+    certificates: Vec<CertificateView>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    next_cursor: Option<String>,
 }
 
 fn now() -> i64 {
@@ -108,29 +165,30 @@ fn status_of(row: &CertificateRow, now: i64) -> &'static str {
     }
 }
 
-fn view(row: &CertificateRow, now: i64) -> Value {
-    json!({
-        "serial": row.serial,
-        "spiffe_id": row.spiffe_id,
-        "namespace": row.namespace,
-        "service_account": row.service_account,
-        "not_before": unix_to_rfc3339(row.not_before),
-        "not_after": unix_to_rfc3339(row.not_after),
-        "issued_at": unix_to_rfc3339(row.issued_at),
-        "authority": row.authority_id,
-        "requester": {
-            "method": row.requester_method,
-            "principal": row.requester_principal,
-            "peer_address": row.peer_address,
-            "cluster_id": row.cluster_id,
+fn view(row: &CertificateRow, now: i64) -> CertificateView {
+    CertificateView {
+        serial: row.serial.clone(),
+        spiffe_id: row.spiffe_id.clone(),
+        namespace: row.namespace.clone(),
+        service_account: row.service_account.clone(),
+        not_before: unix_to_rfc3339(row.not_before),
+        not_after: unix_to_rfc3339(row.not_after),
+        issued_at: unix_to_rfc3339(row.issued_at),
+        authority: row.authority_id.clone(),
+        requester: RequesterView {
+            method: row.requester_method.clone(),
+            principal: row.requester_principal.clone(),
+            peer_address: row.peer_address.clone(),
+            cluster_id: row.cluster_id.clone(),
         },
-        "public_key_sha256": row.public_key_sha256,
-        "status": status_of(row, now),
-        "revocation": row.revoked_at.map(|at| json!({
-            "at": unix_to_rfc3339(at),
-            "reason": row.revocation_reason,
-        })),
-    })
+        public_key_sha256: row.public_key_sha256.clone(),
+        status: status_of(row, now).to_string(),
+        revocation: row.revoked_at.map(|at| RevocationView {
+            at: unix_to_rfc3339(at),
+            reason: row.revocation_reason.clone(),
+        }),
+        pem: None,
+    }
 }
 
 fn query_of(
@@ -141,11 +199,19 @@ fn query_of(
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
+/// The inventory, newest first, in keyset pages.
+#[utoipa::path(get, path = "/v1/certificates", tag = "certificates",
+    params(CertificateQuery),
+    responses(
+        (status = 200, body = CertificatePage), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []), ("mtls" = [])))]
 pub async fn list(
     State(state): State<RestState>,
     _caller: Auditor,
     query: Result<Query<CertificateQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CertificatePage>, ApiError> {
     let query = query_of(query)?;
     if query.format.is_some() {
         return Err(ApiError::bad_request(
@@ -167,10 +233,10 @@ pub async fn list(
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let (page, next) = pagination::split_page(rows, limit, |r| Cursor(r.id).encode("certificates"));
-    Ok(Json(json!({
-        "certificates": page.iter().map(|r| view(r, now)).collect::<Vec<_>>(),
-        "next_cursor": next,
-    })))
+    Ok(Json(CertificatePage {
+        certificates: page.iter().map(|r| view(r, now)).collect(),
+        next_cursor: next,
+    }))
 }
 
 async fn find(store: &Store, serial: &str) -> Result<CertificateRow, ApiError> {
@@ -186,11 +252,20 @@ async fn find(store: &Store, serial: &str) -> Result<CertificateRow, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no certificate with serial {serial}")))
 }
 
+/// One certificate, with its PEM.
+#[utoipa::path(get, path = "/v1/certificates/{serial}", tag = "certificates",
+    params(("serial" = String, Path, description = "Hex serial")),
+    responses(
+        (status = 200, body = CertificateView), (status = 404, body = ErrorBody),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []), ("mtls" = [])))]
 pub async fn show(
     State(state): State<RestState>,
     _caller: Auditor,
     Path(serial): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CertificateView>, ApiError> {
     let row = find(state.ca.store(), &serial).await?;
     let record = state
         .ca
@@ -200,23 +275,37 @@ pub async fn show(
         .map_err(|e| ApiError::internal(&e))?
         .ok_or_else(|| ApiError::not_found(format!("no certificate with serial {serial}")))?;
     let mut body = view(&row, now());
-    body["pem"] = json!(pem::encode_config(
+    body.pem = Some(pem::encode_config(
         &pem::Pem::new("CERTIFICATE", record.cert_der),
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
     ));
     Ok(Json(body))
 }
 
+/// Revokes a certificate: renewal with it is refused and it is listed in its authority's CRL.
+#[utoipa::path(post, path = "/v1/certificates/{serial}/revoke", tag = "certificates",
+    params(("serial" = String, Path, description = "Hex serial")),
+    request_body = RevokeBody,
+    responses(
+        (status = 200, body = CertificateView), (status = 404, body = ErrorBody),
+        (status = 400, body = ErrorBody, description = "Unknown reason"),
+        (status = 409, body = ErrorBody, description = "Already revoked"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []), ("mtls" = [])))]
 pub async fn revoke(
     State(state): State<RestState>,
     Admin(actor): Admin,
     Path(serial): Path<String>,
     body: Result<Json<RevokeBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CertificateView>, ApiError> {
     let result = revoke_inner(&state, &actor.principal, &serial, body).await;
-    let details = result
-        .as_ref()
-        .map(|v| json!({ "reason": v["revocation"]["reason"], "spiffe_id": v["spiffe_id"] }));
+    let details = result.as_ref().map(|v| {
+        json!({
+            "reason": v.revocation.as_ref().and_then(|r| r.reason.clone()),
+            "spiffe_id": v.spiffe_id,
+        })
+    });
     state
         .audit_action(&actor, "certificate.revoke", &serial, details)
         .await;
@@ -228,7 +317,7 @@ async fn revoke_inner(
     actor: &str,
     serial: &str,
     body: Result<Json<RevokeBody>, JsonRejection>,
-) -> Result<Value, ApiError> {
+) -> Result<CertificateView, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let reason = RevocationReason::parse(&body.reason).ok_or_else(|| {
         ApiError::bad_request(format!(
@@ -259,7 +348,16 @@ async fn revoke_inner(
     Ok(view(&row, now()))
 }
 
-/// Streams every matching certificate, newest first, one store page at a time.
+/// Streams every matching certificate, newest first, one store page at a time (constant
+/// memory): NDJSON (the list's objects, one per line) or CSV.
+#[utoipa::path(get, path = "/v1/certificates/export", tag = "certificates",
+    params(CertificateQuery),
+    responses(
+        (status = 200, content((String = "application/x-ndjson"), (String = "text/csv"))),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []), ("mtls" = [])))]
 pub async fn export(
     State(state): State<RestState>,
     _caller: Auditor,
@@ -306,7 +404,7 @@ pub async fn export(
                     if csv {
                         chunk.push_str(&csv_line(row, now));
                     } else {
-                        chunk.push_str(&view(row, now).to_string());
+                        chunk.push_str(&serde_json::to_string(&view(row, now)).unwrap_or_default());
                         chunk.push('\n');
                     }
                 }
@@ -378,15 +476,24 @@ fn csv_line(row: &CertificateRow, now: i64) -> String {
     line
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct CrlQuery {
     /// Default: the active authority.
     authority: Option<String>,
 }
 
-/// `GET /v1/crl`: the revoked certificates of one authority (default: the active one), signed
-/// by it; DER, or PEM for `Accept: application/x-pem-file`.
+/// The revoked certificates of one authority (default: the active one), signed by it; DER, or
+/// PEM for `Accept: application/x-pem-file`. Regenerated on every request, valid 24 h.
+#[utoipa::path(get, path = "/v1/crl", tag = "certificates",
+    params(CrlQuery),
+    responses(
+        (status = 200, content((Vec<u8> = "application/pkix-crl"), (String = "application/x-pem-file"))),
+        (status = 404, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    ),
+    security(("bearer" = []), ("mtls" = [])))]
 pub async fn crl(
     State(state): State<RestState>,
     _caller: Auditor,

@@ -16,17 +16,23 @@ use std::sync::Arc;
 use axum::extract::connect_info::Connected;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use meshca_ca::audit::{AuditEvent, Outcome};
 use meshca_ca::CertificateAuthority;
+use serde::Serialize;
 use serde_json::json;
 use tokio_stream::StreamExt;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::RestConfig;
 use crate::tls::{PeerInfo, TlsConn};
 use crate::trust_bundle::BundleWatchers;
 
+use auth::Auditor;
 pub use auth::{Actor, TokenTable};
 
 /// Everything the handlers share.
@@ -159,29 +165,84 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The API's routes.
+/// The error body of every 4xx/5xx answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// `unauthenticated`, `forbidden`, `not_found`, `conflict`, `invalid_argument` or
+    /// `internal`.
+    error: String,
+    message: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "meshca admin and audit API",
+        description = "Root rotation (prepare → activate → taint → revoke) with propagation, the \
+            trust bundle, the certificate inventory, revocation and CRLs, and the hash-chained \
+            audit log. Callers: bearer tokens configured by SHA-256 with a role, or mesh client \
+            certificates whose SPIFFE id is listed in rest.admins / rest.auditors.",
+    ),
+    modifiers(&SecuritySchemes),
+    components(schemas(ErrorBody)),
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "mtls",
+            SecurityScheme::MutualTls {
+                description: Some(
+                    "A mesh certificate whose SPIFFE id is listed in rest.admins or rest.auditors"
+                        .into(),
+                ),
+                extensions: None,
+            },
+        );
+    }
+}
+
+/// The routes and the OpenAPI document describing them, built from the same handler list so
+/// they cannot drift apart.
+pub fn api() -> (Router<RestState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(authorities::trust_bundle))
+        .routes(routes!(authorities::list, authorities::prepare))
+        .routes(routes!(authorities::show))
+        .routes(routes!(authorities::activate))
+        .routes(routes!(authorities::taint))
+        .routes(routes!(authorities::revoke))
+        .routes(routes!(certificates::list))
+        .routes(routes!(certificates::export))
+        .routes(routes!(certificates::show))
+        .routes(routes!(certificates::revoke))
+        .routes(routes!(certificates::crl))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::verify))
+        .split_for_parts()
+}
+
+/// The API's routes, plus `/openapi.json` (auditors) and `/healthz` (anonymous).
 pub fn router(state: RestState) -> Router {
-    Router::new()
+    let (routes, document) = api();
+    let document = Arc::new(document);
+    routes
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/v1/trust-bundle", get(authorities::trust_bundle))
         .route(
-            "/v1/authorities",
-            get(authorities::list).post(authorities::prepare),
+            "/openapi.json",
+            get(move |_caller: Auditor| {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
         )
-        .route("/v1/authorities/{id}", get(authorities::show))
-        .route("/v1/authorities/{id}/activate", post(authorities::activate))
-        .route("/v1/authorities/{id}/taint", post(authorities::taint))
-        .route("/v1/authorities/{id}/revoke", post(authorities::revoke))
-        .route("/v1/certificates", get(certificates::list))
-        .route("/v1/certificates/export", get(certificates::export))
-        .route("/v1/certificates/{serial}", get(certificates::show))
-        .route(
-            "/v1/certificates/{serial}/revoke",
-            post(certificates::revoke),
-        )
-        .route("/v1/crl", get(certificates::crl))
-        .route("/v1/audit", get(audit::list))
-        .route("/v1/audit/verify", get(audit::verify))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
 }
