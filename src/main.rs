@@ -58,6 +58,9 @@ enum Command {
     Agent(AgentArgs),
     /// Print the effective configuration and validate the CA material it names.
     Config,
+    /// Administer a running server through its REST API: authorities and root rotation,
+    /// the certificate inventory, revocation, the CRL and the audit log.
+    Admin(meshca_ra::admin_client::AdminArgs),
 }
 
 #[derive(Debug, Args)]
@@ -92,8 +95,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let dev = match &cli.command {
         Command::Server(args) => args.dev,
         Command::Agent(args) => args.dev,
-        Command::Config => false,
+        Command::Config | Command::Admin(_) => false,
     };
+    if let Command::Admin(args) = &cli.command {
+        // A client of a running server: no configuration of its own.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut stdout = std::io::stdout().lock();
+        runtime.block_on(meshca_ra::admin_client::run(args, &mut stdout))?;
+        return Ok(());
+    }
     let loaded = load_config(&cli.common, dev)?;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
@@ -119,6 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(meshca_agent::run::run(settings, server::shutdown_signal()))?;
             Ok(())
         }
+        Command::Admin(_) => Ok(()),
         Command::Config => {
             print!("{}", config.to_redacted_toml());
             match &config.ca.cacerts_dir {

@@ -503,3 +503,103 @@ async fn every_endpoint_requires_its_role() {
         .await;
     assert!(denied["events"].as_array().unwrap().len() >= 2 * endpoints.len());
 }
+
+/// `meshca admin` against a dev server: tables, `--json`, rotation steps, errors.
+#[tokio::test]
+async fn admin_cli_drives_the_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("meshca-dev");
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let server = MeshcaProcess::start(
+        &["server", "--dev", "--data-dir", data.to_str().unwrap()],
+        &[
+            ("MESHCA_GRPC_LISTEN", grpc.to_string()),
+            ("MESHCA_METRICS_LISTEN", metrics.to_string()),
+        ],
+        tmp.path(),
+        grpc,
+        metrics,
+    );
+    let admin = read_token(&data, "admin-token");
+    let auditor = read_token(&data, "auditor-token");
+    let ca_file = tmp.path().join("ca.pem");
+    std::fs::copy(data.join("root-cert.pem"), &ca_file).unwrap();
+    let cli = |token: &str, args: &[&str]| {
+        let out = std::process::Command::new(meshca_bin())
+            .arg("admin")
+            .args(["--url", &format!("https://{}", server.rest)])
+            .arg("--ca")
+            .arg(&ca_file)
+            .args(args)
+            .env("MESHCA_ADMIN_TOKEN", token)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    let (ok, table, err) = cli(&auditor, &["authorities", "list"]);
+    assert!(ok, "{err}");
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(table.lines().nth(1).unwrap().contains("active"), "{table}");
+
+    let (ok, out, err) = cli(
+        &admin,
+        &["--json", "authorities", "prepare", "--key-type", "ec-p384"],
+    );
+    assert!(ok, "{err}");
+    let prepared: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(prepared["state"], "prepared");
+    assert_eq!(prepared["key_type"], "ec-p384");
+    let id = prepared["id"].as_str().unwrap();
+    // Once it is activated the server presents a certificate from the new authority: save the
+    // bundle (now both roots) while the old root still verifies the server, as operators do.
+    let root = std::fs::read_to_string(&ca_file).unwrap();
+    let (_, bundle) = Rest::new(server.rest, &root)
+        .call(reqwest::Method::GET, "/v1/trust-bundle", None, None)
+        .await;
+    std::fs::write(&ca_file, bundle.as_str().unwrap()).unwrap();
+
+    let (ok, _, err) = cli(&auditor, &["authorities", "activate", id]);
+    assert!(!ok);
+    assert!(err.contains("403"), "{err}");
+    let (ok, _, err) = cli(&admin, &["authorities", "taint", id]);
+    assert!(!ok);
+    assert!(err.contains("409") && err.contains("needs it old"), "{err}");
+    let (ok, out, err) = cli(&admin, &["authorities", "activate", id]);
+    assert!(ok, "{err}");
+    assert!(out.contains("active"), "{out}");
+
+    // The dev server's own serving certificate is on record.
+    let (ok, out, err) = cli(&auditor, &["certs", "list", "--limit", "5"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("SERIAL"), "{out}");
+    let (ok, out, err) = cli(&auditor, &["certs", "export", "--format", "csv"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("serial,spiffe_id"), "{out}");
+
+    let (ok, pem, err) = cli(&auditor, &["crl"]);
+    assert!(ok, "{err}");
+    assert!(pem.starts_with("-----BEGIN X509 CRL-----"), "{pem}");
+
+    let (ok, out, err) = cli(
+        &auditor,
+        &["audit", "list", "--action", "authority.activate"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("authority.activate") && out.contains("dev-admin"),
+        "{out}"
+    );
+    let (ok, out, err) = cli(&auditor, &["audit", "verify"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("audit log intact"), "{out}");
+
+    let (ok, _, err) = cli("not-a-token", &["authorities", "list"]);
+    assert!(!ok);
+    assert!(err.contains("401"), "{err}");
+}

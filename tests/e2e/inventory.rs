@@ -454,4 +454,17 @@ async fn inventory_revocation_crl_and_audit_chain() {
     let (_, verdict) = server.rest.get("/v1/audit/verify", AUDITOR).await;
     assert_eq!(verdict["intact"], false, "{verdict}");
     assert_eq!(verdict["first_broken"]["seq"], 42, "{verdict}");
+
+    // And from the command line: a non-zero exit naming the event.
+    std::fs::write(tmp.path().join("bundle.pem"), &server.root).unwrap();
+    let out = std::process::Command::new(meshca_bin())
+        .args(["admin", "--url", &server.rest.base, "--ca"])
+        .arg(tmp.path().join("bundle.pem"))
+        .args(["audit", "verify"])
+        .env("MESHCA_ADMIN_TOKEN", AUDITOR)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("broken at event 42"), "{stderr}");
 }

@@ -1,0 +1,629 @@
+//! `meshca admin`: the REST API from a terminal. Tables by default, `--json` for scripts;
+//! server URL, token and CA from flags or `MESHCA_ADMIN_URL`, `MESHCA_ADMIN_TOKEN`,
+//! `MESHCA_ADMIN_CA`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+/// Where the API is and who is calling.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Base URL of the REST API.
+    #[arg(
+        long,
+        env = "MESHCA_ADMIN_URL",
+        default_value = "https://127.0.0.1:8443"
+    )]
+    pub url: String,
+    /// Bearer token (admin or auditor). Without one, a client certificate is needed.
+    #[arg(long, env = "MESHCA_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM roots that verify the server (meshca's trust bundle).
+    #[arg(long, env = "MESHCA_ADMIN_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain and key (PEM, one file) instead of a token.
+    #[arg(long, env = "MESHCA_ADMIN_IDENTITY")]
+    pub identity: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Signing authorities and root rotation.
+    #[command(subcommand)]
+    Authorities(AuthorityCommand),
+    /// The certificate inventory.
+    #[command(subcommand)]
+    Certs(CertCommand),
+    /// The CRL of an authority (default: the active one), PEM.
+    Crl {
+        #[arg(long)]
+        authority: Option<String>,
+    },
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthorityCommand {
+    List,
+    Show {
+        id: String,
+    },
+    /// Prepare a new authority: a generated root (default), or a plug-in set from files.
+    Prepare {
+        /// For a generated root.
+        #[arg(long, default_value = "ec-p256", conflicts_with = "ca_cert")]
+        key_type: String,
+        #[arg(long, requires_all = ["ca_key", "root_cert"])]
+        ca_cert: Option<PathBuf>,
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
+        #[arg(long)]
+        root_cert: Option<PathBuf>,
+        #[arg(long)]
+        cert_chain: Option<PathBuf>,
+    },
+    Activate {
+        id: String,
+    },
+    Taint {
+        id: String,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+/// Inventory filters, as the API names them.
+#[derive(Debug, Default, Args)]
+pub struct CertFilters {
+    #[arg(long)]
+    pub spiffe_id: Option<String>,
+    #[arg(long)]
+    pub namespace: Option<String>,
+    #[arg(long)]
+    pub service_account: Option<String>,
+    #[arg(long)]
+    pub authority: Option<String>,
+    #[arg(long)]
+    pub requester: Option<String>,
+    #[arg(long)]
+    pub issued_after: Option<String>,
+    #[arg(long)]
+    pub issued_before: Option<String>,
+    #[arg(long)]
+    pub expires_after: Option<String>,
+    #[arg(long)]
+    pub expires_before: Option<String>,
+    /// valid, expired or revoked.
+    #[arg(long)]
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    List {
+        #[command(flatten)]
+        filters: CertFilters,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    Show {
+        serial: String,
+    },
+    Revoke {
+        serial: String,
+        /// keyCompromise, superseded, cessationOfOperation, affiliationChanged, …
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// Every matching certificate, streamed to stdout.
+    Export {
+        #[command(flatten)]
+        filters: CertFilters,
+        /// ndjson or csv.
+        #[arg(long, default_value = "ndjson")]
+        format: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    List {
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        outcome: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Walk the hash chain; exits non-zero naming the first broken link.
+    Verify,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Setup(String),
+    #[error("{url}: {source}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("{status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("the audit log is broken at event {seq}: {reason}")]
+    AuditBroken { seq: i64, reason: String },
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// A REST client with the caller's credentials.
+#[derive(Debug)]
+pub struct AdminClient {
+    base: reqwest::Url,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, AdminError> {
+    std::fs::read(path).map_err(|source| AdminError::Read {
+        path: path.clone(),
+        source,
+    })
+}
+
+// === impl AdminClient ===
+
+impl AdminClient {
+    pub fn new(args: &AdminArgs) -> Result<Self, AdminError> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = &args.ca {
+            let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?)
+                .map_err(|e| AdminError::Setup(format!("{}: {e}", ca.display())))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        if let Some(identity) = &args.identity {
+            let identity = reqwest::Identity::from_pem(&read(identity)?)
+                .map_err(|e| AdminError::Setup(format!("{}: {e}", identity.display())))?;
+            builder = builder.identity(identity);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| AdminError::Setup(e.to_string()))?;
+        let base = reqwest::Url::parse(&args.url)
+            .map_err(|e| AdminError::Setup(format!("--url {}: {e}", args.url)))?;
+        Ok(Self {
+            base,
+            token: args.token.clone(),
+            http,
+        })
+    }
+
+    fn url(&self, path: &str, query: &[(&str, Option<String>)]) -> reqwest::Url {
+        let mut url = self.base.clone();
+        url.set_path(path);
+        {
+            let mut pairs = url.query_pairs_mut();
+            for (key, value) in query {
+                if let Some(value) = value {
+                    pairs.append_pair(key, value);
+                }
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        url
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &reqwest::Url,
+    ) -> Result<reqwest::Response, AdminError> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let response = request.send().await.map_err(|source| AdminError::Http {
+            url: url.to_string(),
+            source,
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        Err(AdminError::Api { status, message })
+    }
+
+    async fn text(&self, url: reqwest::Url, accept: &str) -> Result<String, AdminError> {
+        let response = self
+            .send(self.http.get(url.clone()).header("accept", accept), &url)
+            .await?;
+        response.text().await.map_err(|source| AdminError::Http {
+            url: url.to_string(),
+            source,
+        })
+    }
+
+    pub async fn get(
+        &self,
+        path: &str,
+        query: &[(&str, Option<String>)],
+    ) -> Result<Value, AdminError> {
+        let text = self.text(self.url(path, query), "application/json").await?;
+        serde_json::from_str(&text).map_err(|e| AdminError::Setup(format!("{path}: {e}")))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Result<Value, AdminError> {
+        let url = self.url(path, &[]);
+        let request = self
+            .http
+            .post(url.clone())
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        let response = self.send(request, &url).await?;
+        let text = response.text().await.map_err(|source| AdminError::Http {
+            url: url.to_string(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|e| AdminError::Setup(format!("{path}: {e}")))
+    }
+}
+
+impl CertFilters {
+    fn query(&self) -> Vec<(&'static str, Option<String>)> {
+        vec![
+            ("spiffe_id", self.spiffe_id.clone()),
+            ("namespace", self.namespace.clone()),
+            ("service_account", self.service_account.clone()),
+            ("authority", self.authority.clone()),
+            ("requester", self.requester.clone()),
+            ("issued_after", self.issued_after.clone()),
+            ("issued_before", self.issued_before.clone()),
+            ("expires_after", self.expires_after.clone()),
+            ("expires_before", self.expires_before.clone()),
+            ("status", self.status.clone()),
+        ]
+    }
+}
+
+/// Runs one admin command, writing its result to `out`.
+pub async fn run(args: &AdminArgs, out: &mut impl Write) -> Result<(), AdminError> {
+    let client = AdminClient::new(args)?;
+    let json = args.json;
+    match &args.command {
+        AdminCommand::Authorities(command) => {
+            let value = match command {
+                AuthorityCommand::List => client.get("/v1/authorities", &[]).await?,
+                AuthorityCommand::Show { id } => {
+                    client.get(&format!("/v1/authorities/{id}"), &[]).await?
+                }
+                AuthorityCommand::Prepare {
+                    key_type,
+                    ca_cert,
+                    ca_key,
+                    root_cert,
+                    cert_chain,
+                } => {
+                    let body = match ca_cert {
+                        None => json!({ "generate": { "key_type": key_type } }),
+                        Some(ca_cert) => {
+                            let text = |p: &PathBuf| {
+                                read(p).map(|b| String::from_utf8_lossy(&b).into_owned())
+                            };
+                            let mut body = json!({ "ca_cert": text(ca_cert)? });
+                            for (name, path) in [
+                                ("ca_key", ca_key),
+                                ("root_cert", root_cert),
+                                ("cert_chain", cert_chain),
+                            ] {
+                                if let Some(path) = path {
+                                    body[name] = json!(text(path)?);
+                                }
+                            }
+                            body
+                        }
+                    };
+                    client.post("/v1/authorities", body).await?
+                }
+                AuthorityCommand::Activate { id } => {
+                    client
+                        .post(&format!("/v1/authorities/{id}/activate"), json!({}))
+                        .await?
+                }
+                AuthorityCommand::Taint { id } => {
+                    client
+                        .post(&format!("/v1/authorities/{id}/taint"), json!({}))
+                        .await?
+                }
+                AuthorityCommand::Revoke { id } => {
+                    client
+                        .post(&format!("/v1/authorities/{id}/revoke"), json!({}))
+                        .await?
+                }
+            };
+            let rows = value["authorities"]
+                .as_array()
+                .cloned()
+                .unwrap_or_else(|| vec![value.clone()]);
+            print(
+                out,
+                json,
+                &value,
+                &rows,
+                &[
+                    ("ID", "/id"),
+                    ("STATE", "/state"),
+                    ("SOURCE", "/source"),
+                    ("KEY", "/key_type"),
+                    ("NOT AFTER", "/not_after"),
+                    ("LIVE", "/live_certificates"),
+                    ("RECEIVED", "/propagation/received"),
+                    ("CONNECTED", "/propagation/connected"),
+                    ("SUBJECT", "/subject"),
+                ],
+            )?;
+        }
+        AdminCommand::Certs(command) => match command {
+            CertCommand::List {
+                filters,
+                limit,
+                cursor,
+            } => {
+                let mut query = filters.query();
+                query.push(("limit", Some(limit.to_string())));
+                query.push(("cursor", cursor.clone()));
+                let value = client.get("/v1/certificates", &query).await?;
+                let rows = value["certificates"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                print(out, json, &value, &rows, CERT_COLUMNS)?;
+                if !json {
+                    if let Some(next) = value["next_cursor"].as_str() {
+                        writeln!(out, "# more: --cursor {next}")?;
+                    }
+                }
+            }
+            CertCommand::Show { serial } => {
+                let value = client
+                    .get(&format!("/v1/certificates/{serial}"), &[])
+                    .await?;
+                if json {
+                    writeln!(out, "{value:#}")?;
+                } else {
+                    print(
+                        out,
+                        false,
+                        &value,
+                        std::slice::from_ref(&value),
+                        CERT_COLUMNS,
+                    )?;
+                    write!(out, "{}", value["pem"].as_str().unwrap_or_default())?;
+                }
+            }
+            CertCommand::Revoke { serial, reason } => {
+                let value = client
+                    .post(
+                        &format!("/v1/certificates/{serial}/revoke"),
+                        json!({ "reason": reason }),
+                    )
+                    .await?;
+                print(
+                    out,
+                    json,
+                    &value,
+                    std::slice::from_ref(&value),
+                    CERT_COLUMNS,
+                )?;
+            }
+            CertCommand::Export { filters, format } => {
+                let mut query = filters.query();
+                query.push(("format", Some(format.clone())));
+                let url = client.url("/v1/certificates/export", &query);
+                let mut response = client.send(client.http.get(url.clone()), &url).await?;
+                while let Some(chunk) =
+                    response.chunk().await.map_err(|source| AdminError::Http {
+                        url: url.to_string(),
+                        source,
+                    })?
+                {
+                    out.write_all(&chunk)?;
+                }
+            }
+        },
+        AdminCommand::Crl { authority } => {
+            let url = client.url("/v1/crl", &[("authority", authority.clone())]);
+            let pem = client.text(url, "application/x-pem-file").await?;
+            write!(out, "{pem}")?;
+        }
+        AdminCommand::Audit(command) => match command {
+            AuditCommand::List {
+                action,
+                actor,
+                outcome,
+                target,
+                since,
+                until,
+                limit,
+                cursor,
+            } => {
+                let query = [
+                    ("action", action.clone()),
+                    ("actor", actor.clone()),
+                    ("outcome", outcome.clone()),
+                    ("target", target.clone()),
+                    ("since", since.clone()),
+                    ("until", until.clone()),
+                    ("limit", Some(limit.to_string())),
+                    ("cursor", cursor.clone()),
+                ];
+                let value = client.get("/v1/audit", &query).await?;
+                let rows = value["events"].as_array().cloned().unwrap_or_default();
+                print(
+                    out,
+                    json,
+                    &value,
+                    &rows,
+                    &[
+                        ("SEQ", "/seq"),
+                        ("AT", "/at"),
+                        ("ACTOR", "/actor/principal"),
+                        ("VIA", "/actor/method"),
+                        ("ACTION", "/action"),
+                        ("TARGET", "/target"),
+                        ("OUTCOME", "/outcome"),
+                    ],
+                )?;
+            }
+            AuditCommand::Verify => {
+                let value = client.get("/v1/audit/verify", &[]).await?;
+                if json {
+                    writeln!(out, "{value:#}")?;
+                }
+                if value["intact"] == true {
+                    if !json {
+                        writeln!(
+                            out,
+                            "audit log intact: {} events, head {}",
+                            value["checked"],
+                            value["head"].as_str().unwrap_or_default()
+                        )?;
+                    }
+                } else {
+                    return Err(AdminError::AuditBroken {
+                        seq: value["first_broken"]["seq"].as_i64().unwrap_or(0),
+                        reason: value["first_broken"]["reason"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    });
+                }
+            }
+        },
+    }
+    Ok(())
+}
+
+const CERT_COLUMNS: &[(&str, &str)] = &[
+    ("SERIAL", "/serial"),
+    ("SPIFFE ID", "/spiffe_id"),
+    ("STATUS", "/status"),
+    ("NOT AFTER", "/not_after"),
+    ("AUTHORITY", "/authority"),
+    ("REQUESTER", "/requester/principal"),
+];
+
+/// The JSON as is, or a table of `rows` with `columns` (header, JSON pointer).
+fn print(
+    out: &mut impl Write,
+    json: bool,
+    value: &Value,
+    rows: &[Value],
+    columns: &[(&str, &str)],
+) -> std::io::Result<()> {
+    if json {
+        return writeln!(out, "{value:#}");
+    }
+    let cell = |row: &Value, pointer: &str| match row.pointer(pointer) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    };
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| columns.iter().map(|(_, p)| cell(row, p)).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| {
+            table
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    writeln!(
+        out,
+        "{}",
+        line(columns.iter().map(|(h, _)| h.to_string()).collect())
+    )?;
+    for row in table {
+        writeln!(out, "{}", line(row))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_show_missing_values() {
+        let rows = vec![
+            json!({"id": "abcd", "state": "active", "propagation": {"received": 3}}),
+            json!({"id": "ef", "state": null}),
+        ];
+        let mut out = Vec::new();
+        print(
+            &mut out,
+            false,
+            &Value::Null,
+            &rows,
+            &[
+                ("ID", "/id"),
+                ("STATE", "/state"),
+                ("RECEIVED", "/propagation/received"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "ID    STATE   RECEIVED\nabcd  active  3\nef    -       -\n"
+        );
+    }
+}
