@@ -60,7 +60,7 @@ enum Command {
     Config,
     /// Administer a running server through its REST API: authorities and root rotation,
     /// the certificate inventory, revocation, the CRL and the audit log.
-    Admin(meshca_ra::admin_client::AdminArgs),
+    Admin(Box<meshca_ra::admin_client::AdminArgs>),
 }
 
 #[derive(Debug, Args)]
