@@ -289,17 +289,19 @@ const CERTIFICATE_ROW_SELECT: &str = "SELECT c.id, c.serial, c.spiffe_id, c.name
     FROM issued_certificates c LEFT JOIN certificate_revocations r ON r.serial = c.serial \
     WHERE 1 = 1";
 
-/// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
-fn like_prefix(prefix: &str) -> String {
-    let mut out = String::with_capacity(prefix.len() + 1);
-    for c in prefix.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
+/// The least string above every string starting with `prefix` (in code-point order, which
+/// is UTF-8 byte order): the prefix with its last character incremented. `None` when there is
+/// no bound (empty prefix, or only `char::MAX`).
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
         }
-        out.push(c);
     }
-    out.push('%');
-    out
+    None
 }
 
 /// Runs the same body against whichever pool the store holds.
@@ -698,10 +700,19 @@ impl Store {
             conditions.push("c.serial = ?", Param::Text(serial.to_ascii_lowercase()));
         }
         match filter.spiffe_id.as_deref() {
-            Some(id) if id.ends_with('*') => conditions.push(
-                "c.spiffe_id LIKE ? ESCAPE '\\'",
-                Param::Text(like_prefix(&id[..id.len() - 1])),
-            ),
+            Some(id) if id.ends_with('*') => {
+                // A prefix as a byte-wise range, which an index serves (LIKE would not, on
+                // SQLite or under a linguistic PostgreSQL collation).
+                let prefix = &id[..id.len() - 1];
+                let column = match self {
+                    Store::Sqlite(_) => "c.spiffe_id",
+                    Store::Postgres(_) => "c.spiffe_id COLLATE \"C\"",
+                };
+                conditions.push(&format!("{column} >= ?"), Param::Text(prefix.to_string()));
+                if let Some(upper) = prefix_upper_bound(prefix) {
+                    conditions.push(&format!("{column} < ?"), Param::Text(upper));
+                }
+            }
             Some(id) => conditions.push("c.spiffe_id = ?", Param::Text(id.to_string())),
             None => {}
         }
@@ -734,7 +745,10 @@ impl Store {
             Some(CertificateStatus::Expired) => {
                 conditions.push("c.not_after <= ?", Param::Int(now));
             }
-            Some(CertificateStatus::Revoked) => conditions.push_fixed("r.serial IS NOT NULL"),
+            // Driven from the (small) revocations table rather than a scan of every row.
+            Some(CertificateStatus::Revoked) => {
+                conditions.push_fixed("c.serial IN (SELECT serial FROM certificate_revocations)")
+            }
             None => {}
         }
         let sql = format!(
@@ -832,6 +846,18 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_bounds() {
+        assert_eq!(
+            prefix_upper_bound("spiffe://td/ns/a/").as_deref(),
+            Some("spiffe://td/ns/a0")
+        );
+        assert_eq!(prefix_upper_bound("ns_").as_deref(), Some("ns`"));
+        assert_eq!(prefix_upper_bound(""), None);
+        let top = format!("a{}", char::MAX);
+        assert_eq!(prefix_upper_bound(&top).as_deref(), Some("b"));
+    }
 
     #[test]
     fn redacts_passwords_only() {

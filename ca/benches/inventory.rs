@@ -1,0 +1,272 @@
+//! Auditor queries over a large inventory, on SQLite and (when `MESHCA_TEST_POSTGRES_URL` is
+//! set) PostgreSQL: p50/p99 of the queries the REST API runs, and export throughput.
+//!
+//! `cargo bench -p meshca-ca --bench inventory [-- ROWS]` (default 1,000,000)
+//!
+//! Rows are generated inside the database (a recursive CTE / generate_series) to look like 90
+//! days of 24 h certificates for 7,000 workloads in 1,000 namespaces under two authorities,
+//! each with a ~600-byte DER; 0.1 % are revoked. Queries go through `Store`, the same calls the
+//! REST handlers make.
+
+use std::time::{Duration, Instant};
+
+use meshca_ca::store::{CertificateFilter, CertificateStatus, Store};
+
+const DAY: i64 = 86_400;
+/// 2026-08-28T00:00:00Z: the first generated issuance.
+const BASE: i64 = 1_787_875_200;
+const ITERATIONS: usize = 200;
+
+fn columns() -> &'static str {
+    "serial, spiffe_id, trust_domain, namespace, service_account, not_before, not_after, \
+     issued_at, authority_id, requester_method, requester_principal, peer_address, cluster_id, \
+     public_key_sha256, cert_der"
+}
+
+async fn load(store: &Store, rows: i64) -> Duration {
+    let started = Instant::now();
+    let span = 90 * DAY;
+    match store {
+        Store::Sqlite(pool) => {
+            let sql = format!(
+                "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < {rows}) \
+                 INSERT INTO issued_certificates ({cols}) SELECT \
+                 printf('%032x', n), \
+                 'spiffe://cluster.local/ns/ns-' || (n % 1000) || '/sa/sa-' || (n % 7), \
+                 'cluster.local', 'ns-' || (n % 1000), 'sa-' || (n % 7), \
+                 {BASE} + n * {span} / {rows} - 120, {BASE} + n * {span} / {rows} + {DAY}, \
+                 {BASE} + n * {span} / {rows}, \
+                 CASE WHEN n * 2 < {rows} THEN 'authority-old' ELSE 'authority-new' END, \
+                 'jwt', 'ns-' || (n % 1000) || '/sa-' || (n % 7), '10.0.0.1:40000', 'Kubernetes', \
+                 printf('%064x', n), randomblob(600) FROM seq",
+                cols = columns()
+            );
+            sqlx::query(&sql).execute(pool).await.unwrap();
+            sqlx::query(
+                "INSERT INTO certificate_revocations (serial, reason, revoked_at, actor) \
+                 SELECT serial, 'keyCompromise', issued_at + 60, 'bench' \
+                 FROM issued_certificates WHERE id % 1000 = 7",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+            sqlx::query("ANALYZE").execute(pool).await.unwrap();
+        }
+        Store::Postgres(pool) => {
+            let sql = format!(
+                "INSERT INTO issued_certificates ({cols}) SELECT \
+                 lpad(to_hex(n), 32, '0'), \
+                 'spiffe://cluster.local/ns/ns-' || (n % 1000) || '/sa/sa-' || (n % 7), \
+                 'cluster.local', 'ns-' || (n % 1000), 'sa-' || (n % 7), \
+                 {BASE} + n * {span} / {rows} - 120, {BASE} + n * {span} / {rows} + {DAY}, \
+                 {BASE} + n * {span} / {rows}, \
+                 CASE WHEN n * 2 < {rows} THEN 'authority-old' ELSE 'authority-new' END, \
+                 'jwt', 'ns-' || (n % 1000) || '/sa-' || (n % 7), '10.0.0.1:40000', 'Kubernetes', \
+                 lpad(to_hex(n), 64, '0'), decode(repeat(md5(n::text), 38), 'hex') \
+                 FROM generate_series(1::bigint, {rows}::bigint) AS n",
+                cols = columns()
+            );
+            sqlx::query(&sql).execute(pool).await.unwrap();
+            sqlx::query(
+                "INSERT INTO certificate_revocations (serial, reason, revoked_at, actor) \
+                 SELECT serial, 'keyCompromise', issued_at + 60, 'bench' \
+                 FROM issued_certificates WHERE id % 1000 = 7",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+            sqlx::query("ANALYZE").execute(pool).await.unwrap();
+        }
+    }
+    started.elapsed()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn measure<F, Fut>(name: &str, mut query: F)
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    let mut times = Vec::with_capacity(ITERATIONS);
+    let mut rows = 0;
+    for i in 0..ITERATIONS {
+        let started = Instant::now();
+        rows += query(i).await;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    println!(
+        "  {name:<58} p50 {:>8.2} ms  p99 {:>8.2} ms  ({:.0} rows/query)",
+        percentile(&times, 0.5).as_secs_f64() * 1e3,
+        percentile(&times, 0.99).as_secs_f64() * 1e3,
+        rows as f64 / ITERATIONS as f64
+    );
+}
+
+async fn run(label: &str, store: Store, rows: i64) {
+    let loaded = load(&store, rows).await;
+    println!(
+        "{label}: {rows} certificates loaded in {:.1} s",
+        loaded.as_secs_f64()
+    );
+    // "Now" is half a day before the newest issuance: about a day's worth of certificates
+    // (1 %) are valid, as with 24 h certificates in steady state.
+    let now = BASE + 90 * DAY - DAY / 2;
+    let page = 100;
+    let s = &store;
+    let list = |filter: CertificateFilter, before: Option<i64>| async move {
+        s.certificates(&filter, now, before, page)
+            .await
+            .unwrap()
+            .len()
+    };
+
+    measure("by serial", |i| {
+        list(
+            CertificateFilter {
+                serial: Some(format!("{:032x}", (i as i64 * 4999) % rows + 1)),
+                ..Default::default()
+            },
+            None,
+        )
+    })
+    .await;
+    measure("spiffe_id exact, newest 100", |i| {
+        list(
+            CertificateFilter {
+                spiffe_id: Some(format!(
+                    "spiffe://cluster.local/ns/ns-{}/sa/sa-{}",
+                    i % 1000,
+                    i % 7
+                )),
+                ..Default::default()
+            },
+            None,
+        )
+    })
+    .await;
+    measure("spiffe_id prefix (a namespace), newest 100", |i| {
+        list(
+            CertificateFilter {
+                spiffe_id: Some(format!("spiffe://cluster.local/ns/ns-{}/*", i % 1000)),
+                ..Default::default()
+            },
+            None,
+        )
+    })
+    .await;
+    measure("namespace + service_account + status=valid", |i| {
+        list(
+            CertificateFilter {
+                namespace: Some(format!("ns-{}", i % 1000)),
+                service_account: Some(format!("sa-{}", i % 7)),
+                status: Some(CertificateStatus::Valid),
+                ..Default::default()
+            },
+            None,
+        )
+    })
+    .await;
+    measure("issued in a one-hour window, newest 100", |i| {
+        let from = BASE + (i as i64 % 80) * DAY;
+        list(
+            CertificateFilter {
+                issued_after: Some(from),
+                issued_before: Some(from + 3600),
+                ..Default::default()
+            },
+            None,
+        )
+    })
+    .await;
+    measure("status=revoked, newest 100", |_| {
+        list(
+            CertificateFilter {
+                status: Some(CertificateStatus::Revoked),
+                ..Default::default()
+            },
+            None,
+        )
+    })
+    .await;
+    measure("everything, a page deep in the keyset (cursor)", |i| {
+        list(
+            CertificateFilter::default(),
+            Some(rows - (i as i64 * 3001) % rows),
+        )
+    })
+    .await;
+    measure(
+        "live certificates of an authority (GET /v1/authorities)",
+        |_| async {
+            s.count_live_certificates("authority-new", now)
+                .await
+                .unwrap() as usize
+        },
+    )
+    .await;
+
+    // Export: one authority's certificates, pages of 1000, serialized as the API streams them.
+    let started = Instant::now();
+    let mut exported = 0usize;
+    let mut bytes = 0usize;
+    let mut before = None;
+    let filter = CertificateFilter {
+        authority: Some("authority-old".into()),
+        ..Default::default()
+    };
+    loop {
+        let batch = store
+            .certificates(&filter, now, before, 1000)
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for row in &batch {
+            bytes += format!("{row:?}").len();
+        }
+        exported += batch.len();
+        before = batch.last().map(|r| r.id);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "  export of one authority: {exported} rows in {secs:.1} s = {:.0} rows/s ({:.1} MB/s formatted)",
+        exported as f64 / secs,
+        bytes as f64 / secs / 1e6
+    );
+}
+
+fn main() {
+    let rows: i64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        run("SQLite", Store::connect(&url).await.unwrap(), rows).await;
+
+        if let Ok(base) = std::env::var("MESHCA_TEST_POSTGRES_URL") {
+            let schema = format!("meshca_bench_{}", std::process::id());
+            let admin = sqlx::PgPool::connect(&base).await.unwrap();
+            sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                .execute(&admin)
+                .await
+                .unwrap();
+            let sep = if base.contains('?') { '&' } else { '?' };
+            let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+            run("PostgreSQL", Store::connect(&url).await.unwrap(), rows).await;
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                .execute(&admin)
+                .await
+                .unwrap();
+        } else {
+            println!("PostgreSQL: skipped (MESHCA_TEST_POSTGRES_URL not set)");
+        }
+    });
+}
