@@ -18,6 +18,11 @@ pub struct CaConfig {
     /// How often `cacerts_dir` is checked for new material.
     #[serde(with = "humantime_serde")]
     pub cacerts_poll_interval: Duration,
+    /// What a changed `cacerts_dir` with a new signing key does: `activate` (sign with it at
+    /// once; the previous authority stays trusted as `old`) or `refuse` (keep signing with
+    /// the running one, log an error and count a reload failure until the directory is put
+    /// back or meshca restarts).
+    pub cacerts_on_change: CacertsChange,
     /// Workload certificate TTL when the caller asks for none.
     #[serde(with = "humantime_serde")]
     pub default_ttl: Duration,
@@ -29,6 +34,14 @@ pub struct CaConfig {
     /// 32 random bytes, base64, that seal CA keys in the store. Default
     /// `<data_dir>/key-encryption-key`, generated (0600) when absent; a configured file must exist.
     pub key_encryption_key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacertsChange {
+    #[default]
+    Activate,
+    Refuse,
 }
 
 #[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -45,6 +58,7 @@ impl Default for CaConfig {
         Self {
             cacerts_dir: None,
             cacerts_poll_interval: Duration::from_secs(5),
+            cacerts_on_change: CacertsChange::Activate,
             default_ttl: Duration::from_secs(24 * 3600),
             max_ttl: Duration::from_secs(90 * 24 * 3600),
             self_signed_key_type: KeyType::EcP256,

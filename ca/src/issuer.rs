@@ -15,7 +15,7 @@ use crate::audit::{AuditEvent, Outcome};
 use crate::authority::{Authority, SelfSignedError};
 use crate::cacerts::{self, CacertsMaterial, LoadCacertsError};
 use crate::chain::{self, PathError};
-use crate::config::{CaConfig, StoreConfig};
+use crate::config::{CaConfig, CacertsChange, StoreConfig};
 use crate::csr::VerifiedCsr;
 use crate::identity::{AuthorityId, Serial, SpiffeId, TrustDomain};
 use crate::kek::{KekError, KeyEncryptionKey};
@@ -204,6 +204,7 @@ impl CertificateAuthority {
                     dir.clone(),
                     loaded_fingerprint,
                     settings.ca.cacerts_poll_interval,
+                    settings.ca.cacerts_on_change,
                     Arc::downgrade(&tx),
                     metrics.clone(),
                 );
@@ -692,6 +693,7 @@ fn spawn_cacerts_reloader(
     dir: PathBuf,
     mut seen: Vec<u8>,
     interval: Duration,
+    on_change: CacertsChange,
     sender: Weak<watch::Sender<Arc<AuthoritySet>>>,
     metrics: Arc<CaMetrics>,
 ) {
@@ -708,22 +710,43 @@ fn spawn_cacerts_reloader(
                 continue;
             }
             seen = current;
-            reload_once(&dir, &sender, &metrics);
+            reload_once(&dir, on_change, &sender, &metrics);
         }
     });
 }
 
-fn reload_once(dir: &Path, sender: &watch::Sender<Arc<AuthoritySet>>, metrics: &CaMetrics) {
+fn reload_once(
+    dir: &Path,
+    on_change: CacertsChange,
+    sender: &watch::Sender<Arc<AuthoritySet>>,
+    metrics: &CaMetrics,
+) {
     match cacerts::load_dir(dir, SystemTime::now()) {
         Ok(authority) => {
+            let current = sender.borrow().clone();
+            let new_key = authority.id() != current.active().id();
+            if new_key && on_change == CacertsChange::Refuse {
+                metrics
+                    .cacerts_reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    dir = %dir.display(),
+                    running = %current.active().id(),
+                    found = %authority.id(),
+                    "plugged-in CA directory now holds a different signing key and \
+                     ca.cacerts_on_change is \"refuse\"; still signing with the running one"
+                );
+                return;
+            }
             metrics.cacerts_reloads.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 dir = %dir.display(),
                 authority = %authority.id(),
+                previous = %current.active().id(),
                 "plugged-in CA changed; new issuances use the new material"
             );
             let now = unix(SystemTime::now());
-            sender.send_replace(Arc::new(AuthoritySet::single(authority, "cacerts", now)));
+            sender.send_replace(Arc::new(current.with_new_active(authority, "cacerts", now)));
         }
         Err(error) => {
             metrics

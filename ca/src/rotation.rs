@@ -40,6 +40,11 @@ pub struct AuthoritySet {
     active: usize,
 }
 
+fn unix(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 // === impl AuthorityState ===
 
 impl AuthorityState {
@@ -109,6 +114,36 @@ impl AuthoritySet {
             }],
             active: 0,
         }
+    }
+
+    /// A plugged-in directory's new material: it becomes the active authority. When its key
+    /// is new, the previous active stays trusted as `old` (so certificates it issued keep
+    /// verifying until they rotate) along with earlier ones whose signing cert is unexpired.
+    pub fn with_new_active(&self, authority: Authority, source: &str, now: i64) -> Self {
+        let id = authority.id().clone();
+        let mut entries: Vec<AuthorityEntry> = self
+            .entries
+            .iter()
+            .filter(|e| e.authority.id() != &id)
+            .filter(|e| unix(e.authority.signing_cert().not_after()) > now)
+            .cloned()
+            .map(|mut e| {
+                if e.state == AuthorityState::Active {
+                    e.state = AuthorityState::Old;
+                    e.updated_at = now;
+                }
+                e
+            })
+            .collect();
+        entries.push(AuthorityEntry {
+            authority: Arc::new(authority),
+            state: AuthorityState::Active,
+            source: source.to_string(),
+            created_at: now,
+            updated_at: now,
+        });
+        let active = entries.len() - 1;
+        Self { entries, active }
     }
 
     /// The authority new certificates are signed by.
@@ -194,6 +229,35 @@ mod tests {
         assert!(AuthoritySet::new(vec![entry(Active), entry(Active)]).is_none());
         let set = AuthoritySet::new(vec![entry(Old), entry(Active), entry(Prepared)]).unwrap();
         assert_eq!(set.active().id(), set.entries()[1].authority.id());
+    }
+
+    /// The same self-signed authority again, as a reloaded directory would produce it.
+    fn reloaded(a: &Authority) -> Authority {
+        Authority::new(
+            crate::chain::CertPath {
+                certs: vec![a.root().clone()],
+            },
+            a.roots().to_vec(),
+            crate::keys::SigningKey::from_pkcs8(a.key().pkcs8_der()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_new_plugged_in_authority_keeps_the_previous_one_trusted() {
+        let first = entry(AuthorityState::Active);
+        let set = AuthoritySet::new(vec![first.clone()]).unwrap();
+        let second = entry(AuthorityState::Active);
+        let next = set.with_new_active(reloaded(&second.authority), "cacerts", 10);
+        assert_eq!(next.active().id(), second.authority.id());
+        assert_eq!(
+            next.get(first.authority.id().as_str()).unwrap().state,
+            AuthorityState::Old
+        );
+        assert_eq!(next.bundle().len(), 2, "both roots trusted");
+        // The same material again (a rewritten chain file) replaces, not duplicates.
+        let again = next.with_new_active(reloaded(&second.authority), "cacerts", 20);
+        assert_eq!(again.entries().len(), 2);
+        assert_eq!(again.active().id(), second.authority.id());
     }
 
     #[test]

@@ -573,6 +573,18 @@ async fn hot_reload_swaps_valid_material_and_keeps_old_on_failure() {
         ca.metrics().cacerts_reload_failures.load(Ordering::Relaxed)
     );
     assert_eq!(ca.current_authority().root(), &second.root.cert);
+    // The first authority stays trusted as `old`: its certificates verify until they rotate.
+    let set = ca.authorities();
+    let states: Vec<_> = set.entries().iter().map(|e| e.state).collect();
+    assert_eq!(
+        states,
+        [
+            meshca_ca::AuthorityState::Old,
+            meshca_ca::AuthorityState::Active
+        ]
+    );
+    let bundle: Vec<_> = set.bundle().into_iter().cloned().collect();
+    assert_eq!(bundle, [first.root.cert.clone(), second.root.cert.clone()]);
     let issued = issue(&ca, &csr_pem(&csr_key("ec-p256"), &[]), 0)
         .await
         .unwrap();
@@ -595,4 +607,32 @@ async fn hot_reload_swaps_valid_material_and_keeps_old_on_failure() {
     assert!(issue(&ca, &csr_pem(&csr_key("ec-p256"), &[]), 0)
         .await
         .is_ok());
+}
+
+#[tokio::test]
+async fn refuse_mode_keeps_the_running_authority_when_the_directory_changes_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cacerts");
+    let first = GeneratedChain::new(KeyType::EcP256);
+    first.write(&dir);
+    let url = format!("sqlite://{}", tmp.path().join("db.sqlite").display());
+    let mut settings = settings(tmp.path(), &url, Some(&dir));
+    settings.ca.cacerts_on_change = meshca_ca::config::CacertsChange::Refuse;
+    let ca = CertificateAuthority::start(&settings).await.unwrap();
+
+    GeneratedChain::new(KeyType::EcP256).write(&dir);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ca.metrics().cacerts_reload_failures.load(Ordering::Relaxed) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "refusal never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ca.current_authority().root(), &first.root.cert);
+    assert_eq!(ca.authorities().entries().len(), 1);
+    let issued = issue(&ca, &csr_pem(&csr_key("ec-p256"), &[]), 0)
+        .await
+        .unwrap();
+    assert_eq!(issued.chain_pem.last().unwrap(), &first.root.pem());
 }
