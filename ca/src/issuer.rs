@@ -25,6 +25,10 @@ use crate::rotation::{AuthorityEntry, AuthoritySet, AuthorityState};
 use crate::store::{IssuanceRecord, Store, StoreError, StoredAuthority, TransitionError};
 use crate::x509::{self, CertTemplate, ParsedCert};
 
+/// How often the store is checked for rotation steps taken by another process sharing it, so
+/// every replica signs with the same authority within seconds of an activation.
+const AUTHORITY_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
 /// File name of the generated key-encryption key inside the data dir.
 pub const DEFAULT_KEK_FILE: &str = "key-encryption-key";
 
@@ -224,7 +228,8 @@ impl CertificateAuthority {
             }
         };
         let (authorities, kek) = receiver;
-        Ok(Self {
+        let follows_store = kek.is_some();
+        let ca = Self {
             inner: Arc::new(Inner {
                 trust_domain: settings.trust_domain.clone(),
                 ttl: TtlPolicy {
@@ -236,7 +241,14 @@ impl CertificateAuthority {
                 store,
                 metrics,
             }),
-        })
+        };
+        if follows_store {
+            tokio::spawn(follow_authority_changes(
+                Arc::downgrade(&ca.inner),
+                AUTHORITY_POLL_INTERVAL,
+            ));
+        }
+        Ok(ca)
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -605,6 +617,37 @@ async fn load_or_bootstrap_self_signed(
         })?;
     tracing::info!(authority = %winner.id, "another process bootstrapped the root first; using it");
     authority_from_record(&winner, kek)
+}
+
+/// Reloads the authorities whenever their ids or states in the store differ from the
+/// published set (a cheap query; keys are unsealed only on a change). Ends with the CA.
+async fn follow_authority_changes(inner: Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let ca = CertificateAuthority { inner };
+        let stored = match ca.inner.store.authority_states().await {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "checking the store for authority changes failed");
+                continue;
+            }
+        };
+        let published: Vec<(String, String)> = ca
+            .authorities()
+            .entries()
+            .iter()
+            .map(|e| (e.authority.id().to_string(), e.state.to_string()))
+            .collect();
+        if stored != published {
+            tracing::info!("authorities changed in the store; reloading");
+            if let Err(error) = ca.refresh_authorities().await {
+                tracing::error!(%error, "reloading authorities failed; keeping the current set");
+            }
+        }
+    }
 }
 
 /// An authority as the store keeps it: the key sealed under the KEK, bound to the id.

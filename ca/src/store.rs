@@ -603,6 +603,13 @@ impl Store {
             .map_err(StoreError::Query)
     }
 
+    /// (id, state) of every authority, in the order [`Store::authorities`] returns them.
+    pub async fn authority_states(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let sql = "SELECT id, state FROM authorities ORDER BY created_at, id";
+        with_pool!(self, pool => sqlx::query_as::<_, (String, String)>(sql).fetch_all(pool).await)
+            .map_err(StoreError::Query)
+    }
+
     /// Records a new authority as `prepared`: its root joins the bundle, nothing is signed.
     pub async fn insert_prepared_authority(&self, a: &StoredAuthority) -> Result<(), StoreError> {
         let sql = format!(

@@ -636,3 +636,41 @@ async fn refuse_mode_keeps_the_running_authority_when_the_directory_changes_key(
         .unwrap();
     assert_eq!(issued.chain_pem.last().unwrap(), &first.root.pem());
 }
+
+#[tokio::test]
+async fn a_rotation_through_one_process_reaches_another_sharing_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (dialect, url) in stores(tmp.path()).await {
+        let data = tmp.path().join(format!("replicas-{dialect}"));
+        let s = settings(&data, &url, None);
+        let first = CertificateAuthority::start(&s).await.unwrap();
+        let second = CertificateAuthority::start(&s).await.unwrap();
+        assert_eq!(
+            first.current_authority().id(),
+            second.current_authority().id()
+        );
+
+        let prepared = first
+            .prepare_authority(meshca_ca::PrepareRequest::Generate(KeyType::EcP384))
+            .await
+            .unwrap();
+        let id = prepared.authority.id().to_string();
+        first.activate_authority(&id).await.unwrap();
+
+        let mut watch = second.watch_authorities();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while watch.borrow_and_update().active().id().as_str() != id {
+                watch.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{dialect}: the other process still signs with the old root"));
+        let set = second.authorities();
+        assert_eq!(set.entries().len(), 2, "{dialect}");
+        assert_eq!(set.bundle().len(), 2, "{dialect}: both roots trusted");
+        let issued = issue(&second, &csr_pem(&csr_key("ec-p256"), &[]), 0)
+            .await
+            .unwrap();
+        assert_eq!(issued.authority_id.as_str(), id, "{dialect}");
+    }
+}
