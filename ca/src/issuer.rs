@@ -301,9 +301,11 @@ impl CertificateAuthority {
 
     /// Records a new authority as `prepared`: its root joins the trust bundle at once; it signs
     /// nothing until activated.
+    /// `actor` (method, principal) is recorded in the audit log in the same transaction.
     pub async fn prepare_authority(
         &self,
         request: PrepareRequest,
+        actor: (&str, &str),
     ) -> Result<AuthorityEntry, RotationError> {
         let kek = self
             .inner
@@ -334,7 +336,24 @@ impl CertificateAuthority {
             return Err(RotationError::Exists(id));
         }
         let record = sealed_record(&authority, kek, source, &key_type, chain_pem, now);
-        match self.inner.store.insert_prepared_authority(&record).await {
+        let audit = AuditEvent::new(
+            actor,
+            "authority.prepare",
+            &id,
+            Outcome::Success,
+            serde_json::json!({
+                "state": "prepared",
+                "source": source,
+                "key_type": key_type,
+                "root_fingerprint_sha256": keys::sha256_hex(authority.root().der()),
+            }),
+        );
+        match self
+            .inner
+            .store
+            .insert_prepared_authority(&record, &audit)
+            .await
+        {
             Ok(()) => {}
             Err(StoreError::Query(sqlx::Error::Database(e))) if e.is_unique_violation() => {
                 return Err(RotationError::Exists(id))
@@ -347,20 +366,32 @@ impl CertificateAuthority {
     }
 
     /// `prepared` → `active` (the active one becomes `old`).
-    pub async fn activate_authority(&self, id: &str) -> Result<AuthorityEntry, RotationError> {
-        self.transition(id, AuthorityState::Prepared, AuthorityState::Active)
+    pub async fn activate_authority(
+        &self,
+        id: &str,
+        actor: (&str, &str),
+    ) -> Result<AuthorityEntry, RotationError> {
+        self.transition(id, AuthorityState::Prepared, AuthorityState::Active, actor)
             .await
     }
 
     /// `old` → `tainted`: workloads holding its certificates rotate now.
-    pub async fn taint_authority(&self, id: &str) -> Result<AuthorityEntry, RotationError> {
-        self.transition(id, AuthorityState::Old, AuthorityState::Tainted)
+    pub async fn taint_authority(
+        &self,
+        id: &str,
+        actor: (&str, &str),
+    ) -> Result<AuthorityEntry, RotationError> {
+        self.transition(id, AuthorityState::Old, AuthorityState::Tainted, actor)
             .await
     }
 
     /// `tainted` → `revoked`: its root leaves the trust bundle.
-    pub async fn revoke_authority(&self, id: &str) -> Result<AuthorityEntry, RotationError> {
-        self.transition(id, AuthorityState::Tainted, AuthorityState::Revoked)
+    pub async fn revoke_authority(
+        &self,
+        id: &str,
+        actor: (&str, &str),
+    ) -> Result<AuthorityEntry, RotationError> {
+        self.transition(id, AuthorityState::Tainted, AuthorityState::Revoked, actor)
             .await
     }
 
@@ -369,13 +400,32 @@ impl CertificateAuthority {
         id: &str,
         from: AuthorityState,
         to: AuthorityState,
+        actor: (&str, &str),
     ) -> Result<AuthorityEntry, RotationError> {
         if self.inner.kek.is_none() {
             return Err(RotationError::ManagedByCacerts);
         }
+        let action = match to {
+            AuthorityState::Active => "authority.activate",
+            AuthorityState::Tainted => "authority.taint",
+            _ => "authority.revoke",
+        };
+        let audit = AuditEvent::new(
+            actor,
+            action,
+            id,
+            Outcome::Success,
+            serde_json::json!({ "from": from.as_str(), "to": to.as_str() }),
+        );
         self.inner
             .store
-            .transition_authority(id, from.as_str(), to.as_str(), unix(SystemTime::now()))
+            .transition_authority(
+                id,
+                from.as_str(),
+                to.as_str(),
+                unix(SystemTime::now()),
+                &audit,
+            )
             .await?;
         tracing::info!(authority = %id, from = %from, to = %to, "authority state changed");
         self.refresh_authorities().await?;

@@ -611,37 +611,49 @@ impl Store {
     }
 
     /// Records a new authority as `prepared`: its root joins the bundle, nothing is signed.
-    pub async fn insert_prepared_authority(&self, a: &StoredAuthority) -> Result<(), StoreError> {
+    /// With its audit event, in one transaction.
+    pub async fn insert_prepared_authority(
+        &self,
+        a: &StoredAuthority,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO authorities ({AUTHORITY_COLUMNS}) VALUES \
              ($1, 'prepared', $2, $3, $4, $5, $6, $7, $8, $9, $9)"
         );
         with_pool!(self, pool => {
-            sqlx::query(&sql)
-                .bind(&a.id)
-                .bind(&a.source)
-                .bind(&a.key_type)
-                .bind(&a.cert_der)
-                .bind(&a.chain_pem)
-                .bind(&a.roots_pem)
-                .bind(&a.sealed_key)
-                .bind(&a.kek_id)
-                .bind(a.created_at)
-                .execute(pool)
-                .await
-                .map(drop)
+            async {
+                let mut tx = pool.begin_write().await?;
+                sqlx::query(&sql)
+                    .bind(&a.id)
+                    .bind(&a.source)
+                    .bind(&a.key_type)
+                    .bind(&a.cert_der)
+                    .bind(&a.chain_pem)
+                    .bind(&a.roots_pem)
+                    .bind(&a.sealed_key)
+                    .bind(&a.kek_id)
+                    .bind(a.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                append_audit_in!(tx, audit);
+                tx.commit().await
+            }
+            .await
         })
         .map_err(StoreError::Query)
     }
 
-    /// Moves authority `id` from state `from` to `to` in one transaction. Activating also
-    /// demotes the current active authority to `old`, so exactly one stays active.
+    /// Moves authority `id` from state `from` to `to` in one transaction, with its audit event.
+    /// Activating also demotes the current active authority to `old`, so exactly one stays
+    /// active.
     pub async fn transition_authority(
         &self,
         id: &str,
         from: &'static str,
         to: &'static str,
         now: i64,
+        audit: &AuditEvent,
     ) -> Result<(), TransitionError> {
         let query_failed = |e| TransitionError::Store(StoreError::Query(e));
         with_pool!(self, pool => {
@@ -689,6 +701,12 @@ impl Store {
                 }
                 Err(e) => return Err(query_failed(e)),
             }
+            async {
+                append_audit_in!(tx, audit);
+                Ok::<_, sqlx::Error>(())
+            }
+            .await
+            .map_err(query_failed)?;
             tx.commit().await.map_err(query_failed)
         })
     }

@@ -651,11 +651,17 @@ async fn a_rotation_through_one_process_reaches_another_sharing_the_store() {
         );
 
         let prepared = first
-            .prepare_authority(meshca_ca::PrepareRequest::Generate(KeyType::EcP384))
+            .prepare_authority(
+                meshca_ca::PrepareRequest::Generate(KeyType::EcP384),
+                ("token", "test"),
+            )
             .await
             .unwrap();
         let id = prepared.authority.id().to_string();
-        first.activate_authority(&id).await.unwrap();
+        first
+            .activate_authority(&id, ("token", "test"))
+            .await
+            .unwrap();
 
         let mut watch = second.watch_authorities();
         tokio::time::timeout(Duration::from_secs(5), async {
@@ -672,5 +678,28 @@ async fn a_rotation_through_one_process_reaches_another_sharing_the_store() {
             .await
             .unwrap();
         assert_eq!(issued.authority_id.as_str(), id, "{dialect}");
+
+        // Both steps are in the audit log, chained, with their actor.
+        let events = first
+            .store()
+            .audit_events(&Default::default(), None, 100)
+            .await
+            .unwrap();
+        let steps: Vec<(&str, &str)> = events
+            .iter()
+            .filter(|e| e.action.starts_with("authority."))
+            .map(|e| (e.action.as_str(), e.actor_principal.as_str()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("authority.activate", "test"),
+                ("authority.prepare", "test")
+            ],
+            "{dialect}"
+        );
+        let mut chain = events.clone();
+        chain.reverse();
+        meshca_ca::audit::verify_chain(&chain, 0, meshca_ca::audit::GENESIS_HASH.into()).unwrap();
     }
 }

@@ -205,26 +205,22 @@ pub async fn prepare(
     Admin(actor): Admin,
     body: Result<Json<PrepareBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<AuthorityView>), ApiError> {
-    let result = prepare_inner(&state, body).await;
-    let target = result
-        .as_ref()
-        .map(|e| e.authority.id().to_string())
-        .unwrap_or_default();
-    let result = match result {
-        Ok(entry) => view(&state, &entry).await,
-        Err(e) => Err(e),
+    // A success is audited in the store's transaction; a refusal is recorded here.
+    let entry = match prepare_inner(&state, (actor.method, &actor.principal), body).await {
+        Ok(entry) => entry,
+        Err(e) => {
+            state
+                .audit_action(&actor, "authority.prepare", "", Err(&e))
+                .await;
+            return Err(e);
+        }
     };
-    let details = result.as_ref().map(|v| {
-        json!({ "state": v.state, "source": v.source, "root_fingerprint_sha256": v.root_fingerprint_sha256 })
-    });
-    state
-        .audit_action(&actor, "authority.prepare", &target, details)
-        .await;
-    Ok((StatusCode::CREATED, Json(result?)))
+    Ok((StatusCode::CREATED, Json(view(&state, &entry).await?)))
 }
 
 async fn prepare_inner(
     state: &RestState,
+    actor: (&str, &str),
     body: Result<Json<PrepareBody>, JsonRejection>,
 ) -> Result<AuthorityEntry, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -257,10 +253,11 @@ async fn prepare_inner(
             "give either \"generate\" or the plug-in set (ca_cert, ca_key, root_cert, cert_chain)",
         )),
     };
-    Ok(state.ca.prepare_authority(request).await?)
+    Ok(state.ca.prepare_authority(request, actor).await?)
 }
 
-/// One rotation step, recorded in the audit log whether it happened or not.
+/// One rotation step's answer. A step that happened was audited in its own transaction; a
+/// refused one is recorded here.
 async fn step(
     state: &RestState,
     actor: &super::Actor,
@@ -268,13 +265,14 @@ async fn step(
     id: &str,
     result: Result<AuthorityEntry, RotationError>,
 ) -> Result<Json<AuthorityView>, ApiError> {
-    let result = match result {
-        Ok(entry) => view(state, &entry).await,
-        Err(e) => Err(e.into()),
-    };
-    let details = result.as_ref().map(|v| json!({ "state": v.state }));
-    state.audit_action(actor, action, id, details).await;
-    result.map(Json)
+    match result {
+        Ok(entry) => Ok(Json(view(state, &entry).await?)),
+        Err(e) => {
+            let e = ApiError::from(e);
+            state.audit_action(actor, action, id, Err(&e)).await;
+            Err(e)
+        }
+    }
 }
 
 /// `prepared` → `active`: new certificates are signed by it; the previous active becomes `old`.
@@ -291,7 +289,10 @@ pub async fn activate(
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<AuthorityView>, ApiError> {
-    let result = state.ca.activate_authority(&id).await;
+    let result = state
+        .ca
+        .activate_authority(&id, (actor.method, &actor.principal))
+        .await;
     step(&state, &actor, "authority.activate", &id, result).await
 }
 
@@ -309,7 +310,10 @@ pub async fn taint(
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<AuthorityView>, ApiError> {
-    let result = state.ca.taint_authority(&id).await;
+    let result = state
+        .ca
+        .taint_authority(&id, (actor.method, &actor.principal))
+        .await;
     step(&state, &actor, "authority.taint", &id, result).await
 }
 
@@ -327,7 +331,10 @@ pub async fn revoke(
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<AuthorityView>, ApiError> {
-    let result = state.ca.revoke_authority(&id).await;
+    let result = state
+        .ca
+        .revoke_authority(&id, (actor.method, &actor.principal))
+        .await;
     step(&state, &actor, "authority.revoke", &id, result).await
 }
 
