@@ -61,6 +61,8 @@ enum Command {
     /// Administer a running server through its REST API: authorities and root rotation,
     /// the certificate inventory, revocation, the CRL and the audit log.
     Admin(Box<meshca_ra::admin_client::AdminArgs>),
+    /// Load-test a running RA with CreateCertificate calls, as many istio-agents would.
+    Bench(Box<meshca_agent::loadgen::BenchArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -95,8 +97,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let dev = match &cli.command {
         Command::Server(args) => args.dev,
         Command::Agent(args) => args.dev,
-        Command::Config | Command::Admin(_) => false,
+        Command::Config | Command::Admin(_) | Command::Bench(_) => false,
     };
+    if let Command::Bench(args) = &cli.command {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let report = runtime.block_on(meshca_agent::loadgen::run(args))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.render());
+        }
+        return Ok(());
+    }
     if let Command::Admin(args) = &cli.command {
         // A client of a running server: no configuration of its own.
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -131,7 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(meshca_agent::run::run(settings, server::shutdown_signal()))?;
             Ok(())
         }
-        Command::Admin(_) => Ok(()),
+        Command::Admin(_) | Command::Bench(_) => Ok(()),
         Command::Config => {
             print!("{}", config.to_redacted_toml());
             match &config.ca.cacerts_dir {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod agent;
+mod bench;
 mod harness;
 mod inventory;
 mod peers;

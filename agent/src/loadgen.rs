@@ -1,0 +1,454 @@
+//! `meshca bench`: a CreateCertificate load generator acting like many istio-agents. Keys,
+//! CSRs and tokens are prepared before the clock starts (client crypto is not what is being
+//! measured); every answer is checked (the chain parses, the leaf names the expected SPIFFE
+//! id); the report has throughput, latency percentiles, errors by gRPC code and, given the
+//! server's PID, its CPU seconds per issuance read from /proc.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use der::Decode;
+use meshca_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
+use meshca_proto::istio::v1::auth::IstioCertificateRequest;
+use serde::Serialize;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::credential::{KeyAndCsr, KeyType};
+
+#[derive(Clone, Debug, Args)]
+pub struct BenchArgs {
+    /// The RA, host:port.
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    pub addr: String,
+    /// PEM roots that verify the RA's serving certificate.
+    #[arg(long)]
+    pub ca_cert: PathBuf,
+    /// TLS server name to expect.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// One service-account token for every request (all requests are then one identity,
+    /// `--namespace`/`--service-account`).
+    #[arg(long, conflicts_with = "jwt_key")]
+    pub token_file: Option<PathBuf>,
+    /// Mint a token per identity with this private key (PKCS#8 PEM, EC P-256 → ES256 or RSA →
+    /// RS256); the server must trust its JWKS.
+    #[arg(long, requires = "jwt_issuer")]
+    pub jwt_key: Option<PathBuf>,
+    #[arg(long)]
+    pub jwt_kid: Option<String>,
+    #[arg(long)]
+    pub jwt_issuer: Option<String>,
+    #[arg(long, default_value = "istio-ca")]
+    pub jwt_audience: String,
+    /// Distinct identities (`ns-<i>/sa-<i>`) with `--jwt-key`.
+    #[arg(long, default_value_t = 16)]
+    pub identities: usize,
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    #[arg(long, default_value = "default")]
+    pub service_account: String,
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    #[arg(long, default_value = "Kubernetes")]
+    pub cluster_id: String,
+    /// CSR key type: ec-p256, ec-p384, rsa-2048, rsa-4096.
+    #[arg(long, default_value = "ec-p256")]
+    pub key_type: String,
+    /// Pre-generated keys (and CSRs) per identity, reused round-robin.
+    #[arg(long, default_value_t = 4)]
+    pub keys_per_identity: usize,
+    /// TCP/TLS connections (HTTP/2 multiplexes the requests over them).
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Stop after this many requests…
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// …or after this long (default 10 s when neither is given).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Requested certificate lifetime, seconds (0: the server's default).
+    #[arg(long, default_value_t = 0)]
+    pub ttl_secs: i64,
+    /// The server's PID, to report its CPU seconds per issuance.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BenchError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What a run measured.
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub requests: u64,
+    pub ok: u64,
+    /// gRPC code name (or `invalid_response`) → count.
+    pub errors: BTreeMap<String, u64>,
+    pub seconds: f64,
+    pub throughput_per_sec: f64,
+    pub latency_ms: Percentiles,
+    /// Server CPU (user + system) per successful issuance, when `--server-pid` was given.
+    pub server_cpu_ms_per_issuance: Option<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// One prepared request: CSR, token and the identity the answer must name.
+struct Prepared {
+    csr_pem: String,
+    authorization: Option<String>,
+    spiffe_id: String,
+}
+
+fn read(path: &PathBuf) -> Result<String, BenchError> {
+    std::fs::read_to_string(path).map_err(|source| BenchError::Read {
+        path: path.clone(),
+        source,
+    })
+}
+
+fn key_type(name: &str) -> Result<KeyType, BenchError> {
+    serde_json::from_value(serde_json::Value::String(name.to_string()))
+        .map_err(|_| BenchError::Setup(format!("unknown key type {name:?}")))
+}
+
+fn mint(
+    key_pem: &str,
+    kid: Option<&str>,
+    issuer: &str,
+    audience: &str,
+    namespace: &str,
+    service_account: &str,
+) -> Result<String, BenchError> {
+    let (algorithm, key) =
+        if let Ok(key) = jsonwebtoken::EncodingKey::from_ec_pem(key_pem.as_bytes()) {
+            (jsonwebtoken::Algorithm::ES256, key)
+        } else {
+            let key = jsonwebtoken::EncodingKey::from_rsa_pem(key_pem.as_bytes())
+                .map_err(|e| BenchError::Setup(format!("--jwt-key: {e}")))?;
+            (jsonwebtoken::Algorithm::RS256, key)
+        };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": issuer,
+        "sub": format!("system:serviceaccount:{namespace}:{service_account}"),
+        "aud": [audience],
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+    });
+    let mut header = jsonwebtoken::Header::new(algorithm);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| BenchError::Setup(e.to_string()))
+}
+
+fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
+    let key_type = key_type(&args.key_type)?;
+    let identities: Vec<(String, String)> = if args.jwt_key.is_some() {
+        (0..args.identities.max(1))
+            .map(|i| (format!("ns-{i}"), format!("sa-{i}")))
+            .collect()
+    } else {
+        vec![(args.namespace.clone(), args.service_account.clone())]
+    };
+    let fixed_token = args
+        .token_file
+        .as_ref()
+        .map(read)
+        .transpose()?
+        .map(|t| t.trim().to_string());
+    let jwt_key = args.jwt_key.as_ref().map(read).transpose()?;
+    let mut prepared = Vec::new();
+    for (namespace, service_account) in identities {
+        let spiffe_id = format!(
+            "spiffe://{}/ns/{namespace}/sa/{service_account}",
+            args.trust_domain
+        );
+        let token = match (&fixed_token, &jwt_key) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(key)) => Some(mint(
+                key,
+                args.jwt_kid.as_deref(),
+                args.jwt_issuer.as_deref().unwrap_or_default(),
+                &args.jwt_audience,
+                &namespace,
+                &service_account,
+            )?),
+            (None, None) => None,
+        };
+        for _ in 0..args.keys_per_identity.max(1) {
+            let request = KeyAndCsr::generate(key_type, &spiffe_id)
+                .map_err(|e| BenchError::Setup(e.to_string()))?;
+            prepared.push(Prepared {
+                csr_pem: request.csr_pem,
+                authorization: token.as_ref().map(|t| format!("Bearer {t}")),
+                spiffe_id: spiffe_id.clone(),
+            });
+        }
+    }
+    Ok(prepared)
+}
+
+async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, BenchError> {
+    let roots = read(&args.ca_cert)?;
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&roots))
+            .domain_name(args.server_name.clone());
+        let channel = Endpoint::from_shared(format!("https://{}", args.addr))
+            .map_err(|e| BenchError::Setup(e.to_string()))?
+            .tls_config(tls)
+            .map_err(|e| BenchError::Setup(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| BenchError::Setup(format!("connecting to {}: {e}", args.addr)))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+/// Whether an answer is a chain whose leaf names `spiffe_id`.
+fn answer_is_valid(chain: &[String], spiffe_id: &str) -> bool {
+    let Some(leaf) = chain.first().and_then(|p| pem::parse(p).ok()) else {
+        return false;
+    };
+    let Ok(cert) = x509_cert::Certificate::from_der(leaf.contents()) else {
+        return false;
+    };
+    use der::oid::AssociatedOid;
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::SubjectAltName;
+    let uris: Vec<String> = cert
+        .tbs_certificate
+        .extensions
+        .iter()
+        .flatten()
+        .filter(|e| e.extn_id == SubjectAltName::OID)
+        .filter_map(|e| SubjectAltName::from_der(e.extn_value.as_bytes()).ok())
+        .flat_map(|san| san.0)
+        .filter_map(|name| match name {
+            GeneralName::UniformResourceIdentifier(uri) => Some(uri.as_str().to_string()),
+            _ => None,
+        })
+        .collect();
+    chain.len() >= 2 && uris == [spiffe_id]
+}
+
+/// `InvalidArgument` → `invalid_argument`, as gRPC spells codes.
+fn code_name(code: tonic::Code) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// CPU seconds (user + system) of a process so far.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(ticks as f64 / 100.0)
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
+    if samples.is_empty() {
+        return Percentiles::default();
+    }
+    samples.sort_unstable();
+    let at =
+        |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
+    Percentiles {
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        max: at(1.0),
+    }
+}
+
+/// Runs the load and measures it.
+pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
+    let prepared = Arc::new(prepare(args)?);
+    let channels = connect(args).await?;
+    let limit = args.requests;
+    let deadline = match (limit, args.duration) {
+        (_, Some(d)) => Some(Instant::now() + d),
+        (None, None) => Some(Instant::now() + Duration::from_secs(10)),
+        (Some(_), None) => None,
+    };
+    let issued = Arc::new(AtomicU64::new(0));
+    let cpu_before = args.server_pid.and_then(process_cpu_seconds);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..args.concurrency.max(1) {
+        let channel = channels[worker % channels.len()].clone();
+        let prepared = prepared.clone();
+        let issued = issued.clone();
+        let cluster_id = args.cluster_id.clone();
+        let ttl = args.ttl_secs;
+        workers.push(tokio::spawn(async move {
+            let mut client = IstioCertificateServiceClient::new(channel);
+            let mut latencies = Vec::new();
+            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            loop {
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                if limit.is_some_and(|l| n >= l) || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                let item = &prepared[n as usize % prepared.len()];
+                let mut request = tonic::Request::new(IstioCertificateRequest {
+                    csr: item.csr_pem.clone(),
+                    validity_duration: ttl,
+                    metadata: None,
+                });
+                if let Some(value) = item.authorization.as_ref().and_then(|a| a.parse().ok()) {
+                    request.metadata_mut().insert("authorization", value);
+                }
+                if let Ok(value) = cluster_id.parse() {
+                    request.metadata_mut().insert("clusterid", value);
+                }
+                let sent = Instant::now();
+                match client.create_certificate(request).await {
+                    Ok(response) => {
+                        latencies.push(sent.elapsed());
+                        if !answer_is_valid(&response.into_inner().cert_chain, &item.spiffe_id) {
+                            *errors.entry("invalid_response".into()).or_default() += 1;
+                        }
+                    }
+                    Err(status) => {
+                        *errors.entry(code_name(status.code())).or_default() += 1;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for worker in workers {
+        let (l, e) = worker
+            .await
+            .map_err(|e| BenchError::Setup(format!("worker failed: {e}")))?;
+        latencies.extend(l);
+        for (code, n) in e {
+            *errors.entry(code).or_default() += n;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_after = args.server_pid.and_then(process_cpu_seconds);
+    let failed: u64 = errors.values().sum();
+    let answered = latencies.len() as u64;
+    let ok = answered.saturating_sub(errors.get("invalid_response").copied().unwrap_or(0));
+    let requests = answered + failed - errors.get("invalid_response").copied().unwrap_or(0);
+    Ok(BenchReport {
+        requests,
+        ok,
+        errors,
+        seconds,
+        throughput_per_sec: ok as f64 / seconds,
+        latency_ms: percentiles(latencies),
+        server_cpu_ms_per_issuance: match (cpu_before, cpu_after) {
+            (Some(before), Some(after)) if ok > 0 => Some((after - before) * 1e3 / ok as f64),
+            _ => None,
+        },
+    })
+}
+
+impl BenchReport {
+    /// A few lines for a terminal.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{} requests in {:.2} s: {} ok ({:.0}/s)\nlatency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}\n",
+            self.requests,
+            self.seconds,
+            self.ok,
+            self.throughput_per_sec,
+            self.latency_ms.p50,
+            self.latency_ms.p90,
+            self.latency_ms.p99,
+            self.latency_ms.max,
+        );
+        if let Some(cpu) = self.server_cpu_ms_per_issuance {
+            out.push_str(&format!("server CPU per issuance: {cpu:.3} ms\n"));
+        }
+        for (code, n) in &self.errors {
+            out.push_str(&format!("errors {code}: {n}\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_sample() {
+        let samples = (1..=100).map(Duration::from_millis).collect();
+        let p = percentiles(samples);
+        assert_eq!(
+            (p.p50.round(), p.p90.round(), p.p99.round(), p.max),
+            (51.0, 90.0, 99.0, 100.0)
+        );
+        assert_eq!(percentiles(Vec::new()).max, 0.0);
+    }
+
+    #[test]
+    fn code_names_are_grpc_spelling() {
+        assert_eq!(code_name(tonic::Code::InvalidArgument), "invalid_argument");
+        assert_eq!(code_name(tonic::Code::Unavailable), "unavailable");
+        assert_eq!(
+            code_name(tonic::Code::ResourceExhausted),
+            "resource_exhausted"
+        );
+    }
+
+    #[test]
+    fn own_cpu_is_readable() {
+        assert!(process_cpu_seconds(std::process::id()).is_some());
+        assert!(process_cpu_seconds(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn answers_must_name_the_identity() {
+        assert!(!answer_is_valid(&[], "spiffe://td/ns/a/sa/b"));
+        assert!(!answer_is_valid(
+            &["not pem".into(), "x".into()],
+            "spiffe://td/ns/a/sa/b"
+        ));
+    }
+}
