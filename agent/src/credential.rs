@@ -199,7 +199,8 @@ impl fmt::Debug for Credential {
     }
 }
 
-fn uri_sans(cert: &Certificate) -> Vec<String> {
+/// The URI SANs of a certificate.
+pub(crate) fn uri_sans(cert: &Certificate) -> Vec<String> {
     use der::oid::AssociatedOid;
     cert.tbs_certificate
         .extensions

@@ -17,7 +17,7 @@ use meshca_proto::istio::v1::auth::IstioCertificateRequest;
 use serde::Serialize;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::credential::{KeyAndCsr, KeyType};
+use crate::credential::{uri_sans, KeyAndCsr, KeyType};
 
 #[derive(Clone, Debug, Args)]
 pub struct BenchArgs {
@@ -244,22 +244,7 @@ fn answer_is_valid(chain: &[String], spiffe_id: &str) -> bool {
     let Ok(cert) = x509_cert::Certificate::from_der(leaf.contents()) else {
         return false;
     };
-    use der::oid::AssociatedOid;
-    use x509_cert::ext::pkix::name::GeneralName;
-    use x509_cert::ext::pkix::SubjectAltName;
-    let uris: Vec<String> = cert
-        .tbs_certificate
-        .extensions
-        .iter()
-        .flatten()
-        .filter(|e| e.extn_id == SubjectAltName::OID)
-        .filter_map(|e| SubjectAltName::from_der(e.extn_value.as_bytes()).ok())
-        .flat_map(|san| san.0)
-        .filter_map(|name| match name {
-            GeneralName::UniformResourceIdentifier(uri) => Some(uri.as_str().to_string()),
-            _ => None,
-        })
-        .collect();
+    let uris = uri_sans(&cert);
     chain.len() >= 2 && uris == [spiffe_id]
 }
 

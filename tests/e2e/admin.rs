@@ -307,18 +307,7 @@ async fn root_rotation_end_to_end_with_a_connected_agent() {
 async fn trust_bundle_formats_and_etag() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("meshca-dev");
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let server = MeshcaProcess::start(
-        &["server", "--dev", "--data-dir", data.to_str().unwrap()],
-        &[
-            ("MESHCA_GRPC_LISTEN", grpc.to_string()),
-            ("MESHCA_METRICS_LISTEN", metrics.to_string()),
-        ],
-        tmp.path(),
-        grpc,
-        metrics,
-    );
+    let server = dev_server(tmp.path(), &[]);
     let root = std::fs::read_to_string(data.join("root-cert.pem")).unwrap();
     let rest = Rest::new(server.rest, &root);
     let url = format!("{}/v1/trust-bundle", rest.base);
@@ -371,20 +360,9 @@ async fn every_endpoint_requires_its_role() {
 
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("meshca-dev");
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin_id = "spiffe://cluster.local/ns/default/sa/default";
-    let server = MeshcaProcess::start(
-        &["server", "--dev", "--data-dir", data.to_str().unwrap()],
-        &[
-            ("MESHCA_GRPC_LISTEN", grpc.to_string()),
-            ("MESHCA_METRICS_LISTEN", metrics.to_string()),
-            ("MESHCA_REST_ADMINS", admin_id.to_string()),
-        ],
-        tmp.path(),
-        grpc,
-        metrics,
-    );
+    let server = dev_server(tmp.path(), &[("MESHCA_REST_ADMINS", admin_id.to_string())]);
+    let grpc = server.grpc;
     let root = std::fs::read_to_string(data.join("root-cert.pem")).unwrap();
     let rest = Rest::new(server.rest, &root);
     let admin = read_token(&data, "admin-token");
@@ -509,18 +487,7 @@ async fn every_endpoint_requires_its_role() {
 async fn admin_cli_drives_the_api() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("meshca-dev");
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let server = MeshcaProcess::start(
-        &["server", "--dev", "--data-dir", data.to_str().unwrap()],
-        &[
-            ("MESHCA_GRPC_LISTEN", grpc.to_string()),
-            ("MESHCA_METRICS_LISTEN", metrics.to_string()),
-        ],
-        tmp.path(),
-        grpc,
-        metrics,
-    );
+    let server = dev_server(tmp.path(), &[]);
     let admin = read_token(&data, "admin-token");
     let auditor = read_token(&data, "auditor-token");
     let ca_file = tmp.path().join("ca.pem");

@@ -108,19 +108,9 @@ async fn dev_agent_serves_the_workload_api_and_writes_files() {
 
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("meshca-dev");
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let data_arg = data.to_str().unwrap();
-    let _server = MeshcaProcess::start(
-        &["server", "--dev", "--data-dir", data_arg],
-        &[
-            ("MESHCA_GRPC_LISTEN", grpc.to_string()),
-            ("MESHCA_METRICS_LISTEN", metrics.to_string()),
-        ],
-        tmp.path(),
-        grpc,
-        metrics,
-    );
+    let server = dev_server(tmp.path(), &[]);
+    let grpc = server.grpc;
     let agent_health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let out = tmp.path().join("certs");
     let agent = MeshcaProcess::start(

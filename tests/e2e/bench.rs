@@ -2,8 +2,6 @@
 //! report carries latency percentiles and the server's CPU per issuance; refusals are counted
 //! by gRPC code.
 
-use std::net::SocketAddr;
-
 use serde_json::Value;
 
 use crate::harness::*;
@@ -12,18 +10,8 @@ use crate::harness::*;
 async fn the_load_generator_measures_a_real_server() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("meshca-dev");
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let server = MeshcaProcess::start(
-        &["server", "--dev", "--data-dir", data.to_str().unwrap()],
-        &[
-            ("MESHCA_GRPC_LISTEN", grpc.to_string()),
-            ("MESHCA_METRICS_LISTEN", metrics.to_string()),
-        ],
-        tmp.path(),
-        grpc,
-        metrics,
-    );
+    let server = dev_server(tmp.path(), &[]);
+    let grpc = server.grpc;
     let bench = |extra: &[&str]| {
         let out = std::process::Command::new(meshca_bin())
             .args(["bench", "--json", "--addr", &grpc.to_string(), "--ca-cert"])

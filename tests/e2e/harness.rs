@@ -52,13 +52,47 @@ pub fn meshca_bin() -> &'static Path {
     })
 }
 
+/// `meshca server --dev` with its state in `<dir>/meshca-dev`, every port free, plus
+/// `extra_env`.
+pub fn dev_server(dir: &Path, extra_env: &[(&str, String)]) -> MeshcaProcess {
+    let data = dir.join("meshca-dev");
+    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut env = vec![
+        ("MESHCA_GRPC_LISTEN", grpc.to_string()),
+        ("MESHCA_METRICS_LISTEN", metrics.to_string()),
+    ];
+    env.extend(extra_env.iter().cloned());
+    MeshcaProcess::start(
+        &["server", "--dev", "--data-dir", data.to_str().unwrap()],
+        &env,
+        dir,
+        grpc,
+        metrics,
+    )
+}
+
 /// A loopback port nobody listens on right now.
+///
+/// Ports come from one counter below the kernel's ephemeral range (32768+), so two tests never
+/// get the same port and no outgoing connection can take one between the check and the
+/// server's bind (asking the kernel for port 0 can hand the same port to two tests in turn).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    // A per-run offset keeps parallel test runs on one machine apart too.
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 1000) as u16 * 12,
+        std::sync::atomic::Ordering::SeqCst,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(port < 32_768, "ran out of test ports");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running `meshca` process; killed on drop. Its output goes to `log`.

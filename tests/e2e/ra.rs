@@ -716,18 +716,8 @@ async fn bad_requests_are_invalid_argument() {
 async fn dev_mode_issues_with_its_own_token() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("meshca-dev");
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _server = MeshcaProcess::start(
-        &["server", "--dev", "--data-dir", &data.display().to_string()],
-        &[
-            ("MESHCA_GRPC_LISTEN", grpc.to_string()),
-            ("MESHCA_METRICS_LISTEN", metrics.to_string()),
-        ],
-        tmp.path(),
-        grpc,
-        metrics,
-    );
+    let server = dev_server(tmp.path(), &[]);
+    let grpc = server.grpc;
     let root = std::fs::read_to_string(data.join("root-cert.pem")).unwrap();
     let token = std::fs::read_to_string(data.join("dev/token")).unwrap();
     use std::os::unix::fs::PermissionsExt;
