@@ -27,13 +27,13 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::credential::Credential;
 use crate::metrics::{AgentMetrics, StreamKind};
-use crate::workload_api::bind_unix;
+use crate::workload_api::serve_unix;
 
 /// The only resource type this server answers for.
 pub const SECRET_TYPE_URL: &str =
@@ -686,14 +686,12 @@ pub async fn serve(
     socket: &Path,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = bind_unix(socket)?;
-    let result = tonic::transport::Server::builder()
-        .add_service(SecretDiscoveryServiceServer::new(service))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
-        .map_err(std::io::Error::other);
-    let _ = std::fs::remove_file(socket);
-    result
+    serve_unix(
+        tonic::service::Routes::new(SecretDiscoveryServiceServer::new(service)),
+        socket,
+        shutdown,
+    )
+    .await
 }
 
 #[cfg(test)]

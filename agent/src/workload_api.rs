@@ -184,9 +184,24 @@ pub async fn serve(
     socket: &Path,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_unix(
+        tonic::service::Routes::new(SpiffeWorkloadApiServer::new(api)),
+        socket,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves gRPC `routes` on the Unix socket `socket` until `shutdown`: a stale socket file is
+/// replaced, and the socket is removed on exit. Shared by the Workload API and SDS.
+pub async fn serve_unix(
+    routes: tonic::service::Routes,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let listener = bind_unix(socket)?;
     let result = tonic::transport::Server::builder()
-        .add_service(SpiffeWorkloadApiServer::new(api))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .map_err(std::io::Error::other);
