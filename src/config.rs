@@ -206,6 +206,24 @@ pub fn load(
         },
         other => other,
     })?;
+    if config.ca.remote_addr.is_some() {
+        let key_material = [
+            ("ca.cacerts_dir", config.ca.cacerts_dir.is_some()),
+            (
+                "ca.key_encryption_key_file",
+                config.ca.key_encryption_key_file.is_some(),
+            ),
+        ];
+        if let Some((key, _)) = key_material.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::Invalid {
+                origin,
+                key: (*key).into(),
+                message: "ca.remote_addr makes this a keyless RA: key material belongs to the \
+                          `meshca ca` service it points at"
+                    .into(),
+            });
+        }
+    }
     if config.ca.default_ttl > config.ca.max_ttl {
         return Err(ConfigError::Invalid {
             origin,
@@ -390,6 +408,46 @@ mod tests {
         assert_eq!(c.ca.self_signed_key_type, meshca_ca::KeyType::Rsa4096);
         assert_eq!(c.store.url.as_deref(), Some("postgres://u@h/db"));
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn a_keyless_ra_refuses_key_material() {
+        let loaded = load(
+            None,
+            false,
+            env(&[
+                (
+                    "MESHCA_CA_REMOTE_ADDR",
+                    "https://meshca-ca.meshca.svc:15013",
+                ),
+                (
+                    "MESHCA_CA_ALLOWED_RAS",
+                    "spiffe://a/ns/x/sa/ra,spiffe://a/ns/y/sa/ra",
+                ),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            loaded.config.ca.remote_addr.as_deref(),
+            Some("https://meshca-ca.meshca.svc:15013")
+        );
+        assert_eq!(loaded.config.ca.allowed_ras.len(), 2);
+        let err = load(
+            None,
+            false,
+            env(&[
+                ("MESHCA_CA_REMOTE_ADDR", "https://ca:15013"),
+                ("MESHCA_CA_CACERTS_DIR", "/etc/cacerts"),
+            ]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("ca.cacerts_dir") && err.contains("keyless"),
+            "{err}"
+        );
     }
 
     #[test]

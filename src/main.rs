@@ -1,6 +1,7 @@
 //! The `meshca` binary: parses the command line and config, sets up logging, and hands over to
 //! the crates.
 
+mod ca;
 mod config;
 mod server;
 
@@ -51,8 +52,11 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the RA (Istio's CreateCertificate on gRPC/TLS) with the CA in-process.
+    /// Run the RA (Istio's CreateCertificate on gRPC/TLS) with the CA in-process, or keyless
+    /// in front of `meshca ca` when `ca.remote_addr` is set.
     Server(ServerArgs),
+    /// Run the standalone signing service keyless RAs call (mTLS, `ca.allowed_ras`).
+    Ca,
     /// Run the node agent: keep a workload certificate fresh and serve it over the SPIFFE
     /// Workload API (and to `agent.output_dir`).
     Agent(AgentArgs),
@@ -97,7 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let dev = match &cli.command {
         Command::Server(args) => args.dev,
         Command::Agent(args) => args.dev,
-        Command::Config | Command::Admin(_) | Command::Bench(_) => false,
+        Command::Ca | Command::Config | Command::Admin(_) | Command::Bench(_) => false,
     };
     if let Command::Bench(args) = &cli.command {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -144,6 +148,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(meshca_agent::run::run(settings, server::shutdown_signal()))?;
             Ok(())
+        }
+        Command::Ca => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(ca::run(config))
         }
         Command::Admin(_) | Command::Bench(_) => Ok(()),
         Command::Config => {

@@ -20,7 +20,11 @@ pub struct Authority {
     id: AuthorityId,
     /// `[signing cert, intermediates..., root]`; a single element when the root signs.
     path: Vec<ParsedCert>,
-    key: SigningKey,
+    /// `None` in a keyless RA: it knows the authority's certificates from the CA service,
+    /// which alone holds the key.
+    key: Option<SigningKey>,
+    /// e.g. `ECDSA P-256`, for the admin API.
+    key_description: String,
     roots: Vec<ParsedCert>,
     key_id: Vec<u8>,
     /// What follows the leaf in an Istio response: the signing cert and each intermediate
@@ -41,11 +45,36 @@ pub enum SelfSignedError {
     Parse(#[from] x509::ParseError),
 }
 
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthoritySignError {
+    #[error("authority {0} has no key here; the CA service signs for it")]
+    NoKey(AuthorityId),
+    #[error("encoding the certificate: {0}")]
+    Encode(#[from] der::Error),
+}
+
 // === impl Authority ===
 
 impl Authority {
     /// `path` starts at the certificate `key` belongs to and ends at a root in `roots`.
     pub fn new(path: CertPath, roots: Vec<ParsedCert>, key: SigningKey) -> Self {
+        let key_description = key.key_description();
+        Self::build(path, roots, Some(key), key_description)
+    }
+
+    /// The public half of an authority whose key lives in the CA service: a keyless RA serves
+    /// its chain and trust bundle and verifies renewals against it, but cannot sign.
+    pub fn public(path: CertPath, roots: Vec<ParsedCert>, key_description: String) -> Self {
+        Self::build(path, roots, None, key_description)
+    }
+
+    fn build(
+        path: CertPath,
+        roots: Vec<ParsedCert>,
+        key: Option<SigningKey>,
+        key_description: String,
+    ) -> Self {
         let path = path.certs;
         let signing = &path[0];
         let key_id = signing.key_id();
@@ -67,6 +96,7 @@ impl Authority {
             id: AuthorityId::from_key_id(&key_id),
             path,
             key,
+            key_description,
             roots,
             key_id,
             chain_tail,
@@ -129,8 +159,13 @@ impl Authority {
         }
     }
 
-    pub fn key(&self) -> &SigningKey {
-        &self.key
+    /// The signing key; `None` in a keyless RA.
+    pub fn key(&self) -> Option<&SigningKey> {
+        self.key.as_ref()
+    }
+
+    pub fn key_description(&self) -> &str {
+        &self.key_description
     }
 
     /// The AKI children carry.
@@ -151,8 +186,16 @@ impl Authority {
     }
 
     /// Signs a certificate as this authority. Callers build every field in `template`.
-    pub fn sign(&self, template: CertTemplate) -> Result<Vec<u8>, der::Error> {
-        x509::sign_certificate(template, self.signing_cert().subject(), &self.key)
+    pub fn sign(&self, template: CertTemplate) -> Result<Vec<u8>, AuthoritySignError> {
+        let key = self
+            .key
+            .as_ref()
+            .ok_or_else(|| AuthoritySignError::NoKey(self.id.clone()))?;
+        Ok(x509::sign_certificate(
+            template,
+            self.signing_cert().subject(),
+            key,
+        )?)
     }
 }
 

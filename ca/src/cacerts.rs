@@ -91,6 +91,13 @@ pub struct NamedPem {
     pub bytes: Vec<u8>,
 }
 
+impl NamedPem {
+    /// The PEM as text (it is ASCII when it parses at all).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
 /// A plug-in CA set, from a directory or uploaded through the admin API.
 #[derive(Clone, Debug)]
 pub struct CacertsMaterial {

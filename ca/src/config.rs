@@ -2,6 +2,7 @@
 //! sections of the config file (and `MESHCA_CA_*` / `MESHCA_STORE_*` overrides).
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::KeyType;
 use crate::store::redact_url;
+
+/// The signing service's port: beside the RA's 15012, and one istiod does not use.
+pub const DEFAULT_SERVICE_PORT: u16 = 15013;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -34,6 +38,29 @@ pub struct CaConfig {
     /// 32 random bytes, base64, that seal CA keys in the store. Default
     /// `<data_dir>/key-encryption-key`, generated (0600) when absent; a configured file must exist.
     pub key_encryption_key_file: Option<PathBuf>,
+
+    // --- split deployment: a keyless `meshca server` in front of `meshca ca` ---
+    /// `meshca server` only: a `meshca ca` signing service, `https://host:port`. Set, this
+    /// process holds no CA key and no key-encryption key: it forwards every signing and
+    /// rotation step there. Unset: the CA runs in-process.
+    pub remote_addr: Option<String>,
+    /// PEM roots that verify the signing service's certificate (e.g. the mesh
+    /// `root-cert.pem`, which the service's self-issued certificate chains to).
+    pub remote_ca_file: Option<PathBuf>,
+    /// This RA's client certificate (PEM chain) and key for the signing service; the
+    /// certificate's SPIFFE id must be listed in the service's `ca.allowed_ras`.
+    pub remote_cert_file: Option<PathBuf>,
+    pub remote_key_file: Option<PathBuf>,
+    /// `meshca ca` only: the SPIFFE ids (client-certificate URI SAN) of the RAs that may call.
+    pub allowed_ras: Vec<String>,
+    /// `meshca ca` only: where the signing service listens (mTLS gRPC).
+    pub service_listen: SocketAddr,
+    /// DNS and IP SANs of the signing service's self-issued serving certificate.
+    pub service_dns_names: Vec<String>,
+    pub service_ip_sans: Vec<IpAddr>,
+    /// PEM roots RA client certificates must chain to. Unset: the mesh trust bundle (every
+    /// root of every non-revoked authority), so an RA can use a certificate meshca issued.
+    pub service_client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +90,15 @@ impl Default for CaConfig {
             max_ttl: Duration::from_secs(90 * 24 * 3600),
             self_signed_key_type: KeyType::EcP256,
             key_encryption_key_file: None,
+            remote_addr: None,
+            remote_ca_file: None,
+            remote_cert_file: None,
+            remote_key_file: None,
+            allowed_ras: Vec::new(),
+            service_listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_SERVICE_PORT)),
+            service_dns_names: Vec::new(),
+            service_ip_sans: Vec::new(),
+            service_client_ca_file: None,
         }
     }
 }

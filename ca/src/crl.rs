@@ -11,7 +11,7 @@ use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlReason};
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::Version;
 
-use crate::authority::Authority;
+use crate::authority::{Authority, AuthoritySignError};
 use crate::x509::{extension, x509_time};
 
 /// RFC 5280 reason codes, by the names operators know them by.
@@ -88,11 +88,16 @@ pub fn build_crl(
     this_update: SystemTime,
     next_update: SystemTime,
     number: u64,
-) -> Result<Vec<u8>, der::Error> {
+) -> Result<Vec<u8>, AuthoritySignError> {
+    let key = authority
+        .key()
+        .ok_or_else(|| AuthoritySignError::NoKey(authority.id().clone()))?;
     let mut revoked = Vec::with_capacity(entries.len());
     for entry in entries {
-        let bytes = hex::decode(&entry.serial_hex).map_err(|_| der::ErrorKind::Value {
-            tag: der::Tag::Integer,
+        let bytes = hex::decode(&entry.serial_hex).map_err(|_| {
+            der::Error::from(der::ErrorKind::Value {
+                tag: der::Tag::Integer,
+            })
         })?;
         revoked.push(RevokedCert {
             serial_number: SerialNumber::new(&bytes)?,
@@ -100,7 +105,6 @@ pub fn build_crl(
             crl_entry_extensions: Some(vec![extension(false, &entry.reason.code())?]),
         });
     }
-    let key = authority.key();
     let signature_algorithm = key.signature_algorithm();
     let aki = AuthorityKeyIdentifier {
         key_identifier: Some(OctetString::new(authority.key_id())?),
@@ -123,12 +127,12 @@ pub fn build_crl(
         ]),
     };
     let signature = key.sign(&tbs.to_der()?);
-    CertificateList {
+    Ok(CertificateList {
         tbs_cert_list: tbs,
         signature_algorithm,
         signature: BitString::from_bytes(&signature)?,
     }
-    .to_der()
+    .to_der()?)
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ const OID_EXTENSION_REQUEST: der::asn1::ObjectIdentifier =
 /// A CSR whose signature verified under its own key, with an allowed key.
 #[derive(Clone, Debug)]
 pub struct VerifiedCsr {
+    /// As received, so a keyless RA can forward it for the CA service to verify itself.
+    der: Vec<u8>,
     spki: SubjectPublicKeyInfoOwned,
     key_kind: PublicKeyKind,
     uri_sans: Vec<String>,
@@ -82,6 +84,7 @@ impl VerifiedCsr {
         .map_err(CsrError::Signature)?;
         let uri_sans = requested_uri_sans(&req)?;
         Ok(Self {
+            der: der.to_vec(),
             spki,
             key_kind,
             uri_sans,
@@ -90,6 +93,11 @@ impl VerifiedCsr {
 
     pub fn public_key(&self) -> &SubjectPublicKeyInfoOwned {
         &self.spki
+    }
+
+    /// The CSR exactly as received.
+    pub fn der(&self) -> &[u8] {
+        &self.der
     }
 
     pub fn key_kind(&self) -> PublicKeyKind {

@@ -12,18 +12,22 @@ use tokio::sync::watch;
 use x509_cert::serial_number::SerialNumber;
 
 use crate::audit::{AuditEvent, Outcome};
-use crate::authority::{Authority, SelfSignedError};
-use crate::cacerts::{self, CacertsMaterial, LoadCacertsError};
+use crate::authority::{Authority, AuthoritySignError, SelfSignedError};
+use crate::cacerts::{self, CacertsMaterial, LoadCacertsError, NamedPem};
 use crate::chain::{self, PathError};
 use crate::config::{CaConfig, CacertsChange, StoreConfig};
+use crate::crl::{self as crl_list, CrlEntry, RevocationReason};
 use crate::csr::VerifiedCsr;
 use crate::identity::{AuthorityId, Serial, SpiffeId, TrustDomain};
 use crate::kek::{KekError, KeyEncryptionKey};
 use crate::keys::{self, KeyError, SigningKey};
 use crate::profile::{self, TtlError, TtlPolicy};
+use crate::remote::{self, RemoteCa, RemoteError, RemoteSetupError};
 use crate::rotation::{AuthorityEntry, AuthoritySet, AuthorityState};
 use crate::store::{IssuanceRecord, Store, StoreError, StoredAuthority, TransitionError};
 use crate::x509::{self, CertTemplate, ParsedCert};
+use meshca_proto::meshca::ca::v1 as pb;
+use pb::change_authority_request::Step;
 
 /// How often the store is checked for rotation steps taken by another process sharing it, so
 /// every replica signs with the same authority within seconds of an activation.
@@ -84,10 +88,14 @@ pub enum IssueError {
     ForeignTrustDomain { id: String, trust_domain: String },
     #[error("building the certificate: {0}")]
     Encode(#[from] der::Error),
+    #[error(transparent)]
+    Sign(#[from] AuthoritySignError),
     #[error("the signing path expired at {0:?}: no certificate can be issued")]
     NotReady(SystemTime),
     #[error("recording the issuance: {0}")]
     Store(#[source] StoreError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +113,8 @@ pub enum StartError {
     StoredAuthority { id: String, reason: String },
     #[error("{path}: configured key_encryption_key_file does not exist")]
     KekMissing { path: PathBuf },
+    #[error(transparent)]
+    Remote(#[from] RemoteSetupError),
 }
 
 /// Counters the metrics endpoint exports.
@@ -128,6 +138,8 @@ struct Inner {
     /// Seals the keys of authorities prepared through the admin API; `None` when a plugged-in
     /// directory manages the authority.
     kek: Option<KeyEncryptionKey>,
+    /// Set in a keyless RA: the `meshca ca` service that holds the keys and signs.
+    remote: Option<RemoteCa>,
     store: Store,
     metrics: Arc<CaMetrics>,
 }
@@ -161,7 +173,26 @@ pub enum RotationError {
     Load(#[from] StartError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
 }
+
+/// Why no CRL could be produced.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CrlError {
+    #[error("no authority {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("signing the CRL: {0}")]
+    Sign(#[from] AuthoritySignError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+/// How long a CRL is good for; clients fetch a new one before `nextUpdate`.
+pub const CRL_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
 // === impl CertificateAuthority ===
 
@@ -179,7 +210,42 @@ impl CertificateAuthority {
                 .map_err(|e| StartError::Store(StoreError::Connect(sqlx::Error::Io(e))))?;
         }
         let store = Store::connect(&url).await?;
+        if settings.ca.remote_addr.is_some() {
+            return Self::start_keyless(settings, store).await;
+        }
         Self::start_with_store(settings, store).await
+    }
+
+    /// A keyless RA's CA: no key and no key-encryption key, only the store (for records,
+    /// revocations and the audit log) and the `meshca ca` service, whose authority stream it
+    /// waits for before returning.
+    pub async fn start_keyless(settings: &CaSettings, store: Store) -> Result<Self, StartError> {
+        let remote = RemoteCa::connect(&settings.ca)?;
+        tracing::info!(
+            addr = remote.addr(),
+            "keyless: signing through the CA service"
+        );
+        let (set, stream) = remote.first_snapshot().await;
+        let authorities = Arc::new(watch::channel(Arc::new(set)).0);
+        tokio::spawn(
+            remote
+                .clone()
+                .follow_authorities(stream, Arc::downgrade(&authorities)),
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                trust_domain: settings.trust_domain.clone(),
+                ttl: TtlPolicy {
+                    default_ttl: settings.ca.default_ttl,
+                    max_ttl: settings.ca.max_ttl,
+                },
+                authorities,
+                kek: None,
+                remote: Some(remote),
+                store,
+                metrics: Arc::new(CaMetrics::default()),
+            }),
+        })
     }
 
     pub async fn start_with_store(settings: &CaSettings, store: Store) -> Result<Self, StartError> {
@@ -238,6 +304,7 @@ impl CertificateAuthority {
                 },
                 authorities,
                 kek,
+                remote: None,
                 store,
                 metrics,
             }),
@@ -265,6 +332,11 @@ impl CertificateAuthority {
 
     pub fn metrics(&self) -> &Arc<CaMetrics> {
         &self.inner.metrics
+    }
+
+    /// The CA service a keyless RA signs through; `None` when the keys are here.
+    pub fn remote(&self) -> Option<&RemoteCa> {
+        self.inner.remote.as_ref()
     }
 
     /// The authority new certificates are signed by right now.
@@ -307,6 +379,24 @@ impl CertificateAuthority {
         request: PrepareRequest,
         actor: (&str, &str),
     ) -> Result<AuthorityEntry, RotationError> {
+        if let Some(remote) = &self.inner.remote {
+            let step = match request {
+                PrepareRequest::Generate(key_type) => Step::Generate(pb::GenerateAuthority {
+                    key_type: key_type.to_string(),
+                }),
+                PrepareRequest::Upload(material) => Step::Upload(pb::UploadAuthority {
+                    ca_cert_pem: material.signing_cert.text(),
+                    ca_key_pem: material.key.text(),
+                    root_cert_pem: material.roots.text(),
+                    cert_chain_pem: material
+                        .chain
+                        .as_ref()
+                        .map(NamedPem::text)
+                        .unwrap_or_default(),
+                }),
+            };
+            return self.forward_step(remote, step, actor).await;
+        }
         let kek = self
             .inner
             .kek
@@ -322,7 +412,7 @@ impl CertificateAuthority {
             ),
             PrepareRequest::Upload(material) => {
                 let authority = cacerts::validate(&material, now)?;
-                let key_type = authority.key().key_description().to_string();
+                let key_type = authority.key_description().to_string();
                 let chain_pem = authority
                     .intermediates()
                     .iter()
@@ -402,6 +492,15 @@ impl CertificateAuthority {
         to: AuthorityState,
         actor: (&str, &str),
     ) -> Result<AuthorityEntry, RotationError> {
+        if let Some(remote) = &self.inner.remote {
+            let id = id.to_string();
+            let step = match to {
+                AuthorityState::Active => Step::Activate(id),
+                AuthorityState::Tainted => Step::Taint(id),
+                _ => Step::Revoke(id),
+            };
+            return self.forward_step(remote, step, actor).await;
+        }
         if self.inner.kek.is_none() {
             return Err(RotationError::ManagedByCacerts);
         }
@@ -432,6 +531,66 @@ impl CertificateAuthority {
         self.entry(id)
     }
 
+    /// A rotation step taken by the CA service (which audits it); its answer is published here
+    /// at once, ahead of the authority stream.
+    async fn forward_step(
+        &self,
+        remote: &RemoteCa,
+        step: Step,
+        actor: (&str, &str),
+    ) -> Result<AuthorityEntry, RotationError> {
+        let (id, set) = remote
+            .change_authority(pb::ChangeAuthorityRequest {
+                actor: Some(pb::Actor {
+                    method: actor.0.to_string(),
+                    principal: actor.1.to_string(),
+                }),
+                step: Some(step),
+            })
+            .await?;
+        remote::publish(&self.inner.authorities, set);
+        self.entry(&id)
+    }
+
+    /// A CRL of every certificate revoked under `authority_id` (default: the active
+    /// authority), signed by that authority.
+    pub async fn crl(&self, authority_id: Option<&str>) -> Result<Vec<u8>, CrlError> {
+        if let Some(remote) = &self.inner.remote {
+            return Ok(remote.sign_crl(authority_id).await?);
+        }
+        let set = self.authorities();
+        let authority = match authority_id {
+            None => set.active().clone(),
+            Some(id) => set
+                .get(id)
+                .map(|e| e.authority.clone())
+                .ok_or_else(|| CrlError::NotFound(id.to_string()))?,
+        };
+        let revocations = self
+            .inner
+            .store
+            .revocations_for_authority(authority.id().as_str())
+            .await?;
+        let entries: Vec<CrlEntry> = revocations
+            .iter()
+            .map(|r| CrlEntry {
+                serial_hex: r.serial.clone(),
+                revoked_at: UNIX_EPOCH + Duration::from_secs(r.revoked_at.max(0) as u64),
+                reason: RevocationReason::parse(&r.reason).unwrap_or(RevocationReason::Unspecified),
+            })
+            .collect();
+        let this_update = SystemTime::now();
+        // The CRL number must grow with every CRL: the generation time in seconds does.
+        let number = unix(this_update) as u64;
+        Ok(crl_list::build_crl(
+            &authority,
+            &entries,
+            this_update,
+            this_update + CRL_VALIDITY,
+            number,
+        )?)
+    }
+
     fn entry(&self, id: &str) -> Result<AuthorityEntry, RotationError> {
         self.authorities()
             .get(id)
@@ -442,6 +601,22 @@ impl CertificateAuthority {
     /// Signs a workload certificate for `spiffe_id` and records it; the certificate is
     /// returned only once its record is committed.
     pub async fn issue(&self, req: IssueRequest<'_>) -> Result<IssuedCertificate, IssueError> {
+        if let Some(remote) = &self.inner.remote {
+            // The service checks CSR, identity and TTL again under its own policy.
+            return Ok(remote
+                .sign(pb::SignRequest {
+                    csr_der: req.csr.der().to_vec(),
+                    spiffe_id: req.spiffe_id.to_string(),
+                    requested_ttl_seconds: req.requested_ttl_secs,
+                    requester: Some(pb::Requester {
+                        method: req.requester.method.clone(),
+                        principal: req.requester.principal.clone(),
+                        peer_address: req.requester.peer_address.clone().unwrap_or_default(),
+                        cluster_id: req.requester.cluster_id.clone().unwrap_or_default(),
+                    }),
+                })
+                .await?);
+        }
         let ttl = self.inner.ttl.resolve(req.requested_ttl_secs)?;
         if req.spiffe_id.trust_domain() != self.inner.trust_domain {
             return Err(IssueError::ForeignTrustDomain {
@@ -484,7 +659,18 @@ impl CertificateAuthority {
         dns_names: &[String],
         ip_addrs: &[IpAddr],
         ttl: Duration,
+        principal: &str,
     ) -> Result<IssuedCertificate, IssueError> {
+        if let Some(remote) = &self.inner.remote {
+            return Ok(remote
+                .serving_certificate(pb::ServingCertificateRequest {
+                    subject_public_key_info_der: keys::spki_der(spki),
+                    dns_names: dns_names.to_vec(),
+                    ip_addresses: ip_addrs.iter().map(IpAddr::to_string).collect(),
+                    ttl_seconds: ttl.as_secs() as i64,
+                })
+                .await?);
+        }
         let subject = RecordSubject {
             spiffe_id: String::new(),
             namespace: None,
@@ -493,7 +679,7 @@ impl CertificateAuthority {
         };
         let requester = Requester {
             method: "internal".into(),
-            principal: "meshca-server".into(),
+            principal: principal.into(),
             peer_address: None,
             cluster_id: None,
         };
@@ -602,7 +788,7 @@ pub fn sign_leaf(
     csr: &VerifiedCsr,
     spiffe_id: &SpiffeId,
     validity: (SystemTime, SystemTime),
-) -> Result<(Serial, Vec<u8>), der::Error> {
+) -> Result<(Serial, Vec<u8>), IssueError> {
     let serial_number = x509::random_serial();
     let serial = Serial::from_be_bytes(serial_number.as_bytes());
     let template =
@@ -718,7 +904,10 @@ fn sealed_record(
         chain_pem,
         roots_pem: authority.root_bundle_pem().to_string(),
         sealed_key: kek.seal(
-            authority.key().pkcs8_der(),
+            authority
+                .key()
+                .expect("only authorities with a key are sealed")
+                .pkcs8_der(),
             authority.id().as_str().as_bytes(),
         ),
         kek_id: kek.id().to_string(),

@@ -13,9 +13,12 @@ pub mod issuer;
 pub mod kek;
 pub mod keys;
 pub mod profile;
+pub mod remote;
 pub mod rotation;
+pub mod service;
 pub mod store;
 pub mod testing;
+pub mod tls;
 pub mod x509;
 
 pub use authority::Authority;

@@ -238,7 +238,7 @@ mod tests {
                 certs: vec![a.root().clone()],
             },
             a.roots().to_vec(),
-            crate::keys::SigningKey::from_pkcs8(a.key().pkcs8_der()).unwrap(),
+            crate::keys::SigningKey::from_pkcs8(a.key().unwrap().pkcs8_der()).unwrap(),
         )
     }
 

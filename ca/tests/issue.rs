@@ -457,7 +457,7 @@ async fn self_signed_root_is_sealed_in_the_store_and_reused() {
         let first = CertificateAuthority::start(&s).await.unwrap();
         let root = first.current_authority().root().clone();
         assert_eq!(root.subject().to_string(), "O=cluster.local");
-        assert_eq!(first.current_authority().key().key_description(), "ec-p384");
+        assert_eq!(first.current_authority().key_description(), "ec-p384");
 
         // The KEK was generated 0600 in the data dir; the store holds only the sealed key.
         use std::os::unix::fs::PermissionsExt;
@@ -467,7 +467,12 @@ async fn self_signed_root_is_sealed_in_the_store_and_reused() {
             0o600
         );
         let stored = first.store().active_authority().await.unwrap().unwrap();
-        let pkcs8 = first.current_authority().key().pkcs8_der().to_vec();
+        let pkcs8 = first
+            .current_authority()
+            .key()
+            .unwrap()
+            .pkcs8_der()
+            .to_vec();
         assert!(!stored
             .sealed_key
             .windows(pkcs8.len())

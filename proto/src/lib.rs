@@ -18,6 +18,12 @@ pub mod meshca {
     pub mod v1 {
         include!("gen/meshca.v1.rs");
     }
+    /// The internal signing service keyless RAs call (`meshca ca`).
+    pub mod ca {
+        pub mod v1 {
+            include!("gen/meshca.ca.v1.rs");
+        }
+    }
 }
 
 /// The SPIFFE Workload API (no proto package, as SPIFFE defines it).

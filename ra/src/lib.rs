@@ -10,11 +10,12 @@ pub mod metrics;
 pub mod rest;
 pub mod server;
 pub mod service;
-pub mod tls;
 pub mod trust_bundle;
 
 pub use config::{
     AthenzConfig, AuthConfig, ClusterConfig, GrpcConfig, JwtMode, MetricsConfig, RestConfig,
     RestRole, RestToken,
 };
+/// TLS plumbing shared with the standalone CA service, which lives in the CA crate.
+pub use meshca_ca::tls;
 pub use server::{RaSettings, RunningRa, ServeError};

@@ -22,7 +22,7 @@ use crate::config::{AuthConfig, GrpcConfig, MetricsConfig, RestConfig};
 use crate::metrics::{ExpiryGauges, RaMetrics};
 use crate::rest::{self, RestState, TlsListener};
 use crate::service::CertificateService;
-use crate::tls::{self, PeerInfo, TlsSetupError};
+use crate::tls::{self, TlsSetupError};
 use crate::trust_bundle::{BundleWatchers, TrustBundleWatch};
 
 /// gRPC messages above this are refused by the transport (Istio's limit too).
@@ -106,6 +106,7 @@ impl RunningRa {
             &settings.grpc.ip_sans,
             settings.grpc.serving_cert_ttl,
             files,
+            "meshca-server",
         )
         .await?;
 
@@ -155,7 +156,7 @@ impl RunningRa {
         let rest_incoming = tls::incoming(rest_listener, tls::rest_server_config(certs.clone()));
         let rest = axum::serve(
             TlsListener::new(rest_incoming, rest_addr),
-            rest::router(rest_state).into_make_service_with_connect_info::<PeerInfo>(),
+            rest::router(rest_state).into_make_service_with_connect_info::<rest::RestPeer>(),
         )
         .with_graceful_shutdown(async move {
             let _ = rest_stop.recv().await;
@@ -206,6 +207,29 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
+/// `meshca ca`'s observability port: `/healthz`, `/readyz` (store answers, signing path
+/// valid) and `/metrics` (authority expiry), the same endpoints as the RA's.
+pub async fn start_ca_observability(
+    listen: SocketAddr,
+    ca: CertificateAuthority,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<
+    (
+        SocketAddr,
+        impl Future<Output = Result<(), ServeError>> + Send,
+    ),
+    ServeError,
+> {
+    let listener = bind(listen).await?;
+    let addr = listener.local_addr().map_err(ServeError::Http)?;
+    let app = http_app(HttpState {
+        ca,
+        metrics: Arc::new(RaMetrics::default()),
+    });
+    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    Ok((addr, async move { serve.await.map_err(ServeError::Http) }))
+}
+
 /// `/metrics`, `/healthz`, `/readyz`.
 fn http_app(state: HttpState) -> Router {
     Router::new()
@@ -237,6 +261,14 @@ async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
 async fn ready_handler(State(state): State<HttpState>) -> impl IntoResponse {
     if let Err(error) = state.ca.store().ping().await {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("store: {error}\n"));
+    }
+    if let Some(remote) = state.ca.remote() {
+        if !remote.is_connected() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("CA service {} unreachable\n", remote.addr()),
+            );
+        }
     }
     let authority = state.ca.current_authority();
     if authority.path_not_after() <= std::time::SystemTime::now() {

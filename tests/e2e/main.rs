@@ -9,3 +9,4 @@ mod inventory;
 mod peers;
 mod ra;
 mod sds;
+mod split;

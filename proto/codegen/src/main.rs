@@ -11,6 +11,7 @@ fn main() {
         vec![
             "istio/v1/auth/ca.proto".to_string(),
             "meshca/v1/trust_bundle.proto".to_string(),
+            "meshca/ca/v1/ca.proto".to_string(),
             "spiffe/workload/workload.proto".to_string(),
         ]
     } else {

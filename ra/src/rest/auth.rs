@@ -10,6 +10,7 @@ use meshca_ca::audit::{AuditEvent, Outcome};
 use meshca_ca::chain;
 use meshca_ca::x509::ParsedCert;
 
+use super::RestPeer;
 use super::{ApiError, RestState};
 use crate::config::{RestRole, RestToken};
 use crate::tls::PeerInfo;
@@ -99,8 +100,8 @@ fn authenticate(parts: &Parts, state: &RestState) -> Result<Actor, ApiError> {
     }
     let peer = parts
         .extensions
-        .get::<ConnectInfo<PeerInfo>>()
-        .map(|c| c.0.clone());
+        .get::<ConnectInfo<RestPeer>>()
+        .map(|c| c.0 .0.clone());
     let Some(peer) = peer.filter(|p| !p.certs.is_empty()) else {
         return Err(unauthenticated(
             "a bearer token or a mesh client certificate is required",
@@ -169,8 +170,8 @@ fn record_denial(parts: &Parts, state: &RestState, actor: Option<&Actor>, error:
     });
     let peer = parts
         .extensions
-        .get::<ConnectInfo<PeerInfo>>()
-        .map(|c| c.0.remote_addr.to_string());
+        .get::<ConnectInfo<RestPeer>>()
+        .map(|c| c.0 .0.remote_addr.to_string());
     let event = AuditEvent::new(
         (method, &principal),
         "rest.authenticate",

@@ -115,7 +115,7 @@ async fn view(state: &RestState, entry: &AuthorityEntry) -> Result<AuthorityView
         state: entry.state.to_string(),
         source: entry.source.clone(),
         subject: signing.subject_string(),
-        key_type: authority.key().key_description(),
+        key_type: authority.key_description().to_string(),
         not_before: rfc3339(signing.not_before()),
         not_after: rfc3339(signing.not_after()),
         root_subject: authority.root().subject_string(),
@@ -146,6 +146,7 @@ impl From<RotationError> for ApiError {
             | RotationError::ManagedByCacerts
             | RotationError::Exists(_) => ApiError::conflict(error.to_string()),
             RotationError::Invalid(_) => ApiError::bad_request(error.to_string()),
+            RotationError::Remote(remote) => ApiError::from_remote(remote.clone()),
             _ => ApiError::internal(&error),
         }
     }

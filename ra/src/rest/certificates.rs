@@ -2,7 +2,7 @@
 //! streamed export), revocation for admins, and the CRL.
 
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -10,7 +10,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use meshca_ca::crl::{build_crl, CrlEntry, RevocationReason};
+use meshca_ca::crl::RevocationReason;
+use meshca_ca::issuer::CrlError;
 use meshca_ca::store::{
     CertificateFilter, CertificateRow, CertificateStatus, RevocationRecord, Store,
 };
@@ -26,8 +27,6 @@ use super::{ApiError, ErrorBody, RestState};
 
 /// Rows per store round trip while exporting.
 const EXPORT_PAGE: i64 = 1000;
-/// How long a CRL is valid; clients refetch before `nextUpdate`.
-const CRL_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
 /// Filters (combined with AND); times are RFC 3339 in UTC.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -501,39 +500,15 @@ pub async fn crl(
     query: Result<Query<CrlQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let set = state.ca.authorities();
-    let authority = match &query.authority {
-        None => set.active().clone(),
-        Some(id) => set
-            .get(id)
-            .map(|e| e.authority.clone())
-            .ok_or_else(|| ApiError::not_found(format!("no authority {id}")))?,
-    };
-    let revocations = state
+    let der = state
         .ca
-        .store()
-        .revocations_for_authority(authority.id().as_str())
+        .crl(query.authority.as_deref())
         .await
-        .map_err(|e| ApiError::internal(&e))?;
-    let entries: Vec<CrlEntry> = revocations
-        .iter()
-        .map(|r| CrlEntry {
-            serial_hex: r.serial.clone(),
-            revoked_at: UNIX_EPOCH + Duration::from_secs(r.revoked_at.max(0) as u64),
-            reason: RevocationReason::parse(&r.reason).unwrap_or(RevocationReason::Unspecified),
-        })
-        .collect();
-    let this_update = SystemTime::now();
-    // The CRL number must grow with every CRL: the generation time in seconds does.
-    let number = now() as u64;
-    let der = build_crl(
-        &authority,
-        &entries,
-        this_update,
-        this_update + CRL_VALIDITY,
-        number,
-    )
-    .map_err(|e| ApiError::internal(&e))?;
+        .map_err(|e| match e {
+            CrlError::NotFound(id) => ApiError::not_found(format!("no authority {id}")),
+            CrlError::Remote(e) => ApiError::from_remote(e),
+            other => ApiError::internal(&other),
+        })?;
     let wants_pem = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

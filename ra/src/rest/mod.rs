@@ -133,6 +133,25 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, message)
     }
 
+    /// What the CA service (split deployment) answered, in HTTP terms. Its messages are the
+    /// service's own caller-facing ones, so they are passed on; internal ones are not.
+    pub fn from_remote(error: meshca_ca::remote::RemoteError) -> Self {
+        use meshca_ca::remote::RemoteErrorKind as Kind;
+        match error.kind {
+            Kind::NotFound => Self::not_found(error.message),
+            Kind::Conflict => Self::conflict(error.message),
+            Kind::InvalidArgument => Self::bad_request(error.message),
+            Kind::Unavailable => {
+                tracing::warn!(%error, "CA service unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the CA service is unavailable; nothing was changed",
+                )
+            }
+            Kind::Denied | Kind::Internal => Self::internal(&error),
+        }
+    }
+
     /// A failure the caller cannot fix: logged in full, answered in general terms.
     pub fn internal(error: &dyn std::fmt::Display) -> Self {
         tracing::error!(%error, "REST request failed");
@@ -148,6 +167,7 @@ impl IntoResponse for ApiError {
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::CONFLICT => "conflict",
             StatusCode::BAD_REQUEST => "invalid_argument",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             _ => "internal",
         };
         let mut response = (
@@ -289,8 +309,12 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-impl Connected<axum::serve::IncomingStream<'_, TlsListener>> for PeerInfo {
+/// A REST connection's TLS peer, as handlers get it through `ConnectInfo`.
+#[derive(Clone, Debug)]
+pub struct RestPeer(pub PeerInfo);
+
+impl Connected<axum::serve::IncomingStream<'_, TlsListener>> for RestPeer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        stream.io().peer().clone()
+        Self(stream.io().peer().clone())
     }
 }

@@ -1,6 +1,7 @@
-//! TLS for the RA's gRPC port: a serving certificate meshca issues itself (renewed at half-life
-//! and when the authority changes) or one read from files, client certificates requested but
-//! optional, and each connection's peer chain handed to the handlers.
+//! TLS for meshca's ports (the RA's gRPC and REST ports, the CA service's port): a serving
+//! certificate meshca issues itself (renewed at half-life and when the authority changes) or
+//! one read from files, client certificates requested (required on the CA service), and each
+//! connection's peer chain handed to the handlers, which verify it for their purpose.
 
 use std::fmt;
 use std::io;
@@ -11,8 +12,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use meshca_ca::keys::{KeyType, SigningKey};
-use meshca_ca::CertificateAuthority;
+use crate::keys::{KeyType, SigningKey};
+use crate::CertificateAuthority;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
@@ -44,7 +45,7 @@ pub enum TlsSetupError {
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
     #[error("issuing the serving certificate: {0}")]
-    Issue(#[from] meshca_ca::IssueError),
+    Issue(#[from] crate::IssueError),
     #[error("serving key: {0}")]
     Key(String),
 }
@@ -67,16 +68,18 @@ pub async fn serving_certificate(
     ip_sans: &[IpAddr],
     ttl: Duration,
     files: Option<(&Path, &Path)>,
+    principal: &str,
 ) -> Result<watch::Receiver<Arc<CertifiedKey>>, TlsSetupError> {
     if let Some((cert, key)) = files {
         let certified = load_files(cert, key)?;
         return Ok(watch::channel(Arc::new(certified)).1);
     }
-    let (certified, renew) = issue_serving(ca, dns_names, ip_sans, ttl).await?;
+    let (certified, renew) = issue_serving(ca, dns_names, ip_sans, ttl, principal).await?;
     let (tx, rx) = watch::channel(Arc::new(certified));
     let ca = ca.clone();
     let dns_names = dns_names.to_vec();
     let ip_sans = ip_sans.to_vec();
+    let principal = principal.to_string();
     tokio::spawn(async move {
         let mut renew = renew;
         let mut authorities = ca.watch_authorities();
@@ -96,7 +99,7 @@ pub async fn serving_certificate(
                 }
                 _ = tx.closed() => return,
             }
-            match issue_serving(&ca, &dns_names, &ip_sans, ttl).await {
+            match issue_serving(&ca, &dns_names, &ip_sans, ttl, &principal).await {
                 Ok((certified, next)) => {
                     tracing::info!("renewed the gRPC serving certificate");
                     tx.send_replace(Arc::new(certified));
@@ -117,11 +120,18 @@ async fn issue_serving(
     dns_names: &[String],
     ip_sans: &[IpAddr],
     ttl: Duration,
+    principal: &str,
 ) -> Result<(CertifiedKey, SystemTime), TlsSetupError> {
     let key =
         SigningKey::generate(KeyType::EcP256).map_err(|e| TlsSetupError::Key(e.to_string()))?;
     let issued = ca
-        .issue_server_certificate(&key.subject_public_key_info(), dns_names, ip_sans, ttl)
+        .issue_server_certificate(
+            &key.subject_public_key_info(),
+            dns_names,
+            ip_sans,
+            ttl,
+            principal,
+        )
         .await?;
     let authority = ca.current_authority();
     let mut chain = vec![CertificateDer::from(issued.leaf_der.clone())];
@@ -172,23 +182,33 @@ fn load_files(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsSetupError> {
 
 /// rustls server config: TLS 1.2+, ALPN h2 (gRPC clients require it), optional client certs.
 pub fn server_config(certs: watch::Receiver<Arc<CertifiedKey>>) -> Arc<rustls::ServerConfig> {
-    server_config_for(certs, b"h2")
+    server_config_for(certs, b"h2", false)
+}
+
+/// gRPC with a client certificate required (the CA service: only RAs call it). The chain is
+/// verified by the service against its configured roots.
+pub fn mtls_server_config(certs: watch::Receiver<Arc<CertifiedKey>>) -> Arc<rustls::ServerConfig> {
+    server_config_for(certs, b"h2", true)
 }
 
 /// The same TLS setup for the HTTP/1.1 REST API.
 pub fn rest_server_config(certs: watch::Receiver<Arc<CertifiedKey>>) -> Arc<rustls::ServerConfig> {
-    server_config_for(certs, b"http/1.1")
+    server_config_for(certs, b"http/1.1", false)
 }
 
 fn server_config_for(
     certs: watch::Receiver<Arc<CertifiedKey>>,
     alpn: &[u8],
+    client_cert_required: bool,
 ) -> Arc<rustls::ServerConfig> {
     let provider = provider();
     let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("aws-lc-rs supports TLS 1.2 and 1.3")
-        .with_client_cert_verifier(Arc::new(OptionalClientCert { provider }))
+        .with_client_cert_verifier(Arc::new(OptionalClientCert {
+            provider,
+            mandatory: client_cert_required,
+        }))
         .with_cert_resolver(Arc::new(WatchedCert(certs)));
     config.alpn_protocols = vec![alpn.to_vec()];
     Arc::new(config)
@@ -322,6 +342,7 @@ impl ResolvesServerCert for WatchedCert {
 #[derive(Debug)]
 struct OptionalClientCert {
     provider: Arc<CryptoProvider>,
+    mandatory: bool,
 }
 
 impl ClientCertVerifier for OptionalClientCert {
@@ -330,7 +351,7 @@ impl ClientCertVerifier for OptionalClientCert {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        false
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
