@@ -8,5 +8,6 @@ mod harness;
 mod inventory;
 mod peers;
 mod ra;
+mod replicas;
 mod sds;
 mod split;
