@@ -210,6 +210,17 @@ impl CertificateAuthority {
                 .map_err(|e| StartError::Store(StoreError::Connect(sqlx::Error::Io(e))))?;
         }
         let store = Store::connect(&url).await?;
+        match store.connection_encrypted().await {
+            Ok(Some(false)) => tracing::warn!(
+                "the PostgreSQL connection is not encrypted; add sslmode=verify-full (with \
+                 sslrootcert) to store.url unless the network is trusted"
+            ),
+            Ok(Some(true)) => tracing::info!("the PostgreSQL connection uses TLS"),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot tell whether the store connection is encrypted")
+            }
+        }
         if settings.ca.remote_addr.is_some() {
             return Self::start_keyless(settings, store).await;
         }

@@ -369,6 +369,22 @@ impl Store {
         }
     }
 
+    /// Whether this connection to PostgreSQL is TLS-encrypted (`sslmode` in the URL; sqlx's
+    /// default `prefer` uses TLS when the server offers it). `None` for SQLite, a local file.
+    pub async fn connection_encrypted(&self) -> Result<Option<bool>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(pool) => {
+                let ssl: Option<bool> =
+                    sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                        .fetch_optional(pool)
+                        .await
+                        .map_err(StoreError::Query)?;
+                Ok(Some(ssl.unwrap_or(false)))
+            }
+        }
+    }
+
     /// Cheap liveness probe for readiness checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
         with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))

@@ -708,3 +708,20 @@ async fn a_rotation_through_one_process_reaches_another_sharing_the_store() {
         meshca_ca::audit::verify_chain(&chain, 0, meshca_ca::audit::GENESIS_HASH.into()).unwrap();
     }
 }
+
+/// `sslmode` in the store URL is honoured: `require` gets an encrypted connection (this
+/// machine's PostgreSQL offers TLS), `disable` a plain one, and the store says which.
+#[tokio::test]
+async fn postgres_connections_use_tls_when_the_url_asks() {
+    let Some(url) = postgres_url().await else {
+        eprintln!("MESHCA_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let encrypted = open_store(&format!("{url}&sslmode=require")).await;
+    assert_eq!(encrypted.connection_encrypted().await.unwrap(), Some(true));
+    let plain = open_store(&format!("{url}&sslmode=disable")).await;
+    assert_eq!(plain.connection_encrypted().await.unwrap(), Some(false));
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = open_store(&format!("sqlite://{}", dir.path().join("s.db").display())).await;
+    assert_eq!(sqlite.connection_encrypted().await.unwrap(), None);
+}
