@@ -79,6 +79,9 @@ pub struct BenchArgs {
     /// The server's PID, to report its CPU seconds per issuance.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Retries of one request shed with RESOURCE_EXHAUSTED before it counts as failed.
+    #[arg(long, default_value_t = 100)]
+    pub max_retries: u32,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -103,6 +106,8 @@ pub struct BenchReport {
     pub ok: u64,
     /// gRPC code name (or `invalid_response`) → count.
     pub errors: BTreeMap<String, u64>,
+    /// Attempts the server shed with RESOURCE_EXHAUSTED and the client sent again.
+    pub shed_retries: u64,
     pub seconds: f64,
     pub throughput_per_sec: f64,
     pub latency_ms: Percentiles,
@@ -286,6 +291,21 @@ fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
 }
 
 /// Runs the load and measures it.
+/// How long a client waits before resending a call the server shed: 5 ms doubling to 1 s,
+/// scaled by `jitter` ∈ [0, 1) into [½, 1½) of that, so shed callers come back spread out
+/// rather than as the next burst.
+pub fn shed_retry_delay(attempt: u32, jitter: f64) -> Duration {
+    let base = Duration::from_millis(5).saturating_mul(1u32 << attempt.min(16));
+    base.min(Duration::from_secs(1))
+        .mul_f64(0.5 + jitter.clamp(0.0, 1.0))
+}
+
+fn random_unit() -> f64 {
+    let mut bytes = [0u8; 4];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
+}
+
 pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let prepared = Arc::new(prepare(args)?);
     let channels = connect(args).await?;
@@ -305,29 +325,46 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         let issued = issued.clone();
         let cluster_id = args.cluster_id.clone();
         let ttl = args.ttl_secs;
+        let max_retries = args.max_retries;
         workers.push(tokio::spawn(async move {
             let mut client = IstioCertificateServiceClient::new(channel);
             let mut latencies = Vec::new();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            let mut shed_retries = 0u64;
             loop {
                 let n = issued.fetch_add(1, Ordering::Relaxed);
                 if limit.is_some_and(|l| n >= l) || deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
                 let item = &prepared[n as usize % prepared.len()];
-                let mut request = tonic::Request::new(IstioCertificateRequest {
-                    csr: item.csr_pem.clone(),
-                    validity_duration: ttl,
-                    metadata: None,
-                });
-                if let Some(value) = item.authorization.as_ref().and_then(|a| a.parse().ok()) {
-                    request.metadata_mut().insert("authorization", value);
-                }
-                if let Ok(value) = cluster_id.parse() {
-                    request.metadata_mut().insert("clusterid", value);
-                }
                 let sent = Instant::now();
-                match client.create_certificate(request).await {
+                let mut attempt = 0;
+                // Latency is the caller's: from the first send to the answer, retries included.
+                let answer = loop {
+                    let mut request = tonic::Request::new(IstioCertificateRequest {
+                        csr: item.csr_pem.clone(),
+                        validity_duration: ttl,
+                        metadata: None,
+                    });
+                    if let Some(value) = item.authorization.as_ref().and_then(|a| a.parse().ok()) {
+                        request.metadata_mut().insert("authorization", value);
+                    }
+                    if let Ok(value) = cluster_id.parse() {
+                        request.metadata_mut().insert("clusterid", value);
+                    }
+                    match client.create_certificate(request).await {
+                        Err(status)
+                            if status.code() == tonic::Code::ResourceExhausted
+                                && attempt < max_retries =>
+                        {
+                            shed_retries += 1;
+                            tokio::time::sleep(shed_retry_delay(attempt, random_unit())).await;
+                            attempt += 1;
+                        }
+                        other => break other,
+                    }
+                };
+                match answer {
                     Ok(response) => {
                         latencies.push(sent.elapsed());
                         if !answer_is_valid(&response.into_inner().cert_chain, &item.spiffe_id) {
@@ -339,16 +376,18 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
                     }
                 }
             }
-            (latencies, errors)
+            (latencies, errors, shed_retries)
         }));
     }
     let mut latencies = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut shed_retries = 0;
     for worker in workers {
-        let (l, e) = worker
+        let (l, e, r) = worker
             .await
             .map_err(|e| BenchError::Setup(format!("worker failed: {e}")))?;
         latencies.extend(l);
+        shed_retries += r;
         for (code, n) in e {
             *errors.entry(code).or_default() += n;
         }
@@ -363,6 +402,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         requests,
         ok,
         errors,
+        shed_retries,
         seconds,
         throughput_per_sec: ok as f64 / seconds,
         latency_ms: percentiles(latencies),
@@ -387,6 +427,12 @@ impl BenchReport {
             self.latency_ms.p99,
             self.latency_ms.max,
         );
+        if self.shed_retries > 0 {
+            out.push_str(&format!(
+                "shed with RESOURCE_EXHAUSTED and retried: {}\n",
+                self.shed_retries
+            ));
+        }
         if let Some(cpu) = self.server_cpu_ms_per_issuance {
             out.push_str(&format!("server CPU per issuance: {cpu:.3} ms\n"));
         }
@@ -400,6 +446,19 @@ impl BenchReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shed_retries_back_off_to_a_cap_with_jitter() {
+        assert_eq!(shed_retry_delay(0, 0.5), Duration::from_millis(5));
+        assert_eq!(shed_retry_delay(2, 0.5), Duration::from_millis(20));
+        assert_eq!(shed_retry_delay(20, 0.5), Duration::from_secs(1));
+        assert_eq!(shed_retry_delay(0, 0.0), Duration::from_micros(2500));
+        assert_eq!(
+            shed_retry_delay(20, 0.999),
+            Duration::from_secs(1).mul_f64(1.499)
+        );
+        assert_eq!(shed_retry_delay(u32::MAX, 5.0), Duration::from_millis(1500));
+    }
 
     #[test]
     fn percentiles_of_a_known_sample() {

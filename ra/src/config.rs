@@ -29,6 +29,10 @@ pub struct GrpcConfig {
     /// Lifetime of the self-issued serving certificate; renewed at half-life.
     #[serde(with = "humantime_serde")]
     pub serving_cert_ttl: Duration,
+    /// CreateCertificate calls handled at once; beyond this a call is shed at once with
+    /// `RESOURCE_EXHAUSTED` (clients retry with backoff) instead of queueing without bound,
+    /// so a restart storm costs latency, not memory or timeouts.
+    pub max_in_flight_issuances: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +166,7 @@ impl Default for GrpcConfig {
             cert_file: None,
             key_file: None,
             serving_cert_ttl: Duration::from_secs(24 * 3600),
+            max_in_flight_issuances: 256,
         }
     }
 }

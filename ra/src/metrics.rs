@@ -21,6 +21,7 @@ pub struct RaMetrics {
     authentication_failure_reasons: Mutex<BTreeMap<&'static str, u64>>,
     sign_errors: Mutex<BTreeMap<&'static str, u64>>,
     success_count: AtomicU64,
+    shed: AtomicU64,
     latency: Histogram,
 }
 
@@ -44,6 +45,11 @@ pub struct ExpiryGauges {
 impl RaMetrics {
     pub fn csr_received(&self) {
         self.csr_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call refused with RESOURCE_EXHAUSTED because too many were in flight.
+    pub fn shed(&self) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn authentication_failed(&self, reason: &'static str) {
@@ -86,6 +92,12 @@ impl RaMetrics {
             "citadel_server_csr_count",
             "The number of CSRs received by the CA server.",
             self.csr_count.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "meshca_csr_shed_count",
+            "CreateCertificate calls refused with RESOURCE_EXHAUSTED (grpc.max_in_flight_issuances).",
+            self.shed.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

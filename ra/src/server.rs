@@ -129,6 +129,7 @@ impl RunningRa {
             ca.clone(),
             auth,
             metrics.clone(),
+            settings.grpc.max_in_flight_issuances,
         ))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();

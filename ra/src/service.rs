@@ -11,6 +11,7 @@ use meshca_ca::{CertificateAuthority, IssueError, IssueRequest, Requester, Verif
 use meshca_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateService;
 use meshca_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
 use serde_json::json;
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Authenticator, Caller, Credentials};
@@ -20,11 +21,16 @@ use crate::tls::PeerInfo;
 /// Istio's message for every authentication failure; the reason is logged, not sent.
 pub const AUTHENTICATION_FAILURE: &str = "request authenticate failure";
 
+/// The answer to a shed call; nothing was done, so retrying it is always safe.
+pub const OVERLOADED: &str = "too many certificate requests in flight; retry with backoff";
+
 #[derive(Clone, Debug)]
 pub struct CertificateService {
     ca: CertificateAuthority,
     auth: Arc<Authenticator>,
     metrics: Arc<RaMetrics>,
+    /// One permit per call being handled (`grpc.max_in_flight_issuances`).
+    in_flight: Arc<Semaphore>,
 }
 
 // === impl CertificateService ===
@@ -34,8 +40,14 @@ impl CertificateService {
         ca: CertificateAuthority,
         auth: Arc<Authenticator>,
         metrics: Arc<RaMetrics>,
+        max_in_flight: usize,
     ) -> Self {
-        Self { ca, auth, metrics }
+        Self {
+            ca,
+            auth,
+            metrics,
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+        }
     }
 }
 
@@ -102,6 +114,11 @@ impl IstioCertificateService for CertificateService {
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let started = Instant::now();
         self.metrics.csr_received();
+        // Shed before any work: a refused call costs the server next to nothing.
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            self.metrics.shed();
+            return Err(Status::resource_exhausted(OVERLOADED));
+        };
         let peer_addr = request
             .extensions()
             .get::<PeerInfo>()

@@ -72,6 +72,23 @@ pub fn dev_server(dir: &Path, extra_env: &[(&str, String)]) -> MeshcaProcess {
     )
 }
 
+/// Kills `pid` once this test binary has exited: a process held by a `static` (a server shared
+/// by a file's tests) is never dropped, and must not outlive the run. Stops watching when `pid`
+/// exits first, so a recycled pid is never signalled.
+fn reap_with_this_process(pid: u32) {
+    let me = std::process::id();
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "while kill -0 {me} 2>/dev/null && kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             kill -0 {me} 2>/dev/null || kill {pid} 2>/dev/null"
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
 /// A loopback port nobody listens on right now.
 ///
 /// Ports come from one counter below the kernel's ephemeral range (32768+), so two tests never
@@ -134,6 +151,7 @@ impl MeshcaProcess {
             cmd.env("MESHCA_REST_LISTEN", rest.to_string());
         }
         let child = cmd.spawn().expect("meshca starts");
+        reap_with_this_process(child.id());
         let mut process = Self {
             child,
             grpc,
