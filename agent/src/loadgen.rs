@@ -15,7 +15,7 @@ use der::Decode;
 use meshca_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use meshca_proto::istio::v1::auth::IstioCertificateRequest;
 use serde::Serialize;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::credential::{uri_sans, KeyAndCsr, KeyType};
 
@@ -44,6 +44,12 @@ pub struct BenchArgs {
     pub jwt_issuer: Option<String>,
     #[arg(long, default_value = "istio-ca")]
     pub jwt_audience: String,
+    /// Renewal profile: authenticate every call with this workload certificate (PEM, leaf
+    /// first) over mTLS instead of a token, as an agent renewing does; CSRs name its SPIFFE id.
+    #[arg(long, requires = "client_key", conflicts_with_all = ["token_file", "jwt_key"])]
+    pub client_cert: Option<PathBuf>,
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// Distinct identities (`ns-<i>/sa-<i>`) with `--jwt-key`.
     #[arg(long, default_value_t = 16)]
     pub identities: usize,
@@ -177,6 +183,28 @@ fn mint(
 
 fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
     let key_type = key_type(&args.key_type)?;
+    if let Some(path) = &args.client_cert {
+        let pem_text = read(path)?;
+        let leaf = pem::parse(&pem_text)
+            .ok()
+            .and_then(|p| x509_cert::Certificate::from_der(p.contents()).ok())
+            .ok_or_else(|| BenchError::Setup(format!("{}: no certificate", path.display())))?;
+        let spiffe_id = uri_sans(&leaf)
+            .into_iter()
+            .find(|u| u.starts_with("spiffe://"))
+            .ok_or_else(|| BenchError::Setup(format!("{}: no SPIFFE id", path.display())))?;
+        return (0..args.keys_per_identity.max(1))
+            .map(|_| {
+                let request = KeyAndCsr::generate(key_type, &spiffe_id)
+                    .map_err(|e| BenchError::Setup(e.to_string()))?;
+                Ok(Prepared {
+                    csr_pem: request.csr_pem,
+                    authorization: None,
+                    spiffe_id: spiffe_id.clone(),
+                })
+            })
+            .collect();
+    }
     let identities: Vec<(String, String)> = if args.jwt_key.is_some() {
         (0..args.identities.max(1))
             .map(|i| (format!("ns-{i}"), format!("sa-{i}")))
@@ -224,11 +252,18 @@ fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
 
 async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, BenchError> {
     let roots = read(&args.ca_cert)?;
+    let identity = match (&args.client_cert, &args.client_key) {
+        (Some(cert), Some(key)) => Some(Identity::from_pem(read(cert)?, read(key)?)),
+        _ => None,
+    };
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let tls = ClientTlsConfig::new()
+        let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&roots))
             .domain_name(args.server_name.clone());
+        if let Some(identity) = &identity {
+            tls = tls.identity(identity.clone());
+        }
         let channel = Endpoint::from_shared(format!("https://{}", args.addr))
             .map_err(|e| BenchError::Setup(e.to_string()))?
             .tls_config(tls)

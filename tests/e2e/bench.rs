@@ -72,6 +72,47 @@ async fn the_load_generator_measures_a_real_server() {
     let rows = server.metric("citadel_server_success_cert_issuance_count");
     assert!(rows >= 500.0, "{rows}");
 
+    // Renewal profile: every call authenticated by a workload certificate over mTLS.
+    let root = std::fs::read_to_string(data.join("root-cert.pem")).unwrap();
+    let workload = WorkloadKey::ec();
+    let token_text = std::fs::read_to_string(&token).unwrap();
+    let chain = create_certificate(
+        &mut ca_client(grpc, &root, None).await,
+        &workload.csr(&["spiffe://cluster.local/ns/default/sa/default"]),
+        3600,
+        Some(token_text.trim()),
+        None,
+    )
+    .await
+    .unwrap()
+    .cert_chain;
+    let cert = tmp.path().join("workload.pem");
+    let key = tmp.path().join("workload-key.pem");
+    std::fs::write(&cert, chain[..chain.len() - 1].concat()).unwrap();
+    std::fs::write(&key, workload.key_pem()).unwrap();
+    let report = bench(&[
+        "--client-cert",
+        cert.to_str().unwrap(),
+        "--client-key",
+        key.to_str().unwrap(),
+        "--requests",
+        "100",
+    ]);
+    assert_eq!(report["ok"], 100, "{report}");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("meshca.db").display()))
+        .await
+        .unwrap();
+    let renewals: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM issued_certificates WHERE requester_method = 'renewal'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        renewals, 100,
+        "the renewal profile authenticates by certificate"
+    );
+
     // Refusals are counted by code, not hidden.
     let report = bench(&[
         "--token-file",
