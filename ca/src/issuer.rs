@@ -372,13 +372,7 @@ impl CertificateAuthority {
             return Ok(());
         };
         let fresh = load_authority_set(&self.inner.store, kek).await?;
-        self.inner.authorities.send_if_modified(|current| {
-            if current.same_as(&fresh) {
-                return false;
-            }
-            *current = Arc::new(fresh);
-            true
-        });
+        remote::publish(&self.inner.authorities, fresh);
         Ok(())
     }
 

@@ -194,17 +194,21 @@ impl SigningService {
         let pool = parsed
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| denied(format!("client chain: {e}")))?;
-        let roots: Vec<ParsedCert> = match &self.client_roots {
-            Some(roots) => roots.as_ref().clone(),
-            None => self
-                .ca
-                .authorities()
-                .bundle()
-                .into_iter()
-                .cloned()
-                .collect(),
+        let bundle: Vec<ParsedCert>;
+        let roots: &[ParsedCert] = match &self.client_roots {
+            Some(roots) => roots,
+            None => {
+                bundle = self
+                    .ca
+                    .authorities()
+                    .bundle()
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                &bundle
+            }
         };
-        chain::verify_leaf(&leaf, &pool, &roots, SystemTime::now())
+        chain::verify_leaf(&leaf, &pool, roots, SystemTime::now())
             .map_err(|e| denied(format!("client certificate does not verify: {e}")))?;
         let id = leaf
             .uri_sans()

@@ -38,14 +38,6 @@ async fn next_bundle(stream: &mut Streaming<X509BundlesResponse>, within: Durati
     message.bundles["cluster.local"].clone()
 }
 
-fn der_of(pem_text: &str) -> Vec<u8> {
-    pem::parse_many(pem_text)
-        .unwrap()
-        .into_iter()
-        .flat_map(pem::Pem::into_contents)
-        .collect()
-}
-
 fn state_of(list: &Value, id: &str) -> String {
     list["authorities"]
         .as_array()

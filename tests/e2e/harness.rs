@@ -338,6 +338,20 @@ impl WorkloadKey {
     }
 }
 
+/// SHA-256 of `text`, hex: how `rest.tokens` names a token.
+pub fn sha256_hex(text: &str) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()).as_ref())
+}
+
+/// Every certificate in `pem_text`, DER, concatenated (as a Workload API bundle carries them).
+pub fn der_of(pem_text: &str) -> Vec<u8> {
+    pem::parse_many(pem_text)
+        .unwrap()
+        .into_iter()
+        .flat_map(pem::Pem::into_contents)
+        .collect()
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -21,10 +21,6 @@ const IDENTITIES: [(&str, &str); 6] = [
 ];
 const PER_IDENTITY: usize = 350;
 
-fn sha256_hex(text: &str) -> String {
-    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()).as_ref())
-}
-
 struct Server {
     process: MeshcaProcess,
     root: String,

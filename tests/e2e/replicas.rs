@@ -17,10 +17,6 @@ const ADMIN: &str = "admin-token-for-the-replica-test";
 /// The bound on how long an admin action takes to reach every replica and its agents.
 const PROPAGATION: Duration = Duration::from_secs(5);
 
-fn sha256_hex(text: &str) -> String {
-    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()).as_ref())
-}
-
 /// A URL whose connections land in a new, empty schema of the test database.
 async fn fresh_postgres() -> Option<String> {
     let base = std::env::var("MESHCA_TEST_POSTGRES_URL").ok()?;
@@ -355,12 +351,4 @@ async fn three_replicas_on_postgresql_share_one_root_one_inventory_and_one_rotat
         assert_eq!(verdict["intact"], true, "{verdict}");
         assert!(verdict["checked"].as_i64().unwrap() >= 5, "{verdict}");
     }
-}
-
-fn der_of(pem_text: &str) -> Vec<u8> {
-    pem::parse_many(pem_text)
-        .unwrap()
-        .into_iter()
-        .flat_map(pem::Pem::into_contents)
-        .collect()
 }

@@ -17,10 +17,6 @@ use crate::harness::*;
 const RA_ID: &str = "spiffe://cluster.local/ns/meshca/sa/meshca-ra";
 const ADMIN: &str = "admin-token-for-the-split-test";
 
-fn sha256_hex(text: &str) -> String {
-    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()).as_ref())
-}
-
 /// The files both processes are configured with.
 struct Layout {
     dir: PathBuf,
