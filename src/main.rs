@@ -107,6 +107,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
+        if let Some(dir) = &args.write_credential {
+            let id = runtime.block_on(meshca_agent::loadgen::write_credential(args, dir))?;
+            println!("{id}: {}", dir.display());
+            return Ok(());
+        }
         let report = runtime.block_on(meshca_agent::loadgen::run(args))?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use der::Decode;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
 use meshca_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use meshca_proto::istio::v1::auth::IstioCertificateRequest;
 use serde::Serialize;
@@ -25,8 +27,13 @@ pub struct BenchArgs {
     #[arg(long, default_value = "127.0.0.1:15012")]
     pub addr: String,
     /// PEM roots that verify the RA's serving certificate.
-    #[arg(long)]
-    pub ca_cert: PathBuf,
+    #[arg(long, required_unless_present = "cfssl")]
+    pub ca_cert: Option<PathBuf>,
+    /// Load a cfssl `serve` at this host:port instead (`POST /api/v1/cfssl/sign` over plain
+    /// HTTP/1.1, one keep-alive connection per request in flight) with the same CSRs: the peer
+    /// in the comparison. cfssl drops URI SANs, so answers are checked only to be a certificate.
+    #[arg(long, conflicts_with_all = ["client_cert", "token_file", "jwt_key"])]
+    pub cfssl: Option<String>,
     /// TLS server name to expect.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
@@ -79,15 +86,28 @@ pub struct BenchArgs {
     /// …or after this long (default 10 s when neither is given).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    /// Open loop: start requests at this many per second in total, whatever the answers'
+    /// pace. Latency then counts from each request's scheduled start, so a server that falls
+    /// behind cannot hide its queue (no coordinated omission); `--concurrency` caps how many
+    /// are in flight.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Requested certificate lifetime, seconds (0: the server's default).
     #[arg(long, default_value_t = 0)]
     pub ttl_secs: i64,
     /// The server's PID, to report its CPU seconds per issuance.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Retries of one request shed with RESOURCE_EXHAUSTED before it counts as failed.
-    #[arg(long, default_value_t = 100)]
-    pub max_retries: u32,
+    /// How long one request keeps being resent while the server sheds it with
+    /// RESOURCE_EXHAUSTED before it counts as failed. A deadline rather than a count: under a
+    /// storm a call's turn depends on how long the queue is, not on how often it knocked.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub shed_retry_for: Duration,
+    /// Instead of a load: get one certificate with these credentials (the first identity)
+    /// and write `key.pem` (0600), `cert-chain.pem` and `root-cert.pem` into DIR, as
+    /// istio-agent's `OUTPUT_CERTS` does; e.g. the workload certificate `--client-cert` needs.
+    #[arg(long, value_name = "DIR", conflicts_with = "cfssl")]
+    pub write_credential: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -98,6 +118,11 @@ pub struct BenchArgs {
 pub enum BenchError {
     #[error("{path}: {source}")]
     Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing into {path}: {source}")]
+    Write {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -129,9 +154,9 @@ pub struct Percentiles {
     pub max: f64,
 }
 
-/// One prepared request: CSR, token and the identity the answer must name.
+/// One prepared request: key and CSR, token and the identity the answer must name.
 struct Prepared {
-    csr_pem: String,
+    request: KeyAndCsr,
     authorization: Option<String>,
     spiffe_id: String,
 }
@@ -198,7 +223,7 @@ fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
                 let request = KeyAndCsr::generate(key_type, &spiffe_id)
                     .map_err(|e| BenchError::Setup(e.to_string()))?;
                 Ok(Prepared {
-                    csr_pem: request.csr_pem,
+                    request,
                     authorization: None,
                     spiffe_id: spiffe_id.clone(),
                 })
@@ -241,7 +266,7 @@ fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
             let request = KeyAndCsr::generate(key_type, &spiffe_id)
                 .map_err(|e| BenchError::Setup(e.to_string()))?;
             prepared.push(Prepared {
-                csr_pem: request.csr_pem,
+                request,
                 authorization: token.as_ref().map(|t| format!("Bearer {t}")),
                 spiffe_id: spiffe_id.clone(),
             });
@@ -251,7 +276,11 @@ fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
 }
 
 async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, BenchError> {
-    let roots = read(&args.ca_cert)?;
+    let roots = read(
+        args.ca_cert
+            .as_ref()
+            .ok_or_else(|| BenchError::Setup("--ca-cert is needed to load meshca".into()))?,
+    )?;
     let identity = match (&args.client_cert, &args.client_key) {
         (Some(cert), Some(key)) => Some(Identity::from_pem(read(cert)?, read(key)?)),
         _ => None,
@@ -274,6 +303,119 @@ async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, BenchError> {
         channels.push(channel);
     }
     Ok(channels)
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Answered {
+        valid: bool,
+    },
+    /// RESOURCE_EXHAUSTED: nothing was done; the caller may send it again.
+    Shed,
+    /// gRPC code name (or `http_<status>`, `transport`).
+    Failed(String),
+}
+
+/// One request in flight at a time, to meshca over a shared HTTP/2 channel or to cfssl over
+/// its own HTTP/1.1 connection.
+enum Caller {
+    Grpc {
+        client: IstioCertificateServiceClient<Channel>,
+        cluster_id: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+        ttl: i64,
+    },
+    Cfssl {
+        sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        host: String,
+    },
+}
+
+impl Caller {
+    async fn cfssl(addr: &str) -> Result<Self, BenchError> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| BenchError::Setup(format!("connecting to cfssl at {addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| BenchError::Setup(format!("cfssl at {addr}: {e}")))?;
+        tokio::spawn(connection);
+        Ok(Caller::Cfssl {
+            sender,
+            host: addr.to_string(),
+        })
+    }
+
+    async fn call(&mut self, item: &Prepared) -> Attempt {
+        match self {
+            Caller::Grpc {
+                client,
+                cluster_id,
+                ttl,
+            } => {
+                let mut request = tonic::Request::new(IstioCertificateRequest {
+                    csr: item.request.csr_pem.clone(),
+                    validity_duration: *ttl,
+                    metadata: None,
+                });
+                if let Some(value) = item.authorization.as_ref().and_then(|a| a.parse().ok()) {
+                    request.metadata_mut().insert("authorization", value);
+                }
+                if let Some(value) = cluster_id {
+                    request.metadata_mut().insert("clusterid", value.clone());
+                }
+                match client.create_certificate(request).await {
+                    Ok(response) => Attempt::Answered {
+                        valid: answer_is_valid(&response.into_inner().cert_chain, &item.spiffe_id),
+                    },
+                    Err(status) if status.code() == tonic::Code::ResourceExhausted => Attempt::Shed,
+                    Err(status) => Attempt::Failed(code_name(status.code())),
+                }
+            }
+            Caller::Cfssl { sender, host } => {
+                let body =
+                    serde_json::json!({ "certificate_request": item.request.csr_pem }).to_string();
+                let request = hyper::Request::post("/api/v1/cfssl/sign")
+                    .header(hyper::header::HOST, host.as_str())
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body)));
+                let Ok(request) = request else {
+                    return Attempt::Failed("invalid_request".into());
+                };
+                if sender.ready().await.is_err() {
+                    return Attempt::Failed("transport".into());
+                }
+                let response = match sender.send_request(request).await {
+                    Ok(response) => response,
+                    Err(_) => return Attempt::Failed("transport".into()),
+                };
+                let status = response.status();
+                let Ok(body) = response.into_body().collect().await else {
+                    return Attempt::Failed("transport".into());
+                };
+                if !status.is_success() {
+                    return Attempt::Failed(format!("http_{}", status.as_u16()));
+                }
+                Attempt::Answered {
+                    valid: cfssl_answer_is_valid(&body.to_bytes()),
+                }
+            }
+        }
+    }
+}
+
+/// cfssl answers `{"success": true, "result": {"certificate": "<PEM>"}}`; the certificate
+/// must parse (its SANs are cfssl's business: it drops URI SANs).
+fn cfssl_answer_is_valid(body: &[u8]) -> bool {
+    let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let pem_text = answer["result"]["certificate"].as_str().unwrap_or_default();
+    answer["success"] == true
+        && pem::parse(pem_text)
+            .ok()
+            .is_some_and(|p| x509_cert::Certificate::from_der(p.contents()).is_ok())
 }
 
 /// Whether an answer is a chain whose leaf names `spiffe_id`.
@@ -325,13 +467,70 @@ fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
     }
 }
 
-/// Runs the load and measures it.
-/// How long a client waits before resending a call the server shed: 5 ms doubling to 1 s,
+/// `--write-credential`: one checked certificate, written out; returns its SPIFFE id.
+pub async fn write_credential(
+    args: &BenchArgs,
+    dir: &std::path::Path,
+) -> Result<String, BenchError> {
+    let first = prepare(&BenchArgs {
+        identities: 1,
+        keys_per_identity: 1,
+        ..args.clone()
+    })?
+    .into_iter()
+    .next()
+    .ok_or_else(|| BenchError::Setup("no identity to request a certificate for".into()))?;
+    let channel = connect(&BenchArgs {
+        connections: 1,
+        ..args.clone()
+    })
+    .await?
+    .remove(0);
+    let mut request = tonic::Request::new(IstioCertificateRequest {
+        csr: first.request.csr_pem.clone(),
+        validity_duration: args.ttl_secs,
+        metadata: None,
+    });
+    if let Some(value) = first.authorization.as_ref().and_then(|a| a.parse().ok()) {
+        request.metadata_mut().insert("authorization", value);
+    }
+    if let Ok(value) = args.cluster_id.parse() {
+        request.metadata_mut().insert("clusterid", value);
+    }
+    let response = IstioCertificateServiceClient::new(channel)
+        .create_certificate(request)
+        .await
+        .map_err(|status| {
+            BenchError::Setup(format!(
+                "CreateCertificate: {:?}: {}",
+                status.code(),
+                status.message()
+            ))
+        })?
+        .into_inner();
+    let credential = first
+        .request
+        .accept(&first.spiffe_id, &response.cert_chain, SystemTime::now())
+        .map_err(|e| BenchError::Setup(format!("the answer does not hold: {e}")))?;
+    crate::output::write_credentials(
+        dir,
+        &credential.key_pem,
+        &credential.chain_pem.concat(),
+        &credential.roots_pem.concat(),
+    )
+    .map_err(|source| BenchError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(credential.spiffe_id)
+}
+
+/// How long a client waits before resending a call the server shed: 5 ms doubling to 2 s,
 /// scaled by `jitter` ∈ [0, 1) into [½, 1½) of that, so shed callers come back spread out
 /// rather than as the next burst.
 pub fn shed_retry_delay(attempt: u32, jitter: f64) -> Duration {
     let base = Duration::from_millis(5).saturating_mul(1u32 << attempt.min(16));
-    base.min(Duration::from_secs(1))
+    base.min(Duration::from_secs(2))
         .mul_f64(0.5 + jitter.clamp(0.0, 1.0))
 }
 
@@ -341,28 +540,42 @@ fn random_unit() -> f64 {
     f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
 }
 
+/// Runs the load and measures it.
 pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let prepared = Arc::new(prepare(args)?);
-    let channels = connect(args).await?;
     let limit = args.requests;
     let deadline = match (limit, args.duration) {
         (_, Some(d)) => Some(Instant::now() + d),
         (None, None) => Some(Instant::now() + Duration::from_secs(10)),
         (Some(_), None) => None,
     };
+    let channels = match &args.cfssl {
+        Some(_) => Vec::new(),
+        None => connect(args).await?,
+    };
+    let mut callers = Vec::new();
+    for worker in 0..args.concurrency.max(1) {
+        callers.push(match &args.cfssl {
+            Some(addr) => Caller::cfssl(addr).await?,
+            None => Caller::Grpc {
+                client: IstioCertificateServiceClient::new(
+                    channels[worker % channels.len()].clone(),
+                ),
+                cluster_id: args.cluster_id.parse().ok(),
+                ttl: args.ttl_secs,
+            },
+        });
+    }
     let issued = Arc::new(AtomicU64::new(0));
     let cpu_before = args.server_pid.and_then(process_cpu_seconds);
     let started = Instant::now();
     let mut workers = Vec::new();
-    for worker in 0..args.concurrency.max(1) {
-        let channel = channels[worker % channels.len()].clone();
+    for mut caller in callers {
         let prepared = prepared.clone();
         let issued = issued.clone();
-        let cluster_id = args.cluster_id.clone();
-        let ttl = args.ttl_secs;
-        let max_retries = args.max_retries;
+        let shed_retry_for = args.shed_retry_for;
+        let rate = args.rate.filter(|r| *r > 0.0);
         workers.push(tokio::spawn(async move {
-            let mut client = IstioCertificateServiceClient::new(channel);
             let mut latencies = Vec::new();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             let mut shed_retries = 0u64;
@@ -372,43 +585,42 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
                     break;
                 }
                 let item = &prepared[n as usize % prepared.len()];
-                let sent = Instant::now();
-                let mut attempt = 0;
+                let sent = match rate {
+                    Some(rate) => {
+                        let scheduled = started + Duration::from_secs_f64(n as f64 / rate);
+                        if deadline.is_some_and(|d| scheduled >= d) {
+                            break;
+                        }
+                        tokio::time::sleep_until(scheduled.into()).await;
+                        scheduled
+                    }
+                    None => Instant::now(),
+                };
+                let mut attempt = 0u32;
                 // Latency is the caller's: from the first send to the answer, retries included.
-                let answer = loop {
-                    let mut request = tonic::Request::new(IstioCertificateRequest {
-                        csr: item.csr_pem.clone(),
-                        validity_duration: ttl,
-                        metadata: None,
-                    });
-                    if let Some(value) = item.authorization.as_ref().and_then(|a| a.parse().ok()) {
-                        request.metadata_mut().insert("authorization", value);
-                    }
-                    if let Ok(value) = cluster_id.parse() {
-                        request.metadata_mut().insert("clusterid", value);
-                    }
-                    match client.create_certificate(request).await {
-                        Err(status)
-                            if status.code() == tonic::Code::ResourceExhausted
-                                && attempt < max_retries =>
-                        {
+                let outcome = loop {
+                    match caller.call(item).await {
+                        Attempt::Shed if sent.elapsed() < shed_retry_for => {
                             shed_retries += 1;
                             tokio::time::sleep(shed_retry_delay(attempt, random_unit())).await;
-                            attempt += 1;
+                            attempt = attempt.saturating_add(1);
                         }
                         other => break other,
                     }
                 };
-                match answer {
-                    Ok(response) => {
+                match outcome {
+                    Attempt::Answered { valid } => {
                         latencies.push(sent.elapsed());
-                        if !answer_is_valid(&response.into_inner().cert_chain, &item.spiffe_id) {
+                        if !valid {
                             *errors.entry("invalid_response".into()).or_default() += 1;
                         }
                     }
-                    Err(status) => {
-                        *errors.entry(code_name(status.code())).or_default() += 1;
+                    Attempt::Shed => {
+                        *errors
+                            .entry(code_name(tonic::Code::ResourceExhausted))
+                            .or_default() += 1;
                     }
+                    Attempt::Failed(code) => *errors.entry(code).or_default() += 1,
                 }
             }
             (latencies, errors, shed_retries)
@@ -486,13 +698,29 @@ mod tests {
     fn shed_retries_back_off_to_a_cap_with_jitter() {
         assert_eq!(shed_retry_delay(0, 0.5), Duration::from_millis(5));
         assert_eq!(shed_retry_delay(2, 0.5), Duration::from_millis(20));
-        assert_eq!(shed_retry_delay(20, 0.5), Duration::from_secs(1));
+        assert_eq!(shed_retry_delay(20, 0.5), Duration::from_secs(2));
         assert_eq!(shed_retry_delay(0, 0.0), Duration::from_micros(2500));
         assert_eq!(
             shed_retry_delay(20, 0.999),
-            Duration::from_secs(1).mul_f64(1.499)
+            Duration::from_secs(2).mul_f64(1.499)
         );
-        assert_eq!(shed_retry_delay(u32::MAX, 5.0), Duration::from_millis(1500));
+        assert_eq!(shed_retry_delay(u32::MAX, 5.0), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn cfssl_answers_must_carry_a_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.example".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let good = serde_json::json!({"success": true, "result": {"certificate": cert.pem()}});
+        assert!(cfssl_answer_is_valid(good.to_string().as_bytes()));
+        let failed = serde_json::json!({"success": false, "result": {"certificate": cert.pem()}});
+        assert!(!cfssl_answer_is_valid(failed.to_string().as_bytes()));
+        let garbage = serde_json::json!({"success": true, "result": {"certificate": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}});
+        assert!(!cfssl_answer_is_valid(garbage.to_string().as_bytes()));
+        assert!(!cfssl_answer_is_valid(b"<html>"));
     }
 
     #[test]

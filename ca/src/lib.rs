@@ -5,6 +5,7 @@ pub mod audit;
 pub mod authority;
 pub mod cacerts;
 pub mod chain;
+pub mod commit;
 pub mod config;
 pub mod crl;
 pub mod csr;

@@ -318,6 +318,11 @@ const ISSUANCE_COLUMNS: &str = "serial, spiffe_id, trust_domain, namespace, serv
     not_before, not_after, issued_at, authority_id, requester_method, requester_principal, \
     peer_address, cluster_id, public_key_sha256, cert_der";
 
+/// Rows per multi-row INSERT, keeping the bound parameters (15 and 10 per row) well under
+/// SQLite's and PostgreSQL's limits.
+const ISSUANCE_ROWS_PER_STATEMENT: usize = 64;
+const AUDIT_ROWS_PER_STATEMENT: usize = 96;
+
 const AUTHORITY_COLUMNS: &str = "id, state, source, key_type, cert_der, chain_pem, roots_pem, \
     sealed_key, kek_id, created_at, updated_at";
 
@@ -391,50 +396,117 @@ impl Store {
             .map_err(StoreError::Query)
     }
 
-    /// Commits one issuance. Returns only after the row is durable.
-    /// Records an issuance and its audit event in one transaction: both or neither.
+    /// Records an issuance and its audit event in one transaction: both or neither. Returns
+    /// only after the transaction is durable.
     pub async fn insert_issuance(
         &self,
         r: &IssuanceRecord,
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
-        let sql = format!(
-            "INSERT INTO issued_certificates ({ISSUANCE_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-        );
-        let result = with_pool!(self, pool => {
+        match self.insert_issuances(&[(r, audit)]).await?[..] {
+            [true] => Ok(()),
+            _ => Err(StoreError::DuplicateSerial(r.serial.clone())),
+        }
+    }
+
+    /// Records several issuances, each with its audit event, in one transaction: the group
+    /// commit behind [`crate::commit::IssuanceCommitter`]. One durable commit then covers the
+    /// whole batch instead of one per certificate. Per item, `false` means its serial was
+    /// already on record: that item (and its audit event) was left out and the rest went in.
+    /// An error means nothing of the batch was committed.
+    pub async fn insert_issuances(
+        &self,
+        items: &[(&IssuanceRecord, &AuditEvent)],
+    ) -> Result<Vec<bool>, StoreError> {
+        // A handful of multi-row statements per batch, not a handful per certificate: each
+        // statement is a round trip (to SQLite's worker thread or to PostgreSQL).
+        with_pool!(self, pool => {
             async {
                 let mut tx = pool.begin_write().await?;
-                sqlx::query(&sql)
-                    .bind(&r.serial)
-                    .bind(&r.spiffe_id)
-                    .bind(&r.trust_domain)
-                    .bind(&r.namespace)
-                    .bind(&r.service_account)
-                    .bind(r.not_before)
-                    .bind(r.not_after)
-                    .bind(r.issued_at)
-                    .bind(&r.authority_id)
-                    .bind(&r.requester_method)
-                    .bind(&r.requester_principal)
-                    .bind(&r.peer_address)
-                    .bind(&r.cluster_id)
-                    .bind(&r.public_key_sha256)
-                    .bind(&r.cert_der)
-                    .execute(&mut *tx)
-                    .await?;
-                append_audit_in!(tx, audit);
-                tx.commit().await
+                let mut new_serials = std::collections::HashSet::new();
+                for chunk in items.chunks(ISSUANCE_ROWS_PER_STATEMENT) {
+                    let mut insert = sqlx::QueryBuilder::new(format!(
+                        "INSERT INTO issued_certificates ({ISSUANCE_COLUMNS}) "
+                    ));
+                    insert.push_values(chunk, |mut row, (r, _)| {
+                        row.push_bind(&r.serial)
+                            .push_bind(&r.spiffe_id)
+                            .push_bind(&r.trust_domain)
+                            .push_bind(&r.namespace)
+                            .push_bind(&r.service_account)
+                            .push_bind(r.not_before)
+                            .push_bind(r.not_after)
+                            .push_bind(r.issued_at)
+                            .push_bind(&r.authority_id)
+                            .push_bind(&r.requester_method)
+                            .push_bind(&r.requester_principal)
+                            .push_bind(&r.peer_address)
+                            .push_bind(&r.cluster_id)
+                            .push_bind(&r.public_key_sha256)
+                            .push_bind(&r.cert_der);
+                    });
+                    insert.push(" ON CONFLICT (serial) DO NOTHING RETURNING serial");
+                    let serials: Vec<String> =
+                        insert.build_query_scalar().fetch_all(&mut *tx).await?;
+                    new_serials.extend(serials);
+                }
+                // A serial twice in one batch went in once: the first holder has it.
+                let inserted: Vec<bool> =
+                    items.iter().map(|(r, _)| new_serials.remove(&r.serial)).collect();
+                let events: Vec<&AuditEvent> = items
+                    .iter()
+                    .zip(&inserted)
+                    .filter(|(_, ok)| **ok)
+                    .map(|((_, audit), _)| *audit)
+                    .collect();
+                if !events.is_empty() {
+                    let count = events.len() as i64;
+                    sqlx::query("UPDATE audit_head SET seq = seq + $1 WHERE id = 1")
+                        .bind(count)
+                        .execute(&mut *tx)
+                        .await?;
+                    let (last_seq, mut prev): (i64, String) =
+                        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    let records: Vec<AuditRecord> = events
+                        .iter()
+                        .zip(last_seq - count + 1..)
+                        .map(|(event, seq)| {
+                            let record = event.chained(seq, &prev);
+                            prev.clone_from(&record.hash);
+                            record
+                        })
+                        .collect();
+                    for chunk in records.chunks(AUDIT_ROWS_PER_STATEMENT) {
+                        let mut insert = sqlx::QueryBuilder::new(format!(
+                            "INSERT INTO audit_events ({AUDIT_COLUMNS}) "
+                        ));
+                        insert.push_values(chunk, |mut row, record| {
+                            row.push_bind(record.seq)
+                                .push_bind(record.at)
+                                .push_bind(&record.actor_method)
+                                .push_bind(&record.actor_principal)
+                                .push_bind(&record.action)
+                                .push_bind(&record.target)
+                                .push_bind(&record.outcome)
+                                .push_bind(&record.details)
+                                .push_bind(&record.prev_hash)
+                                .push_bind(&record.hash);
+                        });
+                        insert.build().execute(&mut *tx).await?;
+                    }
+                    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+                        .bind(&prev)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(inserted)
             }
             .await
-        });
-        match result {
-            Ok(()) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::DuplicateSerial(r.serial.clone()))
-            }
-            Err(e) => Err(StoreError::Query(e)),
-        }
+        })
+        .map_err(StoreError::Query)
     }
 
     /// Appends one event to the audit chain.

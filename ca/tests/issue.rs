@@ -725,3 +725,121 @@ async fn postgres_connections_use_tls_when_the_url_asks() {
     let sqlite = open_store(&format!("sqlite://{}", dir.path().join("s.db").display())).await;
     assert_eq!(sqlite.connection_encrypted().await.unwrap(), None);
 }
+
+/// A storm of concurrent issuances is recorded in far fewer store transactions than
+/// certificates (group commit), yet every certificate returned is on record with its audit
+/// event, and the audit chain is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_issuances_share_commits_and_every_one_is_on_record() {
+    const CALLS: usize = 300;
+    let tmp = tempfile::tempdir().unwrap();
+    for (dialect, url) in stores(tmp.path()).await {
+        let ca = CertificateAuthority::start(&settings(tmp.path(), &url, Some(&istio_samples())))
+            .await
+            .unwrap();
+        let csr = csr_pem(&csr_key("ec-p256"), &[]);
+        let calls: Vec<_> = (0..CALLS)
+            .map(|_| {
+                let (ca, csr) = (ca.clone(), csr.clone());
+                tokio::spawn(async move { issue(&ca, &csr, 0).await })
+            })
+            .collect();
+        let mut serials = std::collections::HashSet::new();
+        for call in calls {
+            let issued = call.await.unwrap().unwrap();
+            serials.insert(issued.serial.to_hex());
+        }
+        assert_eq!(serials.len(), CALLS, "{dialect}");
+
+        let rows = ca
+            .store()
+            .issuances_for("spiffe://cluster.local/ns/default/sa/web", 1000)
+            .await
+            .unwrap();
+        let recorded: std::collections::HashSet<_> = rows.into_iter().map(|r| r.serial).collect();
+        assert_eq!(
+            recorded, serials,
+            "{dialect}: exactly the returned certificates"
+        );
+
+        let mut events = ca
+            .store()
+            .audit_events(&Default::default(), None, 1000)
+            .await
+            .unwrap();
+        let issue_events: std::collections::HashSet<_> = events
+            .iter()
+            .filter(|e| e.action == "certificate.issue")
+            .map(|e| e.target.clone())
+            .collect();
+        assert_eq!(issue_events, serials, "{dialect}: one audit event each");
+        events.reverse();
+        meshca_ca::audit::verify_chain(&events, 0, meshca_ca::audit::GENESIS_HASH.into()).unwrap();
+
+        let commits = ca.metrics().issuance_commits.load(Ordering::Relaxed);
+        let committed = ca.metrics().issuances_committed.load(Ordering::Relaxed);
+        assert_eq!(committed, CALLS as u64, "{dialect}");
+        assert!(
+            commits < CALLS as u64 / 2,
+            "{dialect}: {CALLS} concurrent issuances took {commits} commits"
+        );
+    }
+}
+
+/// In a batch, an issuance whose serial is already on record is left out (and reported),
+/// while the others in the same transaction are recorded with their audit events.
+#[tokio::test]
+async fn a_duplicate_serial_in_a_batch_leaves_the_rest_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (dialect, url) in stores(tmp.path()).await {
+        let store = open_store(&url).await;
+        let record = |serial: &str| meshca_ca::store::IssuanceRecord {
+            serial: serial.into(),
+            spiffe_id: "spiffe://cluster.local/ns/default/sa/web".into(),
+            trust_domain: TD.into(),
+            namespace: Some("default".into()),
+            service_account: Some("web".into()),
+            not_before: 1,
+            not_after: 2,
+            issued_at: 1,
+            authority_id: "a".into(),
+            requester_method: "jwt".into(),
+            requester_principal: "p".into(),
+            peer_address: None,
+            cluster_id: None,
+            public_key_sha256: "00".into(),
+            cert_der: vec![0x30, 0x00],
+        };
+        let audit = |serial: &str| {
+            meshca_ca::audit::AuditEvent::new(
+                ("jwt", "p"),
+                "certificate.issue",
+                serial,
+                meshca_ca::audit::Outcome::Success,
+                serde_json::json!({}),
+            )
+        };
+        let (first, first_event) = (record("01"), audit("01"));
+        store.insert_issuance(&first, &first_event).await.unwrap();
+        let (again, again_event) = (record("01"), audit("01"));
+        let (other, other_event) = (record("02"), audit("02"));
+        let inserted = store
+            .insert_issuances(&[(&again, &again_event), (&other, &other_event)])
+            .await
+            .unwrap();
+        assert_eq!(inserted, [false, true], "{dialect}");
+        assert_eq!(store.count_issuances().await.unwrap(), 2, "{dialect}");
+        let targets: Vec<String> = store
+            .audit_events(&Default::default(), None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.target)
+            .collect();
+        assert_eq!(targets, ["02", "01"], "{dialect}");
+        assert!(matches!(
+            store.insert_issuance(&again, &again_event).await,
+            Err(meshca_ca::store::StoreError::DuplicateSerial(s)) if s == "01"
+        ));
+    }
+}

@@ -38,6 +38,8 @@ pub struct ExpiryGauges {
     pub root_cert_expiry: u64,
     pub cert_chain_expiry: u64,
     pub cacerts_reload_failures: u64,
+    pub issuance_commits: u64,
+    pub issuances_committed: u64,
 }
 
 // === impl RaMetrics ===
@@ -146,6 +148,18 @@ impl RaMetrics {
             "Plugged-in CA directory changes that failed validation (old material kept).",
             gauges.cacerts_reload_failures,
         );
+        counter(
+            &mut out,
+            "meshca_store_issuance_commit_count",
+            "Store transactions that recorded issuances; several queued issuances share one (group commit).",
+            gauges.issuance_commits,
+        );
+        counter(
+            &mut out,
+            "meshca_store_issuances_committed_count",
+            "Issuances recorded by those transactions.",
+            gauges.issuances_committed,
+        );
         self.latency.render(
             &mut out,
             "meshca_csr_latency_seconds",
@@ -227,7 +241,17 @@ mod tests {
             root_cert_expiry: 4_000_000_000,
             cert_chain_expiry: 3_000_000_000,
             cacerts_reload_failures: 0,
+            issuance_commits: 2,
+            issuances_committed: 5,
         });
+        assert!(
+            text.contains("\nmeshca_store_issuance_commit_count 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nmeshca_store_issuances_committed_count 5\n"),
+            "{text}"
+        );
         assert!(text.contains("\ncitadel_server_csr_count 2\n"), "{text}");
         assert!(text.contains("\ncitadel_server_authentication_failure_count 1\n"));
         assert!(text.contains("citadel_server_csr_sign_err_count{error=\"ttl_error\"} 1"));

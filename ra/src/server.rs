@@ -243,14 +243,14 @@ fn http_app(state: HttpState) -> Router {
 async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
     let authority = state.ca.current_authority();
     let unix = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let ca_metrics = state.ca.metrics();
+    let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     let body = state.metrics.render(ExpiryGauges {
         root_cert_expiry: unix(authority.root().not_after()),
         cert_chain_expiry: unix(authority.path_not_after()),
-        cacerts_reload_failures: state
-            .ca
-            .metrics()
-            .cacerts_reload_failures
-            .load(std::sync::atomic::Ordering::Relaxed),
+        cacerts_reload_failures: read(&ca_metrics.cacerts_reload_failures),
+        issuance_commits: read(&ca_metrics.issuance_commits),
+        issuances_committed: read(&ca_metrics.issuances_committed),
     });
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],

@@ -73,23 +73,30 @@ async fn the_load_generator_measures_a_real_server() {
     assert!(rows >= 500.0, "{rows}");
 
     // Renewal profile: every call authenticated by a workload certificate over mTLS.
-    let root = std::fs::read_to_string(data.join("root-cert.pem")).unwrap();
-    let workload = WorkloadKey::ec();
-    let token_text = std::fs::read_to_string(&token).unwrap();
-    let chain = create_certificate(
-        &mut ca_client(grpc, &root, None).await,
-        &workload.csr(&["spiffe://cluster.local/ns/default/sa/default"]),
-        3600,
-        Some(token_text.trim()),
-        None,
-    )
-    .await
-    .unwrap()
-    .cert_chain;
-    let cert = tmp.path().join("workload.pem");
-    let key = tmp.path().join("workload-key.pem");
-    std::fs::write(&cert, chain[..chain.len() - 1].concat()).unwrap();
-    std::fs::write(&key, workload.key_pem()).unwrap();
+    // Its workload certificate comes from `meshca bench --write-credential`.
+    let credential = tmp.path().join("workload");
+    let out = std::process::Command::new(meshca_bin())
+        .args(["bench", "--addr", &grpc.to_string(), "--ca-cert"])
+        .arg(data.join("root-cert.pem"))
+        .args(["--token-file", &token, "--ttl-secs", "3600"])
+        .arg("--write-credential")
+        .arg(&credential)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .starts_with("spiffe://cluster.local/ns/default/sa/default: "));
+    let cert = credential.join("cert-chain.pem");
+    let key = credential.join("key.pem");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the key is private");
+    }
     let report = bench(&[
         "--client-cert",
         cert.to_str().unwrap(),

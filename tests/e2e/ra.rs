@@ -11,7 +11,7 @@ use meshca_ca::keys::KeyType;
 use meshca_ca::testing::{CaSpec, GeneratedChain, LeafSpec, TestCa, DAY};
 use meshca_ca::x509::ParsedCert;
 use meshca_ca::Store;
-use serde_json::json;
+use serde_json::{json, Value};
 use tonic::Code;
 
 use crate::harness::*;
@@ -797,4 +797,40 @@ async fn trust_bundle_stream_follows_root_changes() {
         .unwrap();
     assert_eq!(second.roots_pem, vec![chain.root.pem(), next_root.pem()]);
     assert_ne!(second.version, first.version);
+}
+
+/// `meshca bench`'s TokenReview profile: the load generator's token is reviewed by the API
+/// server (the in-test double), every answer is checked, and the RA's review cache means the
+/// API server sees the token once, not once per CSR.
+#[tokio::test]
+async fn bench_tokenreview_profile_reviews_the_token_once() {
+    let w = world();
+    let token = "tr-good-loadtest-agent";
+    let token_file = w.dir.join("bench-tr-token");
+    std::fs::write(&token_file, token).unwrap();
+    let out = std::process::Command::new(meshca_bin())
+        .args(["bench", "--json", "--addr", &w.server.grpc.to_string()])
+        .arg("--ca-cert")
+        .arg(w.dir.join("cacerts/root-cert.pem"))
+        .arg("--token-file")
+        .arg(&token_file)
+        .args(["--cluster-id", "tr", "--namespace", "loadtest"])
+        .args(["--service-account", "agent", "--requests", "200"])
+        .args(["--concurrency", "16"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], 200, "{report}");
+    assert!(report["errors"].as_object().unwrap().is_empty(), "{report}");
+    let reviews = w.api_server.reviews_of(token);
+    // Concurrent first calls may each miss the cache before it fills; later ones never do.
+    assert!(
+        (1..=16).contains(&reviews),
+        "{reviews} reviews for 200 calls"
+    );
 }

@@ -1,0 +1,112 @@
+//! Group commit of issuance records. Every certificate must be on record, durably, before it
+//! is returned; with one transaction per certificate the store's commit (an fsync for SQLite,
+//! a WAL flush for PostgreSQL) bounds throughput. One writer task instead takes whatever
+//! issuances queued up while the previous commit ran and commits them together, then answers
+//! each caller. An idle server commits a lone issuance at once (no timer, no added latency);
+//! under load batches grow by themselves.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::audit::AuditEvent;
+use crate::issuer::CaMetrics;
+use crate::store::{IssuanceRecord, Store, StoreError};
+
+/// The most issuances one transaction takes; the rest wait for the next.
+const MAX_BATCH: usize = 512;
+/// Issuances waiting for the writer before callers queue on the channel itself.
+const QUEUE: usize = 4096;
+
+/// Why an issuance could not be recorded.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitError {
+    #[error("serial {0} is already on record")]
+    DuplicateSerial(String),
+    /// The batch's transaction failed; nothing in it was recorded.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    #[error("the issuance writer has stopped")]
+    Stopped,
+}
+
+struct Pending {
+    record: IssuanceRecord,
+    audit: AuditEvent,
+    done: oneshot::Sender<Result<(), CommitError>>,
+}
+
+/// The handle callers record through; cheap to clone. The writer task stops when the last
+/// handle is dropped, after committing what was queued.
+#[derive(Clone, Debug)]
+pub struct IssuanceCommitter {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl IssuanceCommitter {
+    /// Spawns the writer on the current Tokio runtime.
+    pub fn start(store: Store, metrics: Arc<CaMetrics>) -> Self {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        tokio::spawn(write_batches(store, receiver, metrics));
+        IssuanceCommitter { queue }
+    }
+
+    /// Records `record` and its audit event; returns once the transaction that holds them is
+    /// committed.
+    pub async fn commit(
+        &self,
+        record: IssuanceRecord,
+        audit: AuditEvent,
+    ) -> Result<(), CommitError> {
+        let (done, answer) = oneshot::channel();
+        self.queue
+            .send(Pending {
+                record,
+                audit,
+                done,
+            })
+            .await
+            .map_err(|_| CommitError::Stopped)?;
+        answer.await.map_err(|_| CommitError::Stopped)?
+    }
+}
+
+async fn write_batches(
+    store: Store,
+    mut receiver: mpsc::Receiver<Pending>,
+    metrics: Arc<CaMetrics>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let items: Vec<_> = batch.iter().map(|p| (&p.record, &p.audit)).collect();
+        let outcome = store.insert_issuances(&items).await;
+        drop(items);
+        match outcome {
+            Ok(inserted) => {
+                metrics.issuance_commits.fetch_add(1, Ordering::Relaxed);
+                let recorded = inserted.iter().filter(|i| **i).count() as u64;
+                metrics
+                    .issuances_committed
+                    .fetch_add(recorded, Ordering::Relaxed);
+                for (pending, inserted) in batch.drain(..).zip(inserted) {
+                    let answer = if inserted {
+                        Ok(())
+                    } else {
+                        Err(CommitError::DuplicateSerial(pending.record.serial.clone()))
+                    };
+                    // A caller that gave up is not an error: its record is kept all the same.
+                    let _ = pending.done.send(answer);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, issuances = batch.len(), "recording a batch of issuances failed");
+                let e = Arc::new(e);
+                for pending in batch.drain(..) {
+                    let _ = pending.done.send(Err(CommitError::Store(e.clone())));
+                }
+            }
+        }
+    }
+}
