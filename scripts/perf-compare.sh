@@ -2,8 +2,8 @@
 # The comparison behind docs/performance.md, in one go on this machine:
 #   1. the raw crypto bound from `openssl speed` (one CSR verify + one sign per certificate);
 #   2. meshca (release build, SQLite, synchronous=FULL) with a plugged-in P-256 CA at several
-#      concurrencies, the JWKS profile, an RSA-2048 CA with RSA-2048 CSRs, and an open-loop run
-#      at a fixed rate for the latency target;
+#      concurrencies, the JWKS and renewal (mTLS) profiles, an RSA-2048 CA with RSA-2048 CSRs,
+#      and an open-loop run at a fixed rate for the latency target;
 #   3. cfssl `serve` (Debian's golang-cfssl) with the same P-256 CA and the same kind of CSRs,
 #      at the same concurrencies;
 # and prints one table with the ratios. Load generator and server share the machine's cores.
@@ -113,6 +113,11 @@ run "meshca P-256 JWKS 64 ids c=64" "$server_pid" "${common[@]}" \
   --jwt-key "$data/dev/issuer-key.pem" --jwt-kid "$kid" \
   --jwt-issuer https://kubernetes.default.svc.cluster.local --identities 64 \
   --keys-per-identity 4 --concurrency 64 --connections 8
+"$bin" bench "${common[@]}" --token-file "$data/dev/token" --ttl-secs 3600 \
+  --write-credential "$work/workload" >/dev/null
+run "meshca P-256 renewal (mTLS) c=64" "$server_pid" "${common[@]}" \
+  --client-cert "$work/workload/cert-chain.pem" --client-key "$work/workload/key.pem" \
+  --keys-per-identity 64 --concurrency 64 --connections 8
 run "meshca P-256 open loop ${RATE}/s" "$server_pid" "${common[@]}" \
   --token-file "$data/dev/token" --keys-per-identity 64 --rate "$RATE" --concurrency 256 --connections 8
 stop "$server_pid"

@@ -144,6 +144,9 @@ pub struct BenchReport {
     pub latency_ms: Percentiles,
     /// Server CPU (user + system) per successful issuance, when `--server-pid` was given.
     pub server_cpu_ms_per_issuance: Option<f64>,
+    /// This load generator's own CPU per successful call: on a shared machine, what the
+    /// measurement itself takes from the server.
+    pub client_cpu_ms_per_request: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -568,6 +571,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     }
     let issued = Arc::new(AtomicU64::new(0));
     let cpu_before = args.server_pid.and_then(process_cpu_seconds);
+    let own_cpu_before = process_cpu_seconds(std::process::id());
     let started = Instant::now();
     let mut workers = Vec::new();
     for mut caller in callers {
@@ -641,6 +645,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu_after = args.server_pid.and_then(process_cpu_seconds);
+    let own_cpu_after = process_cpu_seconds(std::process::id());
     let failed: u64 = errors.values().sum();
     let answered = latencies.len() as u64;
     let ok = answered.saturating_sub(errors.get("invalid_response").copied().unwrap_or(0));
@@ -654,6 +659,10 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         throughput_per_sec: ok as f64 / seconds,
         latency_ms: percentiles(latencies),
         server_cpu_ms_per_issuance: match (cpu_before, cpu_after) {
+            (Some(before), Some(after)) if ok > 0 => Some((after - before) * 1e3 / ok as f64),
+            _ => None,
+        },
+        client_cpu_ms_per_request: match (own_cpu_before, own_cpu_after) {
             (Some(before), Some(after)) if ok > 0 => Some((after - before) * 1e3 / ok as f64),
             _ => None,
         },
@@ -682,6 +691,9 @@ impl BenchReport {
         }
         if let Some(cpu) = self.server_cpu_ms_per_issuance {
             out.push_str(&format!("server CPU per issuance: {cpu:.3} ms\n"));
+        }
+        if let Some(cpu) = self.client_cpu_ms_per_request {
+            out.push_str(&format!("load generator CPU per call: {cpu:.3} ms\n"));
         }
         for (code, n) in &self.errors {
             out.push_str(&format!("errors {code}: {n}\n"));

@@ -1,0 +1,44 @@
+//! Service-account JWT validation, the step every token-authenticated CreateCertificate pays
+//! before its CSR is looked at: header, key lookup by `kid`, ES256 signature, claims.
+//!
+//! `cargo bench -p meshca-ra --bench jwt`
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use meshca_ra::auth::jwks::JwksAuthenticator;
+use meshca_ra::dev::{self, DevFiles};
+
+fn jwt_validation(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let files = DevFiles::under(tmp.path());
+    dev::write_dev_credentials(&files).expect("dev issuer");
+    let token = std::fs::read_to_string(&files.token).expect("token");
+    let token = token.trim();
+    let authenticator = runtime
+        .block_on(JwksAuthenticator::start(&files.cluster_config()))
+        .expect("JWKS authenticator");
+    // Measure the accepting path, and check that it is the accepting path.
+    assert_eq!(
+        runtime
+            .block_on(authenticator.validate(token))
+            .expect("valid"),
+        "system:serviceaccount:default:default"
+    );
+    c.bench_function("jwks validate ES256 service-account token", |b| {
+        b.iter(|| runtime.block_on(authenticator.validate(token)))
+    });
+    // A well-formed signature that does not verify: the full verification cost.
+    let mut tampered = token.to_string().into_bytes();
+    let i = tampered.len() - 20;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).expect("ASCII");
+    c.bench_function("jwks refuse a tampered signature", |b| {
+        b.iter(|| runtime.block_on(authenticator.validate(&tampered)).is_err())
+    });
+}
+
+criterion_group!(benches, jwt_validation);
+criterion_main!(benches);
