@@ -304,33 +304,6 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
     None
 }
 
-/// How often the background checkpoint copies the SQLite WAL back into the database file.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Copies committed WAL frames back into the database file, beside the writers rather than
-/// inside one of their commits. PASSIVE never waits for readers or writers; what it could not
-/// copy is copied on a later round, and the WAL restarts from its beginning once everything
-/// has been. Ends when the pool is closed.
-async fn checkpoint_in_background(pool: SqlitePool) {
-    let mut ticker = tokio::time::interval(CHECKPOINT_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        if pool.is_closed() {
-            return;
-        }
-        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
-            if pool.is_closed() {
-                return;
-            }
-            tracing::warn!(%error, "SQLite WAL checkpoint failed; retrying");
-        }
-    }
-}
-
 /// Runs the same body against whichever pool the store holds.
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
@@ -371,18 +344,13 @@ impl Store {
                 // Every issuance must survive a crash once the caller holds the cert.
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true)
-                // Checkpoints run in the background (below), not inside whichever commit
-                // crosses the threshold: that commit's callers would wait for the copy back
-                // into the database file and its fsync.
-                .pragma("wal_autocheckpoint", "0");
+                .foreign_keys(true);
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(options)
                 .await
                 .map_err(StoreError::Connect)?;
             sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
-            tokio::spawn(checkpoint_in_background(pool.clone()));
             Store::Sqlite(pool)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = PgPoolOptions::new()
