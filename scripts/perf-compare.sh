@@ -10,6 +10,9 @@
 #
 #   scripts/perf-compare.sh                 # defaults: 10 s per run, concurrencies 1 8 64 256
 #   DURATION=5s CONCURRENCIES="8 64" scripts/perf-compare.sh
+#   PERF_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/meshca_perf scripts/perf-compare.sh
+#                                           # adds PostgreSQL-store runs (a disposable database;
+#                                           # the server CPU column then leaves out PostgreSQL's)
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -121,6 +124,19 @@ run "meshca P-256 renewal (mTLS) c=64" "$server_pid" "${common[@]}" \
 run "meshca P-256 open loop ${RATE}/s" "$server_pid" "${common[@]}" \
   --token-file "$data/dev/token" --keys-per-identity 64 --rate "$RATE" --concurrency 256 --connections 8
 stop "$server_pid"
+
+if [[ -n ${PERF_POSTGRES_URL:-} ]]; then
+  echo "meshca, P-256 CA, PostgreSQL store…" >&2
+  data=$work/meshca-pg
+  MESHCA_STORE_URL=$PERF_POSTGRES_URL start_meshca "$work/cacerts-p256" "$data"
+  common=(--addr 127.0.0.1:15012 --ca-cert "$data/root-cert.pem")
+  run "meshca P-256 PostgreSQL c=64" "$server_pid" "${common[@]}" \
+    --token-file "$data/dev/token" --keys-per-identity 64 --concurrency 64 --connections 8
+  run "meshca P-256 PostgreSQL open loop ${RATE}/s" "$server_pid" "${common[@]}" \
+    --token-file "$data/dev/token" --keys-per-identity 64 --rate "$RATE" --concurrency 256 \
+    --connections 8
+  stop "$server_pid"
+fi
 
 echo "meshca, RSA-2048 CA…" >&2
 data=$work/meshca-rsa
