@@ -53,6 +53,12 @@ impl IssuanceCommitter {
         IssuanceCommitter { queue }
     }
 
+    /// False once the writer task is gone (it only ends with its last handle, so this means
+    /// it panicked): nothing can be issued, and readiness says so.
+    pub fn is_running(&self) -> bool {
+        !self.queue.is_closed()
+    }
+
     /// Records `record` and its audit event; returns once the transaction that holds them is
     /// committed.
     pub async fn commit(
@@ -108,5 +114,46 @@ async fn write_batches(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stopped_writer_refuses_and_says_so() {
+        let (queue, receiver) = mpsc::channel(1);
+        drop(receiver);
+        let committer = IssuanceCommitter { queue };
+        assert!(!committer.is_running());
+        let record = IssuanceRecord {
+            serial: "01".into(),
+            spiffe_id: "spiffe://cluster.local/ns/a/sa/b".into(),
+            trust_domain: "cluster.local".into(),
+            namespace: None,
+            service_account: None,
+            not_before: 0,
+            not_after: 1,
+            issued_at: 0,
+            authority_id: "x".into(),
+            requester_method: "jwt".into(),
+            requester_principal: "p".into(),
+            peer_address: None,
+            cluster_id: None,
+            public_key_sha256: "00".into(),
+            cert_der: Vec::new(),
+        };
+        let audit = AuditEvent::new(
+            ("jwt", "p"),
+            "certificate.issue",
+            "01",
+            crate::audit::Outcome::Success,
+            serde_json::Value::Null,
+        );
+        assert!(matches!(
+            committer.commit(record, audit).await,
+            Err(CommitError::Stopped)
+        ));
     }
 }

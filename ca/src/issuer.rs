@@ -613,6 +613,11 @@ impl CertificateAuthority {
             .ok_or_else(|| TransitionError::NotFound(id.to_string()).into())
     }
 
+    /// Whether issuances can be recorded (the group-commit writer is alive).
+    pub fn records_issuances(&self) -> bool {
+        self.inner.committer.is_running()
+    }
+
     /// Signs a workload certificate for `spiffe_id` and records it; the certificate is
     /// returned only once its record is committed.
     pub async fn issue(&self, req: IssueRequest<'_>) -> Result<IssuedCertificate, IssueError> {

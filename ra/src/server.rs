@@ -263,6 +263,12 @@ async fn ready_handler(State(state): State<HttpState>) -> impl IntoResponse {
     if let Err(error) = state.ca.store().ping().await {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("store: {error}\n"));
     }
+    if state.ca.remote().is_none() && !state.ca.records_issuances() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "issuance writer stopped\n".to_string(),
+        );
+    }
     if let Some(remote) = state.ca.remote() {
         if !remote.is_connected() {
             return (

@@ -12,20 +12,12 @@ async fn the_load_generator_measures_a_real_server() {
     let data = tmp.path().join("meshca-dev");
     let server = dev_server(tmp.path(), &[]);
     let grpc = server.grpc;
+    let root = data.join("root-cert.pem").display().to_string();
     let bench = |extra: &[&str]| {
-        let out = std::process::Command::new(meshca_bin())
-            .args(["bench", "--json", "--addr", &grpc.to_string(), "--ca-cert"])
-            .arg(data.join("root-cert.pem"))
-            .args(["--server-pid", &server.pid().to_string()])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        let pid = server.pid().to_string();
+        let grpc = grpc.to_string();
+        let common = ["--addr", &grpc, "--ca-cert", &root, "--server-pid", &pid];
+        bench_report(common.iter().chain(extra))
     };
     let token = data.join("dev/token").display().to_string();
 
@@ -75,21 +67,19 @@ async fn the_load_generator_measures_a_real_server() {
     // Renewal profile: every call authenticated by a workload certificate over mTLS.
     // Its workload certificate comes from `meshca bench --write-credential`.
     let credential = tmp.path().join("workload");
-    let out = std::process::Command::new(meshca_bin())
-        .args(["bench", "--addr", &grpc.to_string(), "--ca-cert"])
-        .arg(data.join("root-cert.pem"))
-        .args(["--token-file", &token, "--ttl-secs", "3600"])
-        .arg("--write-credential")
-        .arg(&credential)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout)
-        .starts_with("spiffe://cluster.local/ns/default/sa/default: "));
+    let printed = meshca_bench([
+        "--addr",
+        &grpc.to_string(),
+        "--ca-cert",
+        &root,
+        "--token-file",
+        &token,
+        "--ttl-secs",
+        "3600",
+        "--write-credential",
+        credential.to_str().unwrap(),
+    ]);
+    assert!(printed.starts_with("spiffe://cluster.local/ns/default/sa/default: "));
     let cert = credential.join("cert-chain.pem");
     let key = credential.join("key.pem");
     {
@@ -145,28 +135,22 @@ async fn a_burst_of_ten_thousand_is_shed_and_retried_without_losing_one() {
         tmp.path(),
         &[("MESHCA_GRPC_MAX_IN_FLIGHT_ISSUANCES", "32".into())],
     );
-    let out = std::process::Command::new(meshca_bin())
-        .args([
-            "bench",
-            "--json",
-            "--addr",
-            &server.grpc.to_string(),
-            "--ca-cert",
-        ])
-        .arg(data.join("root-cert.pem"))
-        .arg("--token-file")
-        .arg(data.join("dev/token"))
-        .args(["--requests", &BURST.to_string()])
-        .args(["--concurrency", &BURST.to_string()])
-        .args(["--connections", "16", "--keys-per-identity", "64"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = bench_report([
+        "--addr",
+        &server.grpc.to_string(),
+        "--ca-cert",
+        data.join("root-cert.pem").to_str().unwrap(),
+        "--token-file",
+        data.join("dev/token").to_str().unwrap(),
+        "--requests",
+        &BURST.to_string(),
+        "--concurrency",
+        &BURST.to_string(),
+        "--connections",
+        "16",
+        "--keys-per-identity",
+        "64",
+    ]);
     assert_eq!(report["ok"], BURST, "{report}");
     assert!(report["errors"].as_object().unwrap().is_empty(), "{report}");
     assert!(

@@ -18,6 +18,30 @@ use meshca_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateRes
 use serde_json::{json, Value};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+/// Runs `meshca bench` with `args` (a load, or `--write-credential`); it must succeed.
+/// Returns what it printed.
+pub fn meshca_bench<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> String {
+    let out = Command::new(meshca_bin())
+        .arg("bench")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `meshca bench --json` with `args`: its report.
+pub fn bench_report<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Value {
+    let args: Vec<std::ffi::OsString> = std::iter::once("--json".into())
+        .chain(args.into_iter().map(|a| a.as_ref().to_os_string()))
+        .collect();
+    serde_json::from_str(&meshca_bench(args)).unwrap()
+}
+
 /// The `meshca` binary, built once per test run with the same feature set as the tests (so
 /// under `cargo test --workspace` this is a no-op check).
 pub fn meshca_bin() -> &'static Path {

@@ -11,7 +11,7 @@ use meshca_ca::keys::KeyType;
 use meshca_ca::testing::{CaSpec, GeneratedChain, LeafSpec, TestCa, DAY};
 use meshca_ca::x509::ParsedCert;
 use meshca_ca::Store;
-use serde_json::{json, Value};
+use serde_json::json;
 use tonic::Code;
 
 use crate::harness::*;
@@ -808,23 +808,24 @@ async fn bench_tokenreview_profile_reviews_the_token_once() {
     let token = "tr-good-loadtest-agent";
     let token_file = w.dir.join("bench-tr-token");
     std::fs::write(&token_file, token).unwrap();
-    let out = std::process::Command::new(meshca_bin())
-        .args(["bench", "--json", "--addr", &w.server.grpc.to_string()])
-        .arg("--ca-cert")
-        .arg(w.dir.join("cacerts/root-cert.pem"))
-        .arg("--token-file")
-        .arg(&token_file)
-        .args(["--cluster-id", "tr", "--namespace", "loadtest"])
-        .args(["--service-account", "agent", "--requests", "200"])
-        .args(["--concurrency", "16"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = bench_report([
+        "--addr",
+        &w.server.grpc.to_string(),
+        "--ca-cert",
+        w.dir.join("cacerts/root-cert.pem").to_str().unwrap(),
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--cluster-id",
+        "tr",
+        "--namespace",
+        "loadtest",
+        "--service-account",
+        "agent",
+        "--requests",
+        "200",
+        "--concurrency",
+        "16",
+    ]);
     assert_eq!(report["ok"], 200, "{report}");
     assert!(report["errors"].as_object().unwrap().is_empty(), "{report}");
     let reviews = w.api_server.reviews_of(token);
