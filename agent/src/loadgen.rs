@@ -17,6 +17,7 @@ use hyper::body::Bytes;
 use meshca_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use meshca_proto::istio::v1::auth::IstioCertificateRequest;
 use serde::Serialize;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::credential::{uri_sans, KeyAndCsr, KeyType};
@@ -162,6 +163,29 @@ struct Prepared {
     request: KeyAndCsr,
     authorization: Option<String>,
     spiffe_id: String,
+}
+
+impl Prepared {
+    /// CreateCertificate as istio-agent sends it: the CSR, the token as `authorization`, the
+    /// cluster as `clusterid`.
+    fn grpc_request(
+        &self,
+        ttl_secs: i64,
+        cluster_id: Option<&MetadataValue<Ascii>>,
+    ) -> tonic::Request<IstioCertificateRequest> {
+        let mut request = tonic::Request::new(IstioCertificateRequest {
+            csr: self.request.csr_pem.clone(),
+            validity_duration: ttl_secs,
+            metadata: None,
+        });
+        if let Some(value) = self.authorization.as_ref().and_then(|a| a.parse().ok()) {
+            request.metadata_mut().insert("authorization", value);
+        }
+        if let Some(value) = cluster_id {
+            request.metadata_mut().insert("clusterid", value.clone());
+        }
+        request
+    }
 }
 
 fn read(path: &PathBuf) -> Result<String, BenchError> {
@@ -324,7 +348,7 @@ enum Attempt {
 enum Caller {
     Grpc {
         client: IstioCertificateServiceClient<Channel>,
-        cluster_id: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+        cluster_id: Option<MetadataValue<Ascii>>,
         ttl: i64,
     },
     Cfssl {
@@ -357,17 +381,7 @@ impl Caller {
                 cluster_id,
                 ttl,
             } => {
-                let mut request = tonic::Request::new(IstioCertificateRequest {
-                    csr: item.request.csr_pem.clone(),
-                    validity_duration: *ttl,
-                    metadata: None,
-                });
-                if let Some(value) = item.authorization.as_ref().and_then(|a| a.parse().ok()) {
-                    request.metadata_mut().insert("authorization", value);
-                }
-                if let Some(value) = cluster_id {
-                    request.metadata_mut().insert("clusterid", value.clone());
-                }
+                let request = item.grpc_request(*ttl, cluster_id.as_ref());
                 match client.create_certificate(request).await {
                     Ok(response) => Attempt::Answered {
                         valid: answer_is_valid(&response.into_inner().cert_chain, &item.spiffe_id),
@@ -489,17 +503,7 @@ pub async fn write_credential(
     })
     .await?
     .remove(0);
-    let mut request = tonic::Request::new(IstioCertificateRequest {
-        csr: first.request.csr_pem.clone(),
-        validity_duration: args.ttl_secs,
-        metadata: None,
-    });
-    if let Some(value) = first.authorization.as_ref().and_then(|a| a.parse().ok()) {
-        request.metadata_mut().insert("authorization", value);
-    }
-    if let Ok(value) = args.cluster_id.parse() {
-        request.metadata_mut().insert("clusterid", value);
-    }
+    let request = first.grpc_request(args.ttl_secs, args.cluster_id.parse().ok().as_ref());
     let response = IstioCertificateServiceClient::new(channel)
         .create_certificate(request)
         .await

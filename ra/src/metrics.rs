@@ -32,9 +32,9 @@ struct Histogram {
     sum_micros: AtomicU64,
 }
 
-/// Gauges read at scrape time from the CA.
+/// Values read from the CA at scrape time: expiry gauges and store counters.
 #[derive(Debug, Clone, Copy)]
-pub struct ExpiryGauges {
+pub struct CaReadings {
     pub root_cert_expiry: u64,
     pub cert_chain_expiry: u64,
     pub cacerts_reload_failures: u64,
@@ -87,7 +87,7 @@ impl RaMetrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, gauges: ExpiryGauges) -> String {
+    pub fn render(&self, gauges: CaReadings) -> String {
         let mut out = String::with_capacity(2048);
         counter(
             &mut out,
@@ -237,7 +237,7 @@ mod tests {
         m.authentication_failed("no credential");
         m.sign_error("ttl_error");
         m.issued(Duration::from_millis(3));
-        let text = m.render(ExpiryGauges {
+        let text = m.render(CaReadings {
             root_cert_expiry: 4_000_000_000,
             cert_chain_expiry: 3_000_000_000,
             cacerts_reload_failures: 0,

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{AuthConfig, GrpcConfig, MetricsConfig, RestConfig};
-use crate::metrics::{ExpiryGauges, RaMetrics};
+use crate::metrics::{CaReadings, RaMetrics};
 use crate::rest::{self, RestState, TlsListener};
 use crate::service::CertificateService;
 use crate::tls::{self, TlsSetupError};
@@ -245,7 +245,7 @@ async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
     let unix = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let ca_metrics = state.ca.metrics();
     let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    let body = state.metrics.render(ExpiryGauges {
+    let body = state.metrics.render(CaReadings {
         root_cert_expiry: unix(authority.root().not_after()),
         cert_chain_expiry: unix(authority.path_not_after()),
         cacerts_reload_failures: read(&ca_metrics.cacerts_reload_failures),

@@ -96,15 +96,7 @@ async fn the_load_generator_measures_a_real_server() {
         "100",
     ]);
     assert_eq!(report["ok"], 100, "{report}");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("meshca.db").display()))
-        .await
-        .unwrap();
-    let renewals: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM issued_certificates WHERE requester_method = 'renewal'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let renewals = issued_rows(&data, "requester_method = 'renewal'").await;
     assert_eq!(
         renewals, 100,
         "the renewal profile authenticates by certificate"
@@ -164,14 +156,23 @@ async fn a_burst_of_ten_thousand_is_shed_and_retried_without_losing_one() {
     );
 
     // On record: one row per success for the identity (the store, not a counter).
+    let rows = issued_rows(
+        &data,
+        "spiffe_id = 'spiffe://cluster.local/ns/default/sa/default'",
+    )
+    .await;
+    assert_eq!(rows, BURST as i64);
+}
+
+/// Issuance rows matching `condition` in the dev server's SQLite store under `data`.
+async fn issued_rows(data: &std::path::Path, condition: &str) -> i64 {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("meshca.db").display()))
         .await
         .unwrap();
-    let rows: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM issued_certificates WHERE spiffe_id = 'spiffe://cluster.local/ns/default/sa/default'",
-    )
+    sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM issued_certificates WHERE {condition}"
+    ))
     .fetch_one(&pool)
     .await
-    .unwrap();
-    assert_eq!(rows, BURST as i64);
+    .unwrap()
 }
