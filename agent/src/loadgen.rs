@@ -547,6 +547,41 @@ fn random_unit() -> f64 {
     f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
 }
 
+/// When the `n`th call of an open loop at `rate` per second is due.
+pub fn scheduled_start(started: Instant, rate: f64, n: u64) -> Instant {
+    started + Duration::from_secs_f64(n as f64 / rate)
+}
+
+/// The open loop's clock: a thread of its own hands out `(n, scheduled start)` as each call
+/// falls due, until `limit` calls or `deadline`. Not Tokio's timer: its 1 ms wheel would start
+/// each call up to a millisecond late, and since latency counts from the scheduled start that
+/// slack would be charged to the server. A thread sleep wakes within tens of microseconds.
+/// Calls that find every worker busy wait in the channel with their start time already set,
+/// so a server that falls behind still shows its queue.
+fn pace(
+    started: Instant,
+    rate: f64,
+    limit: Option<u64>,
+    deadline: Option<Instant>,
+) -> tokio::sync::mpsc::Receiver<(u64, Instant)> {
+    let (due, schedule) = tokio::sync::mpsc::channel(1 << 16);
+    std::thread::spawn(move || {
+        for n in 0.. {
+            let at = scheduled_start(started, rate, n);
+            if limit.is_some_and(|l| n >= l) || deadline.is_some_and(|d| at >= d) {
+                break;
+            }
+            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if due.blocking_send((n, at)).is_err() {
+                break;
+            }
+        }
+    });
+    schedule
+}
+
 /// Runs the load and measures it.
 pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let prepared = Arc::new(prepare(args)?);
@@ -577,33 +612,38 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let cpu_before = args.server_pid.and_then(process_cpu_seconds);
     let own_cpu_before = process_cpu_seconds(std::process::id());
     let started = Instant::now();
+    let schedule = args.rate.filter(|r| *r > 0.0).map(|rate| {
+        Arc::new(tokio::sync::Mutex::new(pace(
+            started, rate, limit, deadline,
+        )))
+    });
     let mut workers = Vec::new();
     for mut caller in callers {
         let prepared = prepared.clone();
         let issued = issued.clone();
         let shed_retry_for = args.shed_retry_for;
-        let rate = args.rate.filter(|r| *r > 0.0);
+        let schedule = schedule.clone();
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             let mut shed_retries = 0u64;
             loop {
-                let n = issued.fetch_add(1, Ordering::Relaxed);
-                if limit.is_some_and(|l| n >= l) || deadline.is_some_and(|d| Instant::now() >= d) {
-                    break;
-                }
-                let item = &prepared[n as usize % prepared.len()];
-                let sent = match rate {
-                    Some(rate) => {
-                        let scheduled = started + Duration::from_secs_f64(n as f64 / rate);
-                        if deadline.is_some_and(|d| scheduled >= d) {
+                let (n, sent) = match &schedule {
+                    Some(schedule) => match schedule.lock().await.recv().await {
+                        Some(start) => start,
+                        None => break,
+                    },
+                    None => {
+                        let n = issued.fetch_add(1, Ordering::Relaxed);
+                        if limit.is_some_and(|l| n >= l)
+                            || deadline.is_some_and(|d| Instant::now() >= d)
+                        {
                             break;
                         }
-                        tokio::time::sleep_until(scheduled.into()).await;
-                        scheduled
+                        (n, Instant::now())
                     }
-                    None => Instant::now(),
                 };
+                let item = &prepared[n as usize % prepared.len()];
                 let mut attempt = 0u32;
                 // Latency is the caller's: from the first send to the answer, retries included.
                 let outcome = loop {
@@ -709,6 +749,47 @@ impl BenchReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_loop_calls_are_spaced_by_the_rate() {
+        let started = Instant::now();
+        assert_eq!(scheduled_start(started, 1000.0, 0), started);
+        assert_eq!(
+            scheduled_start(started, 1000.0, 250),
+            started + Duration::from_millis(250)
+        );
+        assert_eq!(
+            scheduled_start(started, 4.0, 3),
+            started + Duration::from_millis(750)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_pacer_hands_out_each_call_once_in_order_and_never_early() {
+        let started = Instant::now();
+        let mut schedule = pace(started, 2000.0, Some(40), None);
+        let mut seen = Vec::new();
+        while let Some((n, at)) = schedule.recv().await {
+            assert_eq!(at, scheduled_start(started, 2000.0, n));
+            assert!(
+                Instant::now() >= at,
+                "call {n} was handed out before it was due"
+            );
+            seen.push(n);
+        }
+        assert_eq!(seen, (0..40).collect::<Vec<_>>());
+
+        // A deadline ends it too: nothing due at or after it is handed out.
+        let started = Instant::now();
+        let deadline = started + Duration::from_micros(30_500);
+        let mut schedule = pace(started, 1000.0, None, Some(deadline));
+        let mut count = 0;
+        while let Some((_, at)) = schedule.recv().await {
+            assert!(at < deadline);
+            count += 1;
+        }
+        assert_eq!(count, 31, "calls due at 0, 1, …, 30 ms");
+    }
 
     #[test]
     fn shed_retries_back_off_to_a_cap_with_jitter() {

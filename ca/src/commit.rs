@@ -84,10 +84,11 @@ async fn write_batches(
     mut receiver: mpsc::Receiver<Pending>,
     metrics: Arc<CaMetrics>,
 ) {
+    let mut writer = store.issuance_writer();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let items: Vec<_> = batch.iter().map(|p| (&p.record, &p.audit)).collect();
-        let outcome = store.insert_issuances(&items).await;
+        let outcome = writer.insert_issuances(&items).await;
         drop(items);
         match outcome {
             Ok(inserted) => {

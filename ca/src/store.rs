@@ -12,6 +12,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, Connection};
 
 use crate::audit::{AuditEvent, AuditRecord};
 use crate::identity::Serial;
@@ -145,6 +146,92 @@ macro_rules! append_audit_in {
             .execute(&mut *$tx)
             .await?;
         record
+    }};
+}
+
+/// The body of a group commit, inside the caller's write transaction `$tx`: a handful of
+/// multi-row statements per batch, not a handful per certificate, because each statement is a
+/// round trip (to SQLite's worker thread or to PostgreSQL). Yields which items went in.
+macro_rules! insert_issuances_in {
+    ($tx:ident, $items:expr) => {{
+        let items: &[(&IssuanceRecord, &AuditEvent)] = $items;
+        let mut new_serials = std::collections::HashSet::new();
+        for chunk in items.chunks(ISSUANCE_ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::new(format!(
+                "INSERT INTO issued_certificates ({ISSUANCE_COLUMNS}) "
+            ));
+            insert.push_values(chunk, |mut row, (r, _)| {
+                row.push_bind(&r.serial)
+                    .push_bind(&r.spiffe_id)
+                    .push_bind(&r.trust_domain)
+                    .push_bind(&r.namespace)
+                    .push_bind(&r.service_account)
+                    .push_bind(r.not_before)
+                    .push_bind(r.not_after)
+                    .push_bind(r.issued_at)
+                    .push_bind(&r.authority_id)
+                    .push_bind(&r.requester_method)
+                    .push_bind(&r.requester_principal)
+                    .push_bind(&r.peer_address)
+                    .push_bind(&r.cluster_id)
+                    .push_bind(&r.public_key_sha256)
+                    .push_bind(&r.cert_der);
+            });
+            insert.push(" ON CONFLICT (serial) DO NOTHING RETURNING serial");
+            let serials: Vec<String> = insert.build_query_scalar().fetch_all(&mut *$tx).await?;
+            new_serials.extend(serials);
+        }
+        // A serial twice in one batch went in once: the first holder has it.
+        let inserted: Vec<bool> = items
+            .iter()
+            .map(|(r, _)| new_serials.remove(&r.serial))
+            .collect();
+        let events: Vec<&AuditEvent> = items
+            .iter()
+            .zip(&inserted)
+            .filter(|(_, ok)| **ok)
+            .map(|((_, audit), _)| *audit)
+            .collect();
+        if !events.is_empty() {
+            let count = events.len() as i64;
+            let (last_seq, mut prev): (i64, String) = sqlx::query_as(
+                "UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash",
+            )
+            .bind(count)
+            .fetch_one(&mut *$tx)
+            .await?;
+            let records: Vec<AuditRecord> = events
+                .iter()
+                .zip(last_seq - count + 1..)
+                .map(|(event, seq)| {
+                    let record = event.chained(seq, &prev);
+                    prev.clone_from(&record.hash);
+                    record
+                })
+                .collect();
+            for chunk in records.chunks(AUDIT_ROWS_PER_STATEMENT) {
+                let mut insert =
+                    sqlx::QueryBuilder::new(format!("INSERT INTO audit_events ({AUDIT_COLUMNS}) "));
+                insert.push_values(chunk, |mut row, record| {
+                    row.push_bind(record.seq)
+                        .push_bind(record.at)
+                        .push_bind(&record.actor_method)
+                        .push_bind(&record.actor_principal)
+                        .push_bind(&record.action)
+                        .push_bind(&record.target)
+                        .push_bind(&record.outcome)
+                        .push_bind(&record.details)
+                        .push_bind(&record.prev_hash)
+                        .push_bind(&record.hash);
+                });
+                insert.build().execute(&mut *$tx).await?;
+            }
+            sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+                .bind(&prev)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        inserted
     }};
 }
 
@@ -326,6 +413,86 @@ const AUDIT_ROWS_PER_STATEMENT: usize = 96;
 const AUTHORITY_COLUMNS: &str = "id, state, source, key_type, cert_der, chain_pem, roots_pem, \
     sealed_key, kek_id, created_at, updated_at";
 
+/// A connection of its own for the group-commit writer ([`crate::commit`]), outside the pool:
+/// its prepared statements and page cache stay warm (a pooled SQLite connection drops its page
+/// cache whenever another connection has written, and the pool hands connections out in turn),
+/// and readers never wait behind it for a pooled connection. A connection that fails is
+/// dropped and a new one opened for the next batch.
+#[derive(Debug)]
+pub struct IssuanceWriter {
+    store: Store,
+    connection: Option<WriterConnection>,
+}
+
+#[derive(Debug)]
+enum WriterConnection {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+/// Page cache of the writer's SQLite connection, in KiB (SQLite's default is 2,000): the
+/// indexes keyed by serial and public key take inserts all over, so their pages are better
+/// kept than read again.
+const WRITER_SQLITE_CACHE_KIB: i64 = 32 * 1024;
+
+impl IssuanceWriter {
+    async fn connection(&mut self) -> Result<&mut WriterConnection, sqlx::Error> {
+        match &mut self.connection {
+            Some(connection) => Ok(connection),
+            slot @ None => {
+                let connection = match &self.store {
+                    Store::Sqlite(pool) => WriterConnection::Sqlite(
+                        (*pool.connect_options())
+                            .clone()
+                            .pragma("cache_size", format!("-{WRITER_SQLITE_CACHE_KIB}"))
+                            .connect()
+                            .await?,
+                    ),
+                    Store::Postgres(pool) => {
+                        WriterConnection::Postgres(pool.connect_options().connect().await?)
+                    }
+                };
+                Ok(slot.insert(connection))
+            }
+        }
+    }
+
+    /// [`Store::insert_issuances`] on this writer's connection.
+    pub async fn insert_issuances(
+        &mut self,
+        items: &[(&IssuanceRecord, &AuditEvent)],
+    ) -> Result<Vec<bool>, StoreError> {
+        // The writer's connection lives and dies with the store: once the pool is closed
+        // (shutting down), nothing more is recorded.
+        let closed = with_pool!(&self.store, pool => pool.is_closed());
+        if closed {
+            self.connection = None;
+            return Err(StoreError::Query(sqlx::Error::PoolClosed));
+        }
+        let outcome = async {
+            match self.connection().await? {
+                WriterConnection::Sqlite(connection) => {
+                    let mut tx = connection.begin_with("BEGIN IMMEDIATE").await?;
+                    let inserted = insert_issuances_in!(tx, items);
+                    tx.commit().await?;
+                    Ok(inserted)
+                }
+                WriterConnection::Postgres(connection) => {
+                    let mut tx = connection.begin().await?;
+                    let inserted = insert_issuances_in!(tx, items);
+                    tx.commit().await?;
+                    Ok(inserted)
+                }
+            }
+        }
+        .await;
+        if outcome.is_err() {
+            self.connection = None;
+        }
+        outcome.map_err(StoreError::Query)
+    }
+}
+
 // === impl Store ===
 
 impl Store {
@@ -418,93 +585,24 @@ impl Store {
         &self,
         items: &[(&IssuanceRecord, &AuditEvent)],
     ) -> Result<Vec<bool>, StoreError> {
-        // A handful of multi-row statements per batch, not a handful per certificate: each
-        // statement is a round trip (to SQLite's worker thread or to PostgreSQL).
         with_pool!(self, pool => {
             async {
                 let mut tx = pool.begin_write().await?;
-                let mut new_serials = std::collections::HashSet::new();
-                for chunk in items.chunks(ISSUANCE_ROWS_PER_STATEMENT) {
-                    let mut insert = sqlx::QueryBuilder::new(format!(
-                        "INSERT INTO issued_certificates ({ISSUANCE_COLUMNS}) "
-                    ));
-                    insert.push_values(chunk, |mut row, (r, _)| {
-                        row.push_bind(&r.serial)
-                            .push_bind(&r.spiffe_id)
-                            .push_bind(&r.trust_domain)
-                            .push_bind(&r.namespace)
-                            .push_bind(&r.service_account)
-                            .push_bind(r.not_before)
-                            .push_bind(r.not_after)
-                            .push_bind(r.issued_at)
-                            .push_bind(&r.authority_id)
-                            .push_bind(&r.requester_method)
-                            .push_bind(&r.requester_principal)
-                            .push_bind(&r.peer_address)
-                            .push_bind(&r.cluster_id)
-                            .push_bind(&r.public_key_sha256)
-                            .push_bind(&r.cert_der);
-                    });
-                    insert.push(" ON CONFLICT (serial) DO NOTHING RETURNING serial");
-                    let serials: Vec<String> =
-                        insert.build_query_scalar().fetch_all(&mut *tx).await?;
-                    new_serials.extend(serials);
-                }
-                // A serial twice in one batch went in once: the first holder has it.
-                let inserted: Vec<bool> =
-                    items.iter().map(|(r, _)| new_serials.remove(&r.serial)).collect();
-                let events: Vec<&AuditEvent> = items
-                    .iter()
-                    .zip(&inserted)
-                    .filter(|(_, ok)| **ok)
-                    .map(|((_, audit), _)| *audit)
-                    .collect();
-                if !events.is_empty() {
-                    let count = events.len() as i64;
-                    let (last_seq, mut prev): (i64, String) = sqlx::query_as(
-                        "UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash",
-                    )
-                    .bind(count)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    let records: Vec<AuditRecord> = events
-                        .iter()
-                        .zip(last_seq - count + 1..)
-                        .map(|(event, seq)| {
-                            let record = event.chained(seq, &prev);
-                            prev.clone_from(&record.hash);
-                            record
-                        })
-                        .collect();
-                    for chunk in records.chunks(AUDIT_ROWS_PER_STATEMENT) {
-                        let mut insert = sqlx::QueryBuilder::new(format!(
-                            "INSERT INTO audit_events ({AUDIT_COLUMNS}) "
-                        ));
-                        insert.push_values(chunk, |mut row, record| {
-                            row.push_bind(record.seq)
-                                .push_bind(record.at)
-                                .push_bind(&record.actor_method)
-                                .push_bind(&record.actor_principal)
-                                .push_bind(&record.action)
-                                .push_bind(&record.target)
-                                .push_bind(&record.outcome)
-                                .push_bind(&record.details)
-                                .push_bind(&record.prev_hash)
-                                .push_bind(&record.hash);
-                        });
-                        insert.build().execute(&mut *tx).await?;
-                    }
-                    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-                        .bind(&prev)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                let inserted = insert_issuances_in!(tx, items);
                 tx.commit().await?;
                 Ok(inserted)
             }
             .await
         })
         .map_err(StoreError::Query)
+    }
+
+    /// The issuance writer's own connection; see [`IssuanceWriter`].
+    pub fn issuance_writer(&self) -> IssuanceWriter {
+        IssuanceWriter {
+            store: self.clone(),
+            connection: None,
+        }
     }
 
     /// Appends one event to the audit chain.
