@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::AuditEvent;
 use crate::issuer::CaMetrics;
+use crate::sqlite_writer::SqliteIssuanceWriter;
 use crate::store::{IssuanceRecord, Store, StoreError};
 
 /// The most issuances one transaction takes; the rest wait for the next.
@@ -49,7 +50,20 @@ impl IssuanceCommitter {
     /// Spawns the writer on the current Tokio runtime.
     pub fn start(store: Store, metrics: Arc<CaMetrics>) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(store, receiver, metrics));
+        match &store {
+            // A database file gets a writer thread of its own (see `sqlite_writer`); an
+            // in-memory one can only be reached through its pool.
+            Store::Sqlite(pool) if pool.connect_options().get_filename().is_file() => {
+                let writer = SqliteIssuanceWriter::new(pool.clone());
+                std::thread::Builder::new()
+                    .name("meshca-issuance-writer".into())
+                    .spawn(move || write_batches_on_thread(writer, receiver, metrics))
+                    .expect("the issuance writer thread could not be started");
+            }
+            _ => {
+                tokio::spawn(write_batches(store, receiver, metrics));
+            }
+        }
         IssuanceCommitter { queue }
     }
 
@@ -90,29 +104,56 @@ async fn write_batches(
         let items: Vec<_> = batch.iter().map(|p| (&p.record, &p.audit)).collect();
         let outcome = writer.insert_issuances(&items).await;
         drop(items);
-        match outcome {
-            Ok(inserted) => {
-                metrics.issuance_commits.fetch_add(1, Ordering::Relaxed);
-                let recorded = inserted.iter().filter(|i| **i).count() as u64;
-                metrics
-                    .issuances_committed
-                    .fetch_add(recorded, Ordering::Relaxed);
-                for (pending, inserted) in batch.drain(..).zip(inserted) {
-                    let answer = if inserted {
-                        Ok(())
-                    } else {
-                        Err(CommitError::DuplicateSerial(pending.record.serial.clone()))
-                    };
-                    // A caller that gave up is not an error: its record is kept all the same.
-                    let _ = pending.done.send(answer);
-                }
+        answer(&mut batch, outcome, &metrics);
+    }
+}
+
+/// [`write_batches`] on a thread: waits for one issuance, takes whatever else queued.
+fn write_batches_on_thread(
+    mut writer: SqliteIssuanceWriter,
+    mut receiver: mpsc::Receiver<Pending>,
+    metrics: Arc<CaMetrics>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = receiver.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
             }
-            Err(e) => {
-                tracing::error!(error = %e, issuances = batch.len(), "recording a batch of issuances failed");
-                let e = Arc::new(e);
-                for pending in batch.drain(..) {
-                    let _ = pending.done.send(Err(CommitError::Store(e.clone())));
-                }
+        }
+        let items: Vec<_> = batch.iter().map(|p| (&p.record, &p.audit)).collect();
+        let outcome = writer.insert_issuances(&items);
+        drop(items);
+        answer(&mut batch, outcome, &metrics);
+    }
+}
+
+/// Tells each caller in `batch` how its issuance fared, and empties it.
+fn answer(batch: &mut Vec<Pending>, outcome: Result<Vec<bool>, StoreError>, metrics: &CaMetrics) {
+    match outcome {
+        Ok(inserted) => {
+            metrics.issuance_commits.fetch_add(1, Ordering::Relaxed);
+            let recorded = inserted.iter().filter(|i| **i).count() as u64;
+            metrics
+                .issuances_committed
+                .fetch_add(recorded, Ordering::Relaxed);
+            for (pending, inserted) in batch.drain(..).zip(inserted) {
+                let answer = if inserted {
+                    Ok(())
+                } else {
+                    Err(CommitError::DuplicateSerial(pending.record.serial.clone()))
+                };
+                // A caller that gave up is not an error: its record is kept all the same.
+                let _ = pending.done.send(answer);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, issuances = batch.len(), "recording a batch of issuances failed");
+            let e = Arc::new(e);
+            for pending in batch.drain(..) {
+                let _ = pending.done.send(Err(CommitError::Store(e.clone())));
             }
         }
     }

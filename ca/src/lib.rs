@@ -17,6 +17,7 @@ pub mod profile;
 pub mod remote;
 pub mod rotation;
 pub mod service;
+mod sqlite_writer;
 pub mod store;
 pub mod testing;
 pub mod tls;

@@ -36,6 +36,9 @@ pub enum StoreError {
     DuplicateSerial(String),
     #[error("store query failed: {0}")]
     Query(#[source] sqlx::Error),
+    /// From the SQLite issuance writer ([`crate::sqlite_writer`]).
+    #[error("store query failed: {0}")]
+    Sqlite(#[source] rusqlite::Error),
 }
 
 /// Why an authority could not change state.
@@ -413,11 +416,10 @@ const AUDIT_ROWS_PER_STATEMENT: usize = 96;
 const AUTHORITY_COLUMNS: &str = "id, state, source, key_type, cert_der, chain_pem, roots_pem, \
     sealed_key, kek_id, created_at, updated_at";
 
-/// A connection of its own for the group-commit writer ([`crate::commit`]), outside the pool:
-/// its prepared statements and page cache stay warm (a pooled SQLite connection drops its page
-/// cache whenever another connection has written, and the pool hands connections out in turn),
-/// and readers never wait behind it for a pooled connection. A connection that fails is
-/// dropped and a new one opened for the next batch.
+/// A connection of its own for the group-commit writer ([`crate::commit`]) on PostgreSQL (and
+/// on an in-memory SQLite database; a database file gets [`crate::sqlite_writer`]), outside the
+/// pool: its prepared statements stay warm and readers never wait behind it for a pooled
+/// connection. A connection that fails is dropped and a new one opened for the next batch.
 #[derive(Debug)]
 pub struct IssuanceWriter {
     store: Store,
