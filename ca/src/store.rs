@@ -424,6 +424,13 @@ const AUTHORITY_COLUMNS: &str = "id, state, source, key_type, cert_der, chain_pe
 pub struct IssuanceWriter {
     store: Store,
     connection: Option<WriterConnection>,
+    /// The audit head this writer's last batch left, while batches on PostgreSQL go in one
+    /// statement (see [`insert_issuances_in_one_statement`]); `None` until one is known or
+    /// after a guessed head turned out stale.
+    audit_head: Option<(i64, String)>,
+    /// Batches to send the ordinary way before guessing the head again: with other replicas
+    /// appending to the same log a guess mostly misses, and a miss costs a statement.
+    guesses_paused: u32,
 }
 
 #[derive(Debug)]
@@ -437,26 +444,23 @@ enum WriterConnection {
 /// kept than read again.
 const WRITER_SQLITE_CACHE_KIB: i64 = 32 * 1024;
 
+/// How many batches the writer sends the ordinary way after a guessed audit head missed.
+const HEAD_GUESS_PAUSE: u32 = 32;
+
 impl IssuanceWriter {
-    async fn connection(&mut self) -> Result<&mut WriterConnection, sqlx::Error> {
-        match &mut self.connection {
-            Some(connection) => Ok(connection),
-            slot @ None => {
-                let connection = match &self.store {
-                    Store::Sqlite(pool) => WriterConnection::Sqlite(
-                        (*pool.connect_options())
-                            .clone()
-                            .pragma("cache_size", format!("-{WRITER_SQLITE_CACHE_KIB}"))
-                            .connect()
-                            .await?,
-                    ),
-                    Store::Postgres(pool) => {
-                        WriterConnection::Postgres(pool.connect_options().connect().await?)
-                    }
-                };
-                Ok(slot.insert(connection))
+    async fn connect(store: &Store) -> Result<WriterConnection, sqlx::Error> {
+        Ok(match store {
+            Store::Sqlite(pool) => WriterConnection::Sqlite(
+                (*pool.connect_options())
+                    .clone()
+                    .pragma("cache_size", format!("-{WRITER_SQLITE_CACHE_KIB}"))
+                    .connect()
+                    .await?,
+            ),
+            Store::Postgres(pool) => {
+                WriterConnection::Postgres(pool.connect_options().connect().await?)
             }
-        }
+        })
     }
 
     /// [`Store::insert_issuances`] on this writer's connection.
@@ -471,28 +475,137 @@ impl IssuanceWriter {
             self.connection = None;
             return Err(StoreError::Query(sqlx::Error::PoolClosed));
         }
-        let outcome = async {
-            match self.connection().await? {
-                WriterConnection::Sqlite(connection) => {
-                    let mut tx = connection.begin_with("BEGIN IMMEDIATE").await?;
-                    let inserted = insert_issuances_in!(tx, items);
-                    tx.commit().await?;
-                    Ok(inserted)
-                }
-                WriterConnection::Postgres(connection) => {
-                    let mut tx = connection.begin().await?;
-                    let inserted = insert_issuances_in!(tx, items);
-                    tx.commit().await?;
-                    Ok(inserted)
-                }
-            }
-        }
-        .await;
+        let outcome = self.insert_on_connection(items).await;
         if outcome.is_err() {
             self.connection = None;
+            self.audit_head = None;
         }
         outcome.map_err(StoreError::Query)
     }
+
+    async fn insert_on_connection(
+        &mut self,
+        items: &[(&IssuanceRecord, &AuditEvent)],
+    ) -> Result<Vec<bool>, sqlx::Error> {
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            slot @ None => slot.insert(Self::connect(&self.store).await?),
+        };
+        match connection {
+            WriterConnection::Sqlite(connection) => {
+                let mut tx = connection.begin_with("BEGIN IMMEDIATE").await?;
+                let inserted = insert_issuances_in!(tx, items);
+                tx.commit().await?;
+                Ok(inserted)
+            }
+            WriterConnection::Postgres(connection) => {
+                if self.guesses_paused > 0 {
+                    self.guesses_paused -= 1;
+                } else if let Some(head) = self.audit_head.take() {
+                    let mut tx = connection.begin().await?;
+                    match insert_issuances_in_one_statement(&mut tx, items, &head).await? {
+                        Some(moved_to) => {
+                            tx.commit().await?;
+                            self.audit_head = Some(moved_to);
+                            return Ok(vec![true; items.len()]);
+                        }
+                        None => {
+                            tx.rollback().await?;
+                            self.guesses_paused = HEAD_GUESS_PAUSE;
+                        }
+                    }
+                }
+                let mut tx = connection.begin().await?;
+                let inserted = insert_issuances_in!(tx, items);
+                let head: (i64, String) =
+                    sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                self.audit_head = Some(head);
+                Ok(inserted)
+            }
+        }
+    }
+}
+
+/// A batch on PostgreSQL in one statement, three round trips with begin and commit instead of
+/// six: the issuances, their audit events chained from `head` as this writer last left it, and
+/// the head's move, guarded by that head. The statement's counts say whether it all applied;
+/// if a serial was already on record or another writer (a REST action, another replica) moved
+/// the head since, it gives `None` and the caller rolls back and takes the ordinary path.
+async fn insert_issuances_in_one_statement(
+    tx: &mut sqlx::PgConnection,
+    items: &[(&IssuanceRecord, &AuditEvent)],
+    head: &(i64, String),
+) -> Result<Option<(i64, String)>, sqlx::Error> {
+    let mut prev = head.1.clone();
+    let records: Vec<AuditRecord> = items
+        .iter()
+        .zip(head.0 + 1..)
+        .map(|((_, event), seq)| {
+            let record = event.chained(seq, &prev);
+            prev.clone_from(&record.hash);
+            record
+        })
+        .collect();
+    let count = items.len() as i64;
+    let moved_to = (head.0 + count, prev);
+    let mut statement = sqlx::QueryBuilder::<sqlx::Postgres>::new(format!(
+        "WITH ins AS (INSERT INTO issued_certificates ({ISSUANCE_COLUMNS}) "
+    ));
+    statement.push_values(items, |mut row, (r, _)| {
+        row.push_bind(&r.serial)
+            .push_bind(&r.spiffe_id)
+            .push_bind(&r.trust_domain)
+            .push_bind(&r.namespace)
+            .push_bind(&r.service_account)
+            .push_bind(r.not_before)
+            .push_bind(r.not_after)
+            .push_bind(r.issued_at)
+            .push_bind(&r.authority_id)
+            .push_bind(&r.requester_method)
+            .push_bind(&r.requester_principal)
+            .push_bind(&r.peer_address)
+            .push_bind(&r.cluster_id)
+            .push_bind(&r.public_key_sha256)
+            .push_bind(&r.cert_der);
+    });
+    statement.push(
+        " ON CONFLICT (serial) DO NOTHING RETURNING 1), head AS (UPDATE audit_head SET seq = ",
+    );
+    statement.push_bind(moved_to.0);
+    statement.push(", hash = ");
+    statement.push_bind(&moved_to.1);
+    statement.push(" WHERE id = 1 AND seq = ");
+    statement.push_bind(head.0);
+    statement.push(" AND hash = ");
+    statement.push_bind(&head.1);
+    statement.push(format!(
+        " RETURNING 1), events AS (INSERT INTO audit_events ({AUDIT_COLUMNS}) SELECT * FROM ("
+    ));
+    statement.push_values(&records, |mut row, record| {
+        row.push_bind(record.seq)
+            .push_bind(record.at)
+            .push_bind(&record.actor_method)
+            .push_bind(&record.actor_principal)
+            .push_bind(&record.action)
+            .push_bind(&record.target)
+            .push_bind(&record.outcome)
+            .push_bind(&record.details)
+            .push_bind(&record.prev_hash)
+            .push_bind(&record.hash);
+    });
+    statement.push(") AS v WHERE (SELECT count(*) FROM ins) = ");
+    statement.push_bind(count);
+    statement.push(
+        " AND EXISTS (SELECT 1 FROM head) RETURNING 1) \
+         SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM head), \
+         (SELECT count(*) FROM events)",
+    );
+    let (issued, moved, appended): (i64, i64, i64) =
+        statement.build_query_as().fetch_one(&mut *tx).await?;
+    Ok((issued == count && moved == 1 && appended == count).then_some(moved_to))
 }
 
 // === impl Store ===
@@ -604,6 +717,8 @@ impl Store {
         IssuanceWriter {
             store: self.clone(),
             connection: None,
+            audit_head: None,
+            guesses_paused: 0,
         }
     }
 

@@ -843,3 +843,102 @@ async fn a_duplicate_serial_in_a_batch_leaves_the_rest_recorded() {
         ));
     }
 }
+
+fn writer_record(serial: &str) -> meshca_ca::store::IssuanceRecord {
+    meshca_ca::store::IssuanceRecord {
+        serial: serial.into(),
+        spiffe_id: "spiffe://cluster.local/ns/default/sa/web".into(),
+        trust_domain: TD.into(),
+        namespace: Some("default".into()),
+        service_account: Some("web".into()),
+        not_before: 1,
+        not_after: 2,
+        issued_at: 1,
+        authority_id: "a".into(),
+        requester_method: "jwt".into(),
+        requester_principal: "p".into(),
+        peer_address: None,
+        cluster_id: Some("Kubernetes".into()),
+        public_key_sha256: "00".into(),
+        cert_der: vec![0x30, 0x00],
+    }
+}
+
+fn writer_event(target: &str) -> meshca_ca::audit::AuditEvent {
+    meshca_ca::audit::AuditEvent::new(
+        ("jwt", "p"),
+        "certificate.issue",
+        target,
+        meshca_ca::audit::Outcome::Success,
+        serde_json::json!({ "target": target }),
+    )
+}
+
+async fn write_batch(writer: &mut meshca_ca::store::IssuanceWriter, serials: &[&str]) -> Vec<bool> {
+    let records: Vec<_> = serials
+        .iter()
+        .map(|s| (writer_record(s), writer_event(s)))
+        .collect();
+    let items: Vec<_> = records.iter().map(|(r, a)| (r, a)).collect();
+    writer.insert_issuances(&items).await.unwrap()
+}
+
+/// The group-commit writer on its own connection, batch after batch: with a serial already on
+/// record and audit events appended by others in between, each issuance goes in once, with its
+/// event, and the audit chain holds. (On PostgreSQL it sends a batch as one statement while its
+/// view of the audit head is current and the ordinary way when a guess misses: both are
+/// crossed here.)
+#[tokio::test]
+async fn the_issuance_writer_keeps_the_chain_through_other_appends_and_duplicates() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (dialect, url) in stores(tmp.path()).await {
+        let store = open_store(&url).await;
+        let mut writer = store.issuance_writer();
+        // The first batch learns the audit head; the next ones build on it.
+        assert_eq!(
+            write_batch(&mut writer, &["01", "02"]).await,
+            [true, true],
+            "{dialect}"
+        );
+        assert_eq!(write_batch(&mut writer, &["03"]).await, [true], "{dialect}");
+        // A serial on record: the batch cannot go in whole, the other one still does.
+        assert_eq!(
+            write_batch(&mut writer, &["01", "04"]).await,
+            [false, true],
+            "{dialect}"
+        );
+        let mut expected: Vec<String> = ["01", "02", "03", "04"].map(String::from).to_vec();
+        for n in 5..45 {
+            let serial = format!("{n:02}");
+            assert_eq!(
+                write_batch(&mut writer, &[&serial]).await,
+                [true],
+                "{dialect}"
+            );
+            expected.push(serial);
+            if n % 10 == 0 {
+                // Someone else moves the head (a REST action, another replica).
+                let target = format!("other-{n}");
+                store.append_audit(&writer_event(&target)).await.unwrap();
+                expected.push(target);
+            }
+        }
+
+        assert_eq!(
+            store.count_issuances().await.unwrap(),
+            44,
+            "{dialect}: each serial once"
+        );
+        let mut events = store
+            .audit_events(&Default::default(), None, 100)
+            .await
+            .unwrap();
+        events.reverse();
+        let targets: Vec<_> = events.iter().map(|e| e.target.clone()).collect();
+        assert_eq!(
+            targets, expected,
+            "{dialect}: one event per issuance, in order"
+        );
+        meshca_ca::audit::verify_chain(&events, 0, meshca_ca::audit::GENESIS_HASH.into()).unwrap();
+    }
+}
