@@ -5,8 +5,14 @@
 //! issuances, and those hand-offs and their context switches were 40 % of the server's CPU
 //! (perf). Here a batch is one pass on one thread with statements prepared once; the rest of
 //! the store (queries, rotation, audit reads) stays on sqlx.
+//!
+//! Beside it runs a [`Checkpointer`]: SQLite's own checkpoint runs in the committing
+//! connection once the WAL passes 1,000 pages, copying them into the database file and
+//! fsyncing it while every issuance queued behind waits. That was the p99 at a steady
+//! 1,000 issuances/s (5–7 ms against 3.5 ms with the checkpointer, on a 150,000-row store).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
@@ -20,12 +26,17 @@ use crate::store::{IssuanceRecord, StoreError};
 /// again.
 const CACHE_KIB: i64 = 32 * 1024;
 
+/// How often, at most, the checkpointer copies committed pages into the database file while
+/// issuances are being recorded.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(10);
+
 /// The store's writer for issuances. It opens its connection when first needed and drops it
 /// after a failure, to open a new one for the next batch.
 pub(crate) struct SqliteIssuanceWriter {
     pool: SqlitePool,
     path: PathBuf,
     connection: Option<Connection>,
+    checkpointer: Checkpointer,
 }
 
 impl std::fmt::Debug for SqliteIssuanceWriter {
@@ -42,6 +53,7 @@ impl SqliteIssuanceWriter {
     pub(crate) fn new(pool: SqlitePool) -> Self {
         let path = pool.connect_options().get_filename().to_path_buf();
         SqliteIssuanceWriter {
+            checkpointer: Checkpointer::start(path.clone()),
             pool,
             path,
             connection: None,
@@ -53,15 +65,7 @@ impl SqliteIssuanceWriter {
             Some(connection) => Ok(connection),
             slot @ None => {
                 // The file exists: the store created and migrated it before the writer starts.
-                let connection = Connection::open_with_flags(
-                    &self.path,
-                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                connection.busy_timeout(Duration::from_secs(10))?;
-                // The same durability as the store's own connections: WAL, and a commit is
-                // on disk before the caller gets its certificate.
-                connection.pragma_update(None, "journal_mode", "wal")?;
-                connection.pragma_update(None, "synchronous", "full")?;
+                let connection = open(&self.path)?;
                 connection.pragma_update(None, "foreign_keys", true)?;
                 connection.pragma_update(None, "cache_size", -CACHE_KIB)?;
                 Ok(slot.insert(connection))
@@ -85,10 +89,77 @@ impl SqliteIssuanceWriter {
         let outcome = self
             .connection()
             .and_then(|connection| insert_in_one_transaction(connection, items));
-        if outcome.is_err() {
-            self.connection = None;
+        match &outcome {
+            Ok(_) => self.checkpointer.committed(),
+            Err(_) => self.connection = None,
         }
         outcome.map_err(StoreError::Sqlite)
+    }
+}
+
+/// A connection to the store's database file, which exists: the store created and migrated it
+/// before any writer starts. The same durability as the store's own connections: WAL, and a
+/// commit is on disk before the caller gets its certificate.
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(Duration::from_secs(10))?;
+    connection.pragma_update(None, "journal_mode", "wal")?;
+    connection.pragma_update(None, "synchronous", "full")?;
+    Ok(connection)
+}
+
+/// Copies the WAL into the database file off the writer's path: a thread on a connection of
+/// its own that, while commits come in, runs a PASSIVE checkpoint (which never holds a writer
+/// up) every [`CHECKPOINT_INTERVAL`] at most. When the writer's own checkpoint comes due there
+/// is little left to copy and fsync, and the WAL starts over; that automatic checkpoint stays
+/// the bound on the WAL's size if this thread falls behind or fails. An idle store wakes it
+/// not at all; it ends with its writer.
+#[derive(Debug)]
+struct Checkpointer {
+    due: SyncSender<()>,
+}
+
+impl Checkpointer {
+    fn start(path: PathBuf) -> Self {
+        let (due, wake) = sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("meshca-wal-checkpointer".into())
+            .spawn(move || checkpoint_while_committing(&path, wake));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no background WAL checkpointer; SQLite's own checkpoints remain");
+        }
+        Checkpointer { due }
+    }
+
+    /// A commit went in: a checkpoint is due (at most one waits; more say nothing new).
+    fn committed(&self) {
+        let _ = self.due.try_send(());
+    }
+}
+
+fn checkpoint_while_committing(path: &Path, wake: Receiver<()>) {
+    let mut connection = None;
+    while wake.recv().is_ok() {
+        if connection.is_none() {
+            connection = open(path)
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "opening the WAL checkpointer's connection"),
+                )
+                .ok();
+        }
+        if let Some(c) = &connection {
+            let checkpoint = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                row.get::<_, i64>(0)
+            });
+            if let Err(e) = checkpoint {
+                tracing::warn!(error = %e, "background WAL checkpoint failed; the writer's own checkpoints remain");
+                connection = None;
+            }
+        }
+        std::thread::sleep(CHECKPOINT_INTERVAL);
     }
 }
 
@@ -275,6 +346,40 @@ mod tests {
             .map(|e| e.target)
             .collect();
         assert_eq!(targets, ["02", "01"]);
+    }
+
+    /// Committed issuances reach the database file itself within moments, not only once the
+    /// WAL has passed SQLite's 1,000-page checkpoint: the checkpointer copies them over.
+    #[tokio::test]
+    async fn the_checkpointer_copies_commits_into_the_database_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_store, mut writer) = store_and_writer(tmp.path()).await;
+        let (a, ea) = (record("0a"), event("0a"));
+        writer.insert_issuances(&[(&a, &ea)]).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            // The database file alone, without its WAL: what a checkpoint has copied.
+            let copy = tmp.path().join("copy.db");
+            std::fs::copy(tmp.path().join("meshca.db"), &copy).unwrap();
+            let _ = std::fs::remove_file(tmp.path().join("copy.db-wal"));
+            let in_file: i64 = Connection::open(&copy)
+                .unwrap()
+                .query_row(
+                    "SELECT count(*) FROM issued_certificates WHERE serial = '0a'",
+                    [],
+                    |row| row.get(0),
+                )
+                // Before any checkpoint even the schema is only in the WAL.
+                .unwrap_or(0);
+            if in_file == 1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the issuance never left the WAL"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// A failed transaction records nothing, not even part of the batch, and the writer
