@@ -91,7 +91,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("meshca: {e:#}");
+            eprintln!("meshca: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -209,5 +209,41 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `e` and its causes on one line, leaving out a cause whose text the message before it
+/// already carries (many of our errors spell their source out in their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("listening on 127.0.0.1:15012: {0}")]
+        struct Listen(#[source] std::io::Error);
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let e = anyhow::Error::new(Listen(io)).context("starting the server");
+        assert_eq!(
+            error_chain(&e),
+            "starting the server: listening on 127.0.0.1:15012: Address already in use"
+        );
+        let plain = anyhow::anyhow!("no such file").context("reading ca-key.pem");
+        assert_eq!(error_chain(&plain), "reading ca-key.pem: no such file");
     }
 }
