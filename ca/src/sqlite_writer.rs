@@ -244,38 +244,9 @@ fn insert_in_one_transaction(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{verify_chain, Outcome, GENESIS_HASH};
+    use crate::audit::{verify_chain, GENESIS_HASH};
     use crate::store::Store;
-
-    fn record(serial: &str) -> IssuanceRecord {
-        IssuanceRecord {
-            serial: serial.into(),
-            spiffe_id: "spiffe://cluster.local/ns/default/sa/web".into(),
-            trust_domain: "cluster.local".into(),
-            namespace: Some("default".into()),
-            service_account: Some("web".into()),
-            not_before: 1,
-            not_after: 2,
-            issued_at: 1,
-            authority_id: "a".into(),
-            requester_method: "jwt".into(),
-            requester_principal: "p".into(),
-            peer_address: Some("10.0.0.7:41234".into()),
-            cluster_id: None,
-            public_key_sha256: "00".into(),
-            cert_der: vec![0x30, 0x00],
-        }
-    }
-
-    fn event(serial: &str) -> AuditEvent {
-        AuditEvent::new(
-            ("jwt", "p"),
-            "certificate.issue",
-            serial,
-            Outcome::Success,
-            serde_json::json!({ "serial": serial }),
-        )
-    }
+    use crate::testing::{issuance_event as event, issuance_record as record};
 
     async fn store_and_writer(dir: &std::path::Path) -> (Store, SqliteIssuanceWriter) {
         let store = Store::connect(&Store::default_sqlite_url(dir))

@@ -152,6 +152,43 @@ macro_rules! append_audit_in {
     }};
 }
 
+/// Binds one issuance row's values, in [`ISSUANCE_COLUMNS`] order, in a multi-row insert.
+macro_rules! bind_issuance_row {
+    ($row:ident, $r:expr) => {
+        $row.push_bind(&$r.serial)
+            .push_bind(&$r.spiffe_id)
+            .push_bind(&$r.trust_domain)
+            .push_bind(&$r.namespace)
+            .push_bind(&$r.service_account)
+            .push_bind($r.not_before)
+            .push_bind($r.not_after)
+            .push_bind($r.issued_at)
+            .push_bind(&$r.authority_id)
+            .push_bind(&$r.requester_method)
+            .push_bind(&$r.requester_principal)
+            .push_bind(&$r.peer_address)
+            .push_bind(&$r.cluster_id)
+            .push_bind(&$r.public_key_sha256)
+            .push_bind(&$r.cert_der)
+    };
+}
+
+/// Binds one audit record's values, in [`AUDIT_COLUMNS`] order, in a multi-row insert.
+macro_rules! bind_audit_row {
+    ($row:ident, $record:expr) => {
+        $row.push_bind($record.seq)
+            .push_bind($record.at)
+            .push_bind(&$record.actor_method)
+            .push_bind(&$record.actor_principal)
+            .push_bind(&$record.action)
+            .push_bind(&$record.target)
+            .push_bind(&$record.outcome)
+            .push_bind(&$record.details)
+            .push_bind(&$record.prev_hash)
+            .push_bind(&$record.hash)
+    };
+}
+
 /// The body of a group commit, inside the caller's write transaction `$tx`: a handful of
 /// multi-row statements per batch, not a handful per certificate, because each statement is a
 /// round trip (to SQLite's worker thread or to PostgreSQL). Yields which items went in.
@@ -164,21 +201,7 @@ macro_rules! insert_issuances_in {
                 "INSERT INTO issued_certificates ({ISSUANCE_COLUMNS}) "
             ));
             insert.push_values(chunk, |mut row, (r, _)| {
-                row.push_bind(&r.serial)
-                    .push_bind(&r.spiffe_id)
-                    .push_bind(&r.trust_domain)
-                    .push_bind(&r.namespace)
-                    .push_bind(&r.service_account)
-                    .push_bind(r.not_before)
-                    .push_bind(r.not_after)
-                    .push_bind(r.issued_at)
-                    .push_bind(&r.authority_id)
-                    .push_bind(&r.requester_method)
-                    .push_bind(&r.requester_principal)
-                    .push_bind(&r.peer_address)
-                    .push_bind(&r.cluster_id)
-                    .push_bind(&r.public_key_sha256)
-                    .push_bind(&r.cert_der);
+                bind_issuance_row!(row, r);
             });
             insert.push(" ON CONFLICT (serial) DO NOTHING RETURNING serial");
             let serials: Vec<String> = insert.build_query_scalar().fetch_all(&mut *$tx).await?;
@@ -216,16 +239,7 @@ macro_rules! insert_issuances_in {
                 let mut insert =
                     sqlx::QueryBuilder::new(format!("INSERT INTO audit_events ({AUDIT_COLUMNS}) "));
                 insert.push_values(chunk, |mut row, record| {
-                    row.push_bind(record.seq)
-                        .push_bind(record.at)
-                        .push_bind(&record.actor_method)
-                        .push_bind(&record.actor_principal)
-                        .push_bind(&record.action)
-                        .push_bind(&record.target)
-                        .push_bind(&record.outcome)
-                        .push_bind(&record.details)
-                        .push_bind(&record.prev_hash)
-                        .push_bind(&record.hash);
+                    bind_audit_row!(row, record);
                 });
                 insert.build().execute(&mut *$tx).await?;
             }
@@ -555,21 +569,7 @@ async fn insert_issuances_in_one_statement(
         "WITH ins AS (INSERT INTO issued_certificates ({ISSUANCE_COLUMNS}) "
     ));
     statement.push_values(items, |mut row, (r, _)| {
-        row.push_bind(&r.serial)
-            .push_bind(&r.spiffe_id)
-            .push_bind(&r.trust_domain)
-            .push_bind(&r.namespace)
-            .push_bind(&r.service_account)
-            .push_bind(r.not_before)
-            .push_bind(r.not_after)
-            .push_bind(r.issued_at)
-            .push_bind(&r.authority_id)
-            .push_bind(&r.requester_method)
-            .push_bind(&r.requester_principal)
-            .push_bind(&r.peer_address)
-            .push_bind(&r.cluster_id)
-            .push_bind(&r.public_key_sha256)
-            .push_bind(&r.cert_der);
+        bind_issuance_row!(row, r);
     });
     statement.push(
         " ON CONFLICT (serial) DO NOTHING RETURNING 1), head AS (UPDATE audit_head SET seq = ",
@@ -585,16 +585,7 @@ async fn insert_issuances_in_one_statement(
         " RETURNING 1), events AS (INSERT INTO audit_events ({AUDIT_COLUMNS}) SELECT * FROM ("
     ));
     statement.push_values(&records, |mut row, record| {
-        row.push_bind(record.seq)
-            .push_bind(record.at)
-            .push_bind(&record.actor_method)
-            .push_bind(&record.actor_principal)
-            .push_bind(&record.action)
-            .push_bind(&record.target)
-            .push_bind(&record.outcome)
-            .push_bind(&record.details)
-            .push_bind(&record.prev_hash)
-            .push_bind(&record.hash);
+        bind_audit_row!(row, record);
     });
     statement.push(") AS v WHERE (SELECT count(*) FROM ins) = ");
     statement.push_bind(count);

@@ -285,3 +285,36 @@ pub fn write_istio_dir(dir: &Path, ca_cert: &str, ca_key: &str, root_cert: &str,
         std::fs::write(dir.join(name), body).expect("write cacerts file");
     }
 }
+
+/// An issuance record with serial `serial` for `spiffe://cluster.local/ns/default/sa/web`, for
+/// store tests (every optional column filled, so each is written and read back).
+pub fn issuance_record(serial: &str) -> crate::store::IssuanceRecord {
+    crate::store::IssuanceRecord {
+        serial: serial.into(),
+        spiffe_id: "spiffe://cluster.local/ns/default/sa/web".into(),
+        trust_domain: "cluster.local".into(),
+        namespace: Some("default".into()),
+        service_account: Some("web".into()),
+        not_before: 1,
+        not_after: 2,
+        issued_at: 1,
+        authority_id: "a".into(),
+        requester_method: "jwt".into(),
+        requester_principal: "p".into(),
+        peer_address: Some("10.0.0.7:41234".into()),
+        cluster_id: Some("Kubernetes".into()),
+        public_key_sha256: "00".into(),
+        cert_der: vec![0x30, 0x00],
+    }
+}
+
+/// A `certificate.issue` audit event for `target`, to go with [`issuance_record`].
+pub fn issuance_event(target: &str) -> crate::audit::AuditEvent {
+    crate::audit::AuditEvent::new(
+        ("jwt", "p"),
+        "certificate.issue",
+        target,
+        crate::audit::Outcome::Success,
+        serde_json::json!({ "target": target }),
+    )
+}

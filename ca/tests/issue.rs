@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use meshca_ca::keys::KeyType;
+use meshca_ca::testing::{issuance_event, issuance_record};
 use meshca_ca::x509::ParsedCert;
 use meshca_ca::{
     CaConfig, CaSettings, CertificateAuthority, IssueError, IssueRequest, Requester, SpiffeId,
@@ -793,32 +794,7 @@ async fn a_duplicate_serial_in_a_batch_leaves_the_rest_recorded() {
     let tmp = tempfile::tempdir().unwrap();
     for (dialect, url) in stores(tmp.path()).await {
         let store = open_store(&url).await;
-        let record = |serial: &str| meshca_ca::store::IssuanceRecord {
-            serial: serial.into(),
-            spiffe_id: "spiffe://cluster.local/ns/default/sa/web".into(),
-            trust_domain: TD.into(),
-            namespace: Some("default".into()),
-            service_account: Some("web".into()),
-            not_before: 1,
-            not_after: 2,
-            issued_at: 1,
-            authority_id: "a".into(),
-            requester_method: "jwt".into(),
-            requester_principal: "p".into(),
-            peer_address: None,
-            cluster_id: None,
-            public_key_sha256: "00".into(),
-            cert_der: vec![0x30, 0x00],
-        };
-        let audit = |serial: &str| {
-            meshca_ca::audit::AuditEvent::new(
-                ("jwt", "p"),
-                "certificate.issue",
-                serial,
-                meshca_ca::audit::Outcome::Success,
-                serde_json::json!({}),
-            )
-        };
+        let (record, audit) = (issuance_record, issuance_event);
         let (first, first_event) = (record("01"), audit("01"));
         store.insert_issuance(&first, &first_event).await.unwrap();
         let (again, again_event) = (record("01"), audit("01"));
@@ -844,40 +820,10 @@ async fn a_duplicate_serial_in_a_batch_leaves_the_rest_recorded() {
     }
 }
 
-fn writer_record(serial: &str) -> meshca_ca::store::IssuanceRecord {
-    meshca_ca::store::IssuanceRecord {
-        serial: serial.into(),
-        spiffe_id: "spiffe://cluster.local/ns/default/sa/web".into(),
-        trust_domain: TD.into(),
-        namespace: Some("default".into()),
-        service_account: Some("web".into()),
-        not_before: 1,
-        not_after: 2,
-        issued_at: 1,
-        authority_id: "a".into(),
-        requester_method: "jwt".into(),
-        requester_principal: "p".into(),
-        peer_address: None,
-        cluster_id: Some("Kubernetes".into()),
-        public_key_sha256: "00".into(),
-        cert_der: vec![0x30, 0x00],
-    }
-}
-
-fn writer_event(target: &str) -> meshca_ca::audit::AuditEvent {
-    meshca_ca::audit::AuditEvent::new(
-        ("jwt", "p"),
-        "certificate.issue",
-        target,
-        meshca_ca::audit::Outcome::Success,
-        serde_json::json!({ "target": target }),
-    )
-}
-
 async fn write_batch(writer: &mut meshca_ca::store::IssuanceWriter, serials: &[&str]) -> Vec<bool> {
     let records: Vec<_> = serials
         .iter()
-        .map(|s| (writer_record(s), writer_event(s)))
+        .map(|s| (issuance_record(s), issuance_event(s)))
         .collect();
     let items: Vec<_> = records.iter().map(|(r, a)| (r, a)).collect();
     writer.insert_issuances(&items).await.unwrap()
@@ -919,7 +865,7 @@ async fn the_issuance_writer_keeps_the_chain_through_other_appends_and_duplicate
             if n % 10 == 0 {
                 // Someone else moves the head (a REST action, another replica).
                 let target = format!("other-{n}");
-                store.append_audit(&writer_event(&target)).await.unwrap();
+                store.append_audit(&issuance_event(&target)).await.unwrap();
                 expected.push(target);
             }
         }
