@@ -1,6 +1,6 @@
 //! Group commit of issuance records. Every certificate must be on record, durably, before it
 //! is returned; with one transaction per certificate the store's commit (an fsync for SQLite,
-//! a WAL flush for PostgreSQL) bounds throughput. One writer task instead takes whatever
+//! a WAL flush for PostgreSQL) bounds throughput. One writer instead takes whatever
 //! issuances queued up while the previous commit ran and commits them together, then answers
 //! each caller. An idle server commits a lone issuance at once (no timer, no added latency);
 //! under load batches grow by themselves.
@@ -47,7 +47,8 @@ pub struct IssuanceCommitter {
 }
 
 impl IssuanceCommitter {
-    /// Spawns the writer on the current Tokio runtime.
+    /// Starts the writer: a thread of its own for a SQLite database file, a task on the
+    /// current Tokio runtime for PostgreSQL (or an in-memory SQLite database).
     pub fn start(store: Store, metrics: Arc<CaMetrics>) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         match &store {
