@@ -114,6 +114,25 @@ impl AuditEvent {
     }
 }
 
+/// `events` in their stored form at `first_seq`, `first_seq + 1`, … after `prev_hash`, each
+/// one's hash the next one's `prev_hash`: how a batch is appended after the log's head.
+pub fn chain<'a>(
+    events: impl IntoIterator<Item = &'a AuditEvent>,
+    first_seq: i64,
+    prev_hash: &str,
+) -> Vec<AuditRecord> {
+    let mut prev = prev_hash.to_string();
+    events
+        .into_iter()
+        .zip(first_seq..)
+        .map(|(event, seq)| {
+            let record = event.chained(seq, &prev);
+            prev.clone_from(&record.hash);
+            record
+        })
+        .collect()
+}
+
 // === impl AuditRecord ===
 
 impl AuditRecord {

@@ -202,23 +202,23 @@ fn insert_in_one_transaction(
     }
     let count = inserted.iter().filter(|ok| **ok).count() as i64;
     if count > 0 {
-        let (last_seq, mut prev): (i64, String) = tx
+        let (last_seq, prev): (i64, String) = tx
             .prepare_cached(
                 "UPDATE audit_head SET seq = seq + ?1 WHERE id = 1 RETURNING seq, hash",
             )?
             .query_row([count], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        let events = items
+            .iter()
+            .zip(&inserted)
+            .filter(|(_, ok)| **ok)
+            .map(|((_, event), _)| *event);
+        let records = crate::audit::chain(events, last_seq - count + 1, &prev);
         let mut append = tx.prepare_cached(
             "INSERT INTO audit_events (seq, at, actor_method, actor_principal, action, target, \
              outcome, details, prev_hash, hash) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
-        let events = items
-            .iter()
-            .zip(&inserted)
-            .filter(|(_, ok)| **ok)
-            .map(|((_, event), _)| event);
-        for (event, seq) in events.zip(last_seq - count + 1..) {
-            let record = event.chained(seq, &prev);
+        for record in &records {
             append.execute(params![
                 record.seq,
                 record.at,
@@ -231,11 +231,11 @@ fn insert_in_one_transaction(
                 record.prev_hash,
                 record.hash,
             ])?;
-            prev = record.hash;
         }
         drop(append);
+        let head_hash = &records.last().expect("count > 0 events").hash;
         tx.prepare_cached("UPDATE audit_head SET hash = ?1 WHERE id = 1")?
-            .execute([&prev])?;
+            .execute([head_hash])?;
     }
     tx.commit()?;
     Ok(inserted)

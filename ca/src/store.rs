@@ -220,21 +220,13 @@ macro_rules! insert_issuances_in {
             .collect();
         if !events.is_empty() {
             let count = events.len() as i64;
-            let (last_seq, mut prev): (i64, String) = sqlx::query_as(
+            let (last_seq, prev): (i64, String) = sqlx::query_as(
                 "UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash",
             )
             .bind(count)
             .fetch_one(&mut *$tx)
             .await?;
-            let records: Vec<AuditRecord> = events
-                .iter()
-                .zip(last_seq - count + 1..)
-                .map(|(event, seq)| {
-                    let record = event.chained(seq, &prev);
-                    prev.clone_from(&record.hash);
-                    record
-                })
-                .collect();
+            let records = crate::audit::chain(events, last_seq - count + 1, &prev);
             for chunk in records.chunks(AUDIT_ROWS_PER_STATEMENT) {
                 let mut insert =
                     sqlx::QueryBuilder::new(format!("INSERT INTO audit_events ({AUDIT_COLUMNS}) "));
@@ -243,8 +235,9 @@ macro_rules! insert_issuances_in {
                 });
                 insert.build().execute(&mut *$tx).await?;
             }
+            let head_hash = &records.last().expect("at least one event").hash;
             sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-                .bind(&prev)
+                .bind(head_hash)
                 .execute(&mut *$tx)
                 .await?;
         }
@@ -453,24 +446,15 @@ enum WriterConnection {
     Postgres(sqlx::PgConnection),
 }
 
-/// Page cache of the writer's SQLite connection, in KiB (SQLite's default is 2,000): the
-/// indexes keyed by serial and public key take inserts all over, so their pages are better
-/// kept than read again.
-const WRITER_SQLITE_CACHE_KIB: i64 = 32 * 1024;
-
 /// How many batches the writer sends the ordinary way after a guessed audit head missed.
 const HEAD_GUESS_PAUSE: u32 = 32;
 
 impl IssuanceWriter {
     async fn connect(store: &Store) -> Result<WriterConnection, sqlx::Error> {
         Ok(match store {
-            Store::Sqlite(pool) => WriterConnection::Sqlite(
-                (*pool.connect_options())
-                    .clone()
-                    .pragma("cache_size", format!("-{WRITER_SQLITE_CACHE_KIB}"))
-                    .connect()
-                    .await?,
-            ),
+            Store::Sqlite(pool) => {
+                WriterConnection::Sqlite(pool.connect_options().connect().await?)
+            }
             Store::Postgres(pool) => {
                 WriterConnection::Postgres(pool.connect_options().connect().await?)
             }
@@ -553,18 +537,12 @@ async fn insert_issuances_in_one_statement(
     items: &[(&IssuanceRecord, &AuditEvent)],
     head: &(i64, String),
 ) -> Result<Option<(i64, String)>, sqlx::Error> {
-    let mut prev = head.1.clone();
-    let records: Vec<AuditRecord> = items
-        .iter()
-        .zip(head.0 + 1..)
-        .map(|((_, event), seq)| {
-            let record = event.chained(seq, &prev);
-            prev.clone_from(&record.hash);
-            record
-        })
-        .collect();
+    let records = crate::audit::chain(items.iter().map(|(_, event)| *event), head.0 + 1, &head.1);
     let count = items.len() as i64;
-    let moved_to = (head.0 + count, prev);
+    let last_hash = records
+        .last()
+        .map_or_else(|| head.1.clone(), |r| r.hash.clone());
+    let moved_to = (head.0 + count, last_hash);
     let mut statement = sqlx::QueryBuilder::<sqlx::Postgres>::new(format!(
         "WITH ins AS (INSERT INTO issued_certificates ({ISSUANCE_COLUMNS}) "
     ));
