@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection};
 
-use crate::audit::{AuditEvent, AuditRecord};
+use crate::audit::{verify_chain, AuditEvent, AuditRecord, BrokenLink, GENESIS_HASH};
 use crate::identity::Serial;
 
 #[derive(Clone, Debug)]
@@ -755,19 +755,67 @@ impl Store {
         .map_err(StoreError::Query)
     }
 
-    /// Audit events in chain order after `after_seq`, for verification page by page.
+    /// Audit events in chain order after `after_seq` up to `through_seq`, for verification page
+    /// by page.
     pub async fn audit_chain_page(
         &self,
         after_seq: i64,
+        through_seq: i64,
         limit: i64,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let sql = format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > $1 AND seq <= $2 \
+             ORDER BY seq LIMIT $3"
         );
         with_pool!(self, pool => {
-            sqlx::query_as::<_, AuditRecord>(&sql).bind(after_seq).bind(limit).fetch_all(pool).await
+            sqlx::query_as::<_, AuditRecord>(&sql)
+                .bind(after_seq)
+                .bind(through_seq)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
         })
         .map_err(StoreError::Query)
+    }
+
+    /// Walks the audit chain from its genesis to the head as it stands now: `Ok((seq, hash))`
+    /// of the head when every link holds, the first broken link otherwise.
+    pub async fn verify_audit_log(&self) -> Result<Result<(i64, String), BrokenLink>, StoreError> {
+        let head = self.audit_head().await?;
+        self.verify_audit_log_through(head).await
+    }
+
+    /// Walks the audit chain from its genesis to `head`, a head read before the walk. Events
+    /// appended while the walk runs lie past that head and are left to the next walk: reading
+    /// them would compare a longer chain with an older head and report a cut that is not there.
+    pub async fn verify_audit_log_through(
+        &self,
+        (head_seq, head_hash): (i64, String),
+    ) -> Result<Result<(i64, String), BrokenLink>, StoreError> {
+        /// Events checked per store round trip.
+        const PAGE: i64 = 1000;
+        let mut tail = (0, GENESIS_HASH.to_string());
+        loop {
+            let page = self.audit_chain_page(tail.0, head_seq, PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            match verify_chain(&page, tail.0, tail.1) {
+                Ok(next) => tail = next,
+                Err(broken) => return Ok(Err(broken)),
+            }
+        }
+        // Rows cut from the end leave the chain consistent but shorter than its recorded head.
+        if tail.0 != head_seq || tail.1 != head_hash {
+            return Ok(Err(BrokenLink {
+                seq: tail.0 + 1,
+                reason: format!(
+                    "the log ends at event {} but its head says {head_seq}",
+                    tail.0
+                ),
+            }));
+        }
+        Ok(Ok(tail))
     }
 
     pub async fn issuance_by_serial(

@@ -888,3 +888,52 @@ async fn the_issuance_writer_keeps_the_chain_through_other_appends_and_duplicate
         meshca_ca::audit::verify_chain(&events, 0, meshca_ca::audit::GENESIS_HASH.into()).unwrap();
     }
 }
+
+#[tokio::test]
+async fn verifying_the_audit_log_while_others_append_finds_no_false_break() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (dialect, url) in stores(tmp.path()).await {
+        let store = open_store(&url).await;
+        for n in 0..3 {
+            let event = issuance_event(&format!("before-{n}"));
+            store.append_audit(&event).await.unwrap();
+        }
+        // A walk that read the head just before another replica appended.
+        let head = store.audit_head().await.unwrap();
+        store.append_audit(&issuance_event("during")).await.unwrap();
+        assert_eq!(
+            store.verify_audit_log_through(head.clone()).await.unwrap(),
+            Ok(head.clone()),
+            "{dialect}"
+        );
+        // The next walk covers the new event.
+        let now = store.verify_audit_log().await.unwrap().unwrap();
+        assert_eq!(now.0, head.0 + 1, "{dialect}");
+
+        // Someone with raw database access cuts the last row: still a break.
+        let cut = "DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)";
+        match &store {
+            meshca_ca::store::Store::Sqlite(pool) => {
+                sqlx::query("DROP TRIGGER audit_events_no_delete")
+                    .execute(pool)
+                    .await
+                    .unwrap();
+                sqlx::query(cut).execute(pool).await.unwrap();
+            }
+            meshca_ca::store::Store::Postgres(pool) => {
+                sqlx::query("DROP TRIGGER audit_events_no_change ON audit_events")
+                    .execute(pool)
+                    .await
+                    .unwrap();
+                sqlx::query(cut).execute(pool).await.unwrap();
+            }
+        }
+        let broken = store.verify_audit_log().await.unwrap().unwrap_err();
+        assert_eq!(broken.seq, now.0, "{dialect}: {}", broken.reason);
+        assert!(
+            broken.reason.contains("its head says"),
+            "{dialect}: {}",
+            broken.reason
+        );
+    }
+}
