@@ -168,7 +168,7 @@ printf '\ncrypto bound (openssl speed): P-256 sign %.0f/s verify %.0f/s -> %.3f 
 printf 'RSA-2048 sign %.0f/s verify %.0f/s -> %.3f ms\n\n' "$rsa_sign" "$rsa_verify" "$bound_rsa"
 printf '%s\n' "${rows[@]}" | jq -rs --argjson bp "$bound_p256" --argjson br "$bound_rsa" '
   (map(select(.label | startswith("cfssl")) | {key: (.label | sub("cfssl P-256 "; "")), value: .throughput_per_sec}) | from_entries) as $cf
-  | ["run", "ok/s", "p50 ms", "p90 ms", "p99 ms", "CPU ms/cert", "CPU / crypto", "x cfssl"],
+  | ["run", "ok/s", "p50 ms", "p90 ms", "p99 ms", "CPU ms/cert", "CPU / crypto", "disk KiB/cert", "x cfssl"],
     (.[] | . as $r
       | ([$r.label | capture("(?<c>c=[0-9]+)$") | .c] | first) as $c
       | [ $r.label,
@@ -180,6 +180,7 @@ printf '%s\n' "${rows[@]}" | jq -rs --argjson bp "$bound_p256" --argjson br "$bo
           (if ($r.server_cpu_ms_per_issuance and ($r.label | startswith("meshca")))
              then (($r.server_cpu_ms_per_issuance / (if ($r.label | test("RSA")) then $br else $bp end)) * 100 | round / 100 | tostring)
              else "-" end),
+          (if $r.server_disk_kib_per_issuance then ($r.server_disk_kib_per_issuance * 10 | round / 10 | tostring) else "-" end),
           (if ($r.label | startswith("meshca P-256 c=")) and $c and $cf[$c]
              then (($r.throughput_per_sec / $cf[$c]) * 100 | round / 100 | tostring)
              else "-" end)

@@ -148,6 +148,10 @@ pub struct BenchReport {
     /// This load generator's own CPU per successful call: on a shared machine, what the
     /// measurement itself takes from the server.
     pub client_cpu_ms_per_request: Option<f64>,
+    /// Bytes the server caused to be written to storage per successful issuance (its
+    /// `write_bytes` in /proc, KiB), when `--server-pid` was given: what a disk's throughput
+    /// limit must allow. A separate database server's writes are not in it.
+    pub server_disk_kib_per_issuance: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -469,6 +473,21 @@ pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// Bytes a process has caused to be written to storage so far (`write_bytes` in /proc).
+pub fn process_disk_write_bytes(pid: u32) -> Option<u64> {
+    write_bytes(&std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?)
+}
+
+/// `write_bytes` from the text of a `/proc/<pid>/io` file.
+fn write_bytes(proc_io: &str) -> Option<u64> {
+    proc_io
+        .lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
     if samples.is_empty() {
         return Percentiles::default();
@@ -610,6 +629,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     }
     let issued = Arc::new(AtomicU64::new(0));
     let cpu_before = args.server_pid.and_then(process_cpu_seconds);
+    let disk_before = args.server_pid.and_then(process_disk_write_bytes);
     let own_cpu_before = process_cpu_seconds(std::process::id());
     let started = Instant::now();
     let schedule = args.rate.filter(|r| *r > 0.0).map(|rate| {
@@ -689,6 +709,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu_after = args.server_pid.and_then(process_cpu_seconds);
+    let disk_after = args.server_pid.and_then(process_disk_write_bytes);
     let own_cpu_after = process_cpu_seconds(std::process::id());
     let failed: u64 = errors.values().sum();
     let answered = latencies.len() as u64;
@@ -708,6 +729,12 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         },
         client_cpu_ms_per_request: match (own_cpu_before, own_cpu_after) {
             (Some(before), Some(after)) if ok > 0 => Some((after - before) * 1e3 / ok as f64),
+            _ => None,
+        },
+        server_disk_kib_per_issuance: match (disk_before, disk_after) {
+            (Some(before), Some(after)) if ok > 0 => {
+                Some(after.saturating_sub(before) as f64 / 1024.0 / ok as f64)
+            }
             _ => None,
         },
     })
@@ -735,6 +762,9 @@ impl BenchReport {
         }
         if let Some(cpu) = self.server_cpu_ms_per_issuance {
             out.push_str(&format!("server CPU per issuance: {cpu:.3} ms\n"));
+        }
+        if let Some(disk) = self.server_disk_kib_per_issuance {
+            out.push_str(&format!("server disk writes per issuance: {disk:.1} KiB\n"));
         }
         if let Some(cpu) = self.client_cpu_ms_per_request {
             out.push_str(&format!("load generator CPU per call: {cpu:.3} ms\n"));
@@ -845,6 +875,16 @@ mod tests {
     fn own_cpu_is_readable() {
         assert!(process_cpu_seconds(std::process::id()).is_some());
         assert!(process_cpu_seconds(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn disk_writes_come_from_write_bytes() {
+        let io = "rchar: 4096\nwchar: 123456\nsyscr: 9\nsyscw: 30\nread_bytes: 0\n\
+                  write_bytes: 81920\ncancelled_write_bytes: 4096\n";
+        assert_eq!(write_bytes(io), Some(81920));
+        assert_eq!(write_bytes("rchar: 1\n"), None);
+        assert!(process_disk_write_bytes(std::process::id()).is_some());
+        assert!(process_disk_write_bytes(u32::MAX).is_none());
     }
 
     #[test]
