@@ -114,7 +114,7 @@ impl Authority {
         let key = SigningKey::generate(key_type)?;
         let subject = organization_name(trust_domain.as_str())?;
         let template = CertTemplate {
-            serial: x509::random_serial(),
+            serial: x509::new_serial(),
             subject: subject.clone(),
             not_before: now - Duration::from_secs(120),
             not_after: now + SELF_SIGNED_ROOT_LIFETIME,

@@ -618,6 +618,12 @@ impl CertificateAuthority {
         self.inner.committer.is_running()
     }
 
+    /// Counts a certificate request as on its way, from before its authentication until the
+    /// guard is dropped; the group commit waits a moment for such callers when many are coming.
+    pub fn admit(&self) -> crate::commit::Admission {
+        self.inner.committer.admit()
+    }
+
     /// Signs a workload certificate for `spiffe_id` and records it; the certificate is
     /// returned only once its record is committed.
     pub async fn issue(&self, req: IssueRequest<'_>) -> Result<IssuedCertificate, IssueError> {
@@ -739,7 +745,7 @@ impl CertificateAuthority {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let serial_number = x509::random_serial();
+            let serial_number = x509::new_serial();
             let serial = Serial::from_be_bytes(serial_number.as_bytes());
             let leaf_der = authority.sign(template(&authority, serial_number, validity)?)?;
             let record = IssuanceRecord {
@@ -809,7 +815,7 @@ pub fn sign_leaf(
     spiffe_id: &SpiffeId,
     validity: (SystemTime, SystemTime),
 ) -> Result<(Serial, Vec<u8>), IssueError> {
-    let serial_number = x509::random_serial();
+    let serial_number = x509::new_serial();
     let serial = Serial::from_be_bytes(serial_number.as_bytes());
     let template =
         profile::workload_template(csr, spiffe_id, serial_number, validity, authority.key_id())?;

@@ -279,6 +279,7 @@ impl CaRpc for SigningService {
         &self,
         request: Request<pb::SignRequest>,
     ) -> Result<Response<pb::SignResponse>, Status> {
+        let _admission = self.ca.admit();
         let ra = self.authorize(&request)?;
         let body = request.into_inner();
         let csr = VerifiedCsr::from_der(&body.csr_der)

@@ -200,7 +200,7 @@ impl TestCa {
     ) -> TestCa {
         let subject = Name::from_str(subject).expect("RFC 4514 subject");
         let template = CertTemplate {
-            serial: x509::random_serial(),
+            serial: x509::new_serial(),
             subject: subject.clone(),
             not_before,
             not_after,

@@ -119,6 +119,7 @@ impl IstioCertificateService for CertificateService {
             self.metrics.shed();
             return Err(Status::resource_exhausted(OVERLOADED));
         };
+        let _admission = self.ca.admit();
         let peer_addr = request
             .extensions()
             .get::<PeerInfo>()
