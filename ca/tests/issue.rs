@@ -912,21 +912,22 @@ async fn verifying_the_audit_log_while_others_append_finds_no_false_break() {
 
         // Someone with raw database access cuts the last row: still a break.
         let cut = "DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)";
-        match &store {
-            meshca_ca::store::Store::Sqlite(pool) => {
-                sqlx::query("DROP TRIGGER audit_events_no_delete")
-                    .execute(pool)
-                    .await
-                    .unwrap();
-                sqlx::query(cut).execute(pool).await.unwrap();
+        let drop_guard = match &store {
+            meshca_ca::store::Store::Sqlite(_) => "DROP TRIGGER audit_events_no_delete",
+            meshca_ca::store::Store::Postgres(_) => {
+                "DROP TRIGGER audit_events_no_change ON audit_events"
             }
-            meshca_ca::store::Store::Postgres(pool) => {
-                sqlx::query("DROP TRIGGER audit_events_no_change ON audit_events")
-                    .execute(pool)
-                    .await
-                    .unwrap();
-                sqlx::query(cut).execute(pool).await.unwrap();
+        };
+        for sql in [drop_guard, cut] {
+            match &store {
+                meshca_ca::store::Store::Sqlite(pool) => {
+                    sqlx::query(sql).execute(pool).await.map(drop)
+                }
+                meshca_ca::store::Store::Postgres(pool) => {
+                    sqlx::query(sql).execute(pool).await.map(drop)
+                }
             }
+            .unwrap();
         }
         let broken = store.verify_audit_log().await.unwrap().unwrap_err();
         assert_eq!(broken.seq, now.0, "{dialect}: {}", broken.reason);
