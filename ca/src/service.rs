@@ -314,7 +314,8 @@ impl CaRpc for SigningService {
             })
             .await
             .map_err(issue_status)?;
-        tracing::info!(serial = %issued.serial, spiffe_id = %spiffe_id, %ra, "issued certificate for an RA");
+        // Debug: the issuance is in the audit log (see the RA's CreateCertificate).
+        tracing::debug!(serial = %issued.serial, spiffe_id = %spiffe_id, %ra, "issued certificate for an RA");
         Ok(Response::new(signed(issued)))
     }
 

@@ -184,7 +184,9 @@ impl IstioCertificateService for CertificateService {
             .map_err(|error| refused(self.issue_status(&caller, error)))?;
 
         self.metrics.issued(started.elapsed());
-        tracing::info!(
+        // Debug, as istiod logs a signed CSR: every issuance is already in the audit log and the
+        // metrics, and a line per certificate at info cost ~6 % of throughput when saturated.
+        tracing::debug!(
             serial = %issued.serial,
             spiffe_id = %caller.spiffe_id,
             method = caller.method,

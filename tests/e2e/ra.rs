@@ -223,6 +223,16 @@ async fn es256_jwt_gets_istio_chain_and_is_recorded() {
     assert_eq!(r.requester_principal, "system:serviceaccount:default:web");
     assert_eq!(r.cluster_id.as_deref(), Some("Kubernetes"));
     assert!(r.peer_address.as_deref().unwrap().starts_with("127.0.0.1:"));
+
+    // The log (a file here, as a collector's pipe would be) is plain text, and at info it has
+    // no line per certificate: istiod logs a signed CSR at debug, the audit log has them all.
+    let log = w.server.output();
+    assert!(log.contains("meshca server ready"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log}"
+    );
+    assert!(!log.contains("issued certificate"), "{log}");
 }
 
 #[tokio::test]
