@@ -309,13 +309,7 @@ mod tests {
             .unwrap();
         assert_eq!(inserted, [false, true, false]);
         assert_eq!(store.count_issuances().await.unwrap(), 2);
-        let targets: Vec<String> = store
-            .audit_events(&Default::default(), None, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.target)
-            .collect();
+        let targets = crate::testing::audit_targets(&store, 10).await;
         assert_eq!(targets, ["02", "01"]);
     }
 

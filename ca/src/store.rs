@@ -757,7 +757,7 @@ impl Store {
 
     /// Audit events in chain order after `after_seq` up to `through_seq`, for verification page
     /// by page.
-    pub async fn audit_chain_page(
+    async fn audit_chain_page(
         &self,
         after_seq: i64,
         through_seq: i64,

@@ -318,3 +318,14 @@ pub fn issuance_event(target: &str) -> crate::audit::AuditEvent {
         serde_json::json!({ "target": target }),
     )
 }
+
+/// The targets of the newest `limit` audit events in `store`, newest first.
+pub async fn audit_targets(store: &crate::store::Store, limit: i64) -> Vec<String> {
+    store
+        .audit_events(&Default::default(), None, limit)
+        .await
+        .expect("read the audit log")
+        .into_iter()
+        .map(|e| e.target)
+        .collect()
+}

@@ -467,24 +467,17 @@ async fn every_endpoint_requires_its_role() {
         events["events"][0]["actor"],
         json!({"method": "mtls", "principal": admin_id})
     );
-    // The failed attempts above are on record too (written without holding up the answers,
-    // so give the last ones a moment).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, denied) = rest
-            .get("/v1/audit?action=rest.authenticate&limit=1000", &auditor)
-            .await;
-        let recorded = denied["events"].as_array().unwrap().len();
-        if recorded >= 2 * endpoints.len() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{recorded} denials on record, expected {}",
-            2 * endpoints.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The failed attempts above are on record too (written without holding up the answers).
+    let expected = 2 * endpoints.len();
+    let recorded = rest
+        .audit_events_until("action=rest.authenticate&limit=1000", &auditor, |n| {
+            n >= expected
+        })
+        .await;
+    assert!(
+        recorded >= expected,
+        "{recorded} denials on record, expected {expected}"
+    );
 }
 
 /// `meshca admin` against a dev server: tables, `--json`, rotation steps, errors.

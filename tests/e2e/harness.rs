@@ -600,4 +600,24 @@ impl Rest {
         self.call(reqwest::Method::POST, path, Some(token), Some(body))
             .await
     }
+
+    /// How many events `GET /v1/audit?{query}` lists once `enough` says so, or after 10 s:
+    /// denials are recorded without holding up the answer, so they may land a moment late.
+    pub async fn audit_events_until(
+        &self,
+        query: &str,
+        token: &str,
+        enough: impl Fn(usize) -> bool,
+    ) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = self.get(&format!("/v1/audit?{query}"), token).await;
+            assert_eq!(status, 200, "{body}");
+            let listed = body["events"].as_array().unwrap().len();
+            if enough(listed) || Instant::now() > deadline {
+                return listed;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
