@@ -2,8 +2,9 @@
 # The comparison behind docs/performance.md, in one go on this machine:
 #   1. the raw crypto bound from `openssl speed` (one CSR verify + one sign per certificate);
 #   2. meshca (release build, SQLite, synchronous=FULL) with a plugged-in P-256 CA at several
-#      concurrencies, the JWKS and renewal (mTLS) profiles, an RSA-2048 CA with RSA-2048 CSRs,
-#      and an open-loop run at a fixed rate for the latency target;
+#      concurrencies (service-account tokens signed RS256, as most API servers sign them), the
+#      JWKS, ES256-token and renewal (mTLS) profiles, an RSA-2048 CA with RSA-2048 CSRs, and an
+#      open-loop run at a fixed rate for the latency target;
 #   3. cfssl `serve` (Debian's golang-cfssl) with the same P-256 CA and the same kind of CSRs,
 #      at the same concurrencies;
 # and prints one table with the ratios. Load generator and server share the machine's cores.
@@ -123,6 +124,18 @@ run "meshca P-256 renewal (mTLS) c=64" "$server_pid" "${common[@]}" \
   --keys-per-identity 64 --concurrency 64 --connections 8
 run "meshca P-256 open loop ${RATE}/s" "$server_pid" "${common[@]}" \
   --token-file "$data/dev/token" --keys-per-identity 64 --rate "$RATE" --concurrency 256 --connections 8
+stop "$server_pid"
+
+echo "meshca, P-256 CA, ES256 service-account tokens…" >&2
+data=$work/meshca-es256
+mkdir -p "$data/dev"
+# The dev issuer keeps a key it finds: a P-256 one makes its tokens ES256.
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$data/dev/issuer-key.pem"
+chmod 600 "$data/dev/issuer-key.pem"
+start_meshca "$work/cacerts-p256" "$data"
+common=(--addr 127.0.0.1:15012 --ca-cert "$data/root-cert.pem")
+run "meshca P-256 ES256 tokens c=64" "$server_pid" "${common[@]}" \
+  --token-file "$data/dev/token" --keys-per-identity 64 --concurrency 64 --connections 8
 stop "$server_pid"
 
 if [[ -n ${PERF_POSTGRES_URL:-} ]]; then

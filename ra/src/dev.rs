@@ -11,6 +11,7 @@ use meshca_ca::keys::{KeyType, SigningKey};
 use serde_json::json;
 
 use crate::config::{ClusterConfig, JwtMode, RestRole, RestToken};
+use crate::jwk::public_key_jwk;
 
 /// What Kubernetes puts in `iss` of in-cluster service-account tokens.
 pub const DEV_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -51,7 +52,9 @@ impl DevFiles {
 }
 
 /// Writes (or reuses) the issuer key, writes its JWKS, and mints a fresh token for
-/// `default/default`, audience `istio-ca`, valid 24 h.
+/// `default/default`, audience `istio-ca`, valid 24 h. A new key is RSA-2048 (RS256), as
+/// kube-apiserver's service-account signing key usually is, so dev and benchmark runs pay
+/// what a cluster's tokens cost; an existing key keeps its algorithm (P-256 → ES256).
 pub fn write_dev_credentials(files: &DevFiles) -> std::io::Result<()> {
     if let Some(dir) = files.issuer_key.parent() {
         std::fs::create_dir_all(dir)?;
@@ -59,25 +62,29 @@ pub fn write_dev_credentials(files: &DevFiles) -> std::io::Result<()> {
     let key = match std::fs::read(&files.issuer_key) {
         Ok(pem) => SigningKey::from_pem(&pem).map_err(std::io::Error::other)?,
         Err(_) => {
-            let key = SigningKey::generate(KeyType::EcP256).map_err(std::io::Error::other)?;
+            let key = SigningKey::generate(KeyType::Rsa2048).map_err(std::io::Error::other)?;
             write_private(&files.issuer_key, key.pkcs8_pem().as_bytes())?;
             key
         }
     };
-    let point = key.public_key_bits();
+    let (algorithm, alg, encoding) = if key.is_rsa() {
+        let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(key.pkcs8_pem().as_bytes())
+            .map_err(std::io::Error::other)?;
+        (jsonwebtoken::Algorithm::RS256, "RS256", encoding)
+    } else {
+        let encoding = jsonwebtoken::EncodingKey::from_ec_der(key.pkcs8_der());
+        (jsonwebtoken::Algorithm::ES256, "ES256", encoding)
+    };
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let kid = b64(&aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, point).as_ref()[..12]);
-    let jwks = json!({
-        "keys": [{
-            "kty": "EC",
-            "crv": "P-256",
-            "x": b64(&point[1..33]),
-            "y": b64(&point[33..65]),
-            "kid": kid,
-            "alg": "ES256",
-            "use": "sig",
-        }]
-    });
+    let kid = b64(
+        &aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.public_key_bits()).as_ref()
+            [..12],
+    );
+    let mut jwk = public_key_jwk(&key.subject_public_key_info());
+    jwk["kid"] = json!(kid);
+    jwk["alg"] = json!(alg);
+    jwk["use"] = json!("sig");
+    let jwks = json!({ "keys": [jwk] });
     std::fs::write(&files.jwks, serde_json::to_vec_pretty(&jwks)?)?;
 
     let now = SystemTime::now()
@@ -96,9 +103,8 @@ pub fn write_dev_credentials(files: &DevFiles) -> std::io::Result<()> {
             "serviceaccount": {"name": "default", "uid": "00000000-0000-0000-0000-000000000000"},
         },
     });
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    let mut header = jsonwebtoken::Header::new(algorithm);
     header.kid = Some(kid);
-    let encoding = jsonwebtoken::EncodingKey::from_ec_der(key.pkcs8_der());
     let token = jsonwebtoken::encode(&header, &claims, &encoding).map_err(std::io::Error::other)?;
     write_private(&files.token, format!("{token}\n").as_bytes())
 }
@@ -145,4 +151,62 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::jwks::JwksAuthenticator;
+
+    fn jwks_alg(files: &DevFiles) -> (String, String) {
+        let jwks: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&files.jwks).unwrap()).unwrap();
+        let key = &jwks["keys"][0];
+        (key["alg"].to_string(), key["kid"].to_string())
+    }
+
+    async fn accepted(files: &DevFiles) -> String {
+        let token = std::fs::read_to_string(&files.token).unwrap();
+        let authenticator = JwksAuthenticator::start(&files.cluster_config())
+            .await
+            .unwrap();
+        authenticator.validate(token.trim()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_new_issuer_signs_rs256_and_keeps_its_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = DevFiles::under(tmp.path());
+        write_dev_credentials(&files).unwrap();
+        let (alg, kid) = jwks_alg(&files);
+        assert_eq!(alg, "\"RS256\"");
+        assert_eq!(
+            accepted(&files).await,
+            "system:serviceaccount:default:default"
+        );
+
+        // A restart mints a new token with the same key: tokens already handed out still verify.
+        let first_token = std::fs::read_to_string(&files.token).unwrap();
+        write_dev_credentials(&files).unwrap();
+        assert_eq!(jwks_alg(&files), (alg, kid));
+        let authenticator = JwksAuthenticator::start(&files.cluster_config())
+            .await
+            .unwrap();
+        authenticator.validate(first_token.trim()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_existing_p256_issuer_key_keeps_signing_es256() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = DevFiles::under(tmp.path());
+        std::fs::create_dir_all(files.issuer_key.parent().unwrap()).unwrap();
+        let key = SigningKey::generate(KeyType::EcP256).unwrap();
+        std::fs::write(&files.issuer_key, key.pkcs8_pem()).unwrap();
+        write_dev_credentials(&files).unwrap();
+        assert_eq!(jwks_alg(&files).0, "\"ES256\"");
+        assert_eq!(
+            accepted(&files).await,
+            "system:serviceaccount:default:default"
+        );
+    }
 }

@@ -6,6 +6,7 @@ pub mod admin_client;
 pub mod auth;
 pub mod config;
 pub mod dev;
+pub mod jwk;
 pub mod metrics;
 pub mod rest;
 pub mod server;

@@ -741,7 +741,9 @@ async fn dev_mode_issues_with_its_own_token() {
     let jwks: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("dev/jwks.json")).unwrap())
             .unwrap();
-    assert_eq!(jwks["keys"][0]["alg"], "ES256");
+    // As kube-apiserver signs: RS256.
+    assert_eq!(jwks["keys"][0]["alg"], "RS256");
+    assert_eq!(jwks["keys"][0]["kty"], "RSA");
     assert!(jwks["keys"][0]["kid"].is_string());
 
     let mut client = ca_client(grpc, &root, None).await;

@@ -9,10 +9,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
-use der::asn1::{ObjectIdentifier, UintRef};
-use der::Decode;
 use meshca_ca::cacerts::{CacertsMaterial, NamedPem};
-use meshca_ca::keys::{self, KeyType};
+use meshca_ca::keys::KeyType;
 use meshca_ca::store::TransitionError;
 use meshca_ca::x509::ParsedCert;
 use meshca_ca::{AuthorityEntry, PrepareRequest, RotationError};
@@ -22,6 +20,7 @@ use utoipa::ToSchema;
 
 use super::auth::{Admin, Auditor};
 use super::{ApiError, ErrorBody, RestState};
+use crate::jwk::public_key_jwk;
 use crate::trust_bundle::bundle_of;
 
 /// `POST /v1/authorities`: either `generate`, or an uploaded plug-in set (PEM), validated
@@ -387,45 +386,10 @@ pub async fn trust_bundle(State(state): State<RestState>, headers: HeaderMap) ->
         .into_response()
 }
 
-#[derive(der::Sequence)]
-struct RsaPublicKey<'a> {
-    modulus: UintRef<'a>,
-    public_exponent: UintRef<'a>,
-}
-
 /// A root as a JWK in a SPIFFE bundle: the key parameters plus `x5c` with the certificate.
 fn x509_svid_jwk(root: &ParsedCert) -> Value {
-    let b64url = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let x5c = base64::engine::general_purpose::STANDARD.encode(root.der());
-    let spki = root.spki();
-    let bits = root.public_key_bits();
-    let mut jwk = if spki.algorithm.oid == keys::OID_EC_PUBLIC_KEY {
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
-        let crv = match curve {
-            Some(oid) if oid == keys::OID_P384 => "P-384",
-            _ => "P-256",
-        };
-        // Uncompressed point: 0x04 || X || Y.
-        let coords = bits.get(1..).unwrap_or_default();
-        let (x, y) = coords.split_at(coords.len() / 2);
-        json!({ "kty": "EC", "crv": crv, "x": b64url(x), "y": b64url(y) })
-    } else if spki.algorithm.oid == keys::OID_RSA_ENCRYPTION {
-        match RsaPublicKey::from_der(bits) {
-            Ok(key) => json!({
-                "kty": "RSA",
-                "n": b64url(key.modulus.as_bytes()),
-                "e": b64url(key.public_exponent.as_bytes()),
-            }),
-            Err(_) => json!({ "kty": "RSA" }),
-        }
-    } else {
-        json!({ "kty": "OKP", "crv": "Ed25519", "x": b64url(bits) })
-    };
+    let mut jwk = public_key_jwk(root.spki());
     jwk["use"] = json!("x509-svid");
-    jwk["x5c"] = json!([x5c]);
+    jwk["x5c"] = json!([base64::engine::general_purpose::STANDARD.encode(root.der())]);
     jwk
 }
