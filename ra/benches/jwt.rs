@@ -18,9 +18,8 @@ fn jwt_validation(c: &mut Criterion) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let files = DevFiles::under(tmp.path());
         // The dev issuer keeps a key it finds, so this picks the token's algorithm.
-        std::fs::create_dir_all(files.issuer_key.parent().expect("dev dir")).expect("dev dir");
         let key = SigningKey::generate(issuer_key).expect("issuer key");
-        std::fs::write(&files.issuer_key, key.pkcs8_pem()).expect("issuer key");
+        dev::write_issuer_key(&files, &key).expect("issuer key");
         dev::write_dev_credentials(&files).expect("dev issuer");
         let token = std::fs::read_to_string(&files.token).expect("token");
         let token = token.trim();

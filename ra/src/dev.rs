@@ -56,24 +56,22 @@ impl DevFiles {
 /// kube-apiserver's service-account signing key usually is, so dev and benchmark runs pay
 /// what a cluster's tokens cost; an existing key keeps its algorithm (P-256 → ES256).
 pub fn write_dev_credentials(files: &DevFiles) -> std::io::Result<()> {
-    if let Some(dir) = files.issuer_key.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    // A key that is there means its directory is; a missing one is written with its directory.
     let key = match std::fs::read(&files.issuer_key) {
         Ok(pem) => SigningKey::from_pem(&pem).map_err(std::io::Error::other)?,
         Err(_) => {
             let key = SigningKey::generate(KeyType::Rsa2048).map_err(std::io::Error::other)?;
-            write_private(&files.issuer_key, key.pkcs8_pem().as_bytes())?;
+            write_issuer_key(files, &key)?;
             key
         }
     };
-    let (algorithm, alg, encoding) = if key.is_rsa() {
+    let (algorithm, encoding) = if key.is_rsa() {
         let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(key.pkcs8_pem().as_bytes())
             .map_err(std::io::Error::other)?;
-        (jsonwebtoken::Algorithm::RS256, "RS256", encoding)
+        (jsonwebtoken::Algorithm::RS256, encoding)
     } else {
         let encoding = jsonwebtoken::EncodingKey::from_ec_der(key.pkcs8_der());
-        (jsonwebtoken::Algorithm::ES256, "ES256", encoding)
+        (jsonwebtoken::Algorithm::ES256, encoding)
     };
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
     let kid = b64(
@@ -82,7 +80,7 @@ pub fn write_dev_credentials(files: &DevFiles) -> std::io::Result<()> {
     );
     let mut jwk = public_key_jwk(&key.subject_public_key_info());
     jwk["kid"] = json!(kid);
-    jwk["alg"] = json!(alg);
+    jwk["alg"] = json!(algorithm);
     jwk["use"] = json!("sig");
     let jwks = json!({ "keys": [jwk] });
     std::fs::write(&files.jwks, serde_json::to_vec_pretty(&jwks)?)?;
@@ -107,6 +105,15 @@ pub fn write_dev_credentials(files: &DevFiles) -> std::io::Result<()> {
     header.kid = Some(kid);
     let token = jsonwebtoken::encode(&header, &claims, &encoding).map_err(std::io::Error::other)?;
     write_private(&files.token, format!("{token}\n").as_bytes())
+}
+
+/// Installs `key` as the dev issuer's (mode 0600); [`write_dev_credentials`] then keeps it and
+/// signs with its algorithm.
+pub fn write_issuer_key(files: &DevFiles, key: &SigningKey) -> std::io::Result<()> {
+    if let Some(dir) = files.issuer_key.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    write_private(&files.issuer_key, key.pkcs8_pem().as_bytes())
 }
 
 /// Writes (or reuses) the REST API's dev tokens and returns their configuration: only the
@@ -165,12 +172,15 @@ mod tests {
         (key["alg"].to_string(), key["kid"].to_string())
     }
 
-    async fn accepted(files: &DevFiles) -> String {
-        let token = std::fs::read_to_string(&files.token).unwrap();
+    async fn accepted(files: &DevFiles, token: &str) -> String {
         let authenticator = JwksAuthenticator::start(&files.cluster_config())
             .await
             .unwrap();
         authenticator.validate(token.trim()).await.unwrap()
+    }
+
+    fn token(files: &DevFiles) -> String {
+        std::fs::read_to_string(&files.token).unwrap()
     }
 
     #[tokio::test]
@@ -180,32 +190,27 @@ mod tests {
         write_dev_credentials(&files).unwrap();
         let (alg, kid) = jwks_alg(&files);
         assert_eq!(alg, "\"RS256\"");
+        let first_token = token(&files);
         assert_eq!(
-            accepted(&files).await,
+            accepted(&files, &first_token).await,
             "system:serviceaccount:default:default"
         );
 
         // A restart mints a new token with the same key: tokens already handed out still verify.
-        let first_token = std::fs::read_to_string(&files.token).unwrap();
         write_dev_credentials(&files).unwrap();
         assert_eq!(jwks_alg(&files), (alg, kid));
-        let authenticator = JwksAuthenticator::start(&files.cluster_config())
-            .await
-            .unwrap();
-        authenticator.validate(first_token.trim()).await.unwrap();
+        accepted(&files, &first_token).await;
     }
 
     #[tokio::test]
     async fn an_existing_p256_issuer_key_keeps_signing_es256() {
         let tmp = tempfile::tempdir().unwrap();
         let files = DevFiles::under(tmp.path());
-        std::fs::create_dir_all(files.issuer_key.parent().unwrap()).unwrap();
-        let key = SigningKey::generate(KeyType::EcP256).unwrap();
-        std::fs::write(&files.issuer_key, key.pkcs8_pem()).unwrap();
+        write_issuer_key(&files, &SigningKey::generate(KeyType::EcP256).unwrap()).unwrap();
         write_dev_credentials(&files).unwrap();
         assert_eq!(jwks_alg(&files).0, "\"ES256\"");
         assert_eq!(
-            accepted(&files).await,
+            accepted(&files, &token(&files)).await,
             "system:serviceaccount:default:default"
         );
     }
