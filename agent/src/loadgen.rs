@@ -46,7 +46,9 @@ pub struct BenchArgs {
     /// RS256); the server must trust its JWKS.
     #[arg(long, requires = "jwt_issuer")]
     pub jwt_key: Option<PathBuf>,
-    #[arg(long)]
+    /// The `kid` header of the minted tokens. A base64url kid may begin with `-`, so the value
+    /// is taken as is rather than read as another flag.
+    #[arg(long, allow_hyphen_values = true)]
     pub jwt_kid: Option<String>,
     #[arg(long)]
     pub jwt_issuer: Option<String>,
@@ -779,6 +781,31 @@ impl BenchReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kid_beginning_with_a_hyphen_is_a_value_not_a_flag() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "bench",
+            "--ca-cert",
+            "root.pem",
+            "--jwt-key",
+            "key.pem",
+            "--jwt-issuer",
+            "https://issuer",
+            "--jwt-kid",
+            "-8Qx_Yz",
+            "--requests",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(cli.bench.jwt_kid.as_deref(), Some("-8Qx_Yz"));
+        assert_eq!(cli.bench.requests, Some(10));
+    }
 
     #[test]
     fn open_loop_calls_are_spaced_by_the_rate() {

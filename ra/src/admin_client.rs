@@ -18,8 +18,14 @@ pub struct AdminArgs {
         default_value = "https://127.0.0.1:8443"
     )]
     pub url: String,
-    /// Bearer token (admin or auditor). Without one, a client certificate is needed.
-    #[arg(long, env = "MESHCA_ADMIN_TOKEN", hide_env_values = true)]
+    /// Bearer token (admin or auditor). Without one, a client certificate is needed. Tokens are
+    /// base64url and may begin with `-`: the value is taken as is, not read as a flag.
+    #[arg(
+        long,
+        env = "MESHCA_ADMIN_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub token: Option<String>,
     /// PEM roots that verify the server (meshca's trust bundle).
     #[arg(long, env = "MESHCA_ADMIN_CA")]
@@ -116,7 +122,8 @@ pub enum CertCommand {
         filters: CertFilters,
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        #[arg(long)]
+        /// The previous page's `next_cursor` (opaque; taken as is).
+        #[arg(long, allow_hyphen_values = true)]
         cursor: Option<String>,
     },
     Show {
@@ -155,7 +162,8 @@ pub enum AuditCommand {
         until: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
-        #[arg(long)]
+        /// The previous page's `next_cursor` (opaque; taken as is).
+        #[arg(long, allow_hyphen_values = true)]
         cursor: Option<String>,
     },
     /// Walk the hash chain; exits non-zero naming the first broken link.
@@ -601,6 +609,26 @@ fn print(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_and_cursors_beginning_with_a_hyphen_are_values() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            admin: AdminArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "admin", "--token", "-Xy_9", "certs", "list", "--cursor", "-Ab",
+        ])
+        .unwrap();
+        assert_eq!(cli.admin.token.as_deref(), Some("-Xy_9"));
+        match cli.admin.command {
+            AdminCommand::Certs(CertCommand::List { cursor, .. }) => {
+                assert_eq!(cursor.as_deref(), Some("-Ab"))
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
 
     #[test]
     fn tables_align_and_show_missing_values() {
