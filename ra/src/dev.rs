@@ -65,14 +65,15 @@ pub fn write_dev_credentials(files: &DevFiles) -> std::io::Result<()> {
             key
         }
     };
+    let pem = key.pkcs8_pem();
     let (algorithm, encoding) = if key.is_rsa() {
-        let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(key.pkcs8_pem().as_bytes())
-            .map_err(std::io::Error::other)?;
+        let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes());
         (jsonwebtoken::Algorithm::RS256, encoding)
     } else {
-        let encoding = jsonwebtoken::EncodingKey::from_ec_der(key.pkcs8_der());
+        let encoding = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes());
         (jsonwebtoken::Algorithm::ES256, encoding)
     };
+    let encoding = encoding.map_err(std::io::Error::other)?;
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
     let kid = b64(
         &aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.public_key_bits()).as_ref()
