@@ -197,7 +197,7 @@ pub async fn keep_fresh(
                 );
                 tracing::info!(
                     spiffe_id = %identity.spiffe_id,
-                    not_after = ?credential.not_after,
+                    not_after = %humantime::format_rfc3339_seconds(credential.not_after),
                     "certificate renewed"
                 );
                 tx.send_replace(Some(Arc::new(credential)));

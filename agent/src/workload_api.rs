@@ -21,6 +21,7 @@ use tokio_stream::wrappers::{UnixListenerStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::authority::AuthorityRewrite;
 use crate::credential::Credential;
 use crate::metrics::{AgentMetrics, StreamKind};
 
@@ -200,9 +201,12 @@ pub async fn serve_unix(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = bind_unix(socket)?;
+    // Every gRPC stack's `:authority` must get through, not only Go's and Rust's.
+    let connections =
+        UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityRewrite::server));
     let result = tonic::transport::Server::builder()
         .add_routes(routes)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(connections, shutdown)
         .await
         .map_err(std::io::Error::other);
     let _ = std::fs::remove_file(socket);
@@ -232,6 +236,26 @@ pub async fn unix_channel(
             let socket = socket.clone();
             async move {
                 let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+}
+
+/// A gRPC channel to a Unix socket that sends the `:authority` another gRPC stack would, so a
+/// Rust test cannot pass where that stack's clients fail.
+#[cfg(any(test, feature = "testing"))]
+pub async fn unix_channel_as(
+    socket: std::path::PathBuf,
+    stack: crate::authority::StackAuthority,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let authority = stack.for_socket(&socket);
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let (socket, authority) = (socket.clone(), authority.clone());
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                let stream = AuthorityRewrite::client(stream, authority.as_deref());
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
             }
         }))

@@ -13,10 +13,11 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use meshca_agent::authority::StackAuthority;
 use meshca_agent::credential::Credential;
 use meshca_agent::metrics::AgentMetrics;
 use meshca_agent::sds::{self, SdsService, SECRET_TYPE_URL};
-use meshca_agent::workload_api::unix_channel;
+use meshca_agent::workload_api::{unix_channel, unix_channel_as};
 use meshca_ca::{Authority, TrustDomain};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
@@ -85,10 +86,12 @@ impl Server {
     }
 
     async fn stream(&self) -> EnvoyStream {
+        self.stream_on(self.client().await).await
+    }
+
+    async fn stream_on(&self, mut client: SecretDiscoveryServiceClient<Channel>) -> EnvoyStream {
         let (tx, rx) = mpsc::channel(8);
-        let responses = self
-            .client()
-            .await
+        let responses = client
             .stream_secrets(ReceiverStream::new(rx))
             .await
             .unwrap()
@@ -213,6 +216,29 @@ fn trusted_ca(secret: &Secret) -> String {
 
 fn find<'a>(secrets: &'a [Secret], name: &str) -> &'a Secret {
     secrets.iter().find(|s| s.name == name).unwrap()
+}
+
+/// Envoy with `google_grpc` (grpc-core) sends the percent-encoded socket path as `:authority`,
+/// a grpc-java client the raw path: h2 alone resets such streams, the agent must serve them.
+#[tokio::test]
+async fn every_grpc_stacks_authority_is_served() {
+    let authority = authority();
+    let first = credential(&authority);
+    let server = Server::start(Some(first.clone())).await;
+    for stack in StackAuthority::ALL {
+        let channel = unix_channel_as(server.socket.clone(), stack).await.unwrap();
+        let mut envoy = server
+            .stream_on(SecretDiscoveryServiceClient::new(channel))
+            .await;
+        envoy.subscribe(&["default", "ROOTCA"]).await;
+        let served = secrets(&envoy.next().await);
+        assert_eq!(
+            tls_certificate(find(&served, "default")).0,
+            first.chain_pem.concat(),
+            "{stack:?}"
+        );
+    }
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use meshca_agent::authority::StackAuthority;
 use meshca_agent::workload_api::{self, WorkloadApi};
 use meshca_ca::x509::ParsedCert;
 use meshca_ca::{Authority, TrustDomain};
@@ -58,6 +59,23 @@ async fn serves_svids_and_bundles_and_pushes_rotations() {
     // Without the security header: INVALID_ARGUMENT.
     let err = client.fetch_x509svid(X509svidRequest {}).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // Every gRPC stack's `:authority` on a Unix socket is served, and the header still checked.
+    for stack in StackAuthority::ALL {
+        let channel = workload_api::unix_channel_as(socket.clone(), stack)
+            .await
+            .unwrap();
+        let mut other = SpiffeWorkloadApiClient::new(channel);
+        let err = other.fetch_x509svid(X509svidRequest {}).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{stack:?}");
+        let mut answer = other
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let message = answer.message().await.unwrap().unwrap();
+        assert_eq!(message.svids[0].spiffe_id, ID, "{stack:?}");
+    }
 
     let mut svids = client
         .fetch_x509svid(with_header(X509svidRequest {}))

@@ -126,11 +126,15 @@ async fn envoy_and_spiffe_clients_through_rotation_and_outage() {
     );
     let root = std::fs::read_to_string(data.join("root-cert.pem")).unwrap();
 
-    // Envoy subscribes to the workload certificate and the bundle on one stream.
+    // Envoy subscribes to the workload certificate and the bundle on one stream. Its
+    // `google_grpc` client (grpc-core) sends the socket path, percent-encoded, as `:authority`.
     let sds_socket = data.join("agent/sds.sock");
-    let channel = meshca_agent::workload_api::unix_channel(sds_socket)
-        .await
-        .unwrap();
+    let channel = meshca_agent::workload_api::unix_channel_as(
+        sds_socket,
+        meshca_agent::authority::StackAuthority::PercentEncodedPath,
+    )
+    .await
+    .unwrap();
     let mut sds = SecretDiscoveryServiceClient::new(channel);
     let (envoy, requests) = mpsc::channel(8);
     let mut responses = sds
