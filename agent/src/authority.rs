@@ -149,7 +149,8 @@ impl StackAuthority {
         let path = socket.to_string_lossy();
         match self {
             Self::Localhost => Some("localhost".into()),
-            Self::PercentEncodedPath => Some(path.replace('/', "%2F")),
+            // grpc-core 1.85 drops the leading `/`: `tmp%2Fagent%2Fsds.sock`.
+            Self::PercentEncodedPath => Some(path.trim_start_matches('/').replace('/', "%2F")),
             Self::RawPath => Some(path.into_owned()),
             Self::Absent => None,
         }

@@ -108,21 +108,13 @@ async fn dev_agent_serves_the_workload_api_and_writes_files() {
 
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("meshca-dev");
-    let data_arg = data.to_str().unwrap();
     let server = dev_server(tmp.path(), &[]);
     let grpc = server.grpc;
-    let agent_health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let out = tmp.path().join("certs");
-    let agent = MeshcaProcess::start(
-        &["agent", "--dev", "--data-dir", data_arg],
-        &[
-            ("MESHCA_AGENT_CA_ADDR", grpc.to_string()),
-            ("MESHCA_AGENT_METRICS_LISTEN", agent_health.to_string()),
-            ("MESHCA_AGENT_OUTPUT_DIR", out.display().to_string()),
-        ],
+    let agent = dev_agent(
         tmp.path(),
-        agent_health,
-        agent_health,
+        grpc,
+        &[("MESHCA_AGENT_OUTPUT_DIR", out.display().to_string())],
     );
 
     let mut client =

@@ -96,6 +96,25 @@ pub fn dev_server(dir: &Path, extra_env: &[(&str, String)]) -> MeshcaProcess {
     )
 }
 
+/// `meshca agent --dev` beside a dev server whose state is in `<dir>/meshca-dev` and whose RA
+/// listens on `grpc`, its health port free, plus `extra_env`. Sockets: `meshca-dev/agent/`.
+pub fn dev_agent(dir: &Path, grpc: SocketAddr, extra_env: &[(&str, String)]) -> MeshcaProcess {
+    let data = dir.join("meshca-dev");
+    let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut env = vec![
+        ("MESHCA_AGENT_CA_ADDR", grpc.to_string()),
+        ("MESHCA_AGENT_METRICS_LISTEN", health.to_string()),
+    ];
+    env.extend(extra_env.iter().cloned());
+    MeshcaProcess::start(
+        &["agent", "--dev", "--data-dir", data.to_str().unwrap()],
+        &env,
+        dir,
+        health,
+        health,
+    )
+}
+
 /// Kills `pid` once this test binary has exited: a process held by a `static` (a server shared
 /// by a file's tests) is never dropped, and must not outlive the run. Stops watching when `pid`
 /// exits first, so a recycled pid is never signalled.
@@ -620,4 +639,32 @@ impl Rest {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The Python of the virtualenv holding the third-party clients (`tests/python/requirements.txt`:
+/// grpcio, xds-protos, py-spiffe, schemathesis), from `MESHCA_TEST_PYTHON`, which `.ci/run` sets
+/// after `scripts/test-venv.sh` builds the venv. Missing in CI (`CI` set) is a failure, since a
+/// skipped interop test is how the socket bug went unnoticed; locally the test is skipped with
+/// the reason printed.
+pub fn third_party_python(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("MESHCA_TEST_PYTHON") {
+        Some(python) => Some(PathBuf::from(python)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{test}: MESHCA_TEST_PYTHON is not set (scripts/test-venv.sh makes the venv)")
+        }
+        None => {
+            eprintln!(
+                "{test}: skipped: MESHCA_TEST_PYTHON is not set; \
+                 export MESHCA_TEST_PYTHON=$(scripts/test-venv.sh | tail -1)"
+            );
+            None
+        }
+    }
+}
+
+/// A script of `tests/python/`, by file name.
+pub fn python_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
 }

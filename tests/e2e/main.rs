@@ -5,6 +5,7 @@ mod admin;
 mod agent;
 mod bench;
 mod harness;
+mod interop;
 mod inventory;
 mod peers;
 mod ra;

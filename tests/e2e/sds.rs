@@ -112,18 +112,7 @@ async fn envoy_and_spiffe_clients_through_rotation_and_outage() {
         ("MESHCA_METRICS_LISTEN", metrics.to_string()),
     ];
     let mut server = MeshcaProcess::start(&server_args, &server_env, tmp.path(), grpc, metrics);
-    let agent_health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let agent = MeshcaProcess::start(
-        &["agent", "--dev", "--data-dir", data_arg],
-        &[
-            ("MESHCA_AGENT_CA_ADDR", grpc.to_string()),
-            ("MESHCA_AGENT_METRICS_LISTEN", agent_health.to_string()),
-            ("MESHCA_AGENT_CERT_TTL", "20s".into()),
-        ],
-        tmp.path(),
-        agent_health,
-        agent_health,
-    );
+    let agent = dev_agent(tmp.path(), grpc, &[("MESHCA_AGENT_CERT_TTL", "20s".into())]);
     let root = std::fs::read_to_string(data.join("root-cert.pem")).unwrap();
 
     // Envoy subscribes to the workload certificate and the bundle on one stream. Its
