@@ -6,7 +6,7 @@
 //! malformed and resets the stream (hyperium/h2#442, hyperium/hyper#3750), so only Go and Rust
 //! clients could use our sockets. A Unix socket has no host, so its server side turns whatever
 //! authority arrives into `localhost`. Incoming HEADERS/CONTINUATION blocks are HPACK-decoded
-//! with the client's dynamic table (loona-hpack) and re-encoded as never-indexed literals, so
+//! with the client's dynamic table ([`hpack`]) and re-encoded as never-indexed literals, so
 //! h2's table stays empty and the two tables cannot drift apart; all other bytes pass through
 //! untouched. TCP/TLS listeners do not use this and keep h2's strict checking. Drop this module
 //! once h2 accepts such authorities.
@@ -16,6 +16,8 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+mod hpack;
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEAD_LEN: usize = 9;
@@ -34,15 +36,13 @@ const MAX_HEADER_BLOCK: usize = 64 * 1024;
 /// SETTINGS_HEADER_TABLE_SIZE the receiving end advertises (the default), so the most the
 /// sender's encoder may put in its dynamic table.
 const HEADER_TABLE_SIZE: usize = 4096;
-/// HPACK "literal header field never indexed, new name" (RFC 7541 §6.2.3).
-const LITERAL_NEVER_INDEXED: u8 = 0x10;
 
 /// Why a connection was closed instead of passed on.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RewriteError {
     #[error("HPACK header block does not decode: {0}")]
-    Hpack(loona_hpack::decoder::DecoderError),
+    Hpack(#[from] hpack::HpackError),
     #[error("header frame of {0} bytes exceeds the {MAX_FRAME_SIZE}-byte frame size")]
     FrameTooLarge(usize),
     #[error("header block exceeds {MAX_HEADER_BLOCK} bytes")]
@@ -87,7 +87,7 @@ struct FrameRewriter {
     frame: Vec<u8>,
     /// The header block being assembled, between HEADERS and the frame with END_HEADERS.
     block: Option<HeaderBlock>,
-    decoder: loona_hpack::Decoder<'static>,
+    decoder: hpack::Decoder,
 }
 
 #[derive(Debug)]
@@ -326,8 +326,6 @@ impl std::fmt::Debug for FrameRewriter {
 
 impl FrameRewriter {
     fn new(authority: Option<Vec<u8>>) -> Self {
-        let mut decoder = loona_hpack::Decoder::new();
-        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
         Self {
             authority,
             state: State::Preface { matched: 0 },
@@ -335,7 +333,7 @@ impl FrameRewriter {
             head_len: 0,
             frame: Vec::new(),
             block: None,
-            decoder,
+            decoder: hpack::Decoder::new(HEADER_TABLE_SIZE),
         }
     }
 
@@ -492,15 +490,13 @@ impl FrameRewriter {
     fn emit(&mut self, block: HeaderBlock, out: &mut Vec<u8>) -> Result<(), RewriteError> {
         let mut fields = Vec::with_capacity(block.fragment.len() + 64);
         let authority = self.authority.as_deref();
-        self.decoder
-            .decode_with_cb(&block.fragment, |name, value| {
-                if &*name != b":authority" {
-                    put_literal(&mut fields, &name, &value);
-                } else if let Some(authority) = authority {
-                    put_literal(&mut fields, &name, authority);
-                }
-            })
-            .map_err(RewriteError::Hpack)?;
+        self.decoder.decode(&block.fragment, |name, value| {
+            if name != b":authority" {
+                hpack::put_literal(&mut fields, name, value);
+            } else if let Some(authority) = authority {
+                hpack::put_literal(&mut fields, name, authority);
+            }
+        })?;
 
         let priority = block.priority.as_ref().map_or(&[][..], |p| &p[..]);
         let first_len = fields.len().min(MAX_FRAME_SIZE - priority.len());
@@ -539,21 +535,9 @@ fn put_frame_head(out: &mut Vec<u8>, len: usize, kind: u8, flags: u8, stream: u3
     out.extend_from_slice(&stream.to_be_bytes());
 }
 
-fn put_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.push(LITERAL_NEVER_INDEXED);
-    put_string(out, name);
-    put_string(out, value);
-}
-
-/// An HPACK string literal without Huffman coding: a 7-bit-prefix length, then the bytes.
-fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    loona_hpack::encoder::encode_integer_into(bytes.len(), 7, 0, out)
-        .expect("writing to a Vec cannot fail");
-    out.extend_from_slice(bytes);
-}
-
 #[cfg(test)]
 mod tests {
+    use super::hpack::tests::IndexingEncoder;
     use super::*;
 
     /// Frames as (type, flags, stream, payload).
@@ -577,7 +561,7 @@ mod tests {
         out
     }
 
-    fn request(authority: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn request(authority: &str) -> Vec<(String, String)> {
         [
             (":method", "POST"),
             (":scheme", "http"),
@@ -590,14 +574,19 @@ mod tests {
             ("te", "trailers"),
         ]
         .iter()
-        .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .map(|(n, v)| (n.to_string(), v.to_string()))
         .collect()
+    }
+
+    fn encode(encoder: &mut IndexingEncoder, fields: &[(String, String)]) -> Vec<u8> {
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+        encoder.encode(&fields, true)
     }
 
     /// What the receiver decodes from the rewritten header frames, with a fresh decoder per
     /// connection as h2 has.
-    fn decoded(frames: &[(u8, u8, u32, Vec<u8>)]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut decoder = loona_hpack::Decoder::new();
+    fn decoded(frames: &[(u8, u8, u32, Vec<u8>)]) -> Vec<Vec<(String, String)>> {
+        let mut decoder = hpack::Decoder::new(HEADER_TABLE_SIZE);
         let mut blocks = Vec::new();
         let mut block = Vec::new();
         for (kind, flags, _, payload) in frames {
@@ -609,7 +598,14 @@ mod tests {
                 };
                 block.extend_from_slice(&payload[skip..]);
                 if flags & END_HEADERS != 0 {
-                    blocks.push(decoder.decode(&block).unwrap());
+                    let mut fields = Vec::new();
+                    decoder
+                        .decode(&block, |n, v| {
+                            let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+                            fields.push((text(n), text(v)))
+                        })
+                        .unwrap();
+                    blocks.push(fields);
                     block.clear();
                 }
             }
@@ -629,20 +625,17 @@ mod tests {
     /// Two requests from an encoder that indexes (as grpc-core's does), so the second refers
     /// to the first's dynamic-table entries; a DATA frame between them.
     fn two_requests(authority: &str) -> Vec<u8> {
-        let mut encoder = loona_hpack::Encoder::new();
+        let mut encoder = IndexingEncoder::default();
         let mut input = PREFACE.to_vec();
         input.extend(frame(0x4, 0, 0, &[])); // SETTINGS
-        let block = |encoder: &mut loona_hpack::Encoder| {
-            let headers = request(authority);
-            encoder.encode(headers.iter().map(|(n, v)| (&n[..], &v[..])))
-        };
-        let first = block(&mut encoder);
+        let first = encode(&mut encoder, &request(authority));
         input.extend(frame(HEADERS, END_HEADERS, 1, &first));
         input.extend(frame(0x0, END_STREAM, 1, b"\0\0\0\0\x05hello"));
-        let second = block(&mut encoder);
-        assert!(
-            second.len() < first.len(),
-            "the second block indexes the first"
+        let second = encode(&mut encoder, &request(authority));
+        assert_eq!(
+            second.len(),
+            6,
+            "the second block only indexes the first's entries"
         );
         input.extend(frame(HEADERS, END_HEADERS, 3, &second));
         input
@@ -674,9 +667,8 @@ mod tests {
     #[test]
     fn an_absent_authority_stays_absent() {
         let mut headers = request("x");
-        headers.retain(|(n, _)| n != b":authority");
-        let block =
-            loona_hpack::Encoder::new().encode(headers.iter().map(|(n, v)| (&n[..], &v[..])));
+        headers.retain(|(n, _)| n != ":authority");
+        let block = encode(&mut IndexingEncoder::default(), &headers);
         let mut input = PREFACE.to_vec();
         input.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &block));
         let out = frames(&rewrite_in_pieces(&input, 5));
@@ -687,9 +679,10 @@ mod tests {
     #[test]
     fn padding_priority_and_continuations_are_read_and_large_blocks_are_split() {
         let mut headers = request("/run/x.sock");
-        headers.push((b"x-large".to_vec(), vec![b'a'; 20_000]));
-        let block =
-            loona_hpack::Encoder::new().encode(headers.iter().map(|(n, v)| (&n[..], &v[..])));
+        headers.push(("x-large".into(), "a".repeat(20_000)));
+        let mut encoder = IndexingEncoder::default();
+        let fields: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+        let block = encoder.encode(&fields, false);
         let (a, b) = block.split_at(100);
         let mut first = vec![3]; // pad length
         first.extend([0, 0, 0, 0, 15]); // priority: no dependency, weight 16
@@ -709,7 +702,7 @@ mod tests {
         );
         assert_eq!(out[0].3[..PRIORITY_LEN], [0, 0, 0, 0, 15]);
         assert!(out.iter().all(|f| f.3.len() <= MAX_FRAME_SIZE));
-        headers[3].1 = b"localhost".to_vec();
+        headers[3].1 = "localhost".into();
         assert_eq!(decoded(&out), vec![headers]);
     }
 
