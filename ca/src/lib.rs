@@ -19,6 +19,7 @@ pub mod rotation;
 pub mod service;
 mod sqlite_writer;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
 pub mod x509;

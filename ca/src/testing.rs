@@ -1,6 +1,7 @@
-//! Certificate fixtures for tests and benchmarks: CA chains with whatever flaw a test needs,
-//! and end-entity certificates in other systems' shapes (Athenz, API servers). Built with the
-//! same writer the CA uses, so no second X.509 library is involved.
+//! Test fixtures (the `testing` feature, for this workspace's tests only): CA chains with
+//! whatever flaw a test needs and end-entity certificates in other systems' shapes (Athenz, API
+//! servers), built with the same writer the CA uses so no second X.509 library is involved;
+//! store records; and a fresh PostgreSQL schema per test.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -328,4 +329,32 @@ pub async fn audit_targets(store: &crate::store::Store, limit: i64) -> Vec<Strin
         .into_iter()
         .map(|e| e.target)
         .collect()
+}
+
+/// A URL of `MESHCA_TEST_POSTGRES_URL`'s database whose connections land in a new, empty
+/// schema, so tests never see each other's rows. Without the variable a test is skipped with
+/// the reason printed, except in CI (`CI` set), where a PostgreSQL test that passes without
+/// PostgreSQL would hide exactly what it is there to catch.
+pub async fn postgres_url(test: &str) -> Option<String> {
+    let Ok(base) = std::env::var("MESHCA_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: MESHCA_TEST_POSTGRES_URL is not set (.ci/run sets it)"
+        );
+        eprintln!("{test}: PostgreSQL part skipped: MESHCA_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let mut suffix = [0u8; 6];
+    aws_lc_rs::rand::fill(&mut suffix).expect("system randomness");
+    let schema = format!("meshca_test_{}", hex::encode(suffix));
+    let pool = sqlx::PgPool::connect(&base)
+        .await
+        .expect("MESHCA_TEST_POSTGRES_URL reachable");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .expect("CREATE SCHEMA");
+    pool.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
 }

@@ -714,8 +714,7 @@ async fn a_rotation_through_one_process_reaches_another_sharing_the_store() {
 /// machine's PostgreSQL offers TLS), `disable` a plain one, and the store says which.
 #[tokio::test]
 async fn postgres_connections_use_tls_when_the_url_asks() {
-    let Some(url) = postgres_url().await else {
-        eprintln!("MESHCA_TEST_POSTGRES_URL is not set");
+    let Some(url) = meshca_ca::testing::postgres_url("postgres_connections_use_tls").await else {
         return;
     };
     let encrypted = open_store(&format!("{url}&sslmode=require")).await;

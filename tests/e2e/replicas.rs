@@ -17,24 +17,6 @@ const ADMIN: &str = "admin-token-for-the-replica-test";
 /// The bound on how long an admin action takes to reach every replica and its agents.
 const PROPAGATION: Duration = Duration::from_secs(5);
 
-/// A URL whose connections land in a new, empty schema of the test database.
-async fn fresh_postgres() -> Option<String> {
-    let base = std::env::var("MESHCA_TEST_POSTGRES_URL").ok()?;
-    let mut suffix = [0u8; 6];
-    aws_lc_rs::rand::fill(&mut suffix).unwrap();
-    let schema = format!("meshca_replicas_{}", hex(&suffix));
-    let pool = sqlx::PgPool::connect(&base)
-        .await
-        .expect("MESHCA_TEST_POSTGRES_URL reachable");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
-}
-
 /// Writes what every replica shares: the config, the JWKS and the key-encryption key.
 fn write_shared(dir: &Path, store_url: &str, issuer: &JwtKey) -> PathBuf {
     let d = dir.display();
@@ -148,8 +130,7 @@ fn roots_in(bundle: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_replicas_on_postgresql_share_one_root_one_inventory_and_one_rotation() {
-    let Some(store_url) = fresh_postgres().await else {
-        eprintln!("MESHCA_TEST_POSTGRES_URL is not set: the replica test needs PostgreSQL");
+    let Some(store_url) = meshca_ca::testing::postgres_url("three_replicas").await else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

@@ -57,32 +57,16 @@ pub fn csr_pem(key: &rcgen::KeyPair, uri_sans: &[&str]) -> String {
 }
 
 /// Every store the tests run against: SQLite always, PostgreSQL when
-/// `MESHCA_TEST_POSTGRES_URL` is set (each call gets a fresh schema).
+/// `MESHCA_TEST_POSTGRES_URL` is set (each call gets a fresh schema; required in CI).
 pub async fn stores(dir: &Path) -> Vec<(String, String)> {
     let mut urls = vec![(
         "sqlite".to_string(),
         format!("sqlite://{}", dir.join("meshca.db").display()),
     )];
-    if let Some(url) = postgres_url().await {
+    if let Some(url) = meshca_ca::testing::postgres_url("the PostgreSQL store").await {
         urls.push(("postgres".to_string(), url));
     }
     urls
-}
-
-/// A PostgreSQL URL whose connections land in a new, empty schema.
-pub async fn postgres_url() -> Option<String> {
-    let base = std::env::var("MESHCA_TEST_POSTGRES_URL").ok()?;
-    let schema = format!("meshca_test_{}", hex::encode(random_bytes::<6>()));
-    let pool = sqlx::PgPool::connect(&base)
-        .await
-        .expect("MESHCA_TEST_POSTGRES_URL reachable");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
 }
 
 pub async fn open_store(url: &str) -> Store {
