@@ -65,12 +65,7 @@ impl Server {
                 .await
             }
         });
-        for _ in 0..50 {
-            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::accepting(&socket).await;
         Self {
             socket,
             credential: tx,

@@ -53,7 +53,7 @@ async fn serves_svids_and_bundles_and_pushes_rotations() {
             .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::accepting(&socket).await;
     let mut client = connect(socket.clone()).await;
 
     // Without the security header: INVALID_ARGUMENT.

@@ -23,3 +23,18 @@ pub fn credential(authority: &Authority) -> Credential {
     answer.extend(authority.chain_tail().iter().cloned());
     request.accept(ID, &answer, now).unwrap()
 }
+
+/// Returns once `socket` accepts connections (a server task spawned just before binds it on its
+/// first poll), instead of sleeping and hoping it has.
+pub async fn accepting(socket: &std::path::Path) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::UnixStream::connect(socket).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} accepts no connection within 5 s",
+            socket.display()
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
