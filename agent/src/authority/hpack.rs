@@ -181,11 +181,7 @@ impl Decoder {
     }
 
     /// A literal field: a name (indexed, or a string when the index is 0), then a value.
-    fn literal<'b>(
-        &self,
-        block: &'b [u8],
-        prefix: u8,
-    ) -> Result<Literal<'b>, HpackError> {
+    fn literal<'b>(&self, block: &'b [u8], prefix: u8) -> Result<Literal<'b>, HpackError> {
         let (index, rest) = integer(block, prefix)?;
         let (name, rest) = match index {
             0 => string(rest)?,
