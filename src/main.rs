@@ -16,33 +16,33 @@ use serde_json::Value;
 #[derive(Debug, Parser)]
 #[command(name = "meshca", version, about = "A PKI for service meshes")]
 struct Cli {
-    #[command(flatten)]
-    common: CommonFlags,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MESHCA_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Flags every subcommand takes; each overrides the config key named in its help.
+/// The flags of the subcommands that read the config file (`server`, `ca`, `agent`, `config`);
+/// each overrides the config key named in its help. `admin` and `bench` are clients of a
+/// running server and take none of them.
 #[derive(Debug, Args)]
-struct CommonFlags {
+struct ConfigFlags {
     /// TOML config file.
-    #[arg(long, global = true, env = "MESHCA_CONFIG")]
+    #[arg(long, env = "MESHCA_CONFIG")]
     config: Option<PathBuf>,
     /// Overrides `trust_domain`.
-    #[arg(long, global = true)]
+    #[arg(long)]
     trust_domain: Option<String>,
     /// Overrides `data_dir`.
-    #[arg(long, global = true)]
+    #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Overrides `store.url`.
-    #[arg(long, global = true)]
+    #[arg(long)]
     store_url: Option<String>,
     /// Overrides `ca.cacerts_dir`.
-    #[arg(long, global = true)]
+    #[arg(long)]
     cacerts_dir: Option<PathBuf>,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MESHCA_LOG_FORMAT")]
-    log_format: LogFormat,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -57,12 +57,12 @@ enum Command {
     /// in front of `meshca ca` when `ca.remote_addr` is set.
     Server(ServerArgs),
     /// Run the standalone signing service keyless RAs call (mTLS, `ca.allowed_ras`).
-    Ca,
+    Ca(ConfigFlags),
     /// Run the node agent: keep a workload certificate fresh and serve it over the SPIFFE
     /// Workload API (and to `agent.output_dir`).
     Agent(AgentArgs),
     /// Print the effective configuration and validate the CA material it names.
-    Config,
+    Config(ConfigFlags),
     /// Administer a running server through its REST API: authorities and root rotation,
     /// the certificate inventory, revocation, the CRL and the audit log.
     Admin(Box<meshca_ra::admin_client::AdminArgs>),
@@ -72,6 +72,8 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct AgentArgs {
+    #[command(flatten)]
+    config: ConfigFlags,
     /// Development mode: talk to `meshca server --dev` on 127.0.0.1:15012 with its root and
     /// token from ./meshca-dev, as default/default; sockets under ./meshca-dev/agent.
     #[arg(long)]
@@ -80,6 +82,8 @@ struct AgentArgs {
 
 #[derive(Debug, Args)]
 struct ServerArgs {
+    #[command(flatten)]
+    config: ConfigFlags,
     /// Development mode: state in ./meshca-dev, listeners on 127.0.0.1, a self-signed CA (unless
     /// ca.cacerts_dir is set) and a local JWT issuer with a ready-made service-account token.
     #[arg(long)]
@@ -88,7 +92,7 @@ struct ServerArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.common.log_format);
+    init_tracing(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -99,38 +103,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let dev = match &cli.command {
-        Command::Server(args) => args.dev,
-        Command::Agent(args) => args.dev,
-        Command::Ca | Command::Config | Command::Admin(_) | Command::Bench(_) => false,
+    let (flags, dev) = match cli.command {
+        Command::Admin(args) => return admin(*args),
+        Command::Bench(args) => return bench(&args),
+        Command::Server(ref args) => (&args.config, args.dev),
+        Command::Agent(ref args) => (&args.config, args.dev),
+        Command::Ca(ref flags) | Command::Config(ref flags) => (flags, false),
     };
-    if let Command::Bench(args) = &cli.command {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        if let Some(dir) = &args.write_credential {
-            let id = runtime.block_on(meshca_agent::loadgen::write_credential(args, dir))?;
-            println!("{id}: {}", dir.display());
-            return Ok(());
-        }
-        let report = runtime.block_on(meshca_agent::loadgen::run(args))?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            print!("{}", report.render());
-        }
-        return Ok(());
-    }
-    if let Command::Admin(args) = &cli.command {
-        // A client of a running server: no configuration of its own.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let mut stdout = std::io::stdout().lock();
-        runtime.block_on(meshca_ra::admin_client::run(args, &mut stdout))?;
-        return Ok(());
-    }
-    let loaded = load_config(&cli.common, dev)?;
+    let loaded = load_config(flags, dev)?;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
@@ -155,14 +135,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(meshca_agent::run::run(settings, server::shutdown_signal()))?;
             Ok(())
         }
-        Command::Ca => {
+        Command::Ca(_) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             runtime.block_on(ca::run(config))
         }
         Command::Admin(_) | Command::Bench(_) => Ok(()),
-        Command::Config => {
+        Command::Config(_) => {
             print!("{}", config.to_redacted_toml());
             match &config.ca.cacerts_dir {
                 Some(dir) => {
@@ -184,7 +164,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn load_config(flags: &CommonFlags, dev: bool) -> Result<config::Loaded, config::ConfigError> {
+/// `meshca admin`: a client of a running server, with no configuration of its own; beside a
+/// dev server it finds the dev server's token and root by itself.
+fn admin(mut args: meshca_ra::admin_client::AdminArgs) -> anyhow::Result<()> {
+    if let Some(note) = args.apply_dev_defaults(std::path::Path::new("."))? {
+        eprintln!("meshca admin: {note}");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut stdout = std::io::stdout().lock();
+    runtime.block_on(meshca_ra::admin_client::run(&args, &mut stdout))?;
+    Ok(())
+}
+
+fn bench(args: &meshca_agent::loadgen::BenchArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if let Some(dir) = &args.write_credential {
+        let id = runtime.block_on(meshca_agent::loadgen::write_credential(args, dir))?;
+        println!("{id}: {}", dir.display());
+        return Ok(());
+    }
+    let report = runtime.block_on(meshca_agent::loadgen::run(args))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
+}
+
+fn load_config(flags: &ConfigFlags, dev: bool) -> Result<config::Loaded, config::ConfigError> {
     let mut overrides: Vec<(&str, Value)> = Vec::new();
     if let Some(td) = &flags.trust_domain {
         overrides.push(("trust_domain", Value::from(td.clone())));
@@ -233,7 +245,109 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
+
     use super::*;
+
+    /// The options that configure a server (`ConfigFlags`).
+    const SERVER_OPTIONS: [&str; 5] = [
+        "--config",
+        "--trust-domain",
+        "--data-dir",
+        "--store-url",
+        "--cacerts-dir",
+    ];
+
+    /// Every subcommand of `meshca admin`, each as its argument path, with the built command.
+    fn admin_commands() -> Vec<(Vec<String>, clap::Command)> {
+        fn walk(
+            command: &clap::Command,
+            path: Vec<String>,
+            out: &mut Vec<(Vec<String>, clap::Command)>,
+        ) {
+            out.push((path.clone(), command.clone()));
+            for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+                let mut path = path.clone();
+                path.push(sub.get_name().to_string());
+                walk(sub, path, out);
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        let mut out = Vec::new();
+        walk(
+            cli.find_subcommand("admin").unwrap(),
+            vec!["admin".into()],
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn admin_commands_take_no_server_options() {
+        let commands = admin_commands();
+        assert!(commands.len() > 15, "{}", commands.len());
+        for (path, _) in &commands {
+            let args = ["meshca"]
+                .into_iter()
+                .chain(path.iter().map(String::as_str));
+            let help = Cli::command()
+                .try_get_matches_from(args.chain(["--help"]))
+                .unwrap_err();
+            assert_eq!(help.kind(), ErrorKind::DisplayHelp, "{path:?}");
+            let help = help.to_string();
+            for option in SERVER_OPTIONS {
+                assert!(
+                    !help.contains(option),
+                    "meshca {path:?} --help lists {option}:\n{help}"
+                );
+            }
+        }
+        let refused =
+            Cli::try_parse_from(["meshca", "admin", "--store-url", "x", "crl"]).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::UnknownArgument);
+        let refused =
+            Cli::try_parse_from(["meshca", "admin", "crl", "--data-dir", "x"]).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::UnknownArgument);
+
+        // The commands that read the config still take them, after the subcommand as always.
+        for command in ["server", "ca", "agent", "config"] {
+            let mut args = vec!["meshca", command];
+            for option in SERVER_OPTIONS {
+                args.extend([option, "x"]);
+            }
+            Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{command}: {e}"));
+        }
+    }
+
+    #[test]
+    fn every_admin_option_has_a_help_line() {
+        for (path, command) in admin_commands() {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if ["help", "version"].contains(&id) {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some_and(|h| !h.to_string().is_empty()),
+                    "meshca {path:?}: {id} has no help line"
+                );
+            }
+        }
+        let prepare = admin_commands()
+            .into_iter()
+            .find(|(path, _)| path.ends_with(&["authorities".into(), "prepare".into()]))
+            .unwrap()
+            .1;
+        let options: Vec<&str> = prepare
+            .get_arguments()
+            .map(|a| a.get_id().as_str())
+            .collect();
+        for id in ["key_type", "ca_cert", "ca_key", "cert_chain", "root_cert"] {
+            assert!(options.contains(&id), "{options:?}");
+        }
+    }
 
     #[test]
     fn a_cause_already_in_the_message_is_said_once() {

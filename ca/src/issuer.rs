@@ -91,7 +91,10 @@ pub enum IssueError {
     Encode(#[from] der::Error),
     #[error(transparent)]
     Sign(#[from] AuthoritySignError),
-    #[error("the signing path expired at {0:?}: no certificate can be issued")]
+    #[error(
+        "the signing path expired at {}: no certificate can be issued",
+        humantime::format_rfc3339_seconds(*.0)
+    )]
     NotReady(SystemTime),
     #[error("recording the issuance: {0}")]
     Store(#[source] CommitError),
@@ -1066,5 +1069,20 @@ fn reload_once(
                 "plugged-in CA changed but does not validate; still signing with the previous material"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logged as `error=…`: a time in a log line is RFC 3339, not `SystemTime { tv_sec: … }`.
+    #[test]
+    fn an_expired_signing_path_is_named_in_rfc3339() {
+        let error = IssueError::NotReady(UNIX_EPOCH + Duration::from_secs(1_795_651_200));
+        assert_eq!(
+            error.to_string(),
+            "the signing path expired at 2026-11-26T00:00:00Z: no certificate can be issued"
+        );
     }
 }

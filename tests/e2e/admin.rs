@@ -568,3 +568,56 @@ async fn admin_cli_drives_the_api() {
     assert!(!ok);
     assert!(err.contains("401"), "{err}");
 }
+
+/// Beside a dev server, with no token, CA or URL configured, `meshca admin` uses the dev
+/// server's admin token and root from `./meshca-dev` and says so on stderr, so the README's
+/// first admin command works as it stands. Only the URL is given here: the test's dev server
+/// listens on a port of its own, not the default 8443.
+#[tokio::test]
+async fn admin_cli_beside_a_dev_server_needs_no_setup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = dev_server(tmp.path(), &[]);
+    let url = format!("https://{}", server.rest);
+    let cli = |token: Option<&str>, args: &[&str]| {
+        let mut command = std::process::Command::new(meshca_bin());
+        command
+            .arg("admin")
+            .args(args)
+            .current_dir(tmp.path())
+            .env("MESHCA_ADMIN_URL", &url)
+            .env_remove("MESHCA_ADMIN_TOKEN")
+            .env_remove("MESHCA_ADMIN_CA")
+            .env_remove("MESHCA_ADMIN_IDENTITY");
+        if let Some(token) = token {
+            command.env("MESHCA_ADMIN_TOKEN", token);
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    let (ok, table, err) = cli(None, &["authorities", "list"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "meshca admin: beside a dev server: token ./meshca-dev/dev/admin-token, \
+             CA ./meshca-dev/root-cert.pem (for {url})\n"
+        )
+    );
+    assert!(table.lines().nth(1).unwrap().contains("active"), "{table}");
+
+    // What is given still wins: the auditor's token may not prepare; the root is still found.
+    let auditor = read_token(&tmp.path().join("meshca-dev"), "auditor-token");
+    let (ok, _, err) = cli(Some(&auditor), &["authorities", "prepare"]);
+    assert!(!ok);
+    assert!(
+        err.starts_with(&format!(
+            "meshca admin: beside a dev server: CA ./meshca-dev/root-cert.pem (for {url})\n"
+        )) && err.contains("403"),
+        "{err}"
+    );
+}

@@ -7,6 +7,7 @@ mod bench;
 mod harness;
 mod interop;
 mod inventory;
+mod openapi;
 mod peers;
 mod ra;
 mod replicas;

@@ -14,7 +14,7 @@ use super::authorities::unix_to_rfc3339;
 use super::pagination::{self, Cursor};
 use super::{ApiError, ErrorBody, RestState};
 
-/// Filters (combined with AND); times are RFC 3339 in UTC.
+/// Filters (combined with AND), a page size and a cursor; times are RFC 3339.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -22,13 +22,20 @@ pub struct AuditQuery {
     /// e.g. `certificate.issue`, `certificate.revoke`, `authority.activate`, `rest.authenticate`.
     action: Option<String>,
     actor: Option<String>,
+    /// `success`, `refused` or `denied`.
     outcome: Option<String>,
     target: Option<String>,
-    /// RFC 3339 (UTC), inclusive.
+    /// Inclusive.
+    #[param(format = DateTime)]
     since: Option<String>,
-    /// RFC 3339 (UTC), exclusive.
+    /// Exclusive.
+    #[param(format = DateTime)]
     until: Option<String>,
+    /// Default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^audit\\.[0-9]{1,18}$")]
     cursor: Option<String>,
 }
 
@@ -99,6 +106,7 @@ fn view(record: &AuditRecord) -> AuditEventView {
 
 /// The audit log, newest first, in keyset pages.
 #[utoipa::path(get, path = "/v1/audit", tag = "audit",
+    operation_id = "list_audit_events",
     params(AuditQuery),
     responses(
         (status = 200, body = AuditPage), (status = 400, body = ErrorBody),
@@ -141,6 +149,7 @@ pub async fn list(
 /// Walks the chain up to its head as it stands when the walk starts and names the first event
 /// that was altered, removed or inserted.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
+    operation_id = "verify_audit_log",
     responses(
         (status = 200, body = Verdict),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,33 +19,62 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::auth::{Admin, Auditor};
-use super::{ApiError, ErrorBody, RestState};
+use super::{path_of, ApiError, ErrorBody, RestState};
 use crate::jwk::public_key_jwk;
 use crate::trust_bundle::bundle_of;
 
 /// `POST /v1/authorities`: either `generate`, or an uploaded plug-in set (PEM), validated
 /// like a `cacerts` directory.
+// Read by its own `Deserialize`, which picks the variant by the `generate` key, so that a
+// refusal names the field that was wrong rather than "no variant matched".
+#[derive(Debug, ToSchema)]
+#[serde(untagged)]
+#[schema(example = json!({"generate": {"key_type": "ec-p256"}}))]
+pub enum PrepareBody {
+    Generate(GenerateRequest),
+    Upload(UploadRequest),
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PrepareBody {
-    generate: Option<GenerateBody>,
+pub struct GenerateRequest {
+    generate: GenerateBody,
+}
+
+/// Istio's plug-in CA files.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadRequest {
     /// Istio's `ca-cert.pem`.
-    ca_cert: Option<String>,
+    ca_cert: String,
     /// Istio's `ca-key.pem`.
-    ca_key: Option<String>,
+    ca_key: String,
     /// Istio's `cert-chain.pem` (optional).
     cert_chain: Option<String>,
     /// Istio's `root-cert.pem`.
-    root_cert: Option<String>,
+    root_cert: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateBody {
-    /// `ec-p256` (default), `ec-p384`, `rsa-2048`, `rsa-3072` or `rsa-4096`.
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "ec-p256")]
-    key_type: KeyType,
+    #[schema(inline)]
+    key_type: KeyTypeName,
+}
+
+/// The key of the new root and signing certificate.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, ToSchema)]
+pub enum KeyTypeName {
+    #[default]
+    #[serde(rename = "ec-p256")]
+    EcP256,
+    #[serde(rename = "ec-p384")]
+    EcP384,
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
 }
 
 /// How far an authority's root has reached the agents connected to this server.
@@ -94,6 +123,42 @@ pub fn unix_to_rfc3339(secs: i64) -> String {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
+}
+
+// === impl PrepareBody ===
+
+impl<'de> Deserialize<'de> for PrepareBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let body = Value::deserialize(deserializer)?;
+        let has = |key: &str| body.get(key).is_some();
+        let uploads = ["ca_cert", "ca_key", "cert_chain", "root_cert"];
+        match (has("generate"), uploads.iter().any(|k| has(k))) {
+            (true, true) | (false, false) if body.is_object() => Err(D::Error::custom(
+                "give either \"generate\" or the plug-in set (ca_cert, ca_key, root_cert, \
+                 cert_chain)",
+            )),
+            (true, _) => GenerateRequest::deserialize(body)
+                .map(Self::Generate)
+                .map_err(D::Error::custom),
+            _ => UploadRequest::deserialize(body)
+                .map(Self::Upload)
+                .map_err(D::Error::custom),
+        }
+    }
+}
+
+// === impl KeyTypeName ===
+
+impl From<KeyTypeName> for KeyType {
+    fn from(key_type: KeyTypeName) -> Self {
+        match key_type {
+            KeyTypeName::EcP256 => Self::EcP256,
+            KeyTypeName::EcP384 => Self::EcP384,
+            KeyTypeName::Rsa2048 => Self::Rsa2048,
+            KeyTypeName::Rsa4096 => Self::Rsa4096,
+        }
+    }
 }
 
 /// An authority as the API shows it.
@@ -153,6 +218,7 @@ impl From<RotationError> for ApiError {
 
 /// Every authority, oldest first.
 #[utoipa::path(get, path = "/v1/authorities", tag = "authorities",
+    operation_id = "list_authorities",
     responses(
         (status = 200, body = AuthorityList),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -172,7 +238,9 @@ pub async fn list(
 
 /// One authority.
 #[utoipa::path(get, path = "/v1/authorities/{id}", tag = "authorities",
-    params(("id" = String, Path, description = "Authority id (hex key identifier)")),
+    operation_id = "show_authority",
+    params(("id" = String, Path, description = "Authority id (hex key identifier)",
+        example = "2f9acfd5c2b24b466de6126716c3e3a3fad80eb6")),
     responses(
         (status = 200, body = AuthorityView), (status = 404, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -181,8 +249,9 @@ pub async fn list(
 pub async fn show(
     State(state): State<RestState>,
     _caller: Auditor,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<AuthorityView>, ApiError> {
+    let id = path_of(id)?;
     let set = state.ca.authorities();
     let entry = set
         .get(&id)
@@ -192,11 +261,13 @@ pub async fn show(
 
 /// Prepares a new authority: its root joins the trust bundle at once; it signs nothing yet.
 #[utoipa::path(post, path = "/v1/authorities", tag = "authorities",
+    operation_id = "prepare_authority",
     request_body = PrepareBody,
     responses(
         (status = 201, body = AuthorityView),
         (status = 400, body = ErrorBody, description = "Invalid plug-in set or body"),
         (status = 409, body = ErrorBody, description = "Already known, or managed by a cacerts directory"),
+        (status = 503, body = ErrorBody, description = "The CA service (split deployment) is unavailable; nothing was changed"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
     security(("bearer" = []), ("mtls" = [])))]
@@ -224,34 +295,18 @@ async fn prepare_inner(
     body: Result<Json<PrepareBody>, JsonRejection>,
 ) -> Result<AuthorityEntry, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let uploaded = [
-        &body.ca_cert,
-        &body.ca_key,
-        &body.cert_chain,
-        &body.root_cert,
-    ]
-    .iter()
-    .any(|f| f.is_some());
-    let request = match (body.generate, uploaded) {
-        (Some(generate), false) => PrepareRequest::Generate(generate.key_type),
-        (None, true) => {
-            let field = |name: &'static str, value: Option<String>| {
-                value
-                    .map(|pem| NamedPem::field(name, &pem))
-                    .ok_or_else(|| ApiError::bad_request(format!("{name} is required")))
-            };
-            PrepareRequest::Upload(CacertsMaterial {
-                signing_cert: field("ca_cert", body.ca_cert)?,
-                key: field("ca_key", body.ca_key)?,
-                roots: field("root_cert", body.root_cert)?,
-                chain: body
-                    .cert_chain
-                    .map(|pem| NamedPem::field("cert_chain", &pem)),
-            })
+    let request = match body {
+        PrepareBody::Generate(GenerateRequest { generate }) => {
+            PrepareRequest::Generate(generate.key_type.into())
         }
-        _ => return Err(ApiError::bad_request(
-            "give either \"generate\" or the plug-in set (ca_cert, ca_key, root_cert, cert_chain)",
-        )),
+        PrepareBody::Upload(upload) => PrepareRequest::Upload(CacertsMaterial {
+            signing_cert: NamedPem::field("ca_cert", &upload.ca_cert),
+            key: NamedPem::field("ca_key", &upload.ca_key),
+            roots: NamedPem::field("root_cert", &upload.root_cert),
+            chain: upload
+                .cert_chain
+                .map(|pem| NamedPem::field("cert_chain", &pem)),
+        }),
     };
     Ok(state.ca.prepare_authority(request, actor).await?)
 }
@@ -277,18 +332,22 @@ async fn step(
 
 /// `prepared` → `active`: new certificates are signed by it; the previous active becomes `old`.
 #[utoipa::path(post, path = "/v1/authorities/{id}/activate", tag = "authorities",
-    params(("id" = String, Path, description = "Authority id")),
+    operation_id = "activate_authority",
+    params(("id" = String, Path, description = "Authority id (hex key identifier)",
+        example = "2f9acfd5c2b24b466de6126716c3e3a3fad80eb6")),
     responses(
         (status = 200, body = AuthorityView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "Not prepared"),
+        (status = 503, body = ErrorBody, description = "The CA service (split deployment) is unavailable; nothing was changed"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
     security(("bearer" = []), ("mtls" = [])))]
 pub async fn activate(
     State(state): State<RestState>,
     Admin(actor): Admin,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<AuthorityView>, ApiError> {
+    let id = path_of(id)?;
     let result = state
         .ca
         .activate_authority(&id, (actor.method, &actor.principal))
@@ -298,18 +357,22 @@ pub async fn activate(
 
 /// `old` → `tainted`: agents holding its certificates rotate now; renewal with them is refused.
 #[utoipa::path(post, path = "/v1/authorities/{id}/taint", tag = "authorities",
-    params(("id" = String, Path, description = "Authority id")),
+    operation_id = "taint_authority",
+    params(("id" = String, Path, description = "Authority id (hex key identifier)",
+        example = "2f9acfd5c2b24b466de6126716c3e3a3fad80eb6")),
     responses(
         (status = 200, body = AuthorityView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "Not old"),
+        (status = 503, body = ErrorBody, description = "The CA service (split deployment) is unavailable; nothing was changed"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
     security(("bearer" = []), ("mtls" = [])))]
 pub async fn taint(
     State(state): State<RestState>,
     Admin(actor): Admin,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<AuthorityView>, ApiError> {
+    let id = path_of(id)?;
     let result = state
         .ca
         .taint_authority(&id, (actor.method, &actor.principal))
@@ -319,18 +382,22 @@ pub async fn taint(
 
 /// `tainted` → `revoked`: its root leaves the trust bundle.
 #[utoipa::path(post, path = "/v1/authorities/{id}/revoke", tag = "authorities",
-    params(("id" = String, Path, description = "Authority id")),
+    operation_id = "revoke_authority",
+    params(("id" = String, Path, description = "Authority id (hex key identifier)",
+        example = "2f9acfd5c2b24b466de6126716c3e3a3fad80eb6")),
     responses(
         (status = 200, body = AuthorityView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "Not tainted"),
+        (status = 503, body = ErrorBody, description = "The CA service (split deployment) is unavailable; nothing was changed"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
     security(("bearer" = []), ("mtls" = [])))]
 pub async fn revoke(
     State(state): State<RestState>,
     Admin(actor): Admin,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<AuthorityView>, ApiError> {
+    let id = path_of(id)?;
     let result = state
         .ca
         .revoke_authority(&id, (actor.method, &actor.principal))
@@ -341,6 +408,7 @@ pub async fn revoke(
 /// The trust bundle (anonymous): PEM, or the SPIFFE bundle (a JWK set with
 /// `use: x509-svid`) for `Accept: application/json`; the ETag is the bundle version.
 #[utoipa::path(get, path = "/v1/trust-bundle", tag = "trust bundle",
+    operation_id = "trust_bundle",
     responses(
         (status = 200, description = "PEM roots, or a SPIFFE bundle (JWK set) for Accept: application/json",
             content((String = "application/x-pem-file"), (Object = "application/json"))),
@@ -392,4 +460,46 @@ fn x509_svid_jwk(root: &ParsedCert) -> Value {
     jwk["use"] = json!("x509-svid");
     jwk["x5c"] = json!([base64::engine::general_purpose::STANDARD.encode(root.der())]);
     jwk
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::PartialSchema;
+
+    use super::*;
+
+    #[test]
+    fn the_documented_key_types_are_the_cas() {
+        let schema = serde_json::to_value(KeyTypeName::schema()).unwrap();
+        let names = schema["enum"].as_array().unwrap();
+        assert_eq!(names.len(), 4);
+        for name in names {
+            let rest: KeyTypeName = serde_json::from_value(name.clone()).unwrap();
+            let ca: KeyType = serde_json::from_value(name.clone()).unwrap();
+            assert_eq!(KeyType::from(rest), ca, "{name}");
+        }
+        assert_eq!(KeyType::from(KeyTypeName::default()), KeyType::default());
+    }
+
+    #[test]
+    fn a_prepare_body_is_one_of_the_two_and_says_which_field_is_wrong() {
+        let parse = |body: Value| serde_json::from_value::<PrepareBody>(body);
+        assert!(matches!(
+            parse(json!({"generate": {}})),
+            Ok(PrepareBody::Generate(GenerateRequest {
+                generate: GenerateBody {
+                    key_type: KeyTypeName::EcP256
+                }
+            }))
+        ));
+        assert!(matches!(
+            parse(json!({"ca_cert": "c", "ca_key": "k", "root_cert": "r"})),
+            Ok(PrepareBody::Upload(_))
+        ));
+        let error = |body: Value| parse(body).unwrap_err().to_string();
+        assert!(error(json!({})).contains("give either"));
+        assert!(error(json!({"generate": {}, "ca_cert": "c"})).contains("give either"));
+        assert!(error(json!({"ca_cert": "c", "root_cert": "r"})).contains("ca_key"));
+        assert!(error(json!({"generate": {"key_type": "dsa"}})).contains("rsa-4096"));
+    }
 }

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -23,47 +23,132 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Admin, Auditor};
 use super::authorities::unix_to_rfc3339;
 use super::pagination::{self, Cursor};
-use super::{ApiError, ErrorBody, RestState};
+use super::{path_of, ApiError, ErrorBody, RestState};
 
 /// Rows per store round trip while exporting.
 const EXPORT_PAGE: i64 = 1000;
 
-/// Filters (combined with AND); times are RFC 3339 in UTC.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct CertificateQuery {
-    /// Hex serial (colons allowed).
-    serial: Option<String>,
-    /// Exact SPIFFE id, or a prefix ending in `*`.
-    spiffe_id: Option<String>,
-    namespace: Option<String>,
-    service_account: Option<String>,
-    /// Authority id.
-    authority: Option<String>,
-    /// The requester's principal.
-    requester: Option<String>,
-    issued_after: Option<String>,
-    issued_before: Option<String>,
-    expires_after: Option<String>,
-    expires_before: Option<String>,
-    /// `valid`, `expired` or `revoked`.
-    status: Option<String>,
-    /// 1–1000, default 100 (not for export).
-    limit: Option<i64>,
-    /// `next_cursor` of the previous page (not for export).
-    cursor: Option<String>,
-    /// Export only: `ndjson` (default) or `csv`.
-    format: Option<String>,
+/// Declares a query struct with the inventory filters (combined with AND) plus `extra` fields:
+/// the list and the export take the same filters and each its own paging or format
+/// parameters, and the document lists exactly the parameters each endpoint takes.
+macro_rules! certificate_query {
+    ($(#[$meta:meta])* $name:ident { $($(#[$extra_meta:meta])* $extra:ident: $extra_ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Deserialize, IntoParams)]
+        #[serde(deny_unknown_fields)]
+        #[into_params(parameter_in = Query)]
+        pub struct $name {
+            /// Hex serial (colons allowed).
+            #[param(pattern = "^[0-9A-Fa-f:]*[0-9A-Fa-f][0-9A-Fa-f:]*$")]
+            serial: Option<String>,
+            /// Exact SPIFFE id, or a prefix ending in `*`.
+            spiffe_id: Option<String>,
+            namespace: Option<String>,
+            service_account: Option<String>,
+            /// Authority id.
+            authority: Option<String>,
+            /// The requester's principal.
+            requester: Option<String>,
+            /// Inclusive.
+            #[param(format = DateTime)]
+            issued_after: Option<String>,
+            /// Exclusive.
+            #[param(format = DateTime)]
+            issued_before: Option<String>,
+            /// Inclusive.
+            #[param(format = DateTime)]
+            expires_after: Option<String>,
+            /// Exclusive.
+            #[param(format = DateTime)]
+            expires_before: Option<String>,
+            #[param(inline)]
+            status: Option<StatusParam>,
+            $($(#[$extra_meta])* $extra: $extra_ty,)*
+        }
+
+        impl $name {
+            fn filter(&self) -> Result<CertificateFilter, ApiError> {
+                let time = pagination::time_param;
+                Ok(CertificateFilter {
+                    serial: self.serial.as_deref().map(normalize_serial).transpose()?,
+                    spiffe_id: self.spiffe_id.clone(),
+                    namespace: self.namespace.clone(),
+                    service_account: self.service_account.clone(),
+                    authority: self.authority.clone(),
+                    requester: self.requester.clone(),
+                    issued_after: time("issued_after", self.issued_after.as_deref())?,
+                    issued_before: time("issued_before", self.issued_before.as_deref())?,
+                    expires_after: time("expires_after", self.expires_after.as_deref())?,
+                    expires_before: time("expires_before", self.expires_before.as_deref())?,
+                    status: self.status.map(CertificateStatus::from),
+                })
+            }
+        }
+    };
+}
+
+certificate_query! {
+    /// Filters (combined with AND), a page size and a cursor; times are RFC 3339.
+    ListQuery {
+        /// Default 100.
+        #[param(minimum = 1, maximum = 1000)]
+        limit: Option<i64>,
+        /// `next_cursor` of the previous page.
+        #[param(pattern = "^certificates\\.[0-9]{1,18}$")]
+        cursor: Option<String>,
+    }
+}
+
+certificate_query! {
+    /// Filters (combined with AND) and the output format; times are RFC 3339.
+    ExportQuery {
+        #[param(inline)]
+        format: Option<ExportFormat>,
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusParam {
+    Valid,
+    Expired,
+    Revoked,
+}
+
+/// Default `ndjson`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    #[default]
+    Ndjson,
+    Csv,
+}
+
+/// An RFC 5280 revocation reason, spelled as in the RFC's ASN.1.
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
+#[schema(example = "keyCompromise")]
+pub enum ReasonName {
+    #[serde(rename = "unspecified")]
+    Unspecified,
+    #[serde(rename = "keyCompromise")]
+    KeyCompromise,
+    #[serde(rename = "cACompromise")]
+    CaCompromise,
+    #[serde(rename = "affiliationChanged")]
+    AffiliationChanged,
+    #[serde(rename = "superseded")]
+    Superseded,
+    #[serde(rename = "cessationOfOperation")]
+    CessationOfOperation,
+    #[serde(rename = "privilegeWithdrawn")]
+    PrivilegeWithdrawn,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeBody {
-    /// RFC 5280 reason: `unspecified`, `keyCompromise`, `cACompromise`, `affiliationChanged`,
-    /// `superseded`, `cessationOfOperation` or `privilegeWithdrawn`.
-    #[schema(example = "keyCompromise")]
-    reason: String,
+    #[schema(inline)]
+    reason: ReasonName,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -122,35 +207,31 @@ fn normalize_serial(text: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("{text:?} is not a hex serial number")))
 }
 
-impl CertificateQuery {
-    fn filter(&self) -> Result<CertificateFilter, ApiError> {
-        let status = match self.status.as_deref() {
-            None => None,
-            Some("valid") => Some(CertificateStatus::Valid),
-            Some("expired") => Some(CertificateStatus::Expired),
-            Some("revoked") => Some(CertificateStatus::Revoked),
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "status must be valid, expired or revoked, not {other:?}"
-                )))
-            }
-        };
-        Ok(CertificateFilter {
-            serial: self.serial.as_deref().map(normalize_serial).transpose()?,
-            spiffe_id: self.spiffe_id.clone(),
-            namespace: self.namespace.clone(),
-            service_account: self.service_account.clone(),
-            authority: self.authority.clone(),
-            requester: self.requester.clone(),
-            issued_after: pagination::time_param("issued_after", self.issued_after.as_deref())?,
-            issued_before: pagination::time_param("issued_before", self.issued_before.as_deref())?,
-            expires_after: pagination::time_param("expires_after", self.expires_after.as_deref())?,
-            expires_before: pagination::time_param(
-                "expires_before",
-                self.expires_before.as_deref(),
-            )?,
-            status,
-        })
+// === impl StatusParam ===
+
+impl From<StatusParam> for CertificateStatus {
+    fn from(status: StatusParam) -> Self {
+        match status {
+            StatusParam::Valid => Self::Valid,
+            StatusParam::Expired => Self::Expired,
+            StatusParam::Revoked => Self::Revoked,
+        }
+    }
+}
+
+// === impl ReasonName ===
+
+impl From<ReasonName> for RevocationReason {
+    fn from(reason: ReasonName) -> Self {
+        match reason {
+            ReasonName::Unspecified => Self::Unspecified,
+            ReasonName::KeyCompromise => Self::KeyCompromise,
+            ReasonName::CaCompromise => Self::CaCompromise,
+            ReasonName::AffiliationChanged => Self::AffiliationChanged,
+            ReasonName::Superseded => Self::Superseded,
+            ReasonName::CessationOfOperation => Self::CessationOfOperation,
+            ReasonName::PrivilegeWithdrawn => Self::PrivilegeWithdrawn,
+        }
     }
 }
 
@@ -190,9 +271,7 @@ fn view(row: &CertificateRow, now: i64) -> CertificateView {
     }
 }
 
-fn query_of(
-    query: Result<Query<CertificateQuery>, QueryRejection>,
-) -> Result<CertificateQuery, ApiError> {
+fn query_of<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query
         .map(|Query(q)| q)
         .map_err(|e| ApiError::bad_request(e.body_text()))
@@ -200,7 +279,8 @@ fn query_of(
 
 /// The inventory, newest first, in keyset pages.
 #[utoipa::path(get, path = "/v1/certificates", tag = "certificates",
-    params(CertificateQuery),
+    operation_id = "list_certificates",
+    params(ListQuery),
     responses(
         (status = 200, body = CertificatePage), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -209,14 +289,9 @@ fn query_of(
 pub async fn list(
     State(state): State<RestState>,
     _caller: Auditor,
-    query: Result<Query<CertificateQuery>, QueryRejection>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<CertificatePage>, ApiError> {
     let query = query_of(query)?;
-    if query.format.is_some() {
-        return Err(ApiError::bad_request(
-            "format applies to /v1/certificates/export",
-        ));
-    }
     let filter = query.filter()?;
     let limit = pagination::limit(query.limit)?;
     let before = query
@@ -253,7 +328,9 @@ async fn find(store: &Store, serial: &str) -> Result<CertificateRow, ApiError> {
 
 /// One certificate, with its PEM.
 #[utoipa::path(get, path = "/v1/certificates/{serial}", tag = "certificates",
-    params(("serial" = String, Path, description = "Hex serial")),
+    operation_id = "show_certificate",
+    params(("serial" = String, Path, description = "Hex serial (colons allowed)",
+        pattern = "^[0-9A-Fa-f:]*[0-9A-Fa-f][0-9A-Fa-f:]*$", example = "18ecb7cbf900c99e3e2bcc016369a7b9")),
     responses(
         (status = 200, body = CertificateView), (status = 404, body = ErrorBody),
         (status = 400, body = ErrorBody),
@@ -263,8 +340,9 @@ async fn find(store: &Store, serial: &str) -> Result<CertificateRow, ApiError> {
 pub async fn show(
     State(state): State<RestState>,
     _caller: Auditor,
-    Path(serial): Path<String>,
+    serial: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CertificateView>, ApiError> {
+    let serial = path_of(serial)?;
     let row = find(state.ca.store(), &serial).await?;
     let record = state
         .ca
@@ -283,11 +361,13 @@ pub async fn show(
 
 /// Revokes a certificate: renewal with it is refused and it is listed in its authority's CRL.
 #[utoipa::path(post, path = "/v1/certificates/{serial}/revoke", tag = "certificates",
-    params(("serial" = String, Path, description = "Hex serial")),
+    operation_id = "revoke_certificate",
+    params(("serial" = String, Path, description = "Hex serial (colons allowed)",
+        pattern = "^[0-9A-Fa-f:]*[0-9A-Fa-f][0-9A-Fa-f:]*$", example = "18ecb7cbf900c99e3e2bcc016369a7b9")),
     request_body = RevokeBody,
     responses(
         (status = 200, body = CertificateView), (status = 404, body = ErrorBody),
-        (status = 400, body = ErrorBody, description = "Unknown reason"),
+        (status = 400, body = ErrorBody, description = "Not a hex serial, or not a revocation body"),
         (status = 409, body = ErrorBody, description = "Already revoked"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
@@ -295,9 +375,10 @@ pub async fn show(
 pub async fn revoke(
     State(state): State<RestState>,
     Admin(actor): Admin,
-    Path(serial): Path<String>,
+    serial: Result<Path<String>, PathRejection>,
     body: Result<Json<RevokeBody>, JsonRejection>,
 ) -> Result<Json<CertificateView>, ApiError> {
+    let serial = path_of(serial)?;
     let result = revoke_inner(&state, &actor.principal, &serial, body).await;
     let details = result.as_ref().map(|v| {
         json!({
@@ -318,12 +399,7 @@ async fn revoke_inner(
     body: Result<Json<RevokeBody>, JsonRejection>,
 ) -> Result<CertificateView, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let reason = RevocationReason::parse(&body.reason).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "reason must be one of {}",
-            RevocationReason::names().join(", ")
-        ))
-    })?;
+    let reason = RevocationReason::from(body.reason);
     let row = find(state.ca.store(), serial).await?;
     let inserted = state
         .ca
@@ -350,7 +426,8 @@ async fn revoke_inner(
 /// Streams every matching certificate, newest first, one store page at a time (constant
 /// memory): NDJSON (the list's objects, one per line) or CSV.
 #[utoipa::path(get, path = "/v1/certificates/export", tag = "certificates",
-    params(CertificateQuery),
+    operation_id = "export_certificates",
+    params(ExportQuery),
     responses(
         (status = 200, content((String = "application/x-ndjson"), (String = "text/csv"))),
         (status = 400, body = ErrorBody),
@@ -360,23 +437,10 @@ async fn revoke_inner(
 pub async fn export(
     State(state): State<RestState>,
     _caller: Auditor,
-    query: Result<Query<CertificateQuery>, QueryRejection>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let query = query_of(query)?;
-    if query.cursor.is_some() || query.limit.is_some() {
-        return Err(ApiError::bad_request(
-            "export streams everything that matches; limit and cursor do not apply",
-        ));
-    }
-    let csv = match query.format.as_deref() {
-        None | Some("ndjson") => false,
-        Some("csv") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "format must be ndjson or csv, not {other:?}"
-            )))
-        }
-    };
+    let csv = matches!(query.format.unwrap_or_default(), ExportFormat::Csv);
     let filter = query.filter()?;
     let store = state.ca.store().clone();
     let now = now();
@@ -475,6 +539,12 @@ fn csv_line(row: &CertificateRow, now: i64) -> String {
     line
 }
 
+/// A CRL, DER.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // Only describes the body in the document.
+pub struct CrlDer(Vec<u8>);
+
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -486,10 +556,13 @@ pub struct CrlQuery {
 /// The revoked certificates of one authority (default: the active one), signed by it; DER, or
 /// PEM for `Accept: application/x-pem-file`. Regenerated on every request, valid 24 h.
 #[utoipa::path(get, path = "/v1/crl", tag = "certificates",
+    operation_id = "crl",
     params(CrlQuery),
     responses(
-        (status = 200, content((Vec<u8> = "application/pkix-crl"), (String = "application/x-pem-file"))),
-        (status = 404, body = ErrorBody),
+        (status = 200, content((CrlDer = "application/pkix-crl"), (String = "application/x-pem-file"))),
+        (status = 400, body = ErrorBody, description = "A parameter other than authority"),
+        (status = 404, body = ErrorBody, description = "No such authority"),
+        (status = 503, body = ErrorBody, description = "The CA service (split deployment) is unavailable"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
     ),
     security(("bearer" = []), ("mtls" = [])))]
@@ -499,7 +572,7 @@ pub async fn crl(
     headers: HeaderMap,
     query: Result<Query<CrlQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let query = query_of(query)?;
     let der = state
         .ca
         .crl(query.authority.as_deref())
@@ -547,6 +620,18 @@ mod tests {
         assert_eq!(csv_field("plain"), "plain");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn the_documented_reasons_are_the_crl_reasons() {
+        use utoipa::PartialSchema;
+        let names = RevocationReason::names();
+        for name in &names {
+            let reason: ReasonName = serde_json::from_value(json!(name)).unwrap();
+            assert_eq!(RevocationReason::from(reason).as_str(), *name);
+        }
+        let schema = serde_json::to_value(ReasonName::schema()).unwrap();
+        assert_eq!(schema["enum"], json!(names));
     }
 
     #[test]

@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::connect_info::Connected;
+use axum::extract::rejection::PathRejection;
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -188,10 +190,16 @@ impl IntoResponse for ApiError {
 /// The error body of every 4xx/5xx answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// `unauthenticated`, `forbidden`, `not_found`, `conflict`, `invalid_argument` or
-    /// `internal`.
+    /// `unauthenticated`, `forbidden`, `not_found`, `conflict`, `invalid_argument`,
+    /// `unavailable` or `internal`.
     error: String,
     message: String,
+}
+
+/// A path parameter, or axum's refusal of it as the API's JSON error.
+fn path_of<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    path.map(|Path(value)| value)
+        .map_err(|e| ApiError::new(e.status(), e.body_text()))
 }
 
 #[derive(OpenApi)]
@@ -316,5 +324,74 @@ pub struct RestPeer(pub PeerInfo);
 impl Connected<axum::serve::IncomingStream<'_, TlsListener>> for RestPeer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
         Self(stream.io().peer().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    fn document() -> Value {
+        serde_json::to_value(api().1).unwrap()
+    }
+
+    fn parameter<'a>(document: &'a Value, path: &str, name: &str) -> Option<&'a Value> {
+        document["paths"][path]["get"]["parameters"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)
+    }
+
+    /// What schemathesis found when the document and the handlers disagreed (each a request the
+    /// document allowed and the server refused), checked where it can be without a server.
+    #[test]
+    fn the_document_says_what_the_handlers_enforce() {
+        let document = document();
+        let mut ids = Vec::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                ids.push(operation["operationId"].as_str().unwrap().to_string());
+                if operation.get("security").is_some() {
+                    for status in ["401", "403"] {
+                        assert!(
+                            operation["responses"].get(status).is_some(),
+                            "{method} {path} does not document {status}"
+                        );
+                    }
+                }
+            }
+        }
+        let count = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "operation ids must be unique: {ids:?}");
+
+        for (path, listing) in [("/v1/certificates", "certificates"), ("/v1/audit", "audit")] {
+            let limit = &parameter(&document, path, "limit").unwrap()["schema"];
+            assert_eq!(limit["minimum"], 1, "{path}");
+            assert_eq!(limit["maximum"], pagination::MAX_LIMIT, "{path}");
+            let cursor = &parameter(&document, path, "cursor").unwrap()["schema"];
+            assert_eq!(
+                cursor["pattern"],
+                format!("^{listing}\\.[0-9]{{1,18}}$"),
+                "{path}: the pattern pagination::Cursor::decode takes"
+            );
+        }
+        let export = "/v1/certificates/export";
+        assert!(parameter(&document, "/v1/certificates", "format").is_none());
+        assert!(parameter(&document, export, "limit").is_none());
+        assert!(parameter(&document, export, "cursor").is_none());
+        assert_eq!(
+            parameter(&document, export, "format").unwrap()["schema"]["enum"],
+            serde_json::json!(["ndjson", "csv"])
+        );
+        assert!(document["paths"]["/v1/crl"]["get"]["responses"]
+            .get("400")
+            .is_some());
+
+        let prepare = &document["components"]["schemas"]["PrepareBody"]["oneOf"];
+        assert_eq!(prepare.as_array().map(Vec::len), Some(2), "{prepare}");
     }
 }
