@@ -1,30 +1,22 @@
-//! meshca's CA core: authorities (plugged-in `cacerts` or a self-signed root), the SPIFFE
-//! workload-certificate profile, and the store every issuance is recorded in.
+//! meshca's CA core: where authorities come from (plugged-in `cacerts` or a self-signed root
+//! sealed under the key-encryption key), issuance and rotation steps, and the store every
+//! issuance is recorded in. The I/O-free types it works with are meshca-pki's.
 
-pub mod audit;
-pub mod authority;
 pub mod cacerts;
-pub mod chain;
 pub mod commit;
 pub mod config;
-pub mod crl;
-pub mod csr;
-pub mod identity;
 pub mod issuer;
 pub mod kek;
-pub mod keys;
-pub mod profile;
 pub mod remote;
-pub mod rotation;
 pub mod service;
 mod sqlite_writer;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
-pub mod x509;
 
-pub use authority::Authority;
+// The I/O-free PKI types live in meshca-pki; re-exported so `meshca_ca::x509` and the rest keep
+// meaning what they did.
 pub use config::{CaConfig, StoreConfig};
 pub use csr::{CsrError, VerifiedCsr};
 pub use identity::{AuthorityId, Serial, SpiffeId, TrustDomain};
@@ -33,5 +25,8 @@ pub use issuer::{
     Requester, RotationError, StartError,
 };
 pub use keys::KeyType;
+pub use meshca_pki::{
+    audit, authority, chain, crl, csr, identity, keys, profile, rotation, x509, Authority,
+};
 pub use rotation::{AuthorityEntry, AuthoritySet, AuthorityState};
 pub use store::Store;

@@ -245,6 +245,38 @@ macro_rules! insert_issuances_in {
     }};
 }
 
+/// An `audit_events` row in [`AUDIT_COLUMNS`] order, as sqlx reads it ([`AuditRecord`] is
+/// I/O-free and knows no database).
+type AuditRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
+
+fn audit_record(row: AuditRow) -> AuditRecord {
+    let (seq, at, actor_method, actor_principal, action, target, outcome, details, prev_hash, hash) =
+        row;
+    AuditRecord {
+        seq,
+        at,
+        actor_method,
+        actor_principal,
+        action,
+        target,
+        outcome,
+        details,
+        prev_hash,
+        hash,
+    }
+}
+
 const AUDIT_COLUMNS: &str = "seq, at, actor_method, actor_principal, action, target, outcome, \
     details, prev_hash, hash";
 
@@ -738,10 +770,11 @@ impl Store {
             limit.max(0)
         );
         with_pool!(self, pool => {
-            let mut query = sqlx::query_as::<_, AuditRecord>(&sql);
+            let mut query = sqlx::query_as::<_, AuditRow>(&sql);
             bind_params!(query, &conditions.params);
             query.fetch_all(pool).await
         })
+        .map(|rows| rows.into_iter().map(audit_record).collect())
         .map_err(StoreError::Query)
     }
 
@@ -768,13 +801,14 @@ impl Store {
              ORDER BY seq LIMIT $3"
         );
         with_pool!(self, pool => {
-            sqlx::query_as::<_, AuditRecord>(&sql)
+            sqlx::query_as::<_, AuditRow>(&sql)
                 .bind(after_seq)
                 .bind(through_seq)
                 .bind(limit)
                 .fetch_all(pool)
                 .await
         })
+        .map(|rows| rows.into_iter().map(audit_record).collect())
         .map_err(StoreError::Query)
     }
 

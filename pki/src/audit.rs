@@ -38,7 +38,7 @@ pub struct AuditEvent {
 }
 
 /// An event as stored: its place in the chain and its hashes.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AuditRecord {
     pub seq: i64,
     pub at: i64,

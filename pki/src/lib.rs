@@ -1,0 +1,21 @@
+//! meshca's PKI without I/O: identity newtypes, keys and signatures, the X.509 writer and the
+//! SPIFFE workload profile, path building, CSR checks, CRL encoding, authorities and their
+//! rotation states, and the audit log's hash chain. The CA, the RA and the agent share it; it
+//! opens no file or socket, so everything here is tested as plain functions.
+
+pub mod audit;
+pub mod authority;
+pub mod chain;
+pub mod crl;
+pub mod csr;
+pub mod identity;
+pub mod keys;
+pub mod profile;
+pub mod rotation;
+pub mod x509;
+
+pub use authority::Authority;
+pub use csr::{CsrError, VerifiedCsr};
+pub use identity::{AuthorityId, Serial, SpiffeId, TrustDomain};
+pub use keys::KeyType;
+pub use rotation::{AuthorityEntry, AuthoritySet, AuthorityState};
