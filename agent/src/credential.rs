@@ -7,24 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use der::Decode;
 use rustls_pki_types::{CertificateDer, UnixTime};
-use serde::{Deserialize, Serialize};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::Certificate;
 
-/// Key types the agent generates for workloads.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum KeyType {
-    #[default]
-    #[serde(rename = "ec-p256")]
-    EcP256,
-    #[serde(rename = "ec-p384")]
-    EcP384,
-    #[serde(rename = "rsa-2048")]
-    Rsa2048,
-    #[serde(rename = "rsa-4096")]
-    Rsa4096,
-}
+/// Key types the agent generates for workloads: the CA's own set, one definition for both.
+pub use meshca_pki::KeyType;
 
 /// A private key and the CSR for it.
 pub struct KeyAndCsr {
@@ -273,7 +261,6 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use meshca_ca::issuer::sign_leaf;
-    use meshca_ca::keys::KeyType as CaKeyType;
     use meshca_ca::{Authority, SpiffeId, TrustDomain, VerifiedCsr};
 
     use super::*;
@@ -282,7 +269,7 @@ mod tests {
 
     fn authority() -> Authority {
         let td = TrustDomain::new("cluster.local").unwrap();
-        Authority::generate_self_signed(&td, CaKeyType::EcP256, SystemTime::now()).unwrap()
+        Authority::generate_self_signed(&td, KeyType::EcP256, SystemTime::now()).unwrap()
     }
 
     /// What the RA would answer for `csr_pem`, signed as `id`.

@@ -60,21 +60,7 @@ pub struct UploadRequest {
 pub struct GenerateBody {
     #[serde(default)]
     #[schema(inline)]
-    key_type: KeyTypeName,
-}
-
-/// The key of the new root and signing certificate.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, ToSchema)]
-pub enum KeyTypeName {
-    #[default]
-    #[serde(rename = "ec-p256")]
-    EcP256,
-    #[serde(rename = "ec-p384")]
-    EcP384,
-    #[serde(rename = "rsa-2048")]
-    Rsa2048,
-    #[serde(rename = "rsa-4096")]
-    Rsa4096,
+    key_type: KeyType,
 }
 
 /// How far an authority's root has reached the agents connected to this server.
@@ -144,19 +130,6 @@ impl<'de> Deserialize<'de> for PrepareBody {
             _ => UploadRequest::deserialize(body)
                 .map(Self::Upload)
                 .map_err(D::Error::custom),
-        }
-    }
-}
-
-// === impl KeyTypeName ===
-
-impl From<KeyTypeName> for KeyType {
-    fn from(key_type: KeyTypeName) -> Self {
-        match key_type {
-            KeyTypeName::EcP256 => Self::EcP256,
-            KeyTypeName::EcP384 => Self::EcP384,
-            KeyTypeName::Rsa2048 => Self::Rsa2048,
-            KeyTypeName::Rsa4096 => Self::Rsa4096,
         }
     }
 }
@@ -297,7 +270,7 @@ async fn prepare_inner(
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let request = match body {
         PrepareBody::Generate(GenerateRequest { generate }) => {
-            PrepareRequest::Generate(generate.key_type.into())
+            PrepareRequest::Generate(generate.key_type)
         }
         PrepareBody::Upload(upload) => PrepareRequest::Upload(CacertsMaterial {
             signing_cert: NamedPem::field("ca_cert", &upload.ca_cert),
@@ -470,15 +443,20 @@ mod tests {
 
     #[test]
     fn the_documented_key_types_are_the_cas() {
-        let schema = serde_json::to_value(KeyTypeName::schema()).unwrap();
-        let names = schema["enum"].as_array().unwrap();
-        assert_eq!(names.len(), 4);
-        for name in names {
-            let rest: KeyTypeName = serde_json::from_value(name.clone()).unwrap();
-            let ca: KeyType = serde_json::from_value(name.clone()).unwrap();
-            assert_eq!(KeyType::from(rest), ca, "{name}");
-        }
-        assert_eq!(KeyType::from(KeyTypeName::default()), KeyType::default());
+        let schema = serde_json::to_value(KeyType::schema()).unwrap();
+        let names: Vec<&str> = schema["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        let ca = [
+            KeyType::EcP256,
+            KeyType::EcP384,
+            KeyType::Rsa2048,
+            KeyType::Rsa4096,
+        ];
+        assert_eq!(names, ca.map(KeyType::as_str));
     }
 
     #[test]
@@ -488,7 +466,7 @@ mod tests {
             parse(json!({"generate": {}})),
             Ok(PrepareBody::Generate(GenerateRequest {
                 generate: GenerateBody {
-                    key_type: KeyTypeName::EcP256
+                    key_type: KeyType::EcP256
                 }
             }))
         ));
