@@ -562,12 +562,6 @@ pub fn shed_retry_delay(attempt: u32, jitter: f64) -> Duration {
         .mul_f64(0.5 + jitter.clamp(0.0, 1.0))
 }
 
-fn random_unit() -> f64 {
-    let mut bytes = [0u8; 4];
-    let _ = aws_lc_rs::rand::fill(&mut bytes);
-    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
-}
-
 /// When the `n`th call of an open loop at `rate` per second is due.
 pub fn scheduled_start(started: Instant, rate: f64, n: u64) -> Instant {
     started + Duration::from_secs_f64(n as f64 / rate)
@@ -672,7 +666,11 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
                     match caller.call(item).await {
                         Attempt::Shed if sent.elapsed() < shed_retry_for => {
                             shed_retries += 1;
-                            tokio::time::sleep(shed_retry_delay(attempt, random_unit())).await;
+                            tokio::time::sleep(shed_retry_delay(
+                                attempt,
+                                crate::timing::random_unit(),
+                            ))
+                            .await;
                             attempt = attempt.saturating_add(1);
                         }
                         other => break other,

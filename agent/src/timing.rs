@@ -90,12 +90,7 @@ impl Backoff {
     }
 }
 
-/// A uniform random number in `[0, 1)` from the system RNG.
-pub fn random_unit() -> f64 {
-    let mut bytes = [0u8; 8];
-    aws_lc_rs::rand::fill(&mut bytes).expect("system RNG");
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
-}
+pub use meshca_pki::time::random_unit;
 
 #[cfg(test)]
 mod tests {
@@ -175,14 +170,6 @@ mod tests {
             Code::PermissionDenied,
         ] {
             assert_eq!(retry_class(code), RetryClass::Slow, "{code:?}");
-        }
-    }
-
-    #[test]
-    fn random_unit_is_in_range() {
-        for _ in 0..1000 {
-            let r = random_unit();
-            assert!((0.0..1.0).contains(&r));
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::remote::{self, RemoteCa, RemoteError, RemoteSetupError};
 use crate::rotation::{AuthorityEntry, AuthoritySet, AuthorityState};
 use crate::store::{IssuanceRecord, Store, StoreError, StoredAuthority, TransitionError};
 use crate::x509::{self, CertTemplate, ParsedCert};
+use meshca_pki::time::unix_seconds;
 use meshca_proto::meshca::ca::v1 as pb;
 use pb::change_authority_request::Step;
 
@@ -289,7 +290,7 @@ impl CertificateAuthority {
                     watch::channel(Arc::new(AuthoritySet::single(
                         authority,
                         "cacerts",
-                        unix(now),
+                        unix_seconds(now),
                     )))
                     .0,
                 );
@@ -540,7 +541,7 @@ impl CertificateAuthority {
                 id,
                 from.as_str(),
                 to.as_str(),
-                unix(SystemTime::now()),
+                unix_seconds(SystemTime::now()),
                 &audit,
             )
             .await?;
@@ -599,7 +600,7 @@ impl CertificateAuthority {
             .collect();
         let this_update = SystemTime::now();
         // The CRL number must grow with every CRL: the generation time in seconds does.
-        let number = unix(this_update) as u64;
+        let number = unix_seconds(this_update) as u64;
         Ok(crl_list::build_crl(
             &authority,
             &entries,
@@ -757,9 +758,9 @@ impl CertificateAuthority {
                 trust_domain: self.inner.trust_domain.to_string(),
                 namespace: subject.namespace.clone(),
                 service_account: subject.service_account.clone(),
-                not_before: unix(validity.0),
-                not_after: unix(validity.1),
-                issued_at: unix(now),
+                not_before: unix_seconds(validity.0),
+                not_after: unix_seconds(validity.1),
+                issued_at: unix_seconds(now),
                 authority_id: authority.id().to_string(),
                 requester_method: requester.method.clone(),
                 requester_principal: requester.principal.clone(),
@@ -823,12 +824,6 @@ pub fn sign_leaf(
     let template =
         profile::workload_template(csr, spiffe_id, serial_number, validity, authority.key_id())?;
     Ok((serial, authority.sign(template)?))
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn pem_cert(der: &[u8]) -> String {
@@ -940,8 +935,8 @@ fn sealed_record(
             authority.id().as_str().as_bytes(),
         ),
         kek_id: kek.id().to_string(),
-        created_at: unix(now),
-        updated_at: unix(now),
+        created_at: unix_seconds(now),
+        updated_at: unix_seconds(now),
     }
 }
 
@@ -1056,7 +1051,7 @@ fn reload_once(
                 previous = %current.active().id(),
                 "plugged-in CA changed; new issuances use the new material"
             );
-            let now = unix(SystemTime::now());
+            let now = unix_seconds(SystemTime::now());
             sender.send_replace(Arc::new(current.with_new_active(authority, "cacerts", now)));
         }
         Err(error) => {

@@ -39,12 +39,6 @@ pub fn reconnect_delay(attempt: u32, jitter: f64) -> Duration {
     capped.mul_f64(1.0 + 0.2 * jitter.clamp(0.0, 1.0))
 }
 
-fn random_jitter() -> f64 {
-    let mut bytes = [0u8; 4];
-    let _ = aws_lc_rs::rand::fill(&mut bytes);
-    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
-}
-
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RemoteSetupError {
@@ -239,7 +233,7 @@ impl RemoteCa {
             match self.next_connection().await {
                 Ok(pair) => return pair,
                 Err(error) => {
-                    let delay = reconnect_delay(attempt, random_jitter());
+                    let delay = reconnect_delay(attempt, meshca_pki::time::random_unit());
                     tracing::warn!(addr = %self.inner.addr, %error, ?delay, "CA service not reachable yet; retrying");
                     tokio::time::sleep(delay).await;
                     attempt = attempt.saturating_add(1);
@@ -294,7 +288,7 @@ impl RemoteCa {
                 if sender.strong_count() == 0 {
                     return;
                 }
-                tokio::time::sleep(reconnect_delay(attempt, random_jitter())).await;
+                tokio::time::sleep(reconnect_delay(attempt, meshca_pki::time::random_unit())).await;
                 attempt = attempt.saturating_add(1);
                 match self.next_connection().await {
                     Ok((set, next)) => {

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod keys;
 pub mod profile;
 pub mod rotation;
+pub mod time;
 pub mod x509;
 
 pub use authority::Authority;

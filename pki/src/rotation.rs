@@ -40,11 +40,6 @@ pub struct AuthoritySet {
     active: usize,
 }
 
-fn unix(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 // === impl AuthorityState ===
 
 impl AuthorityState {
@@ -125,7 +120,7 @@ impl AuthoritySet {
             .entries
             .iter()
             .filter(|e| e.authority.id() != &id)
-            .filter(|e| unix(e.authority.signing_cert().not_after()) > now)
+            .filter(|e| crate::time::unix_seconds(e.authority.signing_cert().not_after()) > now)
             .cloned()
             .map(|mut e| {
                 if e.state == AuthorityState::Active {

@@ -3,6 +3,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use meshca_pki::keys::sha256_hex;
+use meshca_pki::time::unix_seconds;
+
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -107,10 +110,6 @@ pub fn unix_to_rfc3339(secs: i64) -> String {
     rfc3339(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
-}
-
 // === impl PrepareBody ===
 
 impl<'de> Deserialize<'de> for PrepareBody {
@@ -143,7 +142,7 @@ async fn view(state: &RestState, entry: &AuthorityEntry) -> Result<AuthorityView
     let live = state
         .ca
         .store()
-        .count_live_certificates(authority.id().as_str(), unix(now))
+        .count_live_certificates(authority.id().as_str(), unix_seconds(now))
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let (received, connected) = state.watchers.propagation(&root_fingerprint);
@@ -165,11 +164,6 @@ async fn view(state: &RestState, entry: &AuthorityEntry) -> Result<AuthorityView
         created_at: unix_to_rfc3339(entry.created_at),
         updated_at: unix_to_rfc3339(entry.updated_at),
     })
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl From<RotationError> for ApiError {
