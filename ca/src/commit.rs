@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::AuditEvent;
-use crate::issuer::CaMetrics;
-use crate::sqlite_writer::SqliteIssuanceWriter;
-use crate::store::{IssuanceRecord, Store, StoreError};
+use crate::metrics::CaMetrics;
+use crate::store::{
+    IssuanceRecord, IssuanceWriter, PostgresIssuanceWriter, SqliteIssuanceWriter, Store, StoreError,
+};
 
 /// The most issuances one transaction takes; the rest wait for the next.
 const MAX_BATCH: usize = 512;
@@ -79,24 +80,26 @@ pub fn commit_delay(queued: usize, coming: usize) -> Option<Duration> {
 }
 
 impl IssuanceCommitter {
-    /// Starts the writer: a thread of its own for a SQLite database file, a task on the
-    /// current Tokio runtime for PostgreSQL (or an in-memory SQLite database).
-    pub fn start(store: Store, metrics: Arc<CaMetrics>) -> Self {
+    /// Starts the store's writer: on a thread of its own for SQLite (see
+    /// [`crate::store::SqliteIssuanceWriter`]), as a task on the current Tokio runtime for
+    /// PostgreSQL.
+    pub fn start(store: &Store, metrics: Arc<CaMetrics>) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let admitted = Arc::new(AtomicUsize::new(0));
-        match &store {
-            // A database file gets a writer thread of its own (see `sqlite_writer`); an
-            // in-memory one can only be reached through its pool.
-            Store::Sqlite(pool) if pool.connect_options().get_filename().is_file() => {
-                let writer = SqliteIssuanceWriter::new(pool.clone());
-                let admitted = admitted.clone();
+        let batches = Batches {
+            receiver,
+            admitted: admitted.clone(),
+            batch: Vec::with_capacity(MAX_BATCH),
+        };
+        match store.issuance_writer() {
+            IssuanceWriter::Sqlite(writer) => {
                 std::thread::Builder::new()
                     .name("meshca-issuance-writer".into())
-                    .spawn(move || write_batches_on_thread(writer, receiver, admitted, metrics))
+                    .spawn(move || write_batches_on_thread(writer, batches, metrics))
                     .expect("the issuance writer thread could not be started");
             }
-            _ => {
-                tokio::spawn(write_batches(store, receiver, metrics));
+            IssuanceWriter::Postgres(writer) => {
+                tokio::spawn(write_batches(writer, batches, metrics));
             }
         }
         IssuanceCommitter { queue, admitted }
@@ -136,58 +139,96 @@ impl IssuanceCommitter {
     }
 }
 
-async fn write_batches(
-    store: Store,
-    mut receiver: mpsc::Receiver<Pending>,
-    metrics: Arc<CaMetrics>,
-) {
-    let mut writer = store.issuance_writer();
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let items: Vec<_> = batch.iter().map(|p| (&p.record, &p.audit)).collect();
-        let outcome = writer.insert_issuances(&items).await;
-        drop(items);
-        answer(&mut batch, outcome, &metrics);
-    }
+/// The writer's side of the queue: the batch being gathered and who is still coming.
+struct Batches {
+    receiver: mpsc::Receiver<Pending>,
+    admitted: Arc<AtomicUsize>,
+    batch: Vec<Pending>,
 }
 
-/// [`write_batches`] on a thread: waits for one issuance, takes whatever else queued, and
-/// waits up to [`commit_delay`] for more when many callers are on their way.
-fn write_batches_on_thread(
-    mut writer: SqliteIssuanceWriter,
-    mut receiver: mpsc::Receiver<Pending>,
-    admitted: Arc<AtomicUsize>,
-    metrics: Arc<CaMetrics>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    // Admitted callers whose issuance is not in the batch yet (the batch's own callers hold
-    // their admission while they wait for this commit).
-    let coming =
-        |batch: &Vec<Pending>| admitted.load(Ordering::Relaxed).saturating_sub(batch.len());
-    while let Some(first) = receiver.blocking_recv() {
-        batch.push(first);
-        take_queued(&mut receiver, &mut batch);
-        if let Some(delay) = commit_delay(batch.len(), coming(&batch)) {
-            let deadline = Instant::now() + delay;
-            while batch.len() < MAX_BATCH && coming(&batch) > 0 && Instant::now() < deadline {
-                std::thread::sleep(COMMIT_POLL);
-                take_queued(&mut receiver, &mut batch);
+impl Batches {
+    /// Admitted callers whose issuance is not in the batch yet (the batch's own callers hold
+    /// their admission while they wait for this commit).
+    fn coming(&self) -> usize {
+        self.admitted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.batch.len())
+    }
+
+    /// Whether to keep gathering before the deadline of a [`commit_delay`].
+    fn worth_waiting(&self) -> bool {
+        self.batch.len() < MAX_BATCH && self.coming() > 0
+    }
+
+    /// Moves what is queued into the batch, up to [`MAX_BATCH`].
+    fn take_queued(&mut self) {
+        while self.batch.len() < MAX_BATCH {
+            match self.receiver.try_recv() {
+                Ok(next) => self.batch.push(next),
+                Err(_) => break,
             }
         }
-        let items: Vec<_> = batch.iter().map(|p| (&p.record, &p.audit)).collect();
-        let outcome = writer.insert_issuances(&items);
-        drop(items);
-        answer(&mut batch, outcome, &metrics);
     }
 }
 
-/// Moves what is queued into `batch`, up to [`MAX_BATCH`].
-fn take_queued(receiver: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>) {
-    while batch.len() < MAX_BATCH {
-        match receiver.try_recv() {
-            Ok(next) => batch.push(next),
-            Err(_) => break,
+/// The PostgreSQL writer's loop: waits for one issuance, takes whatever else queued, and waits
+/// up to [`commit_delay`] for more when many callers are on their way.
+async fn write_batches(
+    mut writer: PostgresIssuanceWriter,
+    mut batches: Batches,
+    metrics: Arc<CaMetrics>,
+) {
+    while let Some(first) = batches.receiver.recv().await {
+        batches.batch.push(first);
+        batches.take_queued();
+        if let Some(delay) = commit_delay(batches.batch.len(), batches.coming()) {
+            let deadline = tokio::time::Instant::now() + delay;
+            while batches.worth_waiting() {
+                match tokio::time::timeout_at(deadline, batches.receiver.recv()).await {
+                    Ok(Some(next)) => {
+                        batches.batch.push(next);
+                        batches.take_queued();
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
         }
+        let items: Vec<_> = batches
+            .batch
+            .iter()
+            .map(|p| (&p.record, &p.audit))
+            .collect();
+        let outcome = writer.insert_issuances(&items).await;
+        drop(items);
+        answer(&mut batches.batch, outcome, &metrics);
+    }
+}
+
+/// The SQLite writer's loop, on its own thread: the same gathering as [`write_batches`], with
+/// the thread polling for arrivals while it waits (Tokio's timer is too coarse here).
+fn write_batches_on_thread(
+    mut writer: SqliteIssuanceWriter,
+    mut batches: Batches,
+    metrics: Arc<CaMetrics>,
+) {
+    while let Some(first) = batches.receiver.blocking_recv() {
+        batches.batch.push(first);
+        batches.take_queued();
+        if let Some(delay) = commit_delay(batches.batch.len(), batches.coming()) {
+            let deadline = Instant::now() + delay;
+            while batches.worth_waiting() && Instant::now() < deadline {
+                std::thread::sleep(COMMIT_POLL);
+                batches.take_queued();
+            }
+        }
+        let items: Vec<_> = batches
+            .batch
+            .iter()
+            .map(|p| (&p.record, &p.audit))
+            .collect();
+        let outcome = writer.insert_issuances(&items);
+        drop(items);
+        answer(&mut batches.batch, outcome, &metrics);
     }
 }
 

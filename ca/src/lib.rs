@@ -5,11 +5,12 @@
 pub mod cacerts;
 pub mod commit;
 pub mod config;
+pub mod issued;
 pub mod issuer;
 pub mod kek;
+pub mod metrics;
 pub mod remote;
 pub mod service;
-mod sqlite_writer;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -20,9 +21,10 @@ pub mod tls;
 pub use config::{CaConfig, StoreConfig};
 pub use csr::{CsrError, VerifiedCsr};
 pub use identity::{AuthorityId, Serial, SpiffeId, TrustDomain};
+pub use issued::IssuedCertificate;
 pub use issuer::{
-    CaSettings, CertificateAuthority, IssueError, IssueRequest, IssuedCertificate, PrepareRequest,
-    Requester, RotationError, StartError,
+    CaSettings, CertificateAuthority, IssueError, IssueRequest, PrepareRequest, Requester,
+    RotationError, StartError,
 };
 pub use keys::KeyType;
 pub use meshca_pki::{

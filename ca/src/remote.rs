@@ -18,7 +18,7 @@ use crate::authority::Authority;
 use crate::chain;
 use crate::config::CaConfig;
 use crate::identity::{AuthorityId, Serial};
-use crate::issuer::IssuedCertificate;
+use crate::issued::IssuedCertificate;
 use crate::rotation::{AuthorityEntry, AuthoritySet, AuthorityState};
 use crate::x509::ParsedCert;
 
@@ -272,7 +272,11 @@ impl RemoteCa {
                             return;
                         };
                         match set_from_snapshot(&snapshot) {
-                            Ok(set) => publish(&sender, set),
+                            Ok(set) => {
+                                sender.send_if_modified(|current| {
+                                    AuthoritySet::replace_if_changed(current, set)
+                                });
+                            }
                             Err(error) => {
                                 tracing::error!(%error, "CA service sent an authority set that does not validate; keeping the current one");
                             }
@@ -296,7 +300,9 @@ impl RemoteCa {
                             return;
                         };
                         tracing::info!(addr = %self.inner.addr, "reconnected to the CA service");
-                        publish(&sender, set);
+                        sender.send_if_modified(|current| {
+                            AuthoritySet::replace_if_changed(current, set)
+                        });
                         stream = next;
                         break;
                     }
@@ -307,17 +313,6 @@ impl RemoteCa {
             }
         }
     }
-}
-
-/// Replaces the published set when it differs (ids, states or certificates).
-pub(crate) fn publish(sender: &watch::Sender<Arc<AuthoritySet>>, set: AuthoritySet) {
-    sender.send_if_modified(|current| {
-        if current.same_as(&set) {
-            return false;
-        }
-        *current = Arc::new(set);
-        true
-    });
 }
 
 fn build_client(

@@ -27,9 +27,10 @@ use crate::chain;
 use crate::config::CaConfig;
 use crate::csr::VerifiedCsr;
 use crate::identity::SpiffeId;
+use crate::issued::IssuedCertificate;
 use crate::issuer::{
-    CertificateAuthority, CrlError, IssueError, IssueRequest, IssuedCertificate, PrepareRequest,
-    Requester, RotationError,
+    CertificateAuthority, CrlError, IssueError, IssueRequest, PrepareRequest, Requester,
+    RotationError,
 };
 use crate::keys::KeyType;
 use crate::remote::snapshot_of;
@@ -139,7 +140,7 @@ impl RunningSigningService {
 
 impl SigningService {
     pub fn new(ca: CertificateAuthority, config: &CaConfig) -> Result<Self, ServiceError> {
-        if ca.remote().is_some() {
+        if ca.is_keyless() {
             return Err(ServiceError::Keyless);
         }
         if config.allowed_ras.is_empty() {

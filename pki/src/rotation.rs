@@ -195,6 +195,17 @@ impl AuthoritySet {
                 .zip(&other.entries)
                 .all(|(a, b)| a.authority.id() == b.authority.id() && a.state == b.state)
     }
+
+    /// Replaces `current` with `fresh` unless they are the [`same`](Self::same_as); says
+    /// whether it did. Publishers pass it to `watch::Sender::send_if_modified`, so followers
+    /// wake only for a real change.
+    pub fn replace_if_changed(current: &mut Arc<AuthoritySet>, fresh: AuthoritySet) -> bool {
+        if current.same_as(&fresh) {
+            return false;
+        }
+        *current = Arc::new(fresh);
+        true
+    }
 }
 
 #[cfg(test)]

@@ -258,31 +258,10 @@ async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
     )
 }
 
-/// Ready once the store answers and the authority can still sign.
+/// Ready once the CA could issue (see [`meshca_ca::CertificateAuthority::readiness`]).
 async fn ready_handler(State(state): State<HttpState>) -> impl IntoResponse {
-    if let Err(error) = state.ca.store().ping().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("store: {error}\n"));
+    match state.ca.readiness().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }
-    if state.ca.remote().is_none() && !state.ca.records_issuances() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "issuance writer stopped\n".to_string(),
-        );
-    }
-    if let Some(remote) = state.ca.remote() {
-        if !remote.is_connected() {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("CA service {} unreachable\n", remote.addr()),
-            );
-        }
-    }
-    let authority = state.ca.current_authority();
-    if authority.path_not_after() <= std::time::SystemTime::now() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "CA signing path has expired\n".to_string(),
-        );
-    }
-    (StatusCode::OK, "ready\n".to_string())
 }

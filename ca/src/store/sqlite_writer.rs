@@ -1,5 +1,5 @@
 //! The SQLite half of the group commit ([`crate::commit`]), on a thread of its own and through
-//! rusqlite rather than sqlx. sqlx runs each SQLite connection on a worker thread, so every
+//! rusqlite rather than sqlx (the statements are the store's own, from [`super::sql`]). sqlx runs each SQLite connection on a worker thread, so every
 //! statement is a hand-off to that thread and back — six per batch (begin, two inserts, two
 //! audit-head updates, commit). At a steady 1,000 issuances/s batches hold one or two
 //! issuances, and those hand-offs and their context switches were 40 % of the server's CPU
@@ -18,8 +18,9 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use sqlx::SqlitePool;
 
+use super::records::{IssuanceRecord, StoreError};
+use super::sql::{ADVANCE_AUDIT_HEAD, INSERT_AUDIT_EVENT, INSERT_ISSUANCE, SET_AUDIT_HEAD_HASH};
 use crate::audit::AuditEvent;
-use crate::store::{IssuanceRecord, StoreError};
 
 /// Page cache of the writer's connection, in KiB (SQLite's default is 2,000): the indexes keyed
 /// by serial and public key take inserts all over, so their pages are better kept than read
@@ -32,7 +33,7 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The store's writer for issuances. It opens its connection when first needed and drops it
 /// after a failure, to open a new one for the next batch.
-pub(crate) struct SqliteIssuanceWriter {
+pub struct SqliteIssuanceWriter {
     pool: SqlitePool,
     path: PathBuf,
     connection: Option<Connection>,
@@ -73,10 +74,11 @@ impl SqliteIssuanceWriter {
         }
     }
 
-    /// [`crate::store::Store::insert_issuances`], for this thread: one transaction, each
-    /// issuance inserted unless its serial is on record already, then the audit events of
-    /// those that went in, chained onto the log's head. Says which items went in.
-    pub(crate) fn insert_issuances(
+    /// One transaction: each issuance inserted unless its serial is on record already (or
+    /// earlier in this batch: the first holder has it), then the audit events of those that
+    /// went in, chained onto the log's head. Says which items went in; an error means nothing
+    /// of the batch was committed.
+    pub fn insert_issuances(
         &mut self,
         items: &[(&IssuanceRecord, &AuditEvent)],
     ) -> Result<Vec<bool>, StoreError> {
@@ -170,13 +172,7 @@ fn insert_in_one_transaction(
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut inserted = Vec::with_capacity(items.len());
     {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO issued_certificates (serial, spiffe_id, trust_domain, namespace, \
-             service_account, not_before, not_after, issued_at, authority_id, requester_method, \
-             requester_principal, peer_address, cluster_id, public_key_sha256, cert_der) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
-             ON CONFLICT (serial) DO NOTHING",
-        )?;
+        let mut insert = tx.prepare_cached(&INSERT_ISSUANCE)?;
         for (r, _) in items {
             // A serial already on record (or twice in this batch: the first holder has it)
             // changes no row.
@@ -203,9 +199,7 @@ fn insert_in_one_transaction(
     let count = inserted.iter().filter(|ok| **ok).count() as i64;
     if count > 0 {
         let (last_seq, prev): (i64, String) = tx
-            .prepare_cached(
-                "UPDATE audit_head SET seq = seq + ?1 WHERE id = 1 RETURNING seq, hash",
-            )?
+            .prepare_cached(ADVANCE_AUDIT_HEAD)?
             .query_row([count], |row| Ok((row.get(0)?, row.get(1)?)))?;
         let events = items
             .iter()
@@ -213,11 +207,7 @@ fn insert_in_one_transaction(
             .filter(|(_, ok)| **ok)
             .map(|((_, event), _)| *event);
         let records = crate::audit::chain(events, last_seq - count + 1, &prev);
-        let mut append = tx.prepare_cached(
-            "INSERT INTO audit_events (seq, at, actor_method, actor_principal, action, target, \
-             outcome, details, prev_hash, hash) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?;
+        let mut append = tx.prepare_cached(&INSERT_AUDIT_EVENT)?;
         for record in &records {
             append.execute(params![
                 record.seq,
@@ -234,7 +224,7 @@ fn insert_in_one_transaction(
         }
         drop(append);
         let head_hash = &records.last().expect("count > 0 events").hash;
-        tx.prepare_cached("UPDATE audit_head SET hash = ?1 WHERE id = 1")?
+        tx.prepare_cached(SET_AUDIT_HEAD_HASH)?
             .execute([head_hash])?;
     }
     tx.commit()?;

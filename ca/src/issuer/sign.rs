@@ -1,0 +1,305 @@
+//! Issuing: a workload certificate for an authenticated identity, or a serving certificate
+//! for meshca's own endpoints. Signed here with the active authority and committed before it
+//! is returned, or forwarded to the `meshca ca` service in a keyless RA.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::serial_number::SerialNumber;
+
+use super::state::{CertificateAuthority, Mode};
+use crate::audit::{AuditEvent, Outcome};
+use crate::authority::{Authority, AuthoritySignError};
+use crate::commit::{CommitError, IssuanceCommitter};
+use crate::csr::VerifiedCsr;
+use crate::identity::{Serial, SpiffeId};
+use crate::issued::IssuedCertificate;
+use crate::keys;
+use crate::profile::{self, TtlError};
+use crate::remote::RemoteError;
+use crate::store::IssuanceRecord;
+use crate::x509::{self, CertTemplate};
+use meshca_pki::time::unix_seconds;
+use meshca_proto::meshca::ca::v1 as pb;
+
+/// How often to retry a serial collision before giving up (a collision of random 127-bit
+/// serials means the RNG is broken; retrying bounds the damage).
+const SERIAL_ATTEMPTS: usize = 3;
+
+/// Who asked for a certificate, for the issuance record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requester {
+    /// `jwt`, `tokenreview`, `athenz`, `renewal`, …
+    pub method: String,
+    pub principal: String,
+    pub peer_address: Option<String>,
+    pub cluster_id: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct IssueRequest<'a> {
+    pub csr: &'a VerifiedCsr,
+    pub spiffe_id: &'a SpiffeId,
+    /// Seconds; ≤ 0 means the default TTL.
+    pub requested_ttl_secs: i64,
+    pub requester: &'a Requester,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssueError {
+    #[error(transparent)]
+    Ttl(#[from] TtlError),
+    #[error("SPIFFE id {id} is not in trust domain {trust_domain}")]
+    ForeignTrustDomain { id: String, trust_domain: String },
+    #[error("building the certificate: {0}")]
+    Encode(#[from] der::Error),
+    #[error(transparent)]
+    Sign(#[from] AuthoritySignError),
+    #[error(
+        "the signing path expired at {}: no certificate can be issued",
+        humantime::format_rfc3339_seconds(*.0)
+    )]
+    NotReady(SystemTime),
+    #[error("recording the issuance: {0}")]
+    Store(#[source] CommitError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+impl CertificateAuthority {
+    /// Signs a workload certificate for `spiffe_id` and records it; the certificate is
+    /// returned only once its record is committed.
+    pub async fn issue(&self, req: IssueRequest<'_>) -> Result<IssuedCertificate, IssueError> {
+        let committer = match &self.inner.mode {
+            Mode::OwnRoots { committer, .. } | Mode::PluggedIn { committer } => committer,
+            Mode::Keyless { remote } => {
+                // The service checks CSR, identity and TTL again under its own policy.
+                return Ok(remote
+                    .sign(pb::SignRequest {
+                        csr_der: req.csr.der().to_vec(),
+                        spiffe_id: req.spiffe_id.to_string(),
+                        requested_ttl_seconds: req.requested_ttl_secs,
+                        requester: Some(pb::Requester {
+                            method: req.requester.method.clone(),
+                            principal: req.requester.principal.clone(),
+                            peer_address: req.requester.peer_address.clone().unwrap_or_default(),
+                            cluster_id: req.requester.cluster_id.clone().unwrap_or_default(),
+                        }),
+                    })
+                    .await?);
+            }
+        };
+        let ttl = self.inner.ttl.resolve(req.requested_ttl_secs)?;
+        if req.spiffe_id.trust_domain() != self.inner.trust_domain {
+            return Err(IssueError::ForeignTrustDomain {
+                id: req.spiffe_id.to_string(),
+                trust_domain: self.inner.trust_domain.to_string(),
+            });
+        }
+        let (namespace, service_account) = match req.spiffe_id.kubernetes_workload() {
+            Some((ns, sa)) => (Some(ns.to_string()), Some(sa.to_string())),
+            None => (None, None),
+        };
+        let subject = RecordSubject {
+            spiffe_id: req.spiffe_id.to_string(),
+            namespace,
+            service_account,
+            spki: req.csr.public_key(),
+        };
+        self.sign_and_record(
+            committer,
+            ttl,
+            subject,
+            req.requester,
+            |authority, serial, validity| {
+                profile::workload_template(
+                    req.csr,
+                    req.spiffe_id,
+                    serial,
+                    validity,
+                    authority.key_id(),
+                )
+            },
+        )
+        .await
+    }
+
+    /// A TLS serving certificate for meshca's own endpoints (DNS and IP SANs, serverAuth and
+    /// clientAuth), recorded like every other certificate.
+    pub async fn issue_server_certificate(
+        &self,
+        spki: &SubjectPublicKeyInfoOwned,
+        dns_names: &[String],
+        ip_addrs: &[IpAddr],
+        ttl: Duration,
+        principal: &str,
+    ) -> Result<IssuedCertificate, IssueError> {
+        let committer = match &self.inner.mode {
+            Mode::OwnRoots { committer, .. } | Mode::PluggedIn { committer } => committer,
+            Mode::Keyless { remote } => {
+                return Ok(remote
+                    .serving_certificate(pb::ServingCertificateRequest {
+                        subject_public_key_info_der: keys::spki_der(spki),
+                        dns_names: dns_names.to_vec(),
+                        ip_addresses: ip_addrs.iter().map(IpAddr::to_string).collect(),
+                        ttl_seconds: ttl.as_secs() as i64,
+                    })
+                    .await?);
+            }
+        };
+        let subject = RecordSubject {
+            spiffe_id: String::new(),
+            namespace: None,
+            service_account: None,
+            spki,
+        };
+        let requester = Requester {
+            method: "internal".into(),
+            principal: principal.into(),
+            peer_address: None,
+            cluster_id: None,
+        };
+        self.sign_and_record(
+            committer,
+            ttl,
+            subject,
+            &requester,
+            |authority, serial, validity| {
+                profile::server_template(
+                    spki,
+                    dns_names,
+                    ip_addrs,
+                    serial,
+                    validity,
+                    authority.key_id(),
+                )
+            },
+        )
+        .await
+    }
+
+    /// Signs with the current authority and commits the record; a serial collision (the unique
+    /// index) signs again with a new serial.
+    async fn sign_and_record(
+        &self,
+        committer: &IssuanceCommitter,
+        ttl: Duration,
+        subject: RecordSubject<'_>,
+        requester: &Requester,
+        template: impl Fn(
+            &Authority,
+            SerialNumber,
+            (SystemTime, SystemTime),
+        ) -> Result<CertTemplate, der::Error>,
+    ) -> Result<IssuedCertificate, IssueError> {
+        let authority = self.current_authority();
+        let now = SystemTime::now();
+        if authority.path_not_after() <= now {
+            return Err(IssueError::NotReady(authority.path_not_after()));
+        }
+        let validity = profile::leaf_validity(now, ttl, authority.path_not_after());
+        let key_hash = keys::sha256_hex(&keys::spki_der(subject.spki));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let serial_number = x509::new_serial();
+            let serial = Serial::from_be_bytes(serial_number.as_bytes());
+            let leaf_der = authority.sign(template(&authority, serial_number, validity)?)?;
+            let record = IssuanceRecord {
+                serial: serial.to_hex(),
+                spiffe_id: subject.spiffe_id.clone(),
+                trust_domain: self.inner.trust_domain.to_string(),
+                namespace: subject.namespace.clone(),
+                service_account: subject.service_account.clone(),
+                not_before: unix_seconds(validity.0),
+                not_after: unix_seconds(validity.1),
+                issued_at: unix_seconds(now),
+                authority_id: authority.id().to_string(),
+                requester_method: requester.method.clone(),
+                requester_principal: requester.principal.clone(),
+                peer_address: requester.peer_address.clone(),
+                cluster_id: requester.cluster_id.clone(),
+                public_key_sha256: key_hash.clone(),
+                cert_der: leaf_der.clone(),
+            };
+            let audit = AuditEvent::new(
+                (&requester.method, &requester.principal),
+                "certificate.issue",
+                &record.serial,
+                Outcome::Success,
+                serde_json::json!({
+                    "spiffe_id": record.spiffe_id,
+                    "authority": record.authority_id,
+                    "not_after": record.not_after,
+                    "peer_address": record.peer_address,
+                    "cluster_id": record.cluster_id,
+                }),
+            );
+            match committer.commit(record, audit).await {
+                Ok(()) => {
+                    let mut chain_pem = Vec::with_capacity(1 + authority.chain_tail().len());
+                    chain_pem.push(pem_cert(&leaf_der));
+                    chain_pem.extend(authority.chain_tail().iter().cloned());
+                    return Ok(IssuedCertificate {
+                        serial,
+                        leaf_der,
+                        chain_pem,
+                        not_after: validity.1,
+                        authority_id: authority.id().clone(),
+                    });
+                }
+                Err(CommitError::DuplicateSerial(_)) if attempt < SERIAL_ATTEMPTS => {
+                    tracing::warn!(serial = %serial.to_hex(), "serial collision; signing again with a new serial");
+                }
+                Err(e) => return Err(IssueError::Store(e)),
+            }
+        }
+    }
+}
+
+/// What the issuance record says the certificate is for.
+struct RecordSubject<'a> {
+    spiffe_id: String,
+    namespace: Option<String>,
+    service_account: Option<String>,
+    spki: &'a SubjectPublicKeyInfoOwned,
+}
+
+/// The signing hot path without the store: a fresh serial, the workload template, signed.
+pub fn sign_leaf(
+    authority: &Authority,
+    csr: &VerifiedCsr,
+    spiffe_id: &SpiffeId,
+    validity: (SystemTime, SystemTime),
+) -> Result<(Serial, Vec<u8>), IssueError> {
+    let serial_number = x509::new_serial();
+    let serial = Serial::from_be_bytes(serial_number.as_bytes());
+    let template =
+        profile::workload_template(csr, spiffe_id, serial_number, validity, authority.key_id())?;
+    Ok((serial, authority.sign(template)?))
+}
+
+fn pem_cert(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    /// Logged as `error=…`: a time in a log line is RFC 3339, not `SystemTime { tv_sec: … }`.
+    #[test]
+    fn an_expired_signing_path_is_named_in_rfc3339() {
+        let error = IssueError::NotReady(UNIX_EPOCH + Duration::from_secs(1_795_651_200));
+        assert_eq!(
+            error.to_string(),
+            "the signing path expired at 2026-11-26T00:00:00Z: no certificate can be issued"
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! What the store reads and writes, as plain rows, and why a store operation failed. No SQL
+//! here: the writers and queries beside this module share these types.
+
+use crate::rotation::AuthorityState;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("store URL {0:?} is neither sqlite: nor postgres:")]
+    UnsupportedUrl(String),
+    #[error("opening the store: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("migrating the store schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "an in-memory SQLite store cannot be shared with the issuance writer; give a database file"
+    )]
+    InMemory,
+    #[error("store query failed: {0}")]
+    Query(#[source] sqlx::Error),
+    /// From the SQLite issuance writer ([`super::sqlite_writer`]).
+    #[error("store query failed: {0}")]
+    Sqlite(#[source] rusqlite::Error),
+}
+
+/// Why an authority could not change state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransitionError {
+    #[error("no authority {0}")]
+    NotFound(String),
+    #[error("authority {id} is {state}; this step needs it {required}")]
+    WrongState {
+        id: String,
+        /// As recorded; a state this build does not know is shown as it is.
+        state: String,
+        required: AuthorityState,
+    },
+    #[error("another activation happened at the same time; retry")]
+    Raced,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A certificate revocation as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RevocationRecord {
+    pub serial: String,
+    pub reason: String,
+    pub revoked_at: i64,
+    pub actor: String,
+}
+
+/// One issued certificate, as the audit trail keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct IssuanceRecord {
+    pub serial: String,
+    pub spiffe_id: String,
+    pub trust_domain: String,
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub issued_at: i64,
+    pub authority_id: String,
+    pub requester_method: String,
+    pub requester_principal: String,
+    pub peer_address: Option<String>,
+    pub cluster_id: Option<String>,
+    pub public_key_sha256: String,
+    pub cert_der: Vec<u8>,
+}
+
+/// An authority as persisted; the key only ever sealed.
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StoredAuthority {
+    pub id: String,
+    pub state: String,
+    pub source: String,
+    pub key_type: String,
+    pub cert_der: Vec<u8>,
+    pub chain_pem: String,
+    pub roots_pem: String,
+    pub sealed_key: Vec<u8>,
+    pub kek_id: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for StoredAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredAuthority")
+            .field("id", &self.id)
+            .field("state", &self.state)
+            .field("source", &self.source)
+            .field("key_type", &self.key_type)
+            .field("kek_id", &self.kek_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Filters for `GET /v1/audit`; all optional, combined with AND.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub outcome: Option<String>,
+    pub target: Option<String>,
+    /// Unix seconds, inclusive.
+    pub since: Option<i64>,
+    /// Unix seconds, exclusive.
+    pub until: Option<i64>,
+}
+
+/// What an auditor can filter certificates by; all optional, combined with AND.
+#[derive(Clone, Debug, Default)]
+pub struct CertificateFilter {
+    pub serial: Option<String>,
+    /// Exact, or a prefix when it ends with `*`.
+    pub spiffe_id: Option<String>,
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
+    pub authority: Option<String>,
+    /// The requester's principal (service account, Athenz CN, SPIFFE id).
+    pub requester: Option<String>,
+    pub issued_after: Option<i64>,
+    pub issued_before: Option<i64>,
+    pub expires_after: Option<i64>,
+    pub expires_before: Option<i64>,
+    pub status: Option<CertificateStatus>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateStatus {
+    /// Unexpired and not revoked.
+    Valid,
+    Expired,
+    Revoked,
+}
+
+/// A certificate in the inventory (without its DER).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct CertificateRow {
+    pub id: i64,
+    pub serial: String,
+    pub spiffe_id: String,
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub issued_at: i64,
+    pub authority_id: String,
+    pub requester_method: String,
+    pub requester_principal: String,
+    pub peer_address: Option<String>,
+    pub cluster_id: Option<String>,
+    pub public_key_sha256: String,
+    pub revoked_at: Option<i64>,
+    pub revocation_reason: Option<String>,
+}
