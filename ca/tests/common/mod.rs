@@ -1,11 +1,16 @@
 //! Fixtures for the CA tests: certificate chains with whatever flaw a test needs, CSRs of every
 //! key type, stores on SQLite and (when configured) PostgreSQL.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 
-use meshca_ca::Store;
+use std::time::Duration;
+
+use meshca_ca::{
+    CaConfig, CaSettings, CertificateAuthority, IssueError, IssueRequest, Requester, SpiffeId, Store,
+    StoreConfig, TrustDomain, VerifiedCsr,
+};
 
 pub use meshca_ca::testing::{write_istio_dir, CaSpec, GeneratedChain, TestCa, DAY};
 
@@ -108,4 +113,52 @@ pub fn openssl_verify(
     } else {
         Err(text)
     }
+}
+
+pub const TD: &str = "cluster.local";
+
+pub fn settings(data_dir: &Path, store_url: &str, cacerts: Option<&Path>) -> CaSettings {
+    CaSettings {
+        trust_domain: TrustDomain::new(TD).unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        store: StoreConfig {
+            url: Some(store_url.to_string()),
+        },
+        ca: CaConfig {
+            cacerts_dir: cacerts.map(Path::to_path_buf),
+            cacerts_poll_interval: Duration::from_millis(100),
+            ..CaConfig::default()
+        },
+    }
+}
+
+pub fn requester() -> Requester {
+    Requester {
+        method: "jwt".into(),
+        principal: "system:serviceaccount:default:web".into(),
+        peer_address: Some("10.0.0.7:41234".into()),
+        cluster_id: Some("Kubernetes".into()),
+    }
+}
+
+pub fn web_id() -> SpiffeId {
+    TrustDomain::new(TD)
+        .unwrap()
+        .workload_id("default", "web")
+        .unwrap()
+}
+
+pub async fn issue(
+    ca: &CertificateAuthority,
+    csr_pem: &str,
+    ttl: i64,
+) -> Result<meshca_ca::IssuedCertificate, IssueError> {
+    let csr = VerifiedCsr::from_pem(csr_pem).unwrap();
+    ca.issue(IssueRequest {
+        csr: &csr,
+        spiffe_id: &web_id(),
+        requested_ttl_secs: ttl,
+        requester: &requester(),
+    })
+    .await
 }
