@@ -4,12 +4,14 @@
 mod admin;
 mod agent;
 mod bench;
+mod credentials;
 mod harness;
 mod interop;
 mod inventory;
 mod openapi;
 mod peers;
 mod ra;
+mod refusals;
 mod replicas;
 mod sds;
 mod split;
