@@ -431,13 +431,26 @@ pub fn snapshot_of(set: &AuthoritySet) -> pb::AuthoritySnapshot {
     }
 }
 
+/// Why an authority snapshot from the service was not taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    #[error("authority {id}: {reason}")]
+    Authority { id: String, reason: String },
+    #[error("not exactly one active authority")]
+    NoSingleActive,
+}
+
 /// Rebuilds the set from a snapshot, re-validating every path as the service would; the
 /// authorities carry no key.
-pub fn set_from_snapshot(snapshot: &pb::AuthoritySnapshot) -> Result<AuthoritySet, String> {
+pub fn set_from_snapshot(snapshot: &pb::AuthoritySnapshot) -> Result<AuthoritySet, SnapshotError> {
     let now = SystemTime::now();
     let mut entries = Vec::with_capacity(snapshot.authorities.len());
     for sent in &snapshot.authorities {
-        let bad = |reason: String| format!("authority {}: {reason}", sent.id);
+        let bad = |reason: String| SnapshotError::Authority {
+            id: sent.id.clone(),
+            reason,
+        };
         let state = AuthorityState::parse(&sent.state)
             .ok_or_else(|| bad(format!("unknown state {:?}", sent.state)))?;
         let signing =
@@ -474,7 +487,7 @@ pub fn set_from_snapshot(snapshot: &pb::AuthoritySnapshot) -> Result<AuthoritySe
             updated_at: sent.updated_at_unix,
         });
     }
-    AuthoritySet::new(entries).ok_or_else(|| "not exactly one active authority".to_string())
+    AuthoritySet::new(entries).ok_or(SnapshotError::NoSingleActive)
 }
 
 #[cfg(test)]
@@ -555,6 +568,6 @@ mod tests {
         let mut snapshot = snapshot_of(&set);
         snapshot.authorities[0].id = "00".repeat(20);
         let error = set_from_snapshot(&snapshot).unwrap_err();
-        assert!(error.contains("does not match"), "{error}");
+        assert!(error.to_string().contains("does not match"), "{error}");
     }
 }

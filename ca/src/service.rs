@@ -29,7 +29,7 @@ use crate::csr::VerifiedCsr;
 use crate::identity::SpiffeId;
 use crate::issued::IssuedCertificate;
 use crate::issuer::{
-    CertificateAuthority, CrlError, IssueError, IssueRequest, PrepareRequest, Requester,
+    CertificateAuthority, CrlError, IssueError, IssueRequest, PrepareRequest, Refusal, Requester,
     RotationError,
 };
 use crate::keys::KeyType;
@@ -239,20 +239,14 @@ fn signed(issued: IssuedCertificate) -> pb::SignResponse {
     }
 }
 
-/// Caller-facing statuses for a failed issuance; internals go to the log.
+/// Caller-facing statuses for a failed issuance ([`IssueError::refusal`]); internals go to
+/// the log.
 fn issue_status(error: IssueError) -> Status {
-    match error {
-        IssueError::Ttl(e) => Status::invalid_argument(e.to_string()),
-        e @ IssueError::ForeignTrustDomain { .. } => Status::invalid_argument(e.to_string()),
-        IssueError::Store(error) => {
-            tracing::error!(%error, "recording an issuance failed");
-            Status::unavailable("certificate store unavailable; nothing was issued")
-        }
-        error => {
-            tracing::error!(%error, "issuance failed");
-            Status::internal("failed to generate the certificate")
-        }
+    let refusal = error.refusal();
+    if !matches!(refusal, Refusal::Invalid { .. }) {
+        tracing::error!(%error, "issuance failed");
     }
+    refusal.into()
 }
 
 fn rotation_status(error: RotationError) -> Status {

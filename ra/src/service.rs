@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use meshca_ca::audit::{AuditEvent, Outcome};
-use meshca_ca::remote::RemoteErrorKind;
 use meshca_ca::{CertificateAuthority, IssueError, IssueRequest, Requester, VerifiedCsr};
 use meshca_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateService;
 use meshca_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
@@ -219,35 +218,10 @@ impl CertificateService {
     }
 
     fn issue_status(&self, caller: &Caller, error: IssueError) -> Status {
-        let (kind, status) = match &error {
-            IssueError::Ttl(e) => ("ttl_error", Status::invalid_argument(e.to_string())),
-            IssueError::Store(_) => (
-                "store_unavailable",
-                Status::unavailable("certificate store unavailable; nothing was issued"),
-            ),
-            IssueError::NotReady(_) => ("ca_not_ready", Status::internal("CA is not ready")),
-            IssueError::Remote(remote) => match remote.kind {
-                RemoteErrorKind::Unavailable => (
-                    "ca_unavailable",
-                    Status::unavailable("CA service unavailable; nothing was issued"),
-                ),
-                // The service re-checked the request and refused it: its reason is for the caller.
-                RemoteErrorKind::InvalidArgument => (
-                    "csr_error",
-                    Status::invalid_argument(remote.message.clone()),
-                ),
-                _ => (
-                    "cert_gen_error",
-                    Status::internal("failed to generate the certificate"),
-                ),
-            },
-            _ => (
-                "cert_gen_error",
-                Status::internal("failed to generate the certificate"),
-            ),
-        };
+        let refusal = error.refusal();
+        let kind = refusal.kind();
         self.metrics.sign_error(kind);
         tracing::error!(spiffe_id = %caller.spiffe_id, %error, "issuance failed");
-        status
+        refusal.into()
     }
 }

@@ -13,7 +13,7 @@ mod steps;
 
 pub use crl::{CrlError, CRL_VALIDITY};
 pub use own_roots::{authority_from_record, OwnRootsError};
-pub use sign::{sign_leaf, IssueError, IssueRequest, Requester};
+pub use sign::{sign_leaf, IssueError, IssueRequest, Refusal, Requester};
 pub use start::{CaSettings, StartError, DEFAULT_KEK_FILE};
 pub use state::{CertificateAuthority, NotReady};
 pub use steps::{PrepareRequest, RotationError};

@@ -17,7 +17,7 @@ use crate::identity::{Serial, SpiffeId};
 use crate::issued::IssuedCertificate;
 use crate::keys;
 use crate::profile::{self, TtlError};
-use crate::remote::RemoteError;
+use crate::remote::{RemoteError, RemoteErrorKind};
 use crate::store::IssuanceRecord;
 use crate::x509::{self, CertTemplate};
 use meshca_pki::time::unix_seconds;
@@ -66,6 +66,87 @@ pub enum IssueError {
     Store(#[source] CommitError),
     #[error(transparent)]
     Remote(#[from] RemoteError),
+}
+
+/// What a caller is told about a failed issuance, decided once for both places that answer
+/// one (the RA's `CreateCertificate`, the CA service's `Sign`) and for both sides of a keyless
+/// RA: a refusal the CA service sent comes back as the same refusal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request cannot be served as asked; the message is for the caller.
+    Invalid { kind: &'static str, message: String },
+    /// Nothing was issued because the store or the CA service could not be reached; a retry
+    /// may succeed.
+    Unavailable {
+        kind: &'static str,
+        message: &'static str,
+    },
+    /// Nothing was issued, for a reason on the CA's side; the log has the detail.
+    Internal {
+        kind: &'static str,
+        message: &'static str,
+    },
+}
+
+impl Refusal {
+    /// One word for metrics (`ttl_error`, `store_unavailable`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::Invalid { kind, .. }
+            | Refusal::Unavailable { kind, .. }
+            | Refusal::Internal { kind, .. } => kind,
+        }
+    }
+}
+
+impl From<Refusal> for tonic::Status {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Invalid { message, .. } => tonic::Status::invalid_argument(message),
+            Refusal::Unavailable { message, .. } => tonic::Status::unavailable(message),
+            Refusal::Internal { message, .. } => tonic::Status::internal(message),
+        }
+    }
+}
+
+impl IssueError {
+    pub fn refusal(&self) -> Refusal {
+        let generation_failed = Refusal::Internal {
+            kind: "cert_gen_error",
+            message: "failed to generate the certificate",
+        };
+        match self {
+            IssueError::Ttl(e) => Refusal::Invalid {
+                kind: "ttl_error",
+                message: e.to_string(),
+            },
+            e @ IssueError::ForeignTrustDomain { .. } => Refusal::Invalid {
+                kind: "identity_error",
+                message: e.to_string(),
+            },
+            IssueError::Store(_) => Refusal::Unavailable {
+                kind: "store_unavailable",
+                message: "certificate store unavailable; nothing was issued",
+            },
+            IssueError::NotReady(_) => Refusal::Internal {
+                kind: "ca_not_ready",
+                message: "CA is not ready",
+            },
+            IssueError::Remote(remote) => match remote.kind {
+                RemoteErrorKind::Unavailable => Refusal::Unavailable {
+                    kind: "ca_unavailable",
+                    message: "CA service unavailable; nothing was issued",
+                },
+                // The service re-checked the request and refused it: its reason is the caller's.
+                RemoteErrorKind::InvalidArgument => Refusal::Invalid {
+                    kind: "csr_error",
+                    message: remote.message.clone(),
+                },
+                _ => generation_failed,
+            },
+            IssueError::Encode(_) | IssueError::Sign(_) => generation_failed,
+        }
+    }
 }
 
 impl CertificateAuthority {

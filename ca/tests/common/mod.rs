@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshca_ca::{
-    CaConfig, CaSettings, CertificateAuthority, IssueError, IssueRequest, Requester, SpiffeId, Store,
-    StoreConfig, TrustDomain, VerifiedCsr,
+    CaConfig, CaSettings, CertificateAuthority, IssueError, IssueRequest, Requester, SpiffeId,
+    Store, StoreConfig, TrustDomain, VerifiedCsr,
 };
 
 pub use meshca_ca::testing::{write_istio_dir, CaSpec, GeneratedChain, TestCa, DAY};
