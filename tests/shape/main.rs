@@ -53,11 +53,23 @@ fn no_module_cycles_in_any_crate() {
 fn no_hand_written_source_file_is_over_the_limit() {
     let mut long = Vec::new();
     let root = workspace();
-    for dir in ["src", "pki", "proto/src", "ca", "ra", "agent", "tools", "tests"] {
+    for dir in [
+        "src",
+        "pki",
+        "proto/src",
+        "ca",
+        "ra",
+        "agent",
+        "tools",
+        "tests",
+    ] {
         for file in rust_files(&root.join(dir)) {
-            let relative = file.strip_prefix(&root).unwrap().to_string_lossy().to_string();
-            if GENERATED.iter().any(|g| relative.starts_with(g)) || relative.contains("/target/")
-            {
+            let relative = file
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            if GENERATED.iter().any(|g| relative.starts_with(g)) || relative.contains("/target/") {
                 continue;
             }
             let lines = std::fs::read_to_string(&file).unwrap().lines().count();
@@ -90,9 +102,15 @@ fn the_checker_finds_cycles_and_only_cycles() {
          pub use other_crate::{ext, x509 as certs};\n",
     );
     // Through the root to another crate's module: no dependency on the root.
-    write("c.rs", "use crate::ext::E;\npub struct C(crate::certs::Cert);\n");
+    write(
+        "c.rs",
+        "use crate::ext::E;\npub struct C(crate::certs::Cert);\n",
+    );
     write("a.rs", "use crate::b::{self, Other};\npub struct Thing;\n");
-    write("b.rs", "pub struct Other;\nfn f() -> crate::Thing { todo() }\n");
+    write(
+        "b.rs",
+        "pub struct Other;\nfn f() -> crate::Thing { todo() }\n",
+    );
     write("tree/mod.rs", "mod leaf;\nmod twig;\n");
     write("tree/leaf.rs", "use super::twig::Twig;\n");
     write(
@@ -129,7 +147,11 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 fn modules_of(dir: &Path, root: &str) -> BTreeMap<String, String> {
     let mut modules = BTreeMap::new();
     for file in rust_files(dir) {
-        let relative = file.strip_prefix(dir).unwrap().to_string_lossy().to_string();
+        let relative = file
+            .strip_prefix(dir)
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
         let path = if relative == root {
             String::new()
         } else {
@@ -180,8 +202,11 @@ fn dependency_graph(modules: &BTreeMap<String, String>) -> BTreeMap<String, BTre
                 continue;
             };
             // `crate::x509` where the root re-exports another crate's `x509`: that crate's.
-            let through_to_external =
-                next.is_some_and(|name| external.get(target.as_str()).is_some_and(|e| e.contains(name)));
+            let through_to_external = next.is_some_and(|name| {
+                external
+                    .get(target.as_str())
+                    .is_some_and(|e| e.contains(name))
+            });
             if target != *module && !through_to_external {
                 targets.insert(target);
             }
