@@ -1,0 +1,344 @@
+//! Envoy's Secret Discovery Service (v3, state of the world) on a Unix socket, as istio-agent
+//! serves it: `default` (the workload certificate and key), `ROOTCA` (the trust bundle), and
+//! `file-cert:<cert>~<key>` / `file-root:<ca>` for certificates mounted as files.
+//!
+//! Per stream the server follows the xDS rules Envoy relies on: the node comes with the first
+//! request; an ACK (our last nonce, no error) and a NACK (our last nonce with `error_detail`)
+//! get no response; a request carrying an older nonce is stale and ignored; a change is pushed
+//! only to streams subscribed to the changed resource, with a new `version_info` and `nonce`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::credential::Credential;
+use crate::metrics::{AgentMetrics, StreamKind};
+use crate::workload_api::serve_unix;
+
+mod files;
+mod secrets;
+
+use files::{poll_files, FileSecrets};
+use secrets::FILE_POLL_INTERVAL;
+pub use secrets::{
+    render_credentials, CredentialSecrets, FileResource, RenderedSecret, ResourceName, ROOT_CA,
+    SECRET_TYPE_URL, WORKLOAD_CERT,
+};
+
+/// The SDS service. Cheap to clone; every stream shares the rendered secrets.
+#[derive(Clone, Debug)]
+pub struct SdsService {
+    credential: watch::Receiver<Option<Arc<CredentialSecrets>>>,
+    files: Arc<FileSecrets>,
+    metrics: Arc<AgentMetrics>,
+}
+
+/// One stream's view: what it subscribes to and what it was last sent.
+struct StreamState {
+    node: Option<String>,
+    subscribed: BTreeSet<String>,
+    /// Parsed names among `subscribed`; unknown names are logged once and never served.
+    resources: HashMap<String, ResourceName>,
+    /// What each resource looked like when last sent, so only changes are pushed.
+    sent: HashMap<String, Arc<RenderedSecret>>,
+    last_nonce: Option<String>,
+    files: Arc<FileSecrets>,
+}
+
+/// What the stream does after a request.
+#[derive(Debug, PartialEq, Eq)]
+enum RequestOutcome {
+    /// Subscriptions (possibly) changed: send what is new.
+    Subscribe,
+    /// ACK, NACK or a stale request: send nothing.
+    Quiet,
+}
+
+// === impl StreamState ===
+
+impl StreamState {
+    fn new(files: Arc<FileSecrets>) -> Self {
+        Self {
+            node: None,
+            subscribed: BTreeSet::new(),
+            resources: HashMap::new(),
+            sent: HashMap::new(),
+            last_nonce: None,
+            files,
+        }
+    }
+
+    fn on_request(&mut self, request: DiscoveryRequest) -> Result<RequestOutcome, Status> {
+        if !request.type_url.is_empty() && request.type_url != SECRET_TYPE_URL {
+            return Err(Status::invalid_argument(format!(
+                "this SDS server serves only {SECRET_TYPE_URL}, not {}",
+                request.type_url
+            )));
+        }
+        if self.node.is_none() {
+            let node = request.node.as_ref().ok_or_else(|| {
+                Status::invalid_argument("the first request on a stream must carry the node")
+            })?;
+            self.node = Some(node.id.clone());
+            tracing::info!(node = %node.id, resources = ?request.resource_names, "SDS stream opened");
+        }
+        let node = self.node.as_deref().unwrap_or_default();
+        if !request.response_nonce.is_empty() {
+            if self.last_nonce.as_deref() != Some(request.response_nonce.as_str()) {
+                tracing::debug!(node, nonce = %request.response_nonce, "stale SDS request ignored");
+                return Ok(RequestOutcome::Quiet);
+            }
+            if let Some(error) = &request.error_detail {
+                tracing::warn!(
+                    node,
+                    version = %request.version_info,
+                    resources = ?request.resource_names,
+                    code = error.code,
+                    message = %error.message,
+                    "Envoy rejected secrets (NACK)"
+                );
+                return Ok(RequestOutcome::Quiet);
+            }
+            let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
+            if names == self.subscribed {
+                tracing::debug!(node, version = %request.version_info, "SDS ACK");
+                return Ok(RequestOutcome::Quiet);
+            }
+        }
+        self.set_subscriptions(request.resource_names.into_iter().collect());
+        Ok(RequestOutcome::Subscribe)
+    }
+
+    fn set_subscriptions(&mut self, names: BTreeSet<String>) {
+        for gone in self.subscribed.difference(&names) {
+            self.sent.remove(gone);
+            if let Some(ResourceName::File(file)) = self.resources.remove(gone) {
+                self.files.unsubscribe(&file);
+            }
+        }
+        for added in names.difference(&self.subscribed) {
+            match ResourceName::parse(added) {
+                Some(resource) => {
+                    if let ResourceName::File(file) = &resource {
+                        self.files.subscribe(added, file);
+                    }
+                    self.resources.insert(added.clone(), resource);
+                }
+                None => tracing::warn!(
+                    node = self.node.as_deref().unwrap_or_default(),
+                    resource = %added,
+                    "unknown SDS resource requested; it is not served"
+                ),
+            }
+        }
+        self.subscribed = names;
+    }
+
+    /// Subscribed secrets that exist and differ from what this stream was last sent.
+    fn changed(&self, credential: Option<&CredentialSecrets>) -> Vec<Arc<RenderedSecret>> {
+        let mut out = Vec::new();
+        for name in &self.subscribed {
+            let Some(resource) = self.resources.get(name) else {
+                continue;
+            };
+            let current = match resource {
+                ResourceName::WorkloadCert => credential.map(|c| c.workload_cert.clone()),
+                ResourceName::RootCa => credential.map(|c| c.root_ca.clone()),
+                ResourceName::File(file) => self.files.get(file),
+            };
+            if let Some(current) = current {
+                if self.sent.get(name) != Some(&current) {
+                    out.push(current);
+                }
+            }
+        }
+        out
+    }
+
+    fn respond(&mut self, secrets: Vec<Arc<RenderedSecret>>) -> DiscoveryResponse {
+        let response = discovery_response(&secrets);
+        for secret in secrets {
+            self.sent.insert(secret.name.clone(), secret);
+        }
+        self.last_nonce = Some(response.nonce.clone());
+        response
+    }
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        for resource in self.resources.values() {
+            if let ResourceName::File(file) = resource {
+                self.files.unsubscribe(file);
+            }
+        }
+    }
+}
+
+/// A response with a version naming its content (equal versions mean equal secrets) and a
+/// fresh nonce.
+fn discovery_response(secrets: &[Arc<RenderedSecret>]) -> DiscoveryResponse {
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for secret in secrets {
+        digest.update(&secret.encoded);
+    }
+    let version = hex::encode(&digest.finish().as_ref()[..8]);
+    let mut nonce = [0u8; 12];
+    // The system RNG failing is not something a nonce can recover from; zeros stay unique
+    // enough per stream only if it never happens, so log it.
+    if aws_lc_rs::rand::fill(&mut nonce).is_err() {
+        tracing::error!("system random generator failed");
+    }
+    DiscoveryResponse {
+        version_info: version,
+        resources: secrets.iter().map(|s| s.to_any()).collect(),
+        type_url: SECRET_TYPE_URL.to_string(),
+        nonce: hex::encode(nonce),
+        ..Default::default()
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+// === impl SdsService ===
+
+impl SdsService {
+    /// Serves the credentials published on `credential`; starts polling mounted files.
+    pub fn new(
+        credential: watch::Receiver<Option<Arc<Credential>>>,
+        metrics: Arc<AgentMetrics>,
+    ) -> Self {
+        let files = FileSecrets::new();
+        tokio::spawn(poll_files(Arc::downgrade(&files), FILE_POLL_INTERVAL));
+        Self {
+            credential: render_credentials(credential),
+            files,
+            metrics,
+        }
+    }
+
+    /// Expiry of every served certificate resource, for `/metrics`.
+    pub fn expiries(&self) -> Vec<(String, SystemTime)> {
+        let mut out = Vec::new();
+        if let Some(c) = self.credential.borrow().as_deref() {
+            for secret in [&c.workload_cert, &c.root_ca] {
+                if let Some(t) = secret.not_after {
+                    out.push((secret.name.clone(), t));
+                }
+            }
+        }
+        out.extend(self.files.expiries());
+        out
+    }
+
+    async fn run_stream(
+        self,
+        mut requests: Streaming<DiscoveryRequest>,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) {
+        let _connected = self.metrics.stream_opened(StreamKind::Sds);
+        let mut state = StreamState::new(self.files.clone());
+        let mut credential = self.credential.clone();
+        let mut files_changed = self.files.changed.subscribe();
+        loop {
+            tokio::select! {
+                request = requests.message() => match request {
+                    Ok(Some(request)) => match state.on_request(request) {
+                        Ok(RequestOutcome::Quiet) => continue,
+                        Ok(RequestOutcome::Subscribe) => {}
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    },
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(code = ?status.code(), "SDS stream closed by peer");
+                        return;
+                    }
+                },
+                changed = credential.changed() => if changed.is_err() { return },
+                changed = files_changed.changed() => if changed.is_err() { return },
+                () = tx.closed() => return,
+            }
+            let secrets = state.changed(credential.borrow_and_update().as_deref());
+            files_changed.borrow_and_update();
+            if secrets.is_empty() {
+                continue;
+            }
+            let response = state.respond(secrets);
+            tracing::debug!(
+                node = state.node.as_deref().unwrap_or_default(),
+                version = %response.version_info,
+                "SDS push"
+            );
+            if tx.send(Ok(response)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl SecretDiscoveryService for SdsService {
+    type StreamSecretsStream = ResponseStream<DiscoveryResponse>;
+    type DeltaSecretsStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_secrets(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(self.clone().run_stream(request.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_secrets(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        Err(Status::unimplemented(
+            "meshca serves SDS as state of the world (StreamSecrets): use api_type GRPC, not DELTA_GRPC",
+        ))
+    }
+
+    /// One-shot fetch: whatever of the named secrets exists now.
+    async fn fetch_secrets(
+        &self,
+        request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        let request = request.into_inner();
+        let mut state = StreamState::new(self.files.clone());
+        state.on_request(request)?;
+        let secrets = state.changed(self.credential.borrow().as_deref());
+        Ok(Response::new(state.respond(secrets)))
+    }
+}
+
+/// Serves SDS on `socket` until `shutdown`; a stale socket file is replaced and the socket is
+/// removed on exit.
+pub async fn serve(
+    service: SdsService,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_unix(
+        tonic::service::Routes::new(SecretDiscoveryServiceServer::new(service)),
+        socket,
+        shutdown,
+    )
+    .await
+}
