@@ -2,7 +2,7 @@
 //! state transitions, each rotation step in one transaction with its audit event.
 
 use super::records::{StoreError, StoredAuthority, TransitionError};
-use super::sql::{append_audit_events_in, BeginWrite, AUTHORITY_COLUMNS};
+use super::sql::{append_audit_events_in, BeginWrite, AUTHORITY_COLUMNS, INSERT_AUTHORITY};
 use super::Store;
 use crate::audit::AuditEvent;
 use crate::rotation::AuthorityState;
@@ -19,21 +19,8 @@ impl Store {
     /// Inserts `authority` as the active one unless another is active already. Returns whether
     /// this insert won; concurrent bootstraps on one database end with exactly one winner.
     pub async fn insert_active_authority(&self, a: &StoredAuthority) -> Result<bool, StoreError> {
-        let sql = format!(
-            "INSERT INTO authorities ({AUTHORITY_COLUMNS}) VALUES \
-             ($1, 'active', $2, $3, $4, $5, $6, $7, $8, $9, $9)"
-        );
         let result = with_pool!(self, pool => {
-            sqlx::query(&sql)
-                .bind(&a.id)
-                .bind(&a.source)
-                .bind(&a.key_type)
-                .bind(&a.cert_der)
-                .bind(&a.chain_pem)
-                .bind(&a.roots_pem)
-                .bind(&a.sealed_key)
-                .bind(&a.kek_id)
-                .bind(a.created_at)
+            insert_authority(a, AuthorityState::Active)
                 .execute(pool)
                 .await
                 .map(|done| done.rows_affected())
@@ -66,23 +53,10 @@ impl Store {
         a: &StoredAuthority,
         audit: &AuditEvent,
     ) -> Result<(), StoreError> {
-        let sql = format!(
-            "INSERT INTO authorities ({AUTHORITY_COLUMNS}) VALUES \
-             ($1, 'prepared', $2, $3, $4, $5, $6, $7, $8, $9, $9)"
-        );
         with_pool!(self, pool => {
             async {
                 let mut tx = pool.begin_write().await?;
-                sqlx::query(&sql)
-                    .bind(&a.id)
-                    .bind(&a.source)
-                    .bind(&a.key_type)
-                    .bind(&a.cert_der)
-                    .bind(&a.chain_pem)
-                    .bind(&a.roots_pem)
-                    .bind(&a.sealed_key)
-                    .bind(&a.kek_id)
-                    .bind(a.created_at)
+                insert_authority(a, AuthorityState::Prepared)
                     .execute(&mut *tx)
                     .await?;
                 append_audit_events_in!(tx, &[audit]);
@@ -159,4 +133,28 @@ impl Store {
             tx.commit().await.map_err(query_failed)
         })
     }
+}
+
+/// The insert of `a` in `state`, for whichever database runs it.
+fn insert_authority<'q, DB>(
+    a: &'q StoredAuthority,
+    state: AuthorityState,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q [u8]: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query(INSERT_AUTHORITY.as_str())
+        .bind(a.id.as_str())
+        .bind(state.as_str())
+        .bind(a.source.as_str())
+        .bind(a.key_type.as_str())
+        .bind(a.cert_der.as_slice())
+        .bind(a.chain_pem.as_str())
+        .bind(a.roots_pem.as_str())
+        .bind(a.sealed_key.as_slice())
+        .bind(a.kek_id.as_str())
+        .bind(a.created_at)
 }

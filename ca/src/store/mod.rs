@@ -48,8 +48,10 @@ pub enum Store {
 
 /// The one writer of issuance records for a store, by dialect; the group commit
 /// ([`crate::commit`]) runs the SQLite one on a thread of its own and the PostgreSQL one as a
-/// task. Both record a batch in one transaction, each issuance with its audit event, and say
-/// per item whether it went in (`false`: its serial was already on record).
+/// task. Both record a batch in one transaction: each issuance unless its serial is on record
+/// already (or earlier in the batch: the first holder has it), then the audit events of those
+/// that went in, chained onto the log's head. They say per item whether it went in; an error
+/// means nothing of the batch was committed, and once the store is closed they refuse.
 #[derive(Debug)]
 pub enum IssuanceWriter {
     Sqlite(SqliteIssuanceWriter),

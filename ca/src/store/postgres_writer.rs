@@ -43,20 +43,12 @@ impl PostgresIssuanceWriter {
         }
     }
 
-    /// One transaction: each issuance inserted unless its serial is on record already (or
-    /// earlier in this batch: the first holder has it), then the audit events of those that
-    /// went in, chained onto the log's head. Says which items went in; an error means nothing
-    /// of the batch was committed.
+    /// Records a batch in one transaction (see [`super::IssuanceWriter`]).
     pub async fn insert_issuances(
         &mut self,
         items: &[(&IssuanceRecord, &AuditEvent)],
     ) -> Result<Vec<bool>, StoreError> {
-        // The writer lives and dies with the store: once its pool is closed (shutting down),
-        // nothing more is recorded.
-        if self.pool.is_closed() {
-            self.connection = None;
-            return Err(StoreError::Query(sqlx::Error::PoolClosed));
-        }
+        StoreError::refuse_when_closed(self.pool.is_closed(), &mut self.connection)?;
         let outcome = self.insert_on_connection(items).await;
         if outcome.is_err() {
             self.connection = None;

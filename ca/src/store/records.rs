@@ -23,6 +23,21 @@ pub enum StoreError {
     Sqlite(#[source] rusqlite::Error),
 }
 
+impl StoreError {
+    /// For the issuance writers, which live and die with the store: once its pool is closed
+    /// (shutting down), nothing more is recorded and the writer lets go of its connection.
+    pub(crate) fn refuse_when_closed<C>(
+        pool_closed: bool,
+        connection: &mut Option<C>,
+    ) -> Result<(), StoreError> {
+        if pool_closed {
+            *connection = None;
+            return Err(StoreError::Query(sqlx::Error::PoolClosed));
+        }
+        Ok(())
+    }
+}
+
 /// Why an authority could not change state.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -35,6 +35,14 @@ pub(crate) static INSERT_ISSUANCE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// One authority, in the state bound to `$2`, created and last updated at `$10`.
+pub(crate) static INSERT_AUTHORITY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO authorities ({AUTHORITY_COLUMNS}) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)"
+    )
+});
+
 /// One chained audit event.
 pub(crate) static INSERT_AUDIT_EVENT: LazyLock<String> = LazyLock::new(|| {
     format!(
