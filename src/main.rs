@@ -65,9 +65,9 @@ enum Command {
     Config(ConfigFlags),
     /// Administer a running server through its REST API: authorities and root rotation,
     /// the certificate inventory, revocation, the CRL and the audit log.
-    Admin(Box<meshca_ra::admin_client::AdminArgs>),
+    Admin(Box<meshca_tools::admin::AdminArgs>),
     /// Load-test a running RA with CreateCertificate calls, as many istio-agents would.
-    Bench(Box<meshca_agent::loadgen::BenchArgs>),
+    Bench(Box<meshca_tools::bench::BenchArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -166,7 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// `meshca admin`: a client of a running server, with no configuration of its own; beside a
 /// dev server it finds the dev server's token and root by itself.
-fn admin(mut args: meshca_ra::admin_client::AdminArgs) -> anyhow::Result<()> {
+fn admin(mut args: meshca_tools::admin::AdminArgs) -> anyhow::Result<()> {
     if let Some(note) = args.apply_dev_defaults(std::path::Path::new("."))? {
         eprintln!("meshca admin: {note}");
     }
@@ -174,20 +174,20 @@ fn admin(mut args: meshca_ra::admin_client::AdminArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut stdout = std::io::stdout().lock();
-    runtime.block_on(meshca_ra::admin_client::run(&args, &mut stdout))?;
+    runtime.block_on(meshca_tools::admin::run(&args, &mut stdout))?;
     Ok(())
 }
 
-fn bench(args: &meshca_agent::loadgen::BenchArgs) -> anyhow::Result<()> {
+fn bench(args: &meshca_tools::bench::BenchArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     if let Some(dir) = &args.write_credential {
-        let id = runtime.block_on(meshca_agent::loadgen::write_credential(args, dir))?;
+        let id = runtime.block_on(meshca_tools::bench::write_credential(args, dir))?;
         println!("{id}: {}", dir.display());
         return Ok(());
     }
-    let report = runtime.block_on(meshca_agent::loadgen::run(args))?;
+    let report = runtime.block_on(meshca_tools::bench::run(args))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

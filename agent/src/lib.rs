@@ -6,7 +6,6 @@ pub mod bundle;
 pub mod client;
 pub mod config;
 pub mod credential;
-pub mod loadgen;
 pub mod metrics;
 pub mod output;
 pub mod run;

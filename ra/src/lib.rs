@@ -2,7 +2,6 @@
 //! authentication (renewal certs, Athenz X.509, Kubernetes JWTs), CSR checks, and the
 //! observability endpoints, and the admin/audit REST API.
 
-pub mod admin_client;
 pub mod auth;
 pub mod config;
 pub mod dev;

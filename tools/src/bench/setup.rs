@@ -1,0 +1,208 @@
+//! What `meshca bench` does before the clock starts: keys, CSRs and tokens for every request
+//! (client crypto is not what is being measured), and the TLS channels to the RA.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use meshca_agent::credential::{KeyAndCsr, KeyType};
+use meshca_pki::x509::ParsedCert;
+use meshca_proto::istio::v1::auth::IstioCertificateRequest;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use super::args::BenchArgs;
+
+/// Why a run (or `--write-credential`) could not be set up or finished.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BenchError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing into {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// One prepared request: key and CSR, token and the identity the answer must name.
+pub(super) struct Prepared {
+    pub(super) request: KeyAndCsr,
+    authorization: Option<String>,
+    pub(super) spiffe_id: String,
+}
+
+// === impl Prepared ===
+
+impl Prepared {
+    /// CreateCertificate as istio-agent sends it: the CSR, the token as `authorization`, the
+    /// cluster as `clusterid`.
+    pub(super) fn grpc_request(
+        &self,
+        ttl_secs: i64,
+        cluster_id: Option<&MetadataValue<Ascii>>,
+    ) -> tonic::Request<IstioCertificateRequest> {
+        let mut request = tonic::Request::new(IstioCertificateRequest {
+            csr: self.request.csr_pem.clone(),
+            validity_duration: ttl_secs,
+            metadata: None,
+        });
+        if let Some(value) = self.authorization.as_ref().and_then(|a| a.parse().ok()) {
+            request.metadata_mut().insert("authorization", value);
+        }
+        if let Some(value) = cluster_id {
+            request.metadata_mut().insert("clusterid", value.clone());
+        }
+        request
+    }
+}
+
+fn read(path: &PathBuf) -> Result<String, BenchError> {
+    std::fs::read_to_string(path).map_err(|source| BenchError::Read {
+        path: path.clone(),
+        source,
+    })
+}
+
+fn key_type(name: &str) -> Result<KeyType, BenchError> {
+    serde_json::from_value(serde_json::Value::String(name.to_string()))
+        .map_err(|_| BenchError::Setup(format!("unknown key type {name:?}")))
+}
+
+fn mint(
+    key_pem: &str,
+    kid: Option<&str>,
+    issuer: &str,
+    audience: &str,
+    namespace: &str,
+    service_account: &str,
+) -> Result<String, BenchError> {
+    let (algorithm, key) =
+        if let Ok(key) = jsonwebtoken::EncodingKey::from_ec_pem(key_pem.as_bytes()) {
+            (jsonwebtoken::Algorithm::ES256, key)
+        } else {
+            let key = jsonwebtoken::EncodingKey::from_rsa_pem(key_pem.as_bytes())
+                .map_err(|e| BenchError::Setup(format!("--jwt-key: {e}")))?;
+            (jsonwebtoken::Algorithm::RS256, key)
+        };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": issuer,
+        "sub": format!("system:serviceaccount:{namespace}:{service_account}"),
+        "aud": [audience],
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+    });
+    let mut header = jsonwebtoken::Header::new(algorithm);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| BenchError::Setup(e.to_string()))
+}
+
+pub(super) fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
+    let key_type = key_type(&args.key_type)?;
+    if let Some(path) = &args.client_cert {
+        let pem_text = read(path)?;
+        let leaf = pem::parse(&pem_text)
+            .ok()
+            .and_then(|p| ParsedCert::from_der(p.contents()).ok())
+            .ok_or_else(|| BenchError::Setup(format!("{}: no certificate", path.display())))?;
+        let spiffe_id = leaf
+            .uri_sans()
+            .into_iter()
+            .find(|u| u.starts_with("spiffe://"))
+            .ok_or_else(|| BenchError::Setup(format!("{}: no SPIFFE id", path.display())))?;
+        return (0..args.keys_per_identity.max(1))
+            .map(|_| {
+                let request = KeyAndCsr::generate(key_type, &spiffe_id)
+                    .map_err(|e| BenchError::Setup(e.to_string()))?;
+                Ok(Prepared {
+                    request,
+                    authorization: None,
+                    spiffe_id: spiffe_id.clone(),
+                })
+            })
+            .collect();
+    }
+    let identities: Vec<(String, String)> = if args.jwt_key.is_some() {
+        (0..args.identities.max(1))
+            .map(|i| (format!("ns-{i}"), format!("sa-{i}")))
+            .collect()
+    } else {
+        vec![(args.namespace.clone(), args.service_account.clone())]
+    };
+    let fixed_token = args
+        .token_file
+        .as_ref()
+        .map(read)
+        .transpose()?
+        .map(|t| t.trim().to_string());
+    let jwt_key = args.jwt_key.as_ref().map(read).transpose()?;
+    let mut prepared = Vec::new();
+    for (namespace, service_account) in identities {
+        let spiffe_id = format!(
+            "spiffe://{}/ns/{namespace}/sa/{service_account}",
+            args.trust_domain
+        );
+        let token = match (&fixed_token, &jwt_key) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(key)) => Some(mint(
+                key,
+                args.jwt_kid.as_deref(),
+                args.jwt_issuer.as_deref().unwrap_or_default(),
+                &args.jwt_audience,
+                &namespace,
+                &service_account,
+            )?),
+            (None, None) => None,
+        };
+        for _ in 0..args.keys_per_identity.max(1) {
+            let request = KeyAndCsr::generate(key_type, &spiffe_id)
+                .map_err(|e| BenchError::Setup(e.to_string()))?;
+            prepared.push(Prepared {
+                request,
+                authorization: token.as_ref().map(|t| format!("Bearer {t}")),
+                spiffe_id: spiffe_id.clone(),
+            });
+        }
+    }
+    Ok(prepared)
+}
+
+pub(super) async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, BenchError> {
+    let roots = read(
+        args.ca_cert
+            .as_ref()
+            .ok_or_else(|| BenchError::Setup("--ca-cert is needed to load meshca".into()))?,
+    )?;
+    let identity = match (&args.client_cert, &args.client_key) {
+        (Some(cert), Some(key)) => Some(Identity::from_pem(read(cert)?, read(key)?)),
+        _ => None,
+    };
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&roots))
+            .domain_name(args.server_name.clone());
+        if let Some(identity) = &identity {
+            tls = tls.identity(identity.clone());
+        }
+        let channel = Endpoint::from_shared(format!("https://{}", args.addr))
+            .map_err(|e| BenchError::Setup(e.to_string()))?
+            .tls_config(tls)
+            .map_err(|e| BenchError::Setup(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| BenchError::Setup(format!("connecting to {}: {e}", args.addr)))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
