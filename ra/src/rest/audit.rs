@@ -5,14 +5,15 @@ use axum::extract::{Query, State};
 use axum::Json;
 use meshca_ca::audit::AuditRecord;
 use meshca_ca::store::AuditFilter;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 
 use super::auth::Auditor;
 use super::authorities::unix_to_rfc3339;
 use super::pagination::{self, Cursor};
-use super::{ApiError, ErrorBody, RestState};
+use super::views::{ActorView, AuditEventView, AuditPage, BrokenLinkView, ErrorBody, Verdict};
+use super::{ApiError, RestState};
 
 /// Filters (combined with AND), a page size and a cursor; times are RFC 3339.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -37,54 +38,6 @@ pub struct AuditQuery {
     /// `next_cursor` of the previous page.
     #[param(pattern = "^audit\\.[0-9]{1,18}$")]
     cursor: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ActorView {
-    /// `jwt`, `tokenreview`, `athenz`, `renewal`, `token`, `mtls`, `internal` or `anonymous`.
-    method: String,
-    principal: String,
-}
-
-/// One event of the hash-chained log.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditEventView {
-    seq: i64,
-    at: String,
-    actor: ActorView,
-    action: String,
-    target: String,
-    /// `success`, `refused` or `denied`.
-    outcome: String,
-    #[schema(value_type = Object)]
-    details: Value,
-    prev_hash: String,
-    hash: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditPage {
-    events: Vec<AuditEventView>,
-    next_cursor: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BrokenLinkView {
-    seq: i64,
-    reason: String,
-}
-
-/// The result of walking the chain.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Verdict {
-    intact: bool,
-    /// Events verified before the first broken link (all of them when intact).
-    checked: i64,
-    /// The last hash, when intact.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    head: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    first_broken: Option<BrokenLinkView>,
 }
 
 fn view(record: &AuditRecord) -> AuditEventView {

@@ -17,12 +17,13 @@ use meshca_ca::keys::KeyType;
 use meshca_ca::store::TransitionError;
 use meshca_ca::x509::ParsedCert;
 use meshca_ca::{AuthorityEntry, PrepareRequest, RotationError};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::auth::{Admin, Auditor};
-use super::{path_of, ApiError, ErrorBody, RestState};
+use super::views::{AuthorityList, AuthorityView, ErrorBody, Propagation};
+use super::{path_of, ApiError, RestState};
 use crate::jwk::public_key_jwk;
 use crate::trust_bundle::bundle_of;
 
@@ -64,42 +65,6 @@ pub struct GenerateBody {
     #[serde(default)]
     #[schema(inline)]
     key_type: KeyType,
-}
-
-/// How far an authority's root has reached the agents connected to this server.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Propagation {
-    /// Trust-bundle streams that were sent a bundle holding this root.
-    received: usize,
-    /// Trust-bundle streams connected now.
-    connected: usize,
-}
-
-/// An authority and where it stands in the rotation.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuthorityView {
-    /// Hex key identifier of the signing certificate.
-    id: String,
-    /// `prepared`, `active`, `old`, `tainted` or `revoked`.
-    state: String,
-    /// `self-signed`, `generated`, `uploaded` or `cacerts`.
-    source: String,
-    subject: String,
-    key_type: String,
-    not_before: String,
-    not_after: String,
-    root_subject: String,
-    root_fingerprint_sha256: String,
-    /// Issued by this authority, unexpired and unrevoked.
-    live_certificates: i64,
-    propagation: Propagation,
-    created_at: String,
-    updated_at: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuthorityList {
-    authorities: Vec<AuthorityView>,
 }
 
 pub fn rfc3339(t: SystemTime) -> String {

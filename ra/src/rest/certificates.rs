@@ -16,14 +16,15 @@ use meshca_ca::store::{
     CertificateFilter, CertificateRow, CertificateStatus, RevocationRecord, Store,
 };
 use meshca_ca::Serial;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Admin, Auditor};
 use super::authorities::unix_to_rfc3339;
 use super::pagination::{self, Cursor};
-use super::{path_of, ApiError, ErrorBody, RestState};
+use super::views::{CertificatePage, CertificateView, ErrorBody, RequesterView, RevocationView};
+use super::{path_of, ApiError, RestState};
 
 /// Rows per store round trip while exporting.
 const EXPORT_PAGE: i64 = 1000;
@@ -149,50 +150,6 @@ pub enum ReasonName {
 pub struct RevokeBody {
     #[schema(inline)]
     reason: ReasonName,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RequesterView {
-    /// `jwt`, `tokenreview`, `athenz`, `renewal` or `internal`.
-    method: String,
-    principal: String,
-    peer_address: Option<String>,
-    cluster_id: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RevocationView {
-    at: String,
-    reason: Option<String>,
-}
-
-/// A certificate on record.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CertificateView {
-    serial: String,
-    spiffe_id: String,
-    namespace: Option<String>,
-    service_account: Option<String>,
-    not_before: String,
-    not_after: String,
-    issued_at: String,
-    authority: String,
-    requester: RequesterView,
-    public_key_sha256: String,
-    /// `valid`, `expired` or `revoked`.
-    status: String,
-    revocation: Option<RevocationView>,
-    /// The certificate (single-certificate views only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pem: Option<String>,
-}
-
-/// A page, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CertificatePage {
-    certificates: Vec<CertificateView>,
-    /// Pass as `cursor` for the next page; `null` on the last.
-    next_cursor: Option<String>,
 }
 
 fn now() -> i64 {

@@ -8,6 +8,7 @@ pub mod auth;
 mod authorities;
 mod certificates;
 mod pagination;
+pub mod views;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -22,11 +23,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use meshca_ca::audit::{AuditEvent, Outcome};
 use meshca_ca::CertificateAuthority;
-use serde::Serialize;
 use serde_json::json;
 use tokio_stream::StreamExt;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -36,6 +36,7 @@ use crate::trust_bundle::BundleWatchers;
 
 use auth::Auditor;
 pub use auth::{Actor, TokenTable};
+use views::ErrorBody;
 
 /// Everything the handlers share.
 #[derive(Clone, Debug)]
@@ -172,11 +173,11 @@ impl IntoResponse for ApiError {
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             _ => "internal",
         };
-        let mut response = (
-            self.status,
-            Json(json!({ "error": error, "message": self.message })),
-        )
-            .into_response();
+        let body = ErrorBody {
+            error: error.to_string(),
+            message: self.message,
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -185,15 +186,6 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// The error body of every 4xx/5xx answer.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// `unauthenticated`, `forbidden`, `not_found`, `conflict`, `invalid_argument`,
-    /// `unavailable` or `internal`.
-    error: String,
-    message: String,
 }
 
 /// A path parameter, or axum's refusal of it as the API's JSON error.

@@ -1,9 +1,12 @@
-//! `meshca admin`'s HTTP client: the caller's credentials on every request, and the API's
-//! errors (`{"error", "message"}`) as [`AdminError`]s.
+//! `meshca admin`'s HTTP client: the caller's credentials on every request, answers decoded
+//! into the views the server serializes (`meshca_ra::rest::views`), and the API's error bodies
+//! as [`AdminError`]s.
 
 use std::io::Write;
 use std::path::PathBuf;
 
+use meshca_ra::rest::views::ErrorBody;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::args::AdminArgs;
@@ -22,10 +25,23 @@ pub enum AdminError {
     Http { url: String, source: reqwest::Error },
     #[error("{status}: {message}")]
     Api { status: u16, message: String },
+    /// The answer to `path` is not the view the API documents.
+    #[error("{path}: {source}")]
+    Decode {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("the audit log is broken at event {seq}: {reason}")]
     AuditBroken { seq: i64, reason: String },
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+}
+
+/// An answer of the API: its view, and its JSON as the server sent it, which `--json` prints.
+#[derive(Debug)]
+pub struct Answer<T> {
+    pub view: T,
+    pub json: Value,
 }
 
 /// A REST client with the caller's credentials.
@@ -105,9 +121,8 @@ impl AdminClient {
         }
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_string))
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|body| body.message)
             .unwrap_or(text);
         Err(AdminError::Api { status, message })
     }
@@ -122,16 +137,20 @@ impl AdminClient {
         })
     }
 
-    pub async fn get(
+    pub async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
         query: &[(&str, Option<String>)],
-    ) -> Result<Value, AdminError> {
+    ) -> Result<Answer<T>, AdminError> {
         let text = self.text(self.url(path, query), "application/json").await?;
-        serde_json::from_str(&text).map_err(|e| AdminError::Setup(format!("{path}: {e}")))
+        decode(path, &text)
     }
 
-    pub async fn post(&self, path: &str, body: Value) -> Result<Value, AdminError> {
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Value,
+    ) -> Result<Answer<T>, AdminError> {
         let url = self.url(path, &[]);
         let request = self
             .http
@@ -143,7 +162,7 @@ impl AdminClient {
             url: url.to_string(),
             source,
         })?;
-        serde_json::from_str(&text).map_err(|e| AdminError::Setup(format!("{path}: {e}")))
+        decode(path, &text)
     }
 
     /// GETs `url` and copies the body to `out` as it arrives.
@@ -160,5 +179,45 @@ impl AdminClient {
             out.write_all(&chunk)?;
         }
         Ok(())
+    }
+}
+
+/// The answer to `path`, as its view and as the JSON it came as.
+fn decode<T: DeserializeOwned>(path: &str, text: &str) -> Result<Answer<T>, AdminError> {
+    let error = |source| AdminError::Decode {
+        path: path.to_string(),
+        source,
+    };
+    let json: Value = serde_json::from_str(text).map_err(error)?;
+    let view = T::deserialize(&json).map_err(error)?;
+    Ok(Answer { view, json })
+}
+
+#[cfg(test)]
+mod tests {
+    use meshca_ra::rest::views::{AuthorityList, Verdict};
+
+    use super::*;
+
+    #[test]
+    fn answers_decode_into_the_servers_views_and_keep_their_json() {
+        let text = r#"{"intact": true, "checked": 7, "head": "ab"}"#;
+        let answer: Answer<Verdict> = decode("/v1/audit/verify", text).unwrap();
+        assert!(answer.view.intact);
+        assert_eq!(answer.view.head.as_deref(), Some("ab"));
+        assert!(answer.view.first_broken.is_none());
+        assert_eq!(answer.json, serde_json::from_str::<Value>(text).unwrap());
+
+        let wrong = decode::<AuthorityList>("/v1/authorities", r#"{"authorities": 3}"#);
+        let error = wrong.unwrap_err().to_string();
+        assert!(
+            error.starts_with("/v1/authorities: invalid type"),
+            "{error}"
+        );
+        let garbage = decode::<Verdict>("/v1/audit/verify", "<html>").unwrap_err();
+        assert!(
+            garbage.to_string().starts_with("/v1/audit/verify: "),
+            "{garbage}"
+        );
     }
 }

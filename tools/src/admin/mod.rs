@@ -9,232 +9,248 @@ mod table;
 use std::io::Write;
 use std::path::PathBuf;
 
+use meshca_ra::rest::views::{
+    AuditEventView, AuditPage, AuthorityList, AuthorityView, CertificatePage, CertificateView,
+    Verdict,
+};
 use serde_json::json;
 
 pub use args::{
     AdminArgs, AdminCommand, AuditCommand, AuthorityCommand, CertCommand, CertFilters,
     DevDefaultsError, DEV_DIR,
 };
-pub use client::{AdminClient, AdminError};
+pub use client::{AdminClient, AdminError, Answer};
 
 use client::read;
-use table::print;
+use table::{print, Column};
+
+const AUTHORITY_COLUMNS: &[Column<AuthorityView>] = &[
+    ("ID", |a| Some(a.id.clone())),
+    ("STATE", |a| Some(a.state.clone())),
+    ("SOURCE", |a| Some(a.source.clone())),
+    ("KEY", |a| Some(a.key_type.clone())),
+    ("NOT AFTER", |a| Some(a.not_after.clone())),
+    ("LIVE", |a| Some(a.live_certificates.to_string())),
+    ("RECEIVED", |a| Some(a.propagation.received.to_string())),
+    ("CONNECTED", |a| Some(a.propagation.connected.to_string())),
+    ("SUBJECT", |a| Some(a.subject.clone())),
+];
+
+const CERT_COLUMNS: &[Column<CertificateView>] = &[
+    ("SERIAL", |c| Some(c.serial.clone())),
+    ("SPIFFE ID", |c| Some(c.spiffe_id.clone())),
+    ("STATUS", |c| Some(c.status.clone())),
+    ("NOT AFTER", |c| Some(c.not_after.clone())),
+    ("AUTHORITY", |c| Some(c.authority.clone())),
+    ("REQUESTER", |c| Some(c.requester.principal.clone())),
+];
+
+const AUDIT_COLUMNS: &[Column<AuditEventView>] = &[
+    ("SEQ", |e| Some(e.seq.to_string())),
+    ("AT", |e| Some(e.at.clone())),
+    ("ACTOR", |e| Some(e.actor.principal.clone())),
+    ("VIA", |e| Some(e.actor.method.clone())),
+    ("ACTION", |e| Some(e.action.clone())),
+    ("TARGET", |e| Some(e.target.clone())),
+    ("OUTCOME", |e| Some(e.outcome.clone())),
+];
 
 /// Runs one admin command, writing its result to `out`.
 pub async fn run(args: &AdminArgs, out: &mut impl Write) -> Result<(), AdminError> {
     let client = AdminClient::new(args)?;
     let json = args.json;
     match &args.command {
-        AdminCommand::Authorities(command) => {
-            let value = match command {
-                AuthorityCommand::List => client.get("/v1/authorities", &[]).await?,
-                AuthorityCommand::Show { id } => {
-                    client.get(&format!("/v1/authorities/{id}"), &[]).await?
-                }
-                AuthorityCommand::Prepare {
-                    key_type,
-                    ca_cert,
-                    ca_key,
-                    root_cert,
-                    cert_chain,
-                } => {
-                    let body = match ca_cert {
-                        None => json!({ "generate": { "key_type": key_type } }),
-                        Some(ca_cert) => {
-                            let text = |p: &PathBuf| {
-                                read(p).map(|b| String::from_utf8_lossy(&b).into_owned())
-                            };
-                            let mut body = json!({ "ca_cert": text(ca_cert)? });
-                            for (name, path) in [
-                                ("ca_key", ca_key),
-                                ("root_cert", root_cert),
-                                ("cert_chain", cert_chain),
-                            ] {
-                                if let Some(path) = path {
-                                    body[name] = json!(text(path)?);
-                                }
-                            }
-                            body
-                        }
-                    };
-                    client.post("/v1/authorities", body).await?
-                }
-                AuthorityCommand::Activate { id } => {
-                    client
-                        .post(&format!("/v1/authorities/{id}/activate"), json!({}))
-                        .await?
-                }
-                AuthorityCommand::Taint { id } => {
-                    client
-                        .post(&format!("/v1/authorities/{id}/taint"), json!({}))
-                        .await?
-                }
-                AuthorityCommand::Revoke { id } => {
-                    client
-                        .post(&format!("/v1/authorities/{id}/revoke"), json!({}))
-                        .await?
-                }
-            };
-            let rows = value["authorities"]
-                .as_array()
-                .cloned()
-                .unwrap_or_else(|| vec![value.clone()]);
-            print(
-                out,
-                json,
-                &value,
-                &rows,
-                &[
-                    ("ID", "/id"),
-                    ("STATE", "/state"),
-                    ("SOURCE", "/source"),
-                    ("KEY", "/key_type"),
-                    ("NOT AFTER", "/not_after"),
-                    ("LIVE", "/live_certificates"),
-                    ("RECEIVED", "/propagation/received"),
-                    ("CONNECTED", "/propagation/connected"),
-                    ("SUBJECT", "/subject"),
-                ],
-            )?;
-        }
-        AdminCommand::Certs(command) => match command {
-            CertCommand::List {
-                filters,
-                limit,
-                cursor,
-            } => {
-                let mut query = filters.query();
-                query.push(("limit", Some(limit.to_string())));
-                query.push(("cursor", cursor.clone()));
-                let value = client.get("/v1/certificates", &query).await?;
-                let rows = value["certificates"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                print(out, json, &value, &rows, CERT_COLUMNS)?;
-                if !json {
-                    if let Some(next) = value["next_cursor"].as_str() {
-                        writeln!(out, "# more: --cursor {next}")?;
-                    }
-                }
-            }
-            CertCommand::Show { serial } => {
-                let value = client
-                    .get(&format!("/v1/certificates/{serial}"), &[])
-                    .await?;
-                if json {
-                    writeln!(out, "{value:#}")?;
-                } else {
-                    print(
-                        out,
-                        false,
-                        &value,
-                        std::slice::from_ref(&value),
-                        CERT_COLUMNS,
-                    )?;
-                    write!(out, "{}", value["pem"].as_str().unwrap_or_default())?;
-                }
-            }
-            CertCommand::Revoke { serial, reason } => {
-                let value = client
-                    .post(
-                        &format!("/v1/certificates/{serial}/revoke"),
-                        json!({ "reason": reason }),
-                    )
-                    .await?;
-                print(
-                    out,
-                    json,
-                    &value,
-                    std::slice::from_ref(&value),
-                    CERT_COLUMNS,
-                )?;
-            }
-            CertCommand::Export { filters, format } => {
-                let mut query = filters.query();
-                query.push(("format", Some(format.clone())));
-                let url = client.url("/v1/certificates/export", &query);
-                client.stream(url, out).await?;
-            }
-        },
+        AdminCommand::Authorities(command) => authorities(&client, command, json, out).await,
+        AdminCommand::Certs(command) => certs(&client, command, json, out).await,
         AdminCommand::Crl { authority } => {
             let url = client.url("/v1/crl", &[("authority", authority.clone())]);
             let pem = client.text(url, "application/x-pem-file").await?;
             write!(out, "{pem}")?;
+            Ok(())
         }
-        AdminCommand::Audit(command) => match command {
-            AuditCommand::List {
-                action,
-                actor,
-                outcome,
-                target,
-                since,
-                until,
-                limit,
-                cursor,
-            } => {
-                let query = [
-                    ("action", action.clone()),
-                    ("actor", actor.clone()),
-                    ("outcome", outcome.clone()),
-                    ("target", target.clone()),
-                    ("since", since.clone()),
-                    ("until", until.clone()),
-                    ("limit", Some(limit.to_string())),
-                    ("cursor", cursor.clone()),
-                ];
-                let value = client.get("/v1/audit", &query).await?;
-                let rows = value["events"].as_array().cloned().unwrap_or_default();
-                print(
-                    out,
-                    json,
-                    &value,
-                    &rows,
-                    &[
-                        ("SEQ", "/seq"),
-                        ("AT", "/at"),
-                        ("ACTOR", "/actor/principal"),
-                        ("VIA", "/actor/method"),
-                        ("ACTION", "/action"),
-                        ("TARGET", "/target"),
-                        ("OUTCOME", "/outcome"),
-                    ],
-                )?;
-            }
-            AuditCommand::Verify => {
-                let value = client.get("/v1/audit/verify", &[]).await?;
-                if json {
-                    writeln!(out, "{value:#}")?;
-                }
-                if value["intact"] == true {
-                    if !json {
-                        writeln!(
-                            out,
-                            "audit log intact: {} events, head {}",
-                            value["checked"],
-                            value["head"].as_str().unwrap_or_default()
-                        )?;
+        AdminCommand::Audit(command) => audit(&client, command, json, out).await,
+    }
+}
+
+async fn authorities(
+    client: &AdminClient,
+    command: &AuthorityCommand,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), AdminError> {
+    let answer: Answer<AuthorityView> = match command {
+        AuthorityCommand::List => {
+            let list: Answer<AuthorityList> = client.get("/v1/authorities", &[]).await?;
+            print(
+                out,
+                json,
+                &list.json,
+                &list.view.authorities,
+                AUTHORITY_COLUMNS,
+            )?;
+            return Ok(());
+        }
+        AuthorityCommand::Show { id } => client.get(&format!("/v1/authorities/{id}"), &[]).await?,
+        AuthorityCommand::Prepare {
+            key_type,
+            ca_cert,
+            ca_key,
+            root_cert,
+            cert_chain,
+        } => {
+            // Built from the flags as given: a value the server refuses gets its 400 message.
+            let body = match ca_cert {
+                None => json!({ "generate": { "key_type": key_type } }),
+                Some(ca_cert) => {
+                    let text =
+                        |p: &PathBuf| read(p).map(|b| String::from_utf8_lossy(&b).into_owned());
+                    let mut body = json!({ "ca_cert": text(ca_cert)? });
+                    for (name, path) in [
+                        ("ca_key", ca_key),
+                        ("root_cert", root_cert),
+                        ("cert_chain", cert_chain),
+                    ] {
+                        if let Some(path) = path {
+                            body[name] = json!(text(path)?);
+                        }
                     }
-                } else {
-                    return Err(AdminError::AuditBroken {
-                        seq: value["first_broken"]["seq"].as_i64().unwrap_or(0),
-                        reason: value["first_broken"]["reason"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string(),
-                    });
+                    body
+                }
+            };
+            client.post("/v1/authorities", body).await?
+        }
+        AuthorityCommand::Activate { id } => {
+            client
+                .post(&format!("/v1/authorities/{id}/activate"), json!({}))
+                .await?
+        }
+        AuthorityCommand::Taint { id } => {
+            client
+                .post(&format!("/v1/authorities/{id}/taint"), json!({}))
+                .await?
+        }
+        AuthorityCommand::Revoke { id } => {
+            client
+                .post(&format!("/v1/authorities/{id}/revoke"), json!({}))
+                .await?
+        }
+    };
+    print(
+        out,
+        json,
+        &answer.json,
+        std::slice::from_ref(&answer.view),
+        AUTHORITY_COLUMNS,
+    )?;
+    Ok(())
+}
+
+async fn certs(
+    client: &AdminClient,
+    command: &CertCommand,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), AdminError> {
+    match command {
+        CertCommand::List {
+            filters,
+            limit,
+            cursor,
+        } => {
+            let mut query = filters.query();
+            query.push(("limit", Some(limit.to_string())));
+            query.push(("cursor", cursor.clone()));
+            let page: Answer<CertificatePage> = client.get("/v1/certificates", &query).await?;
+            print(out, json, &page.json, &page.view.certificates, CERT_COLUMNS)?;
+            if !json {
+                if let Some(next) = &page.view.next_cursor {
+                    writeln!(out, "# more: --cursor {next}")?;
                 }
             }
-        },
+        }
+        CertCommand::Show { serial } => {
+            let answer: Answer<CertificateView> = client
+                .get(&format!("/v1/certificates/{serial}"), &[])
+                .await?;
+            let cert = std::slice::from_ref(&answer.view);
+            print(out, json, &answer.json, cert, CERT_COLUMNS)?;
+            if !json {
+                write!(out, "{}", answer.view.pem.as_deref().unwrap_or_default())?;
+            }
+        }
+        CertCommand::Revoke { serial, reason } => {
+            // The reason as given: one the server does not know gets its 400 message.
+            let answer: Answer<CertificateView> = client
+                .post(
+                    &format!("/v1/certificates/{serial}/revoke"),
+                    json!({ "reason": reason }),
+                )
+                .await?;
+            let cert = std::slice::from_ref(&answer.view);
+            print(out, json, &answer.json, cert, CERT_COLUMNS)?;
+        }
+        CertCommand::Export { filters, format } => {
+            let mut query = filters.query();
+            query.push(("format", Some(format.clone())));
+            let url = client.url("/v1/certificates/export", &query);
+            client.stream(url, out).await?;
+        }
     }
     Ok(())
 }
 
-const CERT_COLUMNS: &[(&str, &str)] = &[
-    ("SERIAL", "/serial"),
-    ("SPIFFE ID", "/spiffe_id"),
-    ("STATUS", "/status"),
-    ("NOT AFTER", "/not_after"),
-    ("AUTHORITY", "/authority"),
-    ("REQUESTER", "/requester/principal"),
-];
+async fn audit(
+    client: &AdminClient,
+    command: &AuditCommand,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), AdminError> {
+    match command {
+        AuditCommand::List {
+            action,
+            actor,
+            outcome,
+            target,
+            since,
+            until,
+            limit,
+            cursor,
+        } => {
+            let query = [
+                ("action", action.clone()),
+                ("actor", actor.clone()),
+                ("outcome", outcome.clone()),
+                ("target", target.clone()),
+                ("since", since.clone()),
+                ("until", until.clone()),
+                ("limit", Some(limit.to_string())),
+                ("cursor", cursor.clone()),
+            ];
+            let page: Answer<AuditPage> = client.get("/v1/audit", &query).await?;
+            print(out, json, &page.json, &page.view.events, AUDIT_COLUMNS)?;
+        }
+        AuditCommand::Verify => {
+            let answer: Answer<Verdict> = client.get("/v1/audit/verify", &[]).await?;
+            let verdict = answer.view;
+            if json {
+                writeln!(out, "{:#}", answer.json)?;
+            }
+            if !verdict.intact {
+                let broken = verdict.first_broken;
+                return Err(AdminError::AuditBroken {
+                    seq: broken.as_ref().map_or(0, |b| b.seq),
+                    reason: broken.map(|b| b.reason).unwrap_or_default(),
+                });
+            }
+            if !json {
+                writeln!(
+                    out,
+                    "audit log intact: {} events, head {}",
+                    verdict.checked,
+                    verdict.head.unwrap_or_default()
+                )?;
+            }
+        }
+    }
+    Ok(())
+}

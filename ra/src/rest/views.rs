@@ -1,0 +1,143 @@
+//! What the REST API answers, as types: the handlers serialize them, `meshca admin`
+//! deserializes them, and the OpenAPI document describes them, so the three cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// The error body of every 4xx/5xx answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// `unauthenticated`, `forbidden`, `not_found`, `conflict`, `invalid_argument`,
+    /// `unavailable` or `internal`.
+    pub error: String,
+    pub message: String,
+}
+
+/// How far an authority's root has reached the agents connected to this server.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Propagation {
+    /// Trust-bundle streams that were sent a bundle holding this root.
+    pub received: usize,
+    /// Trust-bundle streams connected now.
+    pub connected: usize,
+}
+
+/// An authority and where it stands in the rotation.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuthorityView {
+    /// Hex key identifier of the signing certificate.
+    pub id: String,
+    /// `prepared`, `active`, `old`, `tainted` or `revoked`.
+    pub state: String,
+    /// `self-signed`, `generated`, `uploaded` or `cacerts`.
+    pub source: String,
+    pub subject: String,
+    pub key_type: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub root_subject: String,
+    pub root_fingerprint_sha256: String,
+    /// Issued by this authority, unexpired and unrevoked.
+    pub live_certificates: i64,
+    pub propagation: Propagation,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuthorityList {
+    pub authorities: Vec<AuthorityView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RequesterView {
+    /// `jwt`, `tokenreview`, `athenz`, `renewal` or `internal`.
+    pub method: String,
+    pub principal: String,
+    pub peer_address: Option<String>,
+    pub cluster_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RevocationView {
+    pub at: String,
+    pub reason: Option<String>,
+}
+
+/// A certificate on record.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CertificateView {
+    pub serial: String,
+    pub spiffe_id: String,
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
+    pub not_before: String,
+    pub not_after: String,
+    pub issued_at: String,
+    pub authority: String,
+    pub requester: RequesterView,
+    pub public_key_sha256: String,
+    /// `valid`, `expired` or `revoked`.
+    pub status: String,
+    pub revocation: Option<RevocationView>,
+    /// The certificate (single-certificate views only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pem: Option<String>,
+}
+
+/// A page, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CertificatePage {
+    pub certificates: Vec<CertificateView>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ActorView {
+    /// `jwt`, `tokenreview`, `athenz`, `renewal`, `token`, `mtls`, `internal` or `anonymous`.
+    pub method: String,
+    pub principal: String,
+}
+
+/// One event of the hash-chained log.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditEventView {
+    pub seq: i64,
+    pub at: String,
+    pub actor: ActorView,
+    pub action: String,
+    pub target: String,
+    /// `success`, `refused` or `denied`.
+    pub outcome: String,
+    #[schema(value_type = Object)]
+    pub details: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub events: Vec<AuditEventView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BrokenLinkView {
+    pub seq: i64,
+    pub reason: String,
+}
+
+/// The result of walking the chain.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Verdict {
+    pub intact: bool,
+    /// Events verified before the first broken link (all of them when intact).
+    pub checked: i64,
+    /// The last hash, when intact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_broken: Option<BrokenLinkView>,
+}
