@@ -1,14 +1,17 @@
 //! `--dev` credentials: a local JWT issuer that the dev server trusts in `jwks` mode, and a
-//! service-account token from it, so a new user can get a certificate within a minute.
+//! service-account token from it, so a new user can get a certificate within a minute. Its
+//! token signer is also how `meshca bench --jwt-key` mints a token per simulated workload.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use meshca_ca::kek::private_file_options;
 use meshca_ca::keys::{KeyType, SigningKey};
-use serde_json::json;
+use meshca_pki::time::unix_seconds;
+use serde::Serialize;
+use serde_json::{json, Value};
 
 use crate::config::{ClusterConfig, JwtMode, RestRole, RestToken};
 use crate::jwk::public_key_jwk;
@@ -27,6 +30,111 @@ pub struct DevFiles {
     pub admin_token: PathBuf,
     pub auditor_token: PathBuf,
 }
+
+/// Signs service-account tokens as a Kubernetes API server does: ES256 with an EC key, RS256
+/// with an RSA one, `kid` in the header when given.
+pub struct TokenSigner {
+    algorithm: jsonwebtoken::Algorithm,
+    key: jsonwebtoken::EncodingKey,
+    kid: Option<String>,
+}
+
+/// What a minted token says: `system:serviceaccount:<namespace>:<service_account>` from
+/// `issuer` for `audience`, valid for `lifetime` from now.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceAccountToken<'a> {
+    pub issuer: &'a str,
+    pub audience: &'a str,
+    pub namespace: &'a str,
+    pub service_account: &'a str,
+    pub lifetime: Duration,
+    /// Whether to add the `kubernetes.io` claim (namespace, service account name and uid) a
+    /// projected in-cluster token carries; meshca reads only `sub`.
+    pub kubernetes_claim: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MintError {
+    /// Neither an EC nor an RSA private key in PEM (the error is the RSA attempt's).
+    #[error(transparent)]
+    Key(jsonwebtoken::errors::Error),
+    #[error(transparent)]
+    Sign(jsonwebtoken::errors::Error),
+}
+
+/// The claims, in the order `serde_json` writes a map's keys, as the tokens always had them.
+#[derive(Serialize)]
+struct Claims<'a> {
+    aud: [&'a str; 1],
+    exp: i64,
+    iat: i64,
+    iss: &'a str,
+    #[serde(rename = "kubernetes.io", skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<Value>,
+    nbf: i64,
+    sub: String,
+}
+
+// === impl TokenSigner ===
+
+impl TokenSigner {
+    /// A signer with the PEM private key `pem` (PKCS#8, or SEC1/PKCS#1).
+    pub fn from_pem(pem: &str, kid: Option<String>) -> Result<Self, MintError> {
+        let (algorithm, key) =
+            if let Ok(key) = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()) {
+                (jsonwebtoken::Algorithm::ES256, key)
+            } else {
+                let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes())
+                    .map_err(MintError::Key)?;
+                (jsonwebtoken::Algorithm::RS256, key)
+            };
+        Ok(Self {
+            algorithm,
+            key,
+            kid,
+        })
+    }
+
+    /// The `alg` of the tokens (and of the key's JWK).
+    pub fn algorithm(&self) -> jsonwebtoken::Algorithm {
+        self.algorithm
+    }
+
+    pub fn mint(&self, token: &ServiceAccountToken<'_>) -> Result<String, MintError> {
+        let now = unix_seconds(SystemTime::now());
+        let lifetime = i64::try_from(token.lifetime.as_secs()).unwrap_or(i64::MAX);
+        let (namespace, name) = (token.namespace, token.service_account);
+        let claims = Claims {
+            aud: [token.audience],
+            exp: now.saturating_add(lifetime),
+            iat: now,
+            iss: token.issuer,
+            kubernetes: token.kubernetes_claim.then(|| {
+                json!({
+                    "namespace": namespace,
+                    "serviceaccount": {"name": name, "uid": "00000000-0000-0000-0000-000000000000"},
+                })
+            }),
+            nbf: now,
+            sub: format!("system:serviceaccount:{namespace}:{name}"),
+        };
+        let mut header = jsonwebtoken::Header::new(self.algorithm);
+        header.kid = self.kid.clone();
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(MintError::Sign)
+    }
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner")
+            .field("algorithm", &self.algorithm)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl DevFiles ===
 
 impl DevFiles {
     pub fn under(data_dir: &Path) -> Self {
@@ -65,46 +173,30 @@ pub fn write_dev_credentials(files: &DevFiles) -> std::io::Result<()> {
             key
         }
     };
-    let pem = key.pkcs8_pem();
-    let (algorithm, encoding) = if key.is_rsa() {
-        let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes());
-        (jsonwebtoken::Algorithm::RS256, encoding)
-    } else {
-        let encoding = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes());
-        (jsonwebtoken::Algorithm::ES256, encoding)
-    };
-    let encoding = encoding.map_err(std::io::Error::other)?;
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
     let kid = b64(
         &aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.public_key_bits()).as_ref()
             [..12],
     );
+    let signer = TokenSigner::from_pem(&key.pkcs8_pem(), Some(kid.clone()))
+        .map_err(std::io::Error::other)?;
     let mut jwk = public_key_jwk(&key.subject_public_key_info());
     jwk["kid"] = json!(kid);
-    jwk["alg"] = json!(algorithm);
+    jwk["alg"] = json!(signer.algorithm());
     jwk["use"] = json!("sig");
     let jwks = json!({ "keys": [jwk] });
     std::fs::write(&files.jwks, serde_json::to_vec_pretty(&jwks)?)?;
 
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let claims = json!({
-        "iss": DEV_ISSUER,
-        "sub": "system:serviceaccount:default:default",
-        "aud": ["istio-ca"],
-        "iat": now,
-        "nbf": now,
-        "exp": now + DEV_TOKEN_LIFETIME.as_secs(),
-        "kubernetes.io": {
-            "namespace": "default",
-            "serviceaccount": {"name": "default", "uid": "00000000-0000-0000-0000-000000000000"},
-        },
-    });
-    let mut header = jsonwebtoken::Header::new(algorithm);
-    header.kid = Some(kid);
-    let token = jsonwebtoken::encode(&header, &claims, &encoding).map_err(std::io::Error::other)?;
+    let token = signer
+        .mint(&ServiceAccountToken {
+            issuer: DEV_ISSUER,
+            audience: "istio-ca",
+            namespace: "default",
+            service_account: "default",
+            lifetime: DEV_TOKEN_LIFETIME,
+            kubernetes_claim: true,
+        })
+        .map_err(std::io::Error::other)?;
     write_private(&files.token, format!("{token}\n").as_bytes())
 }
 

@@ -2,15 +2,19 @@
 //! (client crypto is not what is being measured), and the TLS channels to the RA.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use meshca_agent::credential::{KeyAndCsr, KeyType};
 use meshca_pki::x509::ParsedCert;
 use meshca_proto::istio::v1::auth::IstioCertificateRequest;
+use meshca_ra::dev::{ServiceAccountToken, TokenSigner};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::args::BenchArgs;
+
+/// How long a `--jwt-key` token is valid: longer than any run.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Why a run (or `--write-credential`) could not be set up or finished.
 #[derive(Debug, thiserror::Error)]
@@ -74,39 +78,6 @@ fn key_type(name: &str) -> Result<KeyType, BenchError> {
         .map_err(|_| BenchError::Setup(format!("unknown key type {name:?}")))
 }
 
-fn mint(
-    key_pem: &str,
-    kid: Option<&str>,
-    issuer: &str,
-    audience: &str,
-    namespace: &str,
-    service_account: &str,
-) -> Result<String, BenchError> {
-    let (algorithm, key) =
-        if let Ok(key) = jsonwebtoken::EncodingKey::from_ec_pem(key_pem.as_bytes()) {
-            (jsonwebtoken::Algorithm::ES256, key)
-        } else {
-            let key = jsonwebtoken::EncodingKey::from_rsa_pem(key_pem.as_bytes())
-                .map_err(|e| BenchError::Setup(format!("--jwt-key: {e}")))?;
-            (jsonwebtoken::Algorithm::RS256, key)
-        };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let claims = serde_json::json!({
-        "iss": issuer,
-        "sub": format!("system:serviceaccount:{namespace}:{service_account}"),
-        "aud": [audience],
-        "iat": now,
-        "nbf": now,
-        "exp": now + 3600,
-    });
-    let mut header = jsonwebtoken::Header::new(algorithm);
-    header.kid = kid.map(str::to_string);
-    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| BenchError::Setup(e.to_string()))
-}
-
 pub(super) fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
     let key_type = key_type(&args.key_type)?;
     if let Some(path) = &args.client_cert {
@@ -145,23 +116,33 @@ pub(super) fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
         .map(read)
         .transpose()?
         .map(|t| t.trim().to_string());
-    let jwt_key = args.jwt_key.as_ref().map(read).transpose()?;
+    let signer = match &args.jwt_key {
+        Some(path) => Some(
+            TokenSigner::from_pem(&read(path)?, args.jwt_kid.clone())
+                .map_err(|e| BenchError::Setup(format!("--jwt-key: {e}")))?,
+        ),
+        None => None,
+    };
     let mut prepared = Vec::new();
     for (namespace, service_account) in identities {
         let spiffe_id = format!(
             "spiffe://{}/ns/{namespace}/sa/{service_account}",
             args.trust_domain
         );
-        let token = match (&fixed_token, &jwt_key) {
+        let token = match (&fixed_token, &signer) {
             (Some(token), _) => Some(token.clone()),
-            (None, Some(key)) => Some(mint(
-                key,
-                args.jwt_kid.as_deref(),
-                args.jwt_issuer.as_deref().unwrap_or_default(),
-                &args.jwt_audience,
-                &namespace,
-                &service_account,
-            )?),
+            (None, Some(signer)) => Some(
+                signer
+                    .mint(&ServiceAccountToken {
+                        issuer: args.jwt_issuer.as_deref().unwrap_or_default(),
+                        audience: &args.jwt_audience,
+                        namespace: &namespace,
+                        service_account: &service_account,
+                        lifetime: TOKEN_LIFETIME,
+                        kubernetes_claim: false,
+                    })
+                    .map_err(|e| BenchError::Setup(e.to_string()))?,
+            ),
             (None, None) => None,
         };
         for _ in 0..args.keys_per_identity.max(1) {
