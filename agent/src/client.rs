@@ -14,7 +14,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::bundle::{self, StreamBundle};
 use crate::credential::{Credential, KeyAndCsr, KeyType};
 use crate::metrics::AgentMetrics;
-use crate::timing::{self, Backoff, RetryClass};
+use crate::timing::{self, RetryClass};
 
 /// How to reach and authenticate to the RA.
 #[derive(Clone, Debug)]
@@ -205,7 +205,7 @@ pub async fn keep_fresh(
             }
             Err(error) => {
                 let class = error.retry_class();
-                let delay = Backoff::for_class(class).delay(attempt, timing::random_unit());
+                let delay = class.backoff().delay(attempt, timing::random_unit());
                 attempt = attempt.saturating_add(1);
                 metrics.retry_scheduled();
                 match class {

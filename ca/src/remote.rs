@@ -34,9 +34,13 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Delay before reconnect attempt `attempt` (0 = the first retry): 100 ms doubling to a cap of
 /// 10 s, stretched by up to 20 % by `jitter` ∈ [0, 1) so RA replicas do not retry in step.
 pub fn reconnect_delay(attempt: u32, jitter: f64) -> Duration {
-    let base = Duration::from_millis(100).saturating_mul(1u32 << attempt.min(16));
-    let capped = base.min(Duration::from_secs(10));
-    capped.mul_f64(1.0 + 0.2 * jitter.clamp(0.0, 1.0))
+    meshca_pki::timing::Backoff {
+        base: Duration::from_millis(100),
+        cap: Duration::from_secs(10),
+        low: 1.0,
+        spread: 0.2,
+    }
+    .delay(attempt, jitter)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,8 @@
 //! meshca's PKI without I/O: identity newtypes, keys and signatures, the X.509 writer and the
 //! SPIFFE workload profile, path building, CSR checks, CRL encoding, authorities and their
-//! rotation states, and the audit log's hash chain. The CA, the RA and the agent share it; it
-//! opens no file or socket, so everything here is tested as plain functions.
+//! rotation states, the audit log's hash chain, and certificate-rotation and backoff timing. The
+//! CA, the RA, the agent and the tools share it; it opens no file or socket, so everything here
+//! is tested as plain functions.
 
 pub mod audit;
 pub mod authority;
@@ -13,6 +14,7 @@ pub mod keys;
 pub mod profile;
 pub mod rotation;
 pub mod time;
+pub mod timing;
 pub mod x509;
 
 pub use authority::Authority;

@@ -3,13 +3,21 @@
 
 use std::time::{Duration, Instant};
 
+use meshca_pki::timing::Backoff;
+
+/// Resending a shed call: 5 ms doubling to 2 s, each wait in `[½, 1½)` of its ceiling.
+const SHED_RETRY: Backoff = Backoff {
+    base: Duration::from_millis(5),
+    cap: Duration::from_secs(2),
+    low: 0.5,
+    spread: 1.0,
+};
+
 /// How long a client waits before resending a call the server shed: 5 ms doubling to 2 s,
 /// scaled by `jitter` ∈ [0, 1) into [½, 1½) of that, so shed callers come back spread out
 /// rather than as the next burst.
 pub fn shed_retry_delay(attempt: u32, jitter: f64) -> Duration {
-    let base = Duration::from_millis(5).saturating_mul(1u32 << attempt.min(16));
-    base.min(Duration::from_secs(2))
-        .mul_f64(0.5 + jitter.clamp(0.0, 1.0))
+    SHED_RETRY.delay(attempt, jitter)
 }
 
 /// When the `n`th call of an open loop at `rate` per second is due.
