@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use der::asn1::{BitString, OctetString};
 use der::Encode;
+use serde::{Deserialize, Serialize};
 use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
 use x509_cert::ext::pkix::crl::CrlNumber;
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlReason};
@@ -14,15 +15,25 @@ use x509_cert::Version;
 use crate::authority::{Authority, AuthoritySignError};
 use crate::x509::{extension, x509_time};
 
-/// RFC 5280 reason codes, by the names operators know them by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An RFC 5280 revocation reason, spelled as in the RFC's ASN.1.
+// The REST API takes and documents this enum itself: its serde names are the API's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = "keyCompromise"))]
 pub enum RevocationReason {
+    #[serde(rename = "unspecified")]
     Unspecified,
+    #[serde(rename = "keyCompromise")]
     KeyCompromise,
+    #[serde(rename = "cACompromise")]
     CaCompromise,
+    #[serde(rename = "affiliationChanged")]
     AffiliationChanged,
+    #[serde(rename = "superseded")]
     Superseded,
+    #[serde(rename = "cessationOfOperation")]
     CessationOfOperation,
+    #[serde(rename = "privilegeWithdrawn")]
     PrivilegeWithdrawn,
 }
 
@@ -145,5 +156,21 @@ mod tests {
             assert_eq!(RevocationReason::parse(name).unwrap().as_str(), name);
         }
         assert_eq!(RevocationReason::parse("KeyCompromise"), None);
+    }
+
+    #[test]
+    fn serde_names_are_the_reason_names() {
+        for name in RevocationReason::names() {
+            let reason = RevocationReason::parse(name).unwrap();
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::json!(name)
+            );
+            let parsed: RevocationReason = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(parsed, reason);
+        }
+        assert!(
+            serde_json::from_value::<RevocationReason>(serde_json::json!("KeyCompromise")).is_err()
+        );
     }
 }

@@ -125,31 +125,11 @@ pub enum ExportFormat {
     Csv,
 }
 
-/// An RFC 5280 revocation reason, spelled as in the RFC's ASN.1.
-#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
-#[schema(example = "keyCompromise")]
-pub enum ReasonName {
-    #[serde(rename = "unspecified")]
-    Unspecified,
-    #[serde(rename = "keyCompromise")]
-    KeyCompromise,
-    #[serde(rename = "cACompromise")]
-    CaCompromise,
-    #[serde(rename = "affiliationChanged")]
-    AffiliationChanged,
-    #[serde(rename = "superseded")]
-    Superseded,
-    #[serde(rename = "cessationOfOperation")]
-    CessationOfOperation,
-    #[serde(rename = "privilegeWithdrawn")]
-    PrivilegeWithdrawn,
-}
-
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeBody {
     #[schema(inline)]
-    reason: ReasonName,
+    reason: RevocationReason,
 }
 
 fn now() -> i64 {
@@ -172,22 +152,6 @@ impl From<StatusParam> for CertificateStatus {
             StatusParam::Valid => Self::Valid,
             StatusParam::Expired => Self::Expired,
             StatusParam::Revoked => Self::Revoked,
-        }
-    }
-}
-
-// === impl ReasonName ===
-
-impl From<ReasonName> for RevocationReason {
-    fn from(reason: ReasonName) -> Self {
-        match reason {
-            ReasonName::Unspecified => Self::Unspecified,
-            ReasonName::KeyCompromise => Self::KeyCompromise,
-            ReasonName::CaCompromise => Self::CaCompromise,
-            ReasonName::AffiliationChanged => Self::AffiliationChanged,
-            ReasonName::Superseded => Self::Superseded,
-            ReasonName::CessationOfOperation => Self::CessationOfOperation,
-            ReasonName::PrivilegeWithdrawn => Self::PrivilegeWithdrawn,
         }
     }
 }
@@ -356,7 +320,7 @@ async fn revoke_inner(
     body: Result<Json<RevokeBody>, JsonRejection>,
 ) -> Result<CertificateView, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let reason = RevocationReason::from(body.reason);
+    let reason = body.reason;
     let row = find(state.ca.store(), serial).await?;
     let inserted = state
         .ca
@@ -584,10 +548,10 @@ mod tests {
         use utoipa::PartialSchema;
         let names = RevocationReason::names();
         for name in &names {
-            let reason: ReasonName = serde_json::from_value(json!(name)).unwrap();
-            assert_eq!(RevocationReason::from(reason).as_str(), *name);
+            let reason: RevocationReason = serde_json::from_value(json!(name)).unwrap();
+            assert_eq!(reason.as_str(), *name);
         }
-        let schema = serde_json::to_value(ReasonName::schema()).unwrap();
+        let schema = serde_json::to_value(RevocationReason::schema()).unwrap();
         assert_eq!(schema["enum"], json!(names));
     }
 
