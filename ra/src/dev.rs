@@ -32,7 +32,8 @@ pub struct DevFiles {
 }
 
 /// Signs service-account tokens as a Kubernetes API server does: ES256 with an EC key, RS256
-/// with an RSA one, `kid` in the header when given.
+/// with an RSA one, `kid` in the header when given. Its `Debug` shows no key material.
+#[derive(Debug)]
 pub struct TokenSigner {
     algorithm: jsonwebtoken::Algorithm,
     key: jsonwebtoken::EncodingKey,
@@ -122,15 +123,6 @@ impl TokenSigner {
         let mut header = jsonwebtoken::Header::new(self.algorithm);
         header.kid = self.kid.clone();
         jsonwebtoken::encode(&header, &claims, &self.key).map_err(MintError::Sign)
-    }
-}
-
-impl std::fmt::Debug for TokenSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSigner")
-            .field("algorithm", &self.algorithm)
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
     }
 }
 

@@ -24,36 +24,28 @@ pub use client::{AdminClient, AdminError, Answer};
 use client::read;
 use table::{print, Column};
 
-const AUTHORITY_COLUMNS: &[Column<AuthorityView>] = &[
-    ("ID", |a| Some(a.id.clone())),
-    ("STATE", |a| Some(a.state.clone())),
-    ("SOURCE", |a| Some(a.source.clone())),
-    ("KEY", |a| Some(a.key_type.clone())),
-    ("NOT AFTER", |a| Some(a.not_after.clone())),
-    ("LIVE", |a| Some(a.live_certificates.to_string())),
-    ("RECEIVED", |a| Some(a.propagation.received.to_string())),
-    ("CONNECTED", |a| Some(a.propagation.connected.to_string())),
-    ("SUBJECT", |a| Some(a.subject.clone())),
-];
+/// A table's columns: each header with the field of the view shown under it.
+macro_rules! columns {
+    ($view:ty { $($header:literal: $($field:ident).+),* $(,)? }) => {
+        &[$(($header, |row: &$view| Some(row.$($field).+.to_string()))),*]
+    };
+}
 
-const CERT_COLUMNS: &[Column<CertificateView>] = &[
-    ("SERIAL", |c| Some(c.serial.clone())),
-    ("SPIFFE ID", |c| Some(c.spiffe_id.clone())),
-    ("STATUS", |c| Some(c.status.clone())),
-    ("NOT AFTER", |c| Some(c.not_after.clone())),
-    ("AUTHORITY", |c| Some(c.authority.clone())),
-    ("REQUESTER", |c| Some(c.requester.principal.clone())),
-];
+const AUTHORITY_COLUMNS: &[Column<AuthorityView>] = columns!(AuthorityView {
+    "ID": id, "STATE": state, "SOURCE": source, "KEY": key_type, "NOT AFTER": not_after,
+    "LIVE": live_certificates, "RECEIVED": propagation.received,
+    "CONNECTED": propagation.connected, "SUBJECT": subject,
+});
 
-const AUDIT_COLUMNS: &[Column<AuditEventView>] = &[
-    ("SEQ", |e| Some(e.seq.to_string())),
-    ("AT", |e| Some(e.at.clone())),
-    ("ACTOR", |e| Some(e.actor.principal.clone())),
-    ("VIA", |e| Some(e.actor.method.clone())),
-    ("ACTION", |e| Some(e.action.clone())),
-    ("TARGET", |e| Some(e.target.clone())),
-    ("OUTCOME", |e| Some(e.outcome.clone())),
-];
+const CERT_COLUMNS: &[Column<CertificateView>] = columns!(CertificateView {
+    "SERIAL": serial, "SPIFFE ID": spiffe_id, "STATUS": status, "NOT AFTER": not_after,
+    "AUTHORITY": authority, "REQUESTER": requester.principal,
+});
+
+const AUDIT_COLUMNS: &[Column<AuditEventView>] = columns!(AuditEventView {
+    "SEQ": seq, "AT": at, "ACTOR": actor.principal, "VIA": actor.method, "ACTION": action,
+    "TARGET": target, "OUTCOME": outcome,
+});
 
 /// Runs one admin command, writing its result to `out`.
 pub async fn run(args: &AdminArgs, out: &mut impl Write) -> Result<(), AdminError> {
