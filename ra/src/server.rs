@@ -55,7 +55,7 @@ pub enum ServeError {
     #[error("metrics server: {0}")]
     Http(std::io::Error),
     #[error(transparent)]
-    RestTokens(#[from] rest::auth::TokenConfigError),
+    RestTokens(#[from] rest::callers::TokenConfigError),
     #[error("REST server: {0}")]
     Rest(std::io::Error),
 }

@@ -10,10 +10,10 @@ use serde_json::Value;
 use utoipa::IntoParams;
 
 use super::auth::Auditor;
-use super::authorities::unix_to_rfc3339;
-use super::pagination::{self, Cursor};
+use super::error::ApiError;
+use super::pagination::{self, unix_to_rfc3339, Cursor};
+use super::state::RestState;
 use super::views::{ActorView, AuditEventView, AuditPage, BrokenLinkView, ErrorBody, Verdict};
-use super::{ApiError, RestState};
 
 /// Filters (combined with AND), a page size and a cursor; times are RFC 3339.
 #[derive(Debug, Default, Deserialize, IntoParams)]

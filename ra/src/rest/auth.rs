@@ -10,21 +10,12 @@ use meshca_ca::audit::{AuditEvent, Outcome};
 use meshca_ca::chain;
 use meshca_ca::x509::ParsedCert;
 
-use super::RestPeer;
-use super::{ApiError, RestState};
-use crate::config::{RestRole, RestToken};
+use super::callers::Actor;
+use super::error::ApiError;
+use super::listener::RestPeer;
+use super::state::RestState;
+use crate::config::RestRole;
 use crate::tls::PeerInfo;
-
-/// An authenticated caller, as the audit trail names it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Actor {
-    /// `token` or `mtls`.
-    pub method: &'static str,
-    /// The token's configured name, or the client certificate's SPIFFE id.
-    pub principal: String,
-    /// `None`: authenticated, but listed in no role.
-    pub role: Option<RestRole>,
-}
 
 /// A caller with the `admin` role.
 #[derive(Debug)]
@@ -33,48 +24,6 @@ pub struct Admin(pub Actor);
 /// A caller with at least the `auditor` role.
 #[derive(Debug)]
 pub struct Auditor(pub Actor);
-
-/// Configured tokens by hash.
-#[derive(Debug, Default)]
-pub struct TokenTable {
-    tokens: Vec<([u8; 32], String, RestRole)>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("rest.tokens[{index}] ({name}): sha256 must be 64 hex digits")]
-pub struct TokenConfigError {
-    index: usize,
-    name: String,
-}
-
-// === impl TokenTable ===
-
-impl TokenTable {
-    pub fn new(tokens: &[RestToken]) -> Result<Self, TokenConfigError> {
-        let mut table = Vec::with_capacity(tokens.len());
-        for (index, token) in tokens.iter().enumerate() {
-            let digest: [u8; 32] = hex::decode(token.sha256.trim())
-                .ok()
-                .and_then(|d| d.try_into().ok())
-                .ok_or_else(|| TokenConfigError {
-                    index,
-                    name: token.name.clone(),
-                })?;
-            table.push((digest, token.name.clone(), token.role));
-        }
-        Ok(Self { tokens: table })
-    }
-
-    fn lookup(&self, token: &str) -> Option<(&str, RestRole)> {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-        self.tokens
-            .iter()
-            .find(|(known, _, _)| {
-                aws_lc_rs::constant_time::verify_slices_are_equal(known, digest.as_ref()).is_ok()
-            })
-            .map(|(_, name, role)| (name.as_str(), *role))
-    }
-}
 
 /// Authenticates the request: an `Authorization: Bearer` header decides when present (a bad
 /// token is 401 even with a client certificate); otherwise the client certificate.
@@ -206,48 +155,6 @@ impl FromRequestParts<RestState> for Auditor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_match_by_hash_only() {
-        let hash = |t: &str| {
-            hex::encode(aws_lc_rs::digest::digest(
-                &aws_lc_rs::digest::SHA256,
-                t.as_bytes(),
-            ))
-        };
-        let table = TokenTable::new(&[
-            RestToken {
-                name: "ops".into(),
-                sha256: hash("s3cret-admin"),
-                role: RestRole::Admin,
-            },
-            RestToken {
-                name: "audit".into(),
-                sha256: hash("s3cret-audit").to_uppercase(),
-                role: RestRole::Auditor,
-            },
-        ])
-        .unwrap();
-        assert_eq!(table.lookup("s3cret-admin"), Some(("ops", RestRole::Admin)));
-        assert_eq!(
-            table.lookup("s3cret-audit"),
-            Some(("audit", RestRole::Auditor))
-        );
-        assert_eq!(table.lookup("s3cret"), None);
-        assert_eq!(
-            table.lookup(&hash("s3cret-admin")),
-            None,
-            "the hash is not the token"
-        );
-
-        let err = TokenTable::new(&[RestToken {
-            name: "bad".into(),
-            sha256: "abc".into(),
-            role: RestRole::Admin,
-        }])
-        .unwrap_err();
-        assert!(err.to_string().contains("rest.tokens[0] (bad)"));
-    }
 
     #[test]
     fn admins_can_audit_but_not_the_reverse() {

@@ -1,7 +1,7 @@
 //! `/v1/authorities` (root rotation: prepare → activate → taint → revoke) and
 //! `/v1/trust-bundle`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use meshca_pki::keys::sha256_hex;
 use meshca_pki::time::unix_seconds;
@@ -22,8 +22,11 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::auth::{Admin, Auditor};
+use super::callers::Actor;
+use super::error::{path_of, ApiError};
+use super::pagination::{rfc3339, unix_to_rfc3339};
+use super::state::RestState;
 use super::views::{AuthorityList, AuthorityView, ErrorBody, Propagation};
-use super::{path_of, ApiError, RestState};
 use crate::jwk::public_key_jwk;
 use crate::trust_bundle::bundle_of;
 
@@ -65,14 +68,6 @@ pub struct GenerateBody {
     #[serde(default)]
     #[schema(inline)]
     key_type: KeyType,
-}
-
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-pub fn unix_to_rfc3339(secs: i64) -> String {
-    rfc3339(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
 }
 
 // === impl PrepareBody ===
@@ -247,7 +242,7 @@ async fn prepare_inner(
 /// refused one is recorded here.
 async fn step(
     state: &RestState,
-    actor: &super::Actor,
+    actor: &Actor,
     action: &str,
     id: &str,
     result: Result<AuthorityEntry, RotationError>,

@@ -21,10 +21,10 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Admin, Auditor};
-use super::authorities::unix_to_rfc3339;
-use super::pagination::{self, Cursor};
+use super::error::{path_of, ApiError};
+use super::pagination::{self, unix_to_rfc3339, Cursor};
+use super::state::RestState;
 use super::views::{CertificatePage, CertificateView, ErrorBody, RequesterView, RevocationView};
-use super::{path_of, ApiError, RestState};
 
 /// Rows per store round trip while exporting.
 const EXPORT_PAGE: i64 = 1000;

@@ -1,198 +1,36 @@
 //! The admin and audit REST API (axum over HTTPS): root rotation with visible propagation, the
-//! trust bundle, the certificate inventory, revocation and the CRL, and the audit log. Callers are bearer tokens (configured by SHA-256) or mesh client
-//! certificates whose SPIFFE id is listed; anonymous callers get only the trust bundle and
-//! health.
+//! trust bundle, the certificate inventory, revocation and the CRL, and the audit log. Callers
+//! are bearer tokens (configured by SHA-256) or mesh client certificates whose SPIFFE id is
+//! listed; anonymous callers get only the trust bundle and health. This module holds the route
+//! list and the OpenAPI document built from it; handlers, callers, state and errors are its
+//! submodules, none of which depends on it.
 
 mod audit;
 pub mod auth;
 mod authorities;
+pub mod callers;
 mod certificates;
+mod error;
+mod listener;
 mod pagination;
+mod state;
 pub mod views;
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::connect_info::Connected;
-use axum::extract::rejection::PathRejection;
-use axum::extract::Path;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use meshca_ca::audit::{AuditEvent, Outcome};
-use meshca_ca::CertificateAuthority;
-use serde_json::json;
-use tokio_stream::StreamExt;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::config::RestConfig;
-use crate::tls::{PeerInfo, TlsConn};
-use crate::trust_bundle::BundleWatchers;
-
 use auth::Auditor;
-pub use auth::{Actor, TokenTable};
+pub use callers::{Actor, TokenTable};
+pub use error::ApiError;
+pub use listener::{RestPeer, TlsListener};
+pub use state::RestState;
 use views::ErrorBody;
-
-/// Everything the handlers share.
-#[derive(Clone, Debug)]
-pub struct RestState {
-    pub ca: CertificateAuthority,
-    pub watchers: Arc<BundleWatchers>,
-    tokens: Arc<TokenTable>,
-    admins: Arc<HashSet<String>>,
-    auditors: Arc<HashSet<String>>,
-}
-
-/// An error as the API shows it: a status and a JSON body `{"error", "message"}`; never the
-/// internals (those are logged).
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-// === impl RestState ===
-
-impl RestState {
-    pub fn new(
-        config: &RestConfig,
-        ca: CertificateAuthority,
-        watchers: Arc<BundleWatchers>,
-    ) -> Result<Self, auth::TokenConfigError> {
-        Ok(Self {
-            ca,
-            watchers,
-            tokens: Arc::new(TokenTable::new(&config.tokens)?),
-            admins: Arc::new(config.admins.iter().cloned().collect()),
-            auditors: Arc::new(config.auditors.iter().cloned().collect()),
-        })
-    }
-}
-
-impl RestState {
-    /// Appends an audit event without holding up the response (used for denials, which an
-    /// attacker controls the rate of).
-    pub fn audit_in_background(&self, event: AuditEvent) {
-        let store = self.ca.store().clone();
-        tokio::spawn(async move {
-            if let Err(error) = store.append_audit(&event).await {
-                tracing::error!(%error, "recording an audit event failed");
-            }
-        });
-    }
-
-    /// Records what an admin did (or tried), before answering.
-    pub async fn audit_action(
-        &self,
-        actor: &Actor,
-        action: &str,
-        target: &str,
-        result: Result<serde_json::Value, &ApiError>,
-    ) {
-        let (outcome, details) = match result {
-            Ok(details) => (Outcome::Success, details),
-            Err(e) => (
-                Outcome::Refused,
-                json!({ "status": e.status.as_u16(), "reason": e.message }),
-            ),
-        };
-        let event = AuditEvent::new(
-            (actor.method, &actor.principal),
-            action,
-            target,
-            outcome,
-            details,
-        );
-        if let Err(error) = self.ca.store().append_audit(&event).await {
-            tracing::error!(%error, action, target, "recording an admin action in the audit log failed");
-        }
-    }
-}
-
-// === impl ApiError ===
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, message)
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, message)
-    }
-
-    /// What the CA service (split deployment) answered, in HTTP terms. Its messages are the
-    /// service's own caller-facing ones, so they are passed on; internal ones are not.
-    pub fn from_remote(error: meshca_ca::remote::RemoteError) -> Self {
-        use meshca_ca::remote::RemoteErrorKind as Kind;
-        match error.kind {
-            Kind::NotFound => Self::not_found(error.message),
-            Kind::Conflict => Self::conflict(error.message),
-            Kind::InvalidArgument => Self::bad_request(error.message),
-            Kind::Unavailable => {
-                tracing::warn!(%error, "CA service unavailable");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the CA service is unavailable; nothing was changed",
-                )
-            }
-            Kind::Denied | Kind::Internal => Self::internal(&error),
-        }
-    }
-
-    /// A failure the caller cannot fix: logged in full, answered in general terms.
-    pub fn internal(error: &dyn std::fmt::Display) -> Self {
-        tracing::error!(%error, "REST request failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let error = match self.status {
-            StatusCode::UNAUTHORIZED => "unauthenticated",
-            StatusCode::FORBIDDEN => "forbidden",
-            StatusCode::NOT_FOUND => "not_found",
-            StatusCode::CONFLICT => "conflict",
-            StatusCode::BAD_REQUEST => "invalid_argument",
-            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-            _ => "internal",
-        };
-        let body = ErrorBody {
-            error: error.to_string(),
-            message: self.message,
-        };
-        let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer realm=\"meshca\""),
-            );
-        }
-        response
-    }
-}
-
-/// A path parameter, or axum's refusal of it as the API's JSON error.
-fn path_of<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
-    path.map(|Path(value)| value)
-        .map_err(|e| ApiError::new(e.status(), e.body_text()))
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -265,58 +103,6 @@ pub fn router(state: RestState) -> Router {
         )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
-}
-
-/// TLS connections for axum, carrying the client certificate chain to the handlers.
-#[derive(Debug)]
-pub struct TlsListener {
-    incoming: tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>>,
-    local_addr: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(
-        incoming: tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>>,
-        local_addr: SocketAddr,
-    ) -> Self {
-        Self {
-            incoming,
-            local_addr,
-        }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsConn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.incoming.next().await {
-                Some(Ok(conn)) => {
-                    let addr = conn.peer().remote_addr;
-                    return (conn, addr);
-                }
-                Some(Err(error)) => tracing::debug!(%error, "REST accept failed"),
-                // The acceptor only stops when this listener is dropped.
-                None => std::future::pending::<()>().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local_addr)
-    }
-}
-
-/// A REST connection's TLS peer, as handlers get it through `ConnectInfo`.
-#[derive(Clone, Debug)]
-pub struct RestPeer(pub PeerInfo);
-
-impl Connected<axum::serve::IncomingStream<'_, TlsListener>> for RestPeer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        Self(stream.io().peer().clone())
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Keyset pagination shared by the list endpoints: a cursor naming the last row seen, so pages
 //! stay stable while rows are inserted; limits and time parameters.
 
-use super::ApiError;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::error::ApiError;
 
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
@@ -154,6 +156,15 @@ pub fn split_page<T>(
     } else {
         (rows, None)
     }
+}
+
+/// A time as the API writes it: RFC 3339 in UTC, whole seconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub fn unix_to_rfc3339(secs: i64) -> String {
+    rfc3339(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
 }
 
 #[cfg(test)]
