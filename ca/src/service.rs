@@ -281,16 +281,10 @@ impl CaRpc for SigningService {
             .map_err(|e| Status::invalid_argument(format!("CSR refused: {e}")))?;
         let spiffe_id = SpiffeId::new(&body.spiffe_id)
             .map_err(|e| Status::invalid_argument(format!("identity: {e}")))?;
-        if let Some(other) = csr
-            .requested_uri_sans()
-            .iter()
-            .find(|uri| *uri != spiffe_id.as_str())
-        {
-            tracing::warn!(%ra, spiffe_id = %spiffe_id, requested = %other, "RA forwarded a CSR for another identity");
-            return Err(Status::invalid_argument(format!(
-                "CSR requests identity {other} but the caller is authenticated as {spiffe_id}"
-            )));
-        }
+        csr.check_identity(&spiffe_id).map_err(|mismatch| {
+            tracing::warn!(%ra, spiffe_id = %spiffe_id, requested = %mismatch.requested, "RA forwarded a CSR for another identity");
+            Status::invalid_argument(mismatch.to_string())
+        })?;
         let requester = body.requester.unwrap_or_default();
         let non_empty = |s: String| (!s.is_empty()).then_some(s);
         let requester = Requester {

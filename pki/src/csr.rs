@@ -1,5 +1,6 @@
-//! Certificate signing requests: parsed, proof-of-possession checked, key type policed. Only the
-//! public key (and, for the RA's cross-check, the requested URI SANs) ever leave this module.
+//! Certificate signing requests: parsed, proof-of-possession checked, key type policed, and
+//! checked against the caller's identity. Only the public key and the requested URI SANs ever
+//! leave this module; the identity always comes from authentication, never from the CSR.
 
 use der::oid::AssociatedOid;
 use der::Decode;
@@ -8,6 +9,7 @@ use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::request::CertReq;
 
+use crate::identity::SpiffeId;
 use crate::keys::{self, PublicKeyKind, VerifyError};
 use crate::x509::first_element_range;
 
@@ -43,6 +45,16 @@ pub enum CsrError {
     Signature(VerifyError),
     #[error("CSR key not allowed: {0}")]
     KeyNotAllowed(String),
+}
+
+/// A CSR that asks for an identity the caller did not prove. The message is the caller's
+/// (both the RA and the CA service send it as `INVALID_ARGUMENT`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("CSR requests identity {requested} but the caller is authenticated as {authenticated}")]
+pub struct IdentityMismatch {
+    /// The first URI SAN that is not the caller's identity.
+    pub requested: String,
+    pub authenticated: SpiffeId,
 }
 
 // === impl VerifiedCsr ===
@@ -104,10 +116,27 @@ impl VerifiedCsr {
         self.key_kind
     }
 
-    /// URI SANs the CSR asks for. Never an identity source: the RA only checks they agree
-    /// with the authenticated caller.
+    /// URI SANs the CSR asks for. Never an identity source: [`Self::check_identity`] only
+    /// checks they agree with the authenticated caller.
     pub fn requested_uri_sans(&self) -> &[String] {
         &self.uri_sans
+    }
+
+    /// Refuses a CSR that names any URI but `authenticated`, the identity the caller proved.
+    /// Naming none is fine: the certificate's identity is written by the CA, not copied from
+    /// here. The RA checks this, and the CA service checks it again for what an RA forwards.
+    pub fn check_identity(&self, authenticated: &SpiffeId) -> Result<(), IdentityMismatch> {
+        match self
+            .uri_sans
+            .iter()
+            .find(|uri| *uri != authenticated.as_str())
+        {
+            Some(other) => Err(IdentityMismatch {
+                requested: other.clone(),
+                authenticated: authenticated.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -132,4 +161,50 @@ fn requested_uri_sans(req: &CertReq) -> Result<Vec<String>, CsrError> {
         }
     }
     Ok(uris)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
+
+    /// A CSR (signed, as a workload would send it) whose SAN lists `uris`.
+    fn csr(uris: &[&str]) -> VerifiedCsr {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI(rcgen::string::Ia5String::try_from(*u).unwrap()))
+            .collect();
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        VerifiedCsr::from_pem(&pem).unwrap()
+    }
+
+    #[test]
+    fn a_csr_may_name_only_the_authenticated_identity() {
+        let web = SpiffeId::new(WEB).unwrap();
+        assert_eq!(csr(&[WEB]).check_identity(&web), Ok(()));
+        assert_eq!(
+            csr(&[]).check_identity(&web),
+            Ok(()),
+            "no SAN: the CA names it"
+        );
+
+        let other = "spiffe://cluster.local/ns/default/sa/admin";
+        for uris in [vec![other], vec![WEB, other], vec![other, WEB]] {
+            let refused = csr(&uris).check_identity(&web).unwrap_err();
+            assert_eq!(refused.requested, other, "{uris:?}");
+            assert_eq!(
+                refused.to_string(),
+                format!("CSR requests identity {other} but the caller is authenticated as {WEB}")
+            );
+        }
+        // Not only other SPIFFE ids: any URI the caller did not prove.
+        let refused = csr(&["https://example.com/web"]).check_identity(&web);
+        assert_eq!(refused.unwrap_err().requested, "https://example.com/web");
+        // Another trust domain with the same path is another identity.
+        let foreign = "spiffe://other.example/ns/default/sa/web";
+        assert!(csr(&[foreign]).check_identity(&web).is_err());
+    }
 }

@@ -18,7 +18,7 @@ pub mod timing;
 pub mod x509;
 
 pub use authority::Authority;
-pub use csr::{CsrError, VerifiedCsr};
+pub use csr::{CsrError, IdentityMismatch, VerifiedCsr};
 pub use identity::{AuthorityId, Serial, SpiffeId, TrustDomain};
 pub use keys::KeyType;
 pub use rotation::{AuthorityEntry, AuthoritySet, AuthorityState};

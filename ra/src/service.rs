@@ -152,18 +152,11 @@ impl IstioCertificateService for CertificateService {
             tracing::info!(spiffe_id = %caller.spiffe_id, %error, "CSR refused");
             refused(Status::invalid_argument(format!("CSR refused: {error}")))
         })?;
-        if let Some(other) = csr
-            .requested_uri_sans()
-            .iter()
-            .find(|uri| *uri != caller.spiffe_id.as_str())
-        {
+        csr.check_identity(&caller.spiffe_id).map_err(|mismatch| {
             self.metrics.sign_error("identity_mismatch");
-            tracing::warn!(spiffe_id = %caller.spiffe_id, requested = %other, "CSR names another identity");
-            return Err(refused(Status::invalid_argument(format!(
-                "CSR requests identity {other} but the caller is authenticated as {}",
-                caller.spiffe_id
-            ))));
-        }
+            tracing::warn!(spiffe_id = %caller.spiffe_id, requested = %mismatch.requested, "CSR names another identity");
+            refused(Status::invalid_argument(mismatch.to_string()))
+        })?;
 
         let requester = Requester {
             method: caller.method.to_string(),
