@@ -139,7 +139,7 @@ impl IstioCertificateService for CertificateService {
         let body = request.into_inner();
         let refused = |status: Status| {
             self.audit_refusal(
-                (caller.method, &caller.principal),
+                (caller.method.as_str(), &caller.principal),
                 caller.spiffe_id.as_str(),
                 Outcome::Refused,
                 json!({ "reason": status.message(), "peer_address": peer_addr }),
@@ -159,7 +159,7 @@ impl IstioCertificateService for CertificateService {
         })?;
 
         let requester = Requester {
-            method: caller.method.to_string(),
+            method: caller.method.as_str().to_string(),
             principal: caller.principal.clone(),
             peer_address: peer.map(|p| p.remote_addr.to_string()),
             cluster_id: caller.cluster_id.clone(),
@@ -181,7 +181,7 @@ impl IstioCertificateService for CertificateService {
         tracing::debug!(
             serial = %issued.serial,
             spiffe_id = %caller.spiffe_id,
-            method = caller.method,
+            method = caller.method.as_str(),
             principal = %caller.principal,
             "issued certificate"
         );

@@ -29,6 +29,49 @@ pub struct JwksAuthenticator {
     min_refresh: Duration,
 }
 
+/// Why keys could not be loaded: at start-up a configuration error, later a warning (the
+/// previous keys stay in use).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwksError {
+    #[error("jwks mode needs `issuer`")]
+    NoIssuer,
+    #[error("set jwks_file or jwks_url, not both")]
+    TwoKeySources,
+    #[error("audiences must not be empty")]
+    NoAudiences,
+    #[error("HTTP client: {0}")]
+    HttpClient(reqwest::Error),
+    #[error("{}: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    ParseFile {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("GET {url}: {source}")]
+    Fetch { url: String, source: reqwest::Error },
+    #[error("GET {url}: HTTP {status}")]
+    HttpStatus {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("GET {url}: {source}")]
+    ParseResponse {
+        url: String,
+        source: serde_json::Error,
+    },
+    #[error("discovery document at {url} names issuer {found:?}, expected {expected:?}")]
+    WrongIssuer {
+        url: String,
+        found: String,
+        expected: String,
+    },
+}
+
 #[derive(Clone, Debug)]
 enum KeySource {
     File(PathBuf),
@@ -52,21 +95,21 @@ struct DiscoveryDocument {
 
 impl JwksAuthenticator {
     /// Loads the keys once (a failure here is a configuration error) and keeps them fresh.
-    pub async fn start(config: &ClusterConfig) -> Result<Arc<Self>, String> {
-        let issuer = config.issuer.clone().ok_or("jwks mode needs `issuer`")?;
+    pub async fn start(config: &ClusterConfig) -> Result<Arc<Self>, JwksError> {
+        let issuer = config.issuer.clone().ok_or(JwksError::NoIssuer)?;
         let source = match (&config.jwks_file, &config.jwks_url) {
-            (Some(_), Some(_)) => return Err("set jwks_file or jwks_url, not both".into()),
+            (Some(_), Some(_)) => return Err(JwksError::TwoKeySources),
             (Some(file), None) => KeySource::File(file.clone()),
             (None, Some(url)) => KeySource::Url(url.clone()),
             (None, None) => KeySource::Discovery(issuer.clone()),
         };
         if config.audiences.is_empty() {
-            return Err("audiences must not be empty".into());
+            return Err(JwksError::NoAudiences);
         }
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .map_err(JwksError::HttpClient)?;
         let this = Arc::new(Self {
             issuer,
             audiences: config.audiences.clone(),
@@ -155,13 +198,19 @@ impl JwksAuthenticator {
         }
     }
 
-    async fn refresh(&self) -> Result<(), String> {
+    async fn refresh(&self) -> Result<(), JwksError> {
         let set: JwkSet = match &self.source {
             KeySource::File(path) => {
-                let text = tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+                let text = tokio::fs::read_to_string(path).await.map_err(|source| {
+                    JwksError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                serde_json::from_str(&text).map_err(|source| JwksError::ParseFile {
+                    path: path.clone(),
+                    source,
+                })?
             }
             KeySource::Url(url) => self.get_json(url).await?,
             KeySource::Discovery(issuer) => {
@@ -171,10 +220,11 @@ impl JwksAuthenticator {
                 );
                 let doc: DiscoveryDocument = self.get_json(&url).await?;
                 if doc.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
-                    return Err(format!(
-                        "discovery document at {url} names issuer {:?}, expected {issuer:?}",
-                        doc.issuer
-                    ));
+                    return Err(JwksError::WrongIssuer {
+                        url,
+                        found: doc.issuer,
+                        expected: issuer.clone(),
+                    });
                 }
                 self.get_json(&doc.jwks_uri).await?
             }
@@ -184,21 +234,23 @@ impl JwksAuthenticator {
         Ok(())
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, JwksError> {
+        let fetch = |source| JwksError::Fetch {
+            url: url.to_string(),
+            source,
+        };
+        let response = self.http.get(url).send().await.map_err(fetch)?;
         if !response.status().is_success() {
-            return Err(format!("GET {url}: HTTP {}", response.status()));
+            return Err(JwksError::HttpStatus {
+                url: url.to_string(),
+                status: response.status(),
+            });
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: {e}"))
+        let body = response.bytes().await.map_err(fetch)?;
+        serde_json::from_slice(&body).map_err(|source| JwksError::ParseResponse {
+            url: url.to_string(),
+            source,
+        })
     }
 }
 
@@ -214,4 +266,56 @@ fn spawn_periodic_refresh(this: Weak<JwksAuthenticator>, every: Duration) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn refused(config: ClusterConfig) -> String {
+        JwksAuthenticator::start(&config)
+            .await
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// What an operator reads at start-up, after `auth.clusters.<id>: `.
+    #[tokio::test]
+    async fn configuration_errors_say_what_to_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let jwks = ClusterConfig {
+            mode: crate::config::JwtMode::Jwks,
+            issuer: Some("https://issuer.example".into()),
+            jwks_file: Some(tmp.path().join("jwks.json")),
+            ..ClusterConfig::default()
+        };
+        let no_issuer = ClusterConfig {
+            issuer: None,
+            ..jwks.clone()
+        };
+        assert_eq!(refused(no_issuer).await, "jwks mode needs `issuer`");
+        let both = ClusterConfig {
+            jwks_url: Some("https://issuer.example/keys".into()),
+            ..jwks.clone()
+        };
+        assert_eq!(refused(both).await, "set jwks_file or jwks_url, not both");
+        let no_audience = ClusterConfig {
+            audiences: Vec::new(),
+            ..jwks.clone()
+        };
+        assert_eq!(refused(no_audience).await, "audiences must not be empty");
+
+        let path = tmp.path().join("jwks.json");
+        let missing = refused(jwks.clone()).await;
+        assert!(
+            missing.starts_with(&format!("{}: ", path.display())),
+            "{missing}"
+        );
+        std::fs::write(&path, "{\"keys\": 7}").unwrap();
+        let malformed = refused(jwks).await;
+        assert!(
+            malformed.starts_with(&format!("{}: invalid type", path.display())),
+            "{malformed}"
+        );
+    }
 }

@@ -7,6 +7,7 @@ pub mod tokenreview;
 pub mod x509;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -27,12 +28,24 @@ pub struct Credentials<'a> {
     pub peer_addr: Option<SocketAddr>,
 }
 
+/// How a caller proved who it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    /// A workload certificate meshca issued.
+    Renewal,
+    /// An Athenz service certificate.
+    Athenz,
+    /// A Kubernetes token checked against its issuer's keys.
+    Jwt,
+    /// A Kubernetes token the API server reviewed.
+    TokenReview,
+}
+
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
     pub spiffe_id: SpiffeId,
-    /// `renewal`, `athenz`, `jwt`, `tokenreview`.
-    pub method: &'static str,
+    pub method: AuthMethod,
     /// What the credential named: the client cert's SPIFFE id, the Athenz principal, the
     /// Kubernetes username.
     pub principal: String,
@@ -76,8 +89,33 @@ enum ClusterAuthenticator {
 pub enum AuthSetupError {
     #[error("auth.athenz.ca_bundle: {0}")]
     AthenzBundle(String),
+    #[error("auth.clusters.{cluster}: {source}")]
+    Jwks {
+        cluster: String,
+        source: jwks::JwksError,
+    },
     #[error("auth.clusters.{cluster}: {reason}")]
     Cluster { cluster: String, reason: String },
+}
+
+// === impl AuthMethod ===
+
+impl AuthMethod {
+    /// The name recorded in the issuance store and the audit log, and reported by the REST API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Renewal => "renewal",
+            Self::Athenz => "athenz",
+            Self::Jwt => "jwt",
+            Self::TokenReview => "tokenreview",
+        }
+    }
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 // === impl AuthError ===
@@ -113,18 +151,22 @@ impl Authenticator {
         };
         let mut clusters = BTreeMap::new();
         for (id, cluster) in &config.clusters {
-            let setup_err = |reason: String| AuthSetupError::Cluster {
-                cluster: id.clone(),
-                reason,
-            };
             let auth = match cluster.mode {
                 JwtMode::Jwks => ClusterAuthenticator::Jwks(
                     jwks::JwksAuthenticator::start(cluster)
                         .await
-                        .map_err(setup_err)?,
+                        .map_err(|source| AuthSetupError::Jwks {
+                            cluster: id.clone(),
+                            source,
+                        })?,
                 ),
                 JwtMode::Tokenreview => ClusterAuthenticator::TokenReview(
-                    tokenreview::TokenReviewer::new(cluster).map_err(setup_err)?,
+                    tokenreview::TokenReviewer::new(cluster).map_err(|reason| {
+                        AuthSetupError::Cluster {
+                            cluster: id.clone(),
+                            reason,
+                        }
+                    })?,
                 ),
             };
             clusters.insert(id.clone(), auth);
@@ -172,8 +214,10 @@ impl Authenticator {
             .get(cluster_id)
             .ok_or_else(|| AuthError::UnknownCluster(cluster_id.to_string()))?;
         let (method, username) = match cluster {
-            ClusterAuthenticator::Jwks(a) => ("jwt", a.validate(token).await?),
-            ClusterAuthenticator::TokenReview(a) => ("tokenreview", a.review(token).await?),
+            ClusterAuthenticator::Jwks(a) => (AuthMethod::Jwt, a.validate(token).await?),
+            ClusterAuthenticator::TokenReview(a) => {
+                (AuthMethod::TokenReview, a.review(token).await?)
+            }
         };
         let (namespace, service_account) = parse_service_account(&username)?;
         let spiffe_id = self
@@ -212,6 +256,22 @@ pub fn parse_service_account(username: &str) -> Result<(&str, &str), AuthError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names are recorded in stores and audit logs that outlive this binary.
+    #[test]
+    fn method_names_are_the_recorded_ones() {
+        let methods = [
+            AuthMethod::Renewal,
+            AuthMethod::Athenz,
+            AuthMethod::Jwt,
+            AuthMethod::TokenReview,
+        ];
+        assert_eq!(
+            methods.map(AuthMethod::as_str),
+            ["renewal", "athenz", "jwt", "tokenreview"]
+        );
+        assert!(methods.iter().all(|m| m.to_string() == m.as_str()));
+    }
 
     #[test]
     fn service_account_usernames() {

@@ -12,7 +12,7 @@ use meshca_ca::{CertificateAuthority, SpiffeId, TrustDomain};
 use rustls_pki_types::CertificateDer;
 use x509_cert::name::Name;
 
-use super::{AuthError, Caller};
+use super::{AuthError, AuthMethod, Caller};
 
 const OID_COMMON_NAME: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
@@ -101,7 +101,7 @@ impl RenewalAuthenticator {
         Ok(Caller {
             principal: id.to_string(),
             spiffe_id: id,
-            method: "renewal",
+            method: AuthMethod::Renewal,
             cluster_id: None,
         })
     }
@@ -160,7 +160,7 @@ impl AthenzAuthenticator {
             .map_err(|e| AuthError::ClientCert(format!("Athenz principal {cn:?}: {e}")))?;
         Ok(Caller {
             spiffe_id,
-            method: "athenz",
+            method: AuthMethod::Athenz,
             principal: cn,
             cluster_id: None,
         })
