@@ -1,0 +1,176 @@
+//! `CreateCertificate` called on the service itself, carrying the `PeerInfo` the TLS acceptor
+//! attaches: a dev token gets a certificate recorded with that peer; a CSR naming another
+//! identity, or a call without a credential, gets Istio's code and nothing is issued.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use meshca_ca::x509::ParsedCert;
+use meshca_ca::CertificateAuthority;
+use meshca_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateService;
+use meshca_proto::istio::v1::auth::IstioCertificateRequest;
+use meshca_ra::auth::Authenticator;
+use meshca_ra::dev::{write_dev_credentials, DevFiles};
+use meshca_ra::metrics::RaMetrics;
+use meshca_ra::service::{CertificateService, AUTHENTICATION_FAILURE};
+use meshca_ra::tls::PeerInfo;
+use meshca_ra::AuthConfig;
+use serde_json::Value;
+use tonic::{Code, Request};
+
+use crate::{audit_events, csr_pem, start_ca};
+
+/// Who the dev token names.
+const ID: &str = "spiffe://cluster.local/ns/default/sa/default";
+const PRINCIPAL: &str = "system:serviceaccount:default:default";
+const PEER: &str = "10.1.2.3:45678";
+
+/// The service over a fresh CA that trusts the dev token issuer as cluster `Kubernetes`.
+struct Ra {
+    service: CertificateService,
+    ca: CertificateAuthority,
+    metrics: Arc<RaMetrics>,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Ra {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = start_ca(dir.path()).await;
+        let files = DevFiles::under(dir.path());
+        write_dev_credentials(&files).unwrap();
+        let config = AuthConfig {
+            clusters: BTreeMap::from([("Kubernetes".into(), files.cluster_config())]),
+            ..AuthConfig::default()
+        };
+        let auth = Arc::new(Authenticator::new(&config, ca.clone()).await.unwrap());
+        let metrics = Arc::new(RaMetrics::default());
+        Self {
+            service: CertificateService::new(ca.clone(), auth, metrics.clone(), 8),
+            ca,
+            metrics,
+            token: std::fs::read_to_string(&files.token).unwrap(),
+            _dir: dir,
+        }
+    }
+
+    /// A request as tonic hands it to the service after the TLS acceptor: the peer's address
+    /// (no client certificate) in `PeerInfo`, and the token, when given, as a bearer header.
+    fn request(&self, csr: String, with_token: bool) -> Request<IstioCertificateRequest> {
+        let mut request = Request::new(IstioCertificateRequest {
+            csr,
+            validity_duration: 3600,
+            metadata: None,
+        });
+        if with_token {
+            let bearer = format!("Bearer {}", self.token.trim());
+            let metadata = request.metadata_mut();
+            metadata.insert("authorization", bearer.parse().unwrap());
+        }
+        request.extensions_mut().insert(PeerInfo {
+            remote_addr: PEER.parse().unwrap(),
+            certs: Arc::default(),
+        });
+        request
+    }
+
+    async fn call(
+        &self,
+        csr_uris: &[&str],
+        with_token: bool,
+    ) -> Result<Vec<String>, tonic::Status> {
+        let request = self.request(csr_pem(csr_uris), with_token);
+        let answer = self.service.create_certificate(request).await?;
+        Ok(answer.into_inner().cert_chain)
+    }
+
+    async fn issued(&self) -> i64 {
+        self.ca.store().count_issuances().await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_dev_token_gets_a_certificate_recorded_with_its_peer() {
+    let ra = Ra::start().await;
+    let before = ra.issued().await;
+
+    let chain = ra.call(&[ID], true).await.unwrap();
+    assert!(chain.len() >= 2, "leaf, then the root bundle: {chain:?}");
+    let leaf = ParsedCert::from_der(pem::parse(&chain[0]).unwrap().contents()).unwrap();
+    assert_eq!(leaf.uri_sans(), [ID]);
+
+    assert_eq!(ra.issued().await, before + 1);
+    let record = ra.ca.store().issuance_by_serial(&leaf.serial()).await;
+    let record = record.unwrap().expect("recorded before it was returned");
+    assert_eq!(record.spiffe_id, ID);
+    assert_eq!(record.requester_method, "jwt");
+    assert_eq!(record.requester_principal, PRINCIPAL);
+    assert_eq!(
+        record.peer_address.as_deref(),
+        Some(PEER),
+        "read from PeerInfo"
+    );
+    assert_eq!(record.cluster_id.as_deref(), Some("Kubernetes"));
+    assert_eq!(ra.metrics.successes(), 1);
+}
+
+#[tokio::test]
+async fn a_csr_for_another_identity_is_refused_and_nothing_is_issued() {
+    let ra = Ra::start().await;
+    let before = ra.issued().await;
+    let other = "spiffe://cluster.local/ns/default/sa/admin";
+
+    for uris in [vec![other], vec![ID, other]] {
+        let status = ra.call(&uris, true).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{uris:?}");
+        assert_eq!(
+            status.message(),
+            format!("CSR requests identity {other} but the caller is authenticated as {ID}")
+        );
+    }
+    assert_eq!(ra.issued().await, before, "nothing issued");
+    assert_eq!(ra.metrics.successes(), 0);
+
+    let refusals = audit_events(&ra.ca, "certificate.issue", 2).await;
+    for event in &refusals {
+        assert_eq!(event.outcome, "refused");
+        assert_eq!(
+            (event.actor_method.as_str(), event.actor_principal.as_str()),
+            ("jwt", PRINCIPAL)
+        );
+        assert_eq!(event.target, ID);
+        let details: Value = serde_json::from_str(&event.details).unwrap();
+        assert_eq!(details["peer_address"], PEER);
+    }
+}
+
+#[tokio::test]
+async fn a_call_without_a_token_is_unauthenticated_and_nothing_is_issued() {
+    let ra = Ra::start().await;
+    let before = ra.issued().await;
+
+    let status = ra.call(&[ID], false).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(status.message(), AUTHENTICATION_FAILURE, "no reason sent");
+    assert_eq!(ra.issued().await, before, "nothing issued");
+    assert_eq!(ra.metrics.authentication_failures(), 1);
+
+    let denials = audit_events(&ra.ca, "certificate.issue", 1).await;
+    let [denial] = denials.as_slice() else {
+        panic!("one denial: {denials:?}");
+    };
+    assert_eq!(denial.outcome, "denied");
+    assert_eq!(
+        (
+            denial.actor_method.as_str(),
+            denial.actor_principal.as_str()
+        ),
+        ("anonymous", PEER)
+    );
+    let details: Value = serde_json::from_str(&denial.details).unwrap();
+    assert_eq!(
+        details["reason"],
+        "no client certificate and no bearer token"
+    );
+}
