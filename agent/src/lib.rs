@@ -8,6 +8,7 @@ pub mod config;
 pub mod credential;
 pub mod metrics;
 pub mod output;
+pub mod refresh;
 pub mod run;
 pub mod sds;
 pub mod timing;

@@ -13,10 +13,11 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::watch;
 
-use crate::client::{keep_fresh, CaClient, CaClientConfig, WorkloadIdentity};
+use crate::client::{CaClient, CaClientConfig, WorkloadIdentity};
 use crate::config::AgentConfig;
 use crate::credential::Credential;
 use crate::metrics::AgentMetrics;
+use crate::refresh::keep_fresh;
 use crate::sds::SdsService;
 use crate::{bundle, output, sds, workload_api};
 

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshca_agent::client::{keep_fresh, CaClient, CaClientConfig, WorkloadIdentity};
+use meshca_agent::client::{CaClient, CaClientConfig, WorkloadIdentity};
 use meshca_agent::credential::{Credential, KeyType};
+use meshca_agent::refresh::keep_fresh;
 use tokio::sync::watch;
 
 use crate::harness::*;
