@@ -57,7 +57,7 @@ pub async fn follow_trust_bundle(client: CaClient, tx: watch::Sender<Arc<StreamB
         let failure = match client.authorize(&mut request).await {
             Err(e) => e.to_string(),
             Ok(()) => {
-                let mut rpc = TrustBundleServiceClient::new(client.channel());
+                let mut rpc = TrustBundleServiceClient::new(client.service());
                 match rpc.watch(request).await {
                     Err(status) => format!("{:?}: {}", status.code(), status.message()),
                     Ok(response) => {

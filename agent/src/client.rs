@@ -1,6 +1,7 @@
 //! The agent's view of the RA: Istio's CreateCertificate over TLS, authenticated by a
 //! service-account token (re-read on every call: projected tokens rotate) or an mTLS
-//! credential.
+//! credential. It calls the RA through any gRPC service (a TLS channel, or in tests an RA in
+//! process), so the rotation loop is tested without a socket.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,7 +9,12 @@ use std::time::{Duration, SystemTime};
 
 use meshca_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use meshca_proto::istio::v1::auth::IstioCertificateRequest;
+use tonic::body::Body;
+use tonic::codegen::{http, Service, StdError};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::Status;
+use tower::util::BoxCloneSyncService;
+use tower::ServiceExt;
 
 use crate::credential::{Credential, KeyAndCsr, KeyType};
 use crate::timing::{self, RetryClass};
@@ -27,12 +33,17 @@ pub struct CaClientConfig {
     pub timeout: Duration,
 }
 
+/// What the agent calls the RA over: a TLS [`Channel`], or in tests an RA in process. Its
+/// errors are already the statuses tonic's client would make of them.
+pub type RaService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Status>;
+
 #[derive(Clone, Debug)]
 pub struct CaClient {
     /// Replaced when the trust bundle gains roots, so the RA's serving certificate still
     /// verifies after it moves to a newly activated authority.
-    channel: Arc<std::sync::RwLock<Channel>>,
-    config: Arc<CaClientConfig>,
+    service: Arc<std::sync::RwLock<RaService>>,
+    /// What the TLS channel is rebuilt from; `None` for a service given as it is.
+    config: Option<Arc<CaClientConfig>>,
     token_file: Option<PathBuf>,
     cluster_id: String,
 }
@@ -68,12 +79,29 @@ pub enum FetchError {
 impl CaClient {
     /// Connects lazily: the agent starts (and keeps serving what it has) while the RA is down.
     pub fn new(config: &CaClientConfig) -> Result<Self, tonic::transport::Error> {
+        let channel = Self::connect(config, &[])?;
+        let client = Self::with_service(channel, config.token_file.clone(), &config.cluster_id);
         Ok(Self {
-            channel: Arc::new(std::sync::RwLock::new(Self::connect(config, &[])?)),
-            config: Arc::new(config.clone()),
-            token_file: config.token_file.clone(),
-            cluster_id: config.cluster_id.clone(),
+            config: Some(Arc::new(config.clone())),
+            ..client
         })
+    }
+
+    /// A client that calls `service` as it is (in tests, an RA in process), authenticated by
+    /// the token in `token_file` when given and `cluster_id`.
+    pub fn with_service<S>(service: S, token_file: Option<PathBuf>, cluster_id: &str) -> Self
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + Sync,
+        S: 'static,
+        S::Error: Into<StdError>,
+        S::Future: Send + 'static,
+    {
+        Self {
+            service: Arc::new(std::sync::RwLock::new(boxed(service))),
+            config: None,
+            token_file,
+            cluster_id: cluster_id.to_string(),
+        }
     }
 
     fn connect(
@@ -100,15 +128,18 @@ impl CaClient {
     /// Trusts `roots` (the mesh's trust bundle) besides `ca_root_cert` for new connections to
     /// the RA.
     pub fn trust_roots(&self, roots: &[String]) {
-        match Self::connect(&self.config, roots) {
-            Ok(channel) => *self.channel.write().unwrap_or_else(|e| e.into_inner()) = channel,
+        let Some(config) = &self.config else { return };
+        match Self::connect(config, roots) {
+            Ok(channel) => {
+                *self.service.write().unwrap_or_else(|e| e.into_inner()) = boxed(channel)
+            }
             Err(error) => tracing::warn!(%error, "keeping the previous RA channel"),
         }
     }
 
-    /// The TLS channel to the RA (shared by every RPC the agent makes).
-    pub fn channel(&self) -> Channel {
-        self.channel
+    /// The service every RPC to the RA goes through (for the agent, one TLS channel).
+    pub fn service(&self) -> RaService {
+        self.service
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -144,7 +175,7 @@ impl CaClient {
             metadata: None,
         });
         self.authorize(&mut request).await?;
-        let response = IstioCertificateServiceClient::new(self.channel())
+        let response = IstioCertificateServiceClient::new(self.service())
             .create_certificate(request)
             .await
             .map_err(|s| FetchError::Status {
@@ -154,6 +185,17 @@ impl CaClient {
             .into_inner();
         Ok(request_key.accept(&identity.spiffe_id, &response.cert_chain, SystemTime::now())?)
     }
+}
+
+/// `service` as an [`RaService`]: its errors become statuses as tonic's client makes them.
+fn boxed<S>(service: S) -> RaService
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + Sync,
+    S: 'static,
+    S::Error: Into<StdError>,
+    S::Future: Send + 'static,
+{
+    BoxCloneSyncService::new(service.map_err(|error| Status::from_error(error.into())))
 }
 
 impl FetchError {

@@ -256,8 +256,9 @@ fn verify_chain(
         .map_err(|e| untrusted(&e))
 }
 
+/// Also the in-process RA of the rotation loop's tests (`refresh.rs`).
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::{Duration, SystemTime};
 
     use meshca_ca::issuer::sign_leaf;
@@ -265,15 +266,16 @@ mod tests {
 
     use super::*;
 
-    const ID: &str = "spiffe://cluster.local/ns/default/sa/web";
+    pub(crate) const ID: &str = "spiffe://cluster.local/ns/default/sa/web";
 
-    fn authority() -> Authority {
+    pub(crate) fn authority() -> Authority {
         let td = TrustDomain::new("cluster.local").unwrap();
         Authority::generate_self_signed(&td, KeyType::EcP256, SystemTime::now()).unwrap()
     }
 
-    /// What the RA would answer for `csr_pem`, signed as `id`.
-    fn response(authority: &Authority, csr_pem: &str, id: &str) -> Vec<String> {
+    /// What the RA would answer for `csr_pem`, signed as `id`: valid for an hour from now,
+    /// backdated two minutes.
+    pub(crate) fn response(authority: &Authority, csr_pem: &str, id: &str) -> Vec<String> {
         let csr = VerifiedCsr::from_pem(csr_pem).unwrap();
         let now = SystemTime::now();
         let validity = (

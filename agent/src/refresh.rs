@@ -94,3 +94,199 @@ pub async fn keep_fresh(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use meshca_proto::istio::v1::auth::istio_certificate_service_server::{
+        IstioCertificateService, IstioCertificateServiceServer,
+    };
+    use meshca_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
+    use tonic::{Code, Request, Response, Status};
+
+    use super::*;
+    use crate::credential::tests::{authority, response, ID};
+    use crate::credential::KeyType;
+
+    /// An RA in process: each call takes the next scripted answer (`None` signs, as the RA
+    /// would; a code fails with it; signing once the script is spent) and reports when it came.
+    struct ScriptedRa {
+        authority: meshca_pki::Authority,
+        script: Mutex<VecDeque<Option<Code>>>,
+        calls: mpsc::UnboundedSender<(Instant, Option<Code>)>,
+    }
+
+    #[tonic::async_trait]
+    impl IstioCertificateService for ScriptedRa {
+        async fn create_certificate(
+            &self,
+            request: Request<IstioCertificateRequest>,
+        ) -> Result<Response<IstioCertificateResponse>, Status> {
+            let failure = self.script.lock().unwrap().pop_front().flatten();
+            self.calls.send((Instant::now(), failure)).unwrap();
+            if let Some(code) = failure {
+                return Err(Status::new(code, "scripted failure"));
+            }
+            let csr = request.into_inner().csr;
+            Ok(Response::new(IstioCertificateResponse {
+                cert_chain: response(&self.authority, &csr, ID),
+            }))
+        }
+    }
+
+    /// The rotation loop running against a [`ScriptedRa`], with no socket in between.
+    struct Loop {
+        calls: mpsc::UnboundedReceiver<(Instant, Option<Code>)>,
+        published: watch::Receiver<Option<Arc<Credential>>>,
+        bundle: watch::Sender<Arc<StreamBundle>>,
+        metrics: Arc<AgentMetrics>,
+        authority_id: String,
+    }
+
+    // === impl Loop ===
+
+    impl Loop {
+        /// Rotation at exactly half the lifetime (no jitter), so its time can be computed.
+        fn start(script: &[Option<Code>]) -> Self {
+            let authority = authority();
+            let authority_id = hex::encode(authority.key_id());
+            let (calls_tx, calls) = mpsc::unbounded_channel();
+            let ra = IstioCertificateServiceServer::new(ScriptedRa {
+                authority,
+                script: Mutex::new(script.iter().copied().collect()),
+                calls: calls_tx,
+            });
+            let identity = WorkloadIdentity {
+                spiffe_id: ID.into(),
+                key_type: KeyType::EcP256,
+                ttl: Duration::from_secs(3600),
+                grace_ratio: 0.5,
+                grace_jitter: 0.0,
+            };
+            let (tx, published) = watch::channel(None);
+            let (bundle, bundle_rx) = watch::channel(Arc::default());
+            let metrics = Arc::new(AgentMetrics::default());
+            let client = CaClient::with_service(ra, None, "Kubernetes");
+            tokio::spawn(keep_fresh(client, identity, tx, metrics.clone(), bundle_rx));
+            Self {
+                calls,
+                published,
+                bundle,
+                metrics,
+                authority_id,
+            }
+        }
+
+        async fn next_call(&mut self) -> (Instant, Option<Code>) {
+            self.calls.recv().await.expect("the loop is running")
+        }
+
+        async fn next_credential(&mut self) -> Arc<Credential> {
+            self.published.changed().await.expect("the loop is running");
+            let current = self.published.borrow_and_update().clone();
+            current.expect("a credential, not a withdrawal")
+        }
+
+        fn taint(&self, authority_id: &str) {
+            self.bundle.send_replace(Arc::new(StreamBundle {
+                roots_pem: Vec::new(),
+                tainted_authority_ids: vec![authority_id.to_string()],
+            }));
+        }
+    }
+
+    /// How long after accepting `credential` the loop should ask again.
+    fn rotation_delay(credential: &Credential) -> Duration {
+        let from = credential.received_at.max(credential.not_before);
+        let at = timing::rotation_time(from, credential.not_after, 0.5, 0.0, 0.5);
+        at.duration_since(credential.received_at).unwrap()
+    }
+
+    /// `waited` is `expected`, give or take the loop's own run time before it sleeps (under a
+    /// second of the wall clock) and Tokio's millisecond timer resolution.
+    fn assert_waited(waited: Duration, expected: Duration) {
+        let early = expected.saturating_sub(Duration::from_secs(1));
+        let late = expected + Duration::from_millis(1);
+        assert!(
+            (early..=late).contains(&waited),
+            "waited {waited:?}, expected {expected:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renews_at_the_rotation_time_or_at_once_when_the_issuer_is_tainted() {
+        let mut agent = Loop::start(&[]);
+        let (first_call, _) = agent.next_call().await;
+        let first = agent.next_credential().await;
+        let expected = rotation_delay(&first);
+        assert!(expected > Duration::from_secs(1790), "{expected:?}");
+
+        // Another authority tainted: not ours, so no early rotation.
+        agent.taint("00ff");
+        let (second_call, _) = agent.next_call().await;
+        assert_waited(second_call - first_call, expected);
+        let second = agent.next_credential().await;
+        assert_ne!(second.key_pem, first.key_pem, "a fresh key per renewal");
+
+        // Ours tainted: replaced now, not at its rotation time.
+        agent.taint(&agent.authority_id.clone());
+        let (third_call, _) = agent.next_call().await;
+        assert_eq!(third_call - second_call, Duration::ZERO);
+        agent.next_credential().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_ca_is_retried_fast_when_transient_and_slowly_when_refused() {
+        let failures = [
+            Code::Unavailable,
+            Code::ResourceExhausted,
+            Code::PermissionDenied,
+        ];
+        let script: Vec<Option<Code>> = std::iter::once(None).chain(failures.map(Some)).collect();
+        let mut agent = Loop::start(&script);
+        let (first_call, _) = agent.next_call().await;
+        let first = agent.next_credential().await;
+
+        let (mut previous, failure) = agent.next_call().await;
+        assert_eq!(failure, Some(Code::Unavailable));
+        assert_waited(previous - first_call, rotation_delay(&first));
+        for (attempt, code) in failures.into_iter().enumerate() {
+            // Until it expires, the last good credential is what is served.
+            let held = agent.published.borrow().clone().unwrap();
+            assert_eq!(held.chain_pem, first.chain_pem);
+
+            let (call, next_failure) = agent.next_call().await;
+            assert_eq!(next_failure, failures.get(attempt + 1).copied());
+            let waited = call - previous;
+            let class = timing::retry_class(code);
+            let backoff = Backoff::for_class(class);
+            let attempt = attempt as u32;
+            let (shortest, longest) = (backoff.delay(attempt, 0.0), backoff.delay(attempt, 1.0));
+            assert!(
+                (shortest..=longest + Duration::from_millis(1)).contains(&waited),
+                "after {code:?}: waited {waited:?}, not in {shortest:?}..={longest:?}"
+            );
+            match class {
+                RetryClass::Fast => assert!(waited < Duration::from_secs(1), "{code:?}"),
+                RetryClass::Slow => assert!(waited >= Duration::from_secs(15), "{code:?}"),
+            }
+            previous = call;
+        }
+        let renewed = agent.next_credential().await;
+        assert_ne!(renewed.chain_pem, first.chain_pem);
+        let text = agent.metrics.render(&[]);
+        assert!(
+            text.contains("\nmeshca_agent_csr_failure_count 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nmeshca_agent_csr_retry_count 3\n"),
+            "{text}"
+        );
+    }
+}
