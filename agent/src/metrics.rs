@@ -41,6 +41,11 @@ impl AgentMetrics {
         self.csr_retries.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// CSRs that failed so far (`meshca_agent_csr_failure_count`).
+    pub fn csr_failures(&self) -> u64 {
+        self.csr_failures.load(Ordering::Relaxed)
+    }
+
     pub fn stream_opened(self: &Arc<Self>, kind: StreamKind) -> StreamGuard {
         self.streams(kind).fetch_add(1, Ordering::Relaxed);
         StreamGuard(self.clone(), kind)
@@ -165,6 +170,7 @@ mod tests {
         assert!(text.contains("\nmeshca_agent_sds_streams 1\n"));
         assert!(text.contains("\nmeshca_agent_csr_count 2\n"));
         assert!(text.contains("\nmeshca_agent_csr_failure_count 1\n"));
+        assert_eq!(m.csr_failures(), 1);
         assert!(text.contains("\nmeshca_agent_csr_retry_count 1\n"));
         assert!(text.contains("\nmeshca_agent_workload_api_streams 1\n"));
         drop(guard);

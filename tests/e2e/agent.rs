@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use meshca_agent::client::{CaClient, CaClientConfig, WorkloadIdentity};
 use meshca_agent::credential::{Credential, KeyType};
+use meshca_agent::metrics::AgentMetrics;
 use meshca_agent::refresh::keep_fresh;
 use tokio::sync::watch;
 
@@ -28,6 +29,18 @@ async fn next_credential(
     })
     .await
     .expect("a credential in time")
+}
+
+/// Returns once the rotation loop has counted a failed renewal.
+async fn failed_renewal(metrics: &AgentMetrics, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while metrics.csr_failures() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no renewal attempt failed within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -62,11 +75,12 @@ async fn rotates_before_expiry_and_survives_a_server_outage() {
     let (tx, mut rx) = watch::channel(None);
     // No trust-bundle stream here: the bundle never changes.
     let (_bundle_tx, bundle_rx) = watch::channel(Default::default());
+    let agent_metrics = Arc::new(AgentMetrics::default());
     tokio::spawn(keep_fresh(
         client,
         identity,
         tx,
-        Default::default(),
+        agent_metrics.clone(),
         bundle_rx,
     ));
 
@@ -86,14 +100,21 @@ async fn rotates_before_expiry_and_survives_a_server_outage() {
     assert!(second.not_after > first.not_after);
     assert!(SystemTime::now() < first.not_after, "rotated before expiry");
 
-    // The server goes away: the agent keeps what it has.
+    // The server goes away: at the next rotation time the agent asks, fails, and keeps what it
+    // has (waiting for that failure, not for a while, is what makes "nothing changed" mean it).
+    assert_eq!(
+        agent_metrics.csr_failures(),
+        0,
+        "no failure while the server ran"
+    );
     server.stop();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    failed_renewal(&agent_metrics, Duration::from_secs(30)).await;
     let held = rx
         .borrow()
         .clone()
         .expect("still serving the last good cert");
-    assert_eq!(held.not_after, second.not_after);
+    assert_eq!(held.chain_pem, second.chain_pem);
+    assert!(SystemTime::now() < held.not_after, "and it is still valid");
 
     // It comes back (same data dir, same root): the agent recovers on its own.
     let _server = MeshcaProcess::start(&args, &env, tmp.path(), grpc, metrics);
