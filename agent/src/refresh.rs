@@ -264,7 +264,7 @@ mod tests {
             assert_eq!(next_failure, failures.get(attempt + 1).copied());
             let waited = call - previous;
             let class = timing::retry_class(code);
-            let backoff = Backoff::for_class(class);
+            let backoff = class.backoff();
             let attempt = attempt as u32;
             let (shortest, longest) = (backoff.delay(attempt, 0.0), backoff.delay(attempt, 1.0));
             assert!(
