@@ -10,7 +10,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::AuthError;
+use super::caller::AuthError;
 use crate::config::ClusterConfig;
 
 const MAX_LEEWAY: Duration = Duration::from_secs(60);

@@ -2,16 +2,18 @@
 //! client cert, Athenz X.509, Kubernetes JWT); the first that succeeds names the identity.
 //! Failure reasons go to logs and metrics only; callers see one stable message.
 
+mod caller;
 pub mod jwks;
 pub mod tokenreview;
 pub mod x509;
 
+pub use caller::{parse_service_account, AuthError, AuthMethod, Caller};
+
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use meshca_ca::{CertificateAuthority, SpiffeId, TrustDomain};
+use meshca_ca::{CertificateAuthority, TrustDomain};
 use rustls_pki_types::CertificateDer;
 
 use crate::config::{AuthConfig, JwtMode, DEFAULT_CLUSTER_ID};
@@ -26,47 +28,6 @@ pub struct Credentials<'a> {
     /// The `clusterid` header.
     pub cluster_id: Option<&'a str>,
     pub peer_addr: Option<SocketAddr>,
-}
-
-/// How a caller proved who it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AuthMethod {
-    /// A workload certificate meshca issued.
-    Renewal,
-    /// An Athenz service certificate.
-    Athenz,
-    /// A Kubernetes token checked against its issuer's keys.
-    Jwt,
-    /// A Kubernetes token the API server reviewed.
-    TokenReview,
-}
-
-/// An authenticated caller.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Caller {
-    pub spiffe_id: SpiffeId,
-    pub method: AuthMethod,
-    /// What the credential named: the client cert's SPIFFE id, the Athenz principal, the
-    /// Kubernetes username.
-    pub principal: String,
-    pub cluster_id: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuthError {
-    #[error("no client certificate and no bearer token")]
-    NoCredential,
-    #[error("client certificate: {0}")]
-    ClientCert(String),
-    #[error("unknown cluster id {0:?}")]
-    UnknownCluster(String),
-    #[error("token: {0}")]
-    Token(String),
-    #[error("TokenReview: {0}")]
-    TokenReview(String),
-    #[error("service account {0:?} is not system:serviceaccount:<namespace>:<name>")]
-    BadServiceAccount(String),
 }
 
 /// The configured methods.
@@ -96,42 +57,6 @@ pub enum AuthSetupError {
     },
     #[error("auth.clusters.{cluster}: {reason}")]
     Cluster { cluster: String, reason: String },
-}
-
-// === impl AuthMethod ===
-
-impl AuthMethod {
-    /// The name recorded in the issuance store and the audit log, and reported by the REST API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Renewal => "renewal",
-            Self::Athenz => "athenz",
-            Self::Jwt => "jwt",
-            Self::TokenReview => "tokenreview",
-        }
-    }
-}
-
-impl fmt::Display for AuthMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-// === impl AuthError ===
-
-impl AuthError {
-    /// Short label for the failure-reason metric.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::NoCredential => "no_credential",
-            Self::ClientCert(_) => "client_cert",
-            Self::UnknownCluster(_) => "unknown_cluster",
-            Self::Token(_) => "token",
-            Self::TokenReview(_) => "tokenreview",
-            Self::BadServiceAccount(_) => "service_account",
-        }
-    }
 }
 
 // === impl Authenticator ===
@@ -230,64 +155,5 @@ impl Authenticator {
             principal: username,
             cluster_id: Some(cluster_id.to_string()),
         })
-    }
-}
-
-/// `system:serviceaccount:<namespace>:<name>` → `(namespace, name)`.
-pub fn parse_service_account(username: &str) -> Result<(&str, &str), AuthError> {
-    let bad = || AuthError::BadServiceAccount(username.to_string());
-    let rest = username
-        .strip_prefix("system:serviceaccount:")
-        .ok_or_else(bad)?;
-    let (namespace, name) = rest.split_once(':').ok_or_else(bad)?;
-    let valid = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 253
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    };
-    if valid(namespace) && valid(name) {
-        Ok((namespace, name))
-    } else {
-        Err(bad())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The names are recorded in stores and audit logs that outlive this binary.
-    #[test]
-    fn method_names_are_the_recorded_ones() {
-        let methods = [
-            AuthMethod::Renewal,
-            AuthMethod::Athenz,
-            AuthMethod::Jwt,
-            AuthMethod::TokenReview,
-        ];
-        assert_eq!(
-            methods.map(AuthMethod::as_str),
-            ["renewal", "athenz", "jwt", "tokenreview"]
-        );
-        assert!(methods.iter().all(|m| m.to_string() == m.as_str()));
-    }
-
-    #[test]
-    fn service_account_usernames() {
-        assert_eq!(
-            parse_service_account("system:serviceaccount:default:web").unwrap(),
-            ("default", "web")
-        );
-        for bad in [
-            "system:serviceaccount:default",
-            "system:serviceaccount:default:web:extra",
-            "system:serviceaccount::web",
-            "system:node:worker-1",
-            "admin",
-            "system:serviceaccount:Default:web",
-        ] {
-            assert!(parse_service_account(bad).is_err(), "{bad}");
-        }
     }
 }

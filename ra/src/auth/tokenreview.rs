@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::{parse_service_account, AuthError};
+use super::caller::{parse_service_account, AuthError};
 use crate::config::{ClusterConfig, IN_CLUSTER_CA_FILE, IN_CLUSTER_TOKEN_FILE};
 
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use meshca_ca::{CertificateAuthority, SpiffeId, TrustDomain};
 use rustls_pki_types::CertificateDer;
 use x509_cert::name::Name;
 
-use super::{AuthError, AuthMethod, Caller};
+use super::caller::{AuthError, AuthMethod, Caller};
 
 const OID_COMMON_NAME: der::asn1::ObjectIdentifier =
     der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
