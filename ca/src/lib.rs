@@ -1,6 +1,8 @@
-//! meshca's CA core: where authorities come from (plugged-in `cacerts` or a self-signed root
-//! sealed under the key-encryption key), issuance and rotation steps, and the store every
-//! issuance is recorded in. The I/O-free types it works with are meshca-pki's.
+//! meshca's CA core: the running CA in one of three modes (its own roots sealed under the
+//! key-encryption key, a plugged-in `cacerts` directory, or keyless in front of `meshca ca`),
+//! what it does (issue, take rotation steps, sign CRLs), the store every issuance is recorded
+//! in before it is returned, and the `meshca ca` signing service with the keyless RA's client
+//! for it. The I/O-free types it works with are meshca-pki's.
 
 pub mod cacerts;
 pub mod commit;
