@@ -238,99 +238,81 @@ async fn prepare_inner(
     Ok(state.ca.prepare_authority(request, actor).await?)
 }
 
-/// One rotation step's answer. A step that happened was audited in its own transaction; a
-/// refused one is recorded here.
-async fn step(
-    state: &RestState,
-    actor: &Actor,
-    action: &str,
-    id: &str,
-    result: Result<AuthorityEntry, RotationError>,
+/// A rotation step the API takes on one authority.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Activate,
+    Taint,
+    Revoke,
+}
+
+/// Takes `step` on the authority in the path and answers with its view. A step that happened
+/// was audited in its own transaction; a refused one is recorded here.
+async fn take_step(
+    state: RestState,
+    actor: Actor,
+    id: Result<Path<String>, PathRejection>,
+    step: Step,
 ) -> Result<Json<AuthorityView>, ApiError> {
+    let id = path_of(id)?;
+    let by = (actor.method, actor.principal.as_str());
+    let (action, result) = match step {
+        Step::Activate => (
+            "authority.activate",
+            state.ca.activate_authority(&id, by).await,
+        ),
+        Step::Taint => ("authority.taint", state.ca.taint_authority(&id, by).await),
+        Step::Revoke => ("authority.revoke", state.ca.revoke_authority(&id, by).await),
+    };
     match result {
-        Ok(entry) => Ok(Json(view(state, &entry).await?)),
+        Ok(entry) => Ok(Json(view(&state, &entry).await?)),
         Err(e) => {
             let e = ApiError::from(e);
-            state.audit_action(actor, action, id, Err(&e)).await;
+            state.audit_action(&actor, action, &id, Err(&e)).await;
             Err(e)
         }
     }
 }
 
-/// `prepared` → `active`: new certificates are signed by it; the previous active becomes `old`.
-#[utoipa::path(post, path = "/v1/authorities/{id}/activate", tag = "authorities",
-    operation_id = "activate_authority",
-    params(("id" = String, Path, description = "Authority id (hex key identifier)",
-        example = "2f9acfd5c2b24b466de6126716c3e3a3fad80eb6")),
-    responses(
-        (status = 200, body = AuthorityView), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "Not prepared"),
-        (status = 503, body = ErrorBody, description = "The CA service (split deployment) is unavailable; nothing was changed"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-    ),
-    security(("bearer" = []), ("mtls" = [])))]
-pub async fn activate(
-    State(state): State<RestState>,
-    Admin(actor): Admin,
-    id: Result<Path<String>, PathRejection>,
-) -> Result<Json<AuthorityView>, ApiError> {
-    let id = path_of(id)?;
-    let result = state
-        .ca
-        .activate_authority(&id, (actor.method, &actor.principal))
-        .await;
-    step(&state, &actor, "authority.activate", &id, result).await
+/// One documented endpoint per rotation step (each its own operation in the OpenAPI document),
+/// all answered by [`take_step`].
+macro_rules! step_endpoint {
+    ($(#[doc = $doc:literal])* $name:ident, $step:expr, $path:literal, $operation:literal,
+     $refused:literal) => {
+        $(#[doc = $doc])*
+        #[utoipa::path(post, path = $path, tag = "authorities", operation_id = $operation,
+            params(("id" = String, Path, description = "Authority id (hex key identifier)",
+                example = "2f9acfd5c2b24b466de6126716c3e3a3fad80eb6")),
+            responses(
+                (status = 200, body = AuthorityView), (status = 404, body = ErrorBody),
+                (status = 409, body = ErrorBody, description = $refused),
+                (status = 503, body = ErrorBody, description = "The CA service (split deployment) is unavailable; nothing was changed"),
+                (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+            ),
+            security(("bearer" = []), ("mtls" = [])))]
+        pub async fn $name(
+            State(state): State<RestState>,
+            Admin(actor): Admin,
+            id: Result<Path<String>, PathRejection>,
+        ) -> Result<Json<AuthorityView>, ApiError> {
+            take_step(state, actor, id, $step).await
+        }
+    };
 }
 
-/// `old` → `tainted`: agents holding its certificates rotate now; renewal with them is refused.
-#[utoipa::path(post, path = "/v1/authorities/{id}/taint", tag = "authorities",
-    operation_id = "taint_authority",
-    params(("id" = String, Path, description = "Authority id (hex key identifier)",
-        example = "2f9acfd5c2b24b466de6126716c3e3a3fad80eb6")),
-    responses(
-        (status = 200, body = AuthorityView), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "Not old"),
-        (status = 503, body = ErrorBody, description = "The CA service (split deployment) is unavailable; nothing was changed"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-    ),
-    security(("bearer" = []), ("mtls" = [])))]
-pub async fn taint(
-    State(state): State<RestState>,
-    Admin(actor): Admin,
-    id: Result<Path<String>, PathRejection>,
-) -> Result<Json<AuthorityView>, ApiError> {
-    let id = path_of(id)?;
-    let result = state
-        .ca
-        .taint_authority(&id, (actor.method, &actor.principal))
-        .await;
-    step(&state, &actor, "authority.taint", &id, result).await
-}
-
-/// `tainted` → `revoked`: its root leaves the trust bundle.
-#[utoipa::path(post, path = "/v1/authorities/{id}/revoke", tag = "authorities",
-    operation_id = "revoke_authority",
-    params(("id" = String, Path, description = "Authority id (hex key identifier)",
-        example = "2f9acfd5c2b24b466de6126716c3e3a3fad80eb6")),
-    responses(
-        (status = 200, body = AuthorityView), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "Not tainted"),
-        (status = 503, body = ErrorBody, description = "The CA service (split deployment) is unavailable; nothing was changed"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-    ),
-    security(("bearer" = []), ("mtls" = [])))]
-pub async fn revoke(
-    State(state): State<RestState>,
-    Admin(actor): Admin,
-    id: Result<Path<String>, PathRejection>,
-) -> Result<Json<AuthorityView>, ApiError> {
-    let id = path_of(id)?;
-    let result = state
-        .ca
-        .revoke_authority(&id, (actor.method, &actor.principal))
-        .await;
-    step(&state, &actor, "authority.revoke", &id, result).await
-}
+step_endpoint!(
+    /// `prepared` → `active`: new certificates are signed by it; the previous active becomes `old`.
+    activate, Step::Activate, "/v1/authorities/{id}/activate", "activate_authority",
+    "Not prepared"
+);
+step_endpoint!(
+    /// `old` → `tainted`: agents holding its certificates rotate now; renewal with them is refused.
+    taint, Step::Taint, "/v1/authorities/{id}/taint", "taint_authority", "Not old"
+);
+step_endpoint!(
+    /// `tainted` → `revoked`: its root leaves the trust bundle.
+    revoke, Step::Revoke, "/v1/authorities/{id}/revoke", "revoke_authority", "Not tainted"
+);
 
 /// The trust bundle (anonymous): PEM, or the SPIFFE bundle (a JWK set with
 /// `use: x509-svid`) for `Accept: application/json`; the ETag is the bundle version.
