@@ -245,7 +245,9 @@ fn answer(batch: &mut Vec<Pending>, outcome: Result<Vec<bool>, StoreError>, metr
                 let answer = if inserted {
                     Ok(())
                 } else {
-                    Err(CommitError::DuplicateSerial(pending.record.serial.clone()))
+                    Err(CommitError::DuplicateSerial(
+                        pending.record.issuance.serial.clone(),
+                    ))
                 };
                 // A caller that gave up is not an error: its record is kept all the same.
                 let _ = pending.done.send(answer);
@@ -302,20 +304,22 @@ mod tests {
         };
         assert!(!committer.is_running());
         let record = IssuanceRecord {
-            serial: "01".into(),
-            spiffe_id: "spiffe://cluster.local/ns/a/sa/b".into(),
+            issuance: crate::store::Issuance {
+                serial: "01".into(),
+                spiffe_id: "spiffe://cluster.local/ns/a/sa/b".into(),
+                namespace: None,
+                service_account: None,
+                not_before: 0,
+                not_after: 1,
+                issued_at: 0,
+                authority_id: "x".into(),
+                requester_method: "jwt".into(),
+                requester_principal: "p".into(),
+                peer_address: None,
+                cluster_id: None,
+                public_key_sha256: "00".into(),
+            },
             trust_domain: "cluster.local".into(),
-            namespace: None,
-            service_account: None,
-            not_before: 0,
-            not_after: 1,
-            issued_at: 0,
-            authority_id: "x".into(),
-            requester_method: "jwt".into(),
-            requester_principal: "p".into(),
-            peer_address: None,
-            cluster_id: None,
-            public_key_sha256: "00".into(),
             cert_der: Vec::new(),
         };
         let audit = AuditEvent::new(

@@ -331,24 +331,40 @@ async fn every_issuance_is_on_record_with_unique_serials() {
             .unwrap()
             .unwrap();
         let leaf = ParsedCert::from_der(&issued.leaf_der).unwrap();
-        assert_eq!(row.serial, issued.serial.to_hex());
-        assert_eq!(row.spiffe_id, "spiffe://cluster.local/ns/default/sa/web");
-        assert_eq!(row.trust_domain, TD);
-        assert_eq!(row.namespace.as_deref(), Some("default"));
-        assert_eq!(row.service_account.as_deref(), Some("web"));
-        assert_eq!(row.authority_id, ca.current_authority().id().to_string());
-        assert_eq!(row.requester_method, "jwt");
-        assert_eq!(row.requester_principal, "system:serviceaccount:default:web");
-        assert_eq!(row.peer_address.as_deref(), Some("10.0.0.7:41234"));
-        assert_eq!(row.cluster_id.as_deref(), Some("Kubernetes"));
-        assert_eq!(row.not_after - row.not_before, 600 + 120);
+        assert_eq!(row.issuance.serial, issued.serial.to_hex());
         assert_eq!(
-            row.public_key_sha256,
+            row.issuance.spiffe_id,
+            "spiffe://cluster.local/ns/default/sa/web"
+        );
+        assert_eq!(row.trust_domain, TD);
+        assert_eq!(row.issuance.namespace.as_deref(), Some("default"));
+        assert_eq!(row.issuance.service_account.as_deref(), Some("web"));
+        assert_eq!(
+            row.issuance.authority_id,
+            ca.current_authority().id().to_string()
+        );
+        assert_eq!(row.issuance.requester_method, "jwt");
+        assert_eq!(
+            row.issuance.requester_principal,
+            "system:serviceaccount:default:web"
+        );
+        assert_eq!(row.issuance.peer_address.as_deref(), Some("10.0.0.7:41234"));
+        assert_eq!(row.issuance.cluster_id.as_deref(), Some("Kubernetes"));
+        assert_eq!(row.issuance.not_after - row.issuance.not_before, 600 + 120);
+        assert_eq!(
+            row.issuance.public_key_sha256,
             meshca_ca::keys::sha256_hex(&meshca_ca::keys::spki_der(leaf.spki()))
         );
-        let listed = ca.store().issuances_for(&row.spiffe_id, 5).await.unwrap();
+        let listed = ca
+            .store()
+            .issuances_for(&row.issuance.spiffe_id, 5)
+            .await
+            .unwrap();
         assert_eq!(listed.len(), 5);
-        assert_eq!(listed[0].serial, row.serial, "newest first");
+        assert_eq!(
+            listed[0].issuance.serial, row.issuance.serial,
+            "newest first"
+        );
     }
 }
 

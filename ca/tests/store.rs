@@ -346,7 +346,8 @@ async fn concurrent_issuances_share_commits_and_every_one_is_on_record() {
             .issuances_for("spiffe://cluster.local/ns/default/sa/web", 1000)
             .await
             .unwrap();
-        let recorded: std::collections::HashSet<_> = rows.into_iter().map(|r| r.serial).collect();
+        let recorded: std::collections::HashSet<_> =
+            rows.into_iter().map(|r| r.issuance.serial).collect();
         assert_eq!(
             recorded, serials,
             "{dialect}: exactly the returned certificates"

@@ -216,7 +216,7 @@ async fn es256_jwt_gets_istio_chain_and_is_recorded() {
         .await
         .unwrap();
     assert_eq!(records.len(), 1);
-    let r = &records[0];
+    let r = &records[0].issuance;
     assert_eq!(r.serial, leaf.serial().to_hex());
     assert_eq!(r.requester_method, "jwt");
     assert_eq!(r.requester_principal, "system:serviceaccount:default:web");
@@ -345,8 +345,8 @@ async fn athenz_identities_map_to_namespaces() {
             .issuances_for_public_key(&key.public_key_sha256())
             .await
             .unwrap();
-        assert_eq!(records[0].requester_method, "athenz");
-        assert_eq!(records[0].requester_principal, cn);
+        assert_eq!(records[0].issuance.requester_method, "athenz");
+        assert_eq!(records[0].issuance.requester_principal, cn);
     }
 }
 
@@ -388,9 +388,9 @@ async fn renewal_with_the_current_workload_cert() {
         .issuances_for_public_key(&second_key.public_key_sha256())
         .await
         .unwrap();
-    assert_eq!(records[0].requester_method, "renewal");
+    assert_eq!(records[0].issuance.requester_method, "renewal");
     assert_eq!(
-        records[0].requester_principal,
+        records[0].issuance.requester_principal,
         "spiffe://cluster.local/ns/default/sa/renewer"
     );
 }

@@ -18,7 +18,7 @@ use crate::issued::IssuedCertificate;
 use crate::keys;
 use crate::profile::{self, TtlError};
 use crate::remote::{RemoteError, RemoteErrorKind};
-use crate::store::IssuanceRecord;
+use crate::store::{Issuance, IssuanceRecord};
 use crate::x509::{self, CertTemplate};
 use meshca_pki::time::unix_seconds;
 use meshca_proto::meshca::ca::v1 as pb;
@@ -289,33 +289,35 @@ impl CertificateAuthority {
             let serial = Serial::from_be_bytes(serial_number.as_bytes());
             let leaf_der = authority.sign(template(&authority, serial_number, validity)?)?;
             let record = IssuanceRecord {
-                serial: serial.to_hex(),
-                spiffe_id: subject.spiffe_id.clone(),
+                issuance: Issuance {
+                    serial: serial.to_hex(),
+                    spiffe_id: subject.spiffe_id.clone(),
+                    namespace: subject.namespace.clone(),
+                    service_account: subject.service_account.clone(),
+                    not_before: unix_seconds(validity.0),
+                    not_after: unix_seconds(validity.1),
+                    issued_at: unix_seconds(now),
+                    authority_id: authority.id().to_string(),
+                    requester_method: requester.method.clone(),
+                    requester_principal: requester.principal.clone(),
+                    peer_address: requester.peer_address.clone(),
+                    cluster_id: requester.cluster_id.clone(),
+                    public_key_sha256: key_hash.clone(),
+                },
                 trust_domain: self.inner.trust_domain.to_string(),
-                namespace: subject.namespace.clone(),
-                service_account: subject.service_account.clone(),
-                not_before: unix_seconds(validity.0),
-                not_after: unix_seconds(validity.1),
-                issued_at: unix_seconds(now),
-                authority_id: authority.id().to_string(),
-                requester_method: requester.method.clone(),
-                requester_principal: requester.principal.clone(),
-                peer_address: requester.peer_address.clone(),
-                cluster_id: requester.cluster_id.clone(),
-                public_key_sha256: key_hash.clone(),
                 cert_der: leaf_der.clone(),
             };
             let audit = AuditEvent::new(
                 (&requester.method, &requester.principal),
                 "certificate.issue",
-                &record.serial,
+                &record.issuance.serial,
                 Outcome::Success,
                 serde_json::json!({
-                    "spiffe_id": record.spiffe_id,
-                    "authority": record.authority_id,
-                    "not_after": record.not_after,
-                    "peer_address": record.peer_address,
-                    "cluster_id": record.cluster_id,
+                    "spiffe_id": record.issuance.spiffe_id,
+                    "authority": record.issuance.authority_id,
+                    "not_after": record.issuance.not_after,
+                    "peer_address": record.issuance.peer_address,
+                    "cluster_id": record.issuance.cluster_id,
                 }),
             );
             match committer.commit(record, audit).await {

@@ -35,7 +35,7 @@ mod sqlite_writer;
 
 pub use postgres_writer::PostgresIssuanceWriter;
 pub use records::{
-    AuditFilter, CertificateFilter, CertificateRow, CertificateStatus, IssuanceRecord,
+    AuditFilter, CertificateFilter, CertificateRow, CertificateStatus, Issuance, IssuanceRecord,
     RevocationRecord, StoreError, StoredAuthority, TransitionError,
 };
 pub use sqlite_writer::SqliteIssuanceWriter;

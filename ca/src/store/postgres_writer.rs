@@ -97,7 +97,7 @@ impl PostgresIssuanceWriter {
         // A serial twice in one batch went in once: the first holder has it.
         let inserted: Vec<bool> = items
             .iter()
-            .map(|(r, _)| new_serials.remove(&r.serial))
+            .map(|(r, _)| new_serials.remove(&r.issuance.serial))
             .collect();
         let events: Vec<&AuditEvent> = items
             .iter()

@@ -66,12 +66,13 @@ pub struct RevocationRecord {
     pub actor: String,
 }
 
-/// One issued certificate, as the audit trail keeps it.
+/// What is recorded of every issued certificate besides its DER: what it names, when it is
+/// valid, which authority signed it, and who asked for it. The inventory lists these.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct IssuanceRecord {
+pub struct Issuance {
     pub serial: String,
+    /// Empty for meshca's own serving certificates.
     pub spiffe_id: String,
-    pub trust_domain: String,
     pub namespace: Option<String>,
     pub service_account: Option<String>,
     pub not_before: i64,
@@ -83,6 +84,14 @@ pub struct IssuanceRecord {
     pub peer_address: Option<String>,
     pub cluster_id: Option<String>,
     pub public_key_sha256: String,
+}
+
+/// One issued certificate, as the audit trail keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct IssuanceRecord {
+    #[sqlx(flatten)]
+    pub issuance: Issuance,
+    pub trust_domain: String,
     pub cert_der: Vec<u8>,
 }
 
@@ -157,19 +166,8 @@ pub enum CertificateStatus {
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct CertificateRow {
     pub id: i64,
-    pub serial: String,
-    pub spiffe_id: String,
-    pub namespace: Option<String>,
-    pub service_account: Option<String>,
-    pub not_before: i64,
-    pub not_after: i64,
-    pub issued_at: i64,
-    pub authority_id: String,
-    pub requester_method: String,
-    pub requester_principal: String,
-    pub peer_address: Option<String>,
-    pub cluster_id: Option<String>,
-    pub public_key_sha256: String,
+    #[sqlx(flatten)]
+    pub issuance: Issuance,
     pub revoked_at: Option<i64>,
     pub revocation_reason: Option<String>,
 }

@@ -79,20 +79,20 @@ fn placeholders(count: usize) -> String {
 /// Binds one issuance row's values, in [`ISSUANCE_COLUMNS`] order, in a multi-row insert.
 macro_rules! bind_issuance_row {
     ($row:ident, $r:expr) => {
-        $row.push_bind(&$r.serial)
-            .push_bind(&$r.spiffe_id)
+        $row.push_bind(&$r.issuance.serial)
+            .push_bind(&$r.issuance.spiffe_id)
             .push_bind(&$r.trust_domain)
-            .push_bind(&$r.namespace)
-            .push_bind(&$r.service_account)
-            .push_bind($r.not_before)
-            .push_bind($r.not_after)
-            .push_bind($r.issued_at)
-            .push_bind(&$r.authority_id)
-            .push_bind(&$r.requester_method)
-            .push_bind(&$r.requester_principal)
-            .push_bind(&$r.peer_address)
-            .push_bind(&$r.cluster_id)
-            .push_bind(&$r.public_key_sha256)
+            .push_bind(&$r.issuance.namespace)
+            .push_bind(&$r.issuance.service_account)
+            .push_bind($r.issuance.not_before)
+            .push_bind($r.issuance.not_after)
+            .push_bind($r.issuance.issued_at)
+            .push_bind(&$r.issuance.authority_id)
+            .push_bind(&$r.issuance.requester_method)
+            .push_bind(&$r.issuance.requester_principal)
+            .push_bind(&$r.issuance.peer_address)
+            .push_bind(&$r.issuance.cluster_id)
+            .push_bind(&$r.issuance.public_key_sha256)
             .push_bind(&$r.cert_der)
     };
 }

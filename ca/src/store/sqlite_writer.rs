@@ -169,20 +169,20 @@ fn insert_in_one_transaction(
             // A serial already on record (or twice in this batch: the first holder has it)
             // changes no row.
             let rows = insert.execute(params![
-                r.serial,
-                r.spiffe_id,
+                r.issuance.serial,
+                r.issuance.spiffe_id,
                 r.trust_domain,
-                r.namespace,
-                r.service_account,
-                r.not_before,
-                r.not_after,
-                r.issued_at,
-                r.authority_id,
-                r.requester_method,
-                r.requester_principal,
-                r.peer_address,
-                r.cluster_id,
-                r.public_key_sha256,
+                r.issuance.namespace,
+                r.issuance.service_account,
+                r.issuance.not_before,
+                r.issuance.not_after,
+                r.issuance.issued_at,
+                r.issuance.authority_id,
+                r.issuance.requester_method,
+                r.issuance.requester_principal,
+                r.issuance.peer_address,
+                r.issuance.cluster_id,
+                r.issuance.public_key_sha256,
                 r.cert_der,
             ])?;
             inserted.push(rows == 1);

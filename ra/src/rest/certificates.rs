@@ -159,7 +159,7 @@ impl From<StatusParam> for CertificateStatus {
 fn status_of(row: &CertificateRow, now: i64) -> &'static str {
     if row.revoked_at.is_some() {
         "revoked"
-    } else if row.not_after <= now {
+    } else if row.issuance.not_after <= now {
         "expired"
     } else {
         "valid"
@@ -168,21 +168,21 @@ fn status_of(row: &CertificateRow, now: i64) -> &'static str {
 
 fn view(row: &CertificateRow, now: i64) -> CertificateView {
     CertificateView {
-        serial: row.serial.clone(),
-        spiffe_id: row.spiffe_id.clone(),
-        namespace: row.namespace.clone(),
-        service_account: row.service_account.clone(),
-        not_before: unix_to_rfc3339(row.not_before),
-        not_after: unix_to_rfc3339(row.not_after),
-        issued_at: unix_to_rfc3339(row.issued_at),
-        authority: row.authority_id.clone(),
+        serial: row.issuance.serial.clone(),
+        spiffe_id: row.issuance.spiffe_id.clone(),
+        namespace: row.issuance.namespace.clone(),
+        service_account: row.issuance.service_account.clone(),
+        not_before: unix_to_rfc3339(row.issuance.not_before),
+        not_after: unix_to_rfc3339(row.issuance.not_after),
+        issued_at: unix_to_rfc3339(row.issuance.issued_at),
+        authority: row.issuance.authority_id.clone(),
         requester: RequesterView {
-            method: row.requester_method.clone(),
-            principal: row.requester_principal.clone(),
-            peer_address: row.peer_address.clone(),
-            cluster_id: row.cluster_id.clone(),
+            method: row.issuance.requester_method.clone(),
+            principal: row.issuance.requester_principal.clone(),
+            peer_address: row.issuance.peer_address.clone(),
+            cluster_id: row.issuance.cluster_id.clone(),
         },
-        public_key_sha256: row.public_key_sha256.clone(),
+        public_key_sha256: row.issuance.public_key_sha256.clone(),
         status: status_of(row, now).to_string(),
         revocation: row.revoked_at.map(|at| RevocationView {
             at: unix_to_rfc3339(at),
@@ -268,7 +268,9 @@ pub async fn show(
     let record = state
         .ca
         .store()
-        .issuance_by_serial(&Serial::from_str(&row.serial).map_err(|e| ApiError::internal(&e))?)
+        .issuance_by_serial(
+            &Serial::from_str(&row.issuance.serial).map_err(|e| ApiError::internal(&e))?,
+        )
         .await
         .map_err(|e| ApiError::internal(&e))?
         .ok_or_else(|| ApiError::not_found(format!("no certificate with serial {serial}")))?;
@@ -326,7 +328,7 @@ async fn revoke_inner(
         .ca
         .store()
         .insert_revocation(&RevocationRecord {
-            serial: row.serial.clone(),
+            serial: row.issuance.serial.clone(),
             reason: reason.as_str().to_string(),
             revoked_at: now(),
             actor: actor.to_string(),
@@ -336,11 +338,11 @@ async fn revoke_inner(
     if !inserted {
         return Err(ApiError::conflict(format!(
             "certificate {} is already revoked",
-            row.serial
+            row.issuance.serial
         )));
     }
-    tracing::info!(serial = %row.serial, spiffe_id = %row.spiffe_id, reason = reason.as_str(), "certificate revoked");
-    let row = find(state.ca.store(), &row.serial).await?;
+    tracing::info!(serial = %row.issuance.serial, spiffe_id = %row.issuance.spiffe_id, reason = reason.as_str(), "certificate revoked");
+    let row = find(state.ca.store(), &row.issuance.serial).await?;
     Ok(view(&row, now()))
 }
 
@@ -437,16 +439,16 @@ fn csv_field(value: &str) -> String {
 
 fn csv_line(row: &CertificateRow, now: i64) -> String {
     let fields = [
-        row.serial.clone(),
-        row.spiffe_id.clone(),
-        row.namespace.clone().unwrap_or_default(),
-        row.service_account.clone().unwrap_or_default(),
-        unix_to_rfc3339(row.not_before),
-        unix_to_rfc3339(row.not_after),
-        unix_to_rfc3339(row.issued_at),
-        row.authority_id.clone(),
-        row.requester_method.clone(),
-        row.requester_principal.clone(),
+        row.issuance.serial.clone(),
+        row.issuance.spiffe_id.clone(),
+        row.issuance.namespace.clone().unwrap_or_default(),
+        row.issuance.service_account.clone().unwrap_or_default(),
+        unix_to_rfc3339(row.issuance.not_before),
+        unix_to_rfc3339(row.issuance.not_after),
+        unix_to_rfc3339(row.issuance.issued_at),
+        row.issuance.authority_id.clone(),
+        row.issuance.requester_method.clone(),
+        row.issuance.requester_principal.clone(),
         status_of(row, now).to_string(),
         row.revoked_at.map(unix_to_rfc3339).unwrap_or_default(),
         row.revocation_reason.clone().unwrap_or_default(),

@@ -102,7 +102,10 @@ async fn a_dev_token_gets_a_certificate_recorded_with_its_peer() {
 
     assert_eq!(ra.issued().await, before + 1);
     let record = ra.ca.store().issuance_by_serial(&leaf.serial()).await;
-    let record = record.unwrap().expect("recorded before it was returned");
+    let record = record
+        .unwrap()
+        .expect("recorded before it was returned")
+        .issuance;
     assert_eq!(record.spiffe_id, ID);
     assert_eq!(record.requester_method, "jwt");
     assert_eq!(record.requester_principal, PRINCIPAL);
