@@ -28,11 +28,13 @@ macro_rules! with_pool {
 mod audit_log;
 mod authorities;
 mod inventory;
+mod migrations;
 mod postgres_writer;
 mod records;
 pub(crate) mod sql;
 mod sqlite_writer;
 
+use migrations::Embedded;
 pub use postgres_writer::PostgresIssuanceWriter;
 pub use records::{
     AuditFilter, CertificateFilter, CertificateRow, CertificateStatus, Issuance, IssuanceRecord,
@@ -82,7 +84,7 @@ impl Store {
                 .connect_with(options)
                 .await
                 .map_err(StoreError::Connect)?;
-            sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+            Embedded(migrations::SQLITE).migrator().await?.run(&pool).await?;
             // The issuance writer opens the database file beside the pool (see `sqlite_writer`):
             // an in-memory database would be a second, empty one.
             if !pool.connect_options().get_filename().is_file() {
@@ -96,7 +98,7 @@ impl Store {
                 .connect(url)
                 .await
                 .map_err(StoreError::Connect)?;
-            sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+            Embedded(migrations::POSTGRES).migrator().await?.run(&pool).await?;
             Store::Postgres(pool)
         } else {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));

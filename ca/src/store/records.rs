@@ -57,58 +57,98 @@ pub enum TransitionError {
     Store(#[from] StoreError),
 }
 
-/// A certificate revocation as recorded.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct RevocationRecord {
-    pub serial: String,
-    pub reason: String,
-    pub revoked_at: i64,
-    pub actor: String,
+/// Declares a row struct with its `sqlx::FromRow`, each field read from the column of its name
+/// and each `flatten` field from its own columns: what `#[derive(sqlx::FromRow)]` writes, without
+/// sqlx's derive macros, which built its drivers and TLS a second time for the compiler.
+macro_rules! row {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$field_meta:meta])* pub $field:ident: $ty:ty, )*
+            $( flatten $(#[$nested_meta:meta])* pub $nested:ident: $nested_ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: $ty, )*
+            $( $(#[$nested_meta])* pub $nested: $nested_ty, )*
+        }
+
+        impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for $name
+        where
+            &'r str: sqlx::ColumnIndex<R>,
+            $( $ty: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>, )*
+            $( $nested_ty: sqlx::FromRow<'r, R>, )*
+        {
+            fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+                Ok(Self {
+                    $( $field: row.try_get(stringify!($field))?, )*
+                    $( $nested: <$nested_ty as sqlx::FromRow<'r, R>>::from_row(row)?, )*
+                })
+            }
+        }
+    };
 }
 
-/// What is recorded of every issued certificate besides its DER: what it names, when it is
-/// valid, which authority signed it, and who asked for it. The inventory lists these.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct Issuance {
-    pub serial: String,
-    /// Empty for meshca's own serving certificates.
-    pub spiffe_id: String,
-    pub namespace: Option<String>,
-    pub service_account: Option<String>,
-    pub not_before: i64,
-    pub not_after: i64,
-    pub issued_at: i64,
-    pub authority_id: String,
-    pub requester_method: String,
-    pub requester_principal: String,
-    pub peer_address: Option<String>,
-    pub cluster_id: Option<String>,
-    pub public_key_sha256: String,
+row! {
+    /// A certificate revocation as recorded.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct RevocationRecord {
+        pub serial: String,
+        pub reason: String,
+        pub revoked_at: i64,
+        pub actor: String,
+    }
 }
 
-/// One issued certificate, as the audit trail keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct IssuanceRecord {
-    #[sqlx(flatten)]
-    pub issuance: Issuance,
-    pub trust_domain: String,
-    pub cert_der: Vec<u8>,
+row! {
+    /// What is recorded of every issued certificate besides its DER: what it names, when it is
+    /// valid, which authority signed it, and who asked for it. The inventory lists these.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Issuance {
+        pub serial: String,
+        /// Empty for meshca's own serving certificates.
+        pub spiffe_id: String,
+        pub namespace: Option<String>,
+        pub service_account: Option<String>,
+        pub not_before: i64,
+        pub not_after: i64,
+        pub issued_at: i64,
+        pub authority_id: String,
+        pub requester_method: String,
+        pub requester_principal: String,
+        pub peer_address: Option<String>,
+        pub cluster_id: Option<String>,
+        pub public_key_sha256: String,
+    }
 }
 
-/// An authority as persisted; the key only ever sealed.
-#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct StoredAuthority {
-    pub id: String,
-    pub state: String,
-    pub source: String,
-    pub key_type: String,
-    pub cert_der: Vec<u8>,
-    pub chain_pem: String,
-    pub roots_pem: String,
-    pub sealed_key: Vec<u8>,
-    pub kek_id: String,
-    pub created_at: i64,
-    pub updated_at: i64,
+row! {
+    /// One issued certificate, as the audit trail keeps it.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct IssuanceRecord {
+        pub trust_domain: String,
+        pub cert_der: Vec<u8>,
+        flatten pub issuance: Issuance,
+    }
+}
+
+row! {
+    /// An authority as persisted; the key only ever sealed.
+    #[derive(Clone, PartialEq, Eq)]
+    pub struct StoredAuthority {
+        pub id: String,
+        pub state: String,
+        pub source: String,
+        pub key_type: String,
+        pub cert_der: Vec<u8>,
+        pub chain_pem: String,
+        pub roots_pem: String,
+        pub sealed_key: Vec<u8>,
+        pub kek_id: String,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
 }
 
 impl std::fmt::Debug for StoredAuthority {
@@ -162,12 +202,13 @@ pub enum CertificateStatus {
     Revoked,
 }
 
-/// A certificate in the inventory (without its DER).
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct CertificateRow {
-    pub id: i64,
-    #[sqlx(flatten)]
-    pub issuance: Issuance,
-    pub revoked_at: Option<i64>,
-    pub revocation_reason: Option<String>,
+row! {
+    /// A certificate in the inventory (without its DER).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct CertificateRow {
+        pub id: i64,
+        pub revoked_at: Option<i64>,
+        pub revocation_reason: Option<String>,
+        flatten pub issuance: Issuance,
+    }
 }
