@@ -44,7 +44,12 @@ impl Embedded {
 
 impl MigrationSource<'static> for Embedded {
     fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
-        Box::pin(async move { self.0.iter().map(|(file, sql)| migration(file, sql)).collect() })
+        Box::pin(async move {
+            self.0
+                .iter()
+                .map(|(file, sql)| migration(file, sql))
+                .collect()
+        })
     }
 }
 

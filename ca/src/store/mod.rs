@@ -84,7 +84,11 @@ impl Store {
                 .connect_with(options)
                 .await
                 .map_err(StoreError::Connect)?;
-            Embedded(migrations::SQLITE).migrator().await?.run(&pool).await?;
+            Embedded(migrations::SQLITE)
+                .migrator()
+                .await?
+                .run(&pool)
+                .await?;
             // The issuance writer opens the database file beside the pool (see `sqlite_writer`):
             // an in-memory database would be a second, empty one.
             if !pool.connect_options().get_filename().is_file() {
@@ -98,7 +102,11 @@ impl Store {
                 .connect(url)
                 .await
                 .map_err(StoreError::Connect)?;
-            Embedded(migrations::POSTGRES).migrator().await?.run(&pool).await?;
+            Embedded(migrations::POSTGRES)
+                .migrator()
+                .await?
+                .run(&pool)
+                .await?;
             Store::Postgres(pool)
         } else {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));

@@ -13,85 +13,21 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use meshca_ca::cacerts::{CacertsMaterial, NamedPem};
-use meshca_ca::keys::KeyType;
 use meshca_ca::store::TransitionError;
 use meshca_ca::x509::ParsedCert;
 use meshca_ca::{AuthorityEntry, PrepareRequest, RotationError};
-use serde::Deserialize;
 use serde_json::{json, Value};
-use utoipa::ToSchema;
 
 use super::auth::{Admin, Auditor};
 use super::callers::Actor;
 use super::error::{path_of, ApiError};
 use super::pagination::{rfc3339, unix_to_rfc3339};
 use super::state::RestState;
-use super::views::{AuthorityList, AuthorityView, ErrorBody, Propagation};
+use super::views::{
+    AuthorityList, AuthorityView, ErrorBody, GenerateRequest, PrepareBody, Propagation,
+};
 use crate::jwk::public_key_jwk;
 use crate::trust_bundle::bundle_of;
-
-/// `POST /v1/authorities`: either `generate`, or an uploaded plug-in set (PEM), validated
-/// like a `cacerts` directory.
-// Read by its own `Deserialize`, which picks the variant by the `generate` key, so that a
-// refusal names the field that was wrong rather than "no variant matched".
-#[derive(Debug, ToSchema)]
-#[serde(untagged)]
-#[schema(example = json!({"generate": {"key_type": "ec-p256"}}))]
-pub enum PrepareBody {
-    Generate(GenerateRequest),
-    Upload(UploadRequest),
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GenerateRequest {
-    generate: GenerateBody,
-}
-
-/// Istio's plug-in CA files.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UploadRequest {
-    /// Istio's `ca-cert.pem`.
-    ca_cert: String,
-    /// Istio's `ca-key.pem`.
-    ca_key: String,
-    /// Istio's `cert-chain.pem` (optional).
-    cert_chain: Option<String>,
-    /// Istio's `root-cert.pem`.
-    root_cert: String,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GenerateBody {
-    #[serde(default)]
-    #[schema(inline)]
-    key_type: KeyType,
-}
-
-// === impl PrepareBody ===
-
-impl<'de> Deserialize<'de> for PrepareBody {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let body = Value::deserialize(deserializer)?;
-        let has = |key: &str| body.get(key).is_some();
-        let uploads = ["ca_cert", "ca_key", "cert_chain", "root_cert"];
-        match (has("generate"), uploads.iter().any(|k| has(k))) {
-            (true, true) | (false, false) if body.is_object() => Err(D::Error::custom(
-                "give either \"generate\" or the plug-in set (ca_cert, ca_key, root_cert, \
-                 cert_chain)",
-            )),
-            (true, _) => GenerateRequest::deserialize(body)
-                .map(Self::Generate)
-                .map_err(D::Error::custom),
-            _ => UploadRequest::deserialize(body)
-                .map(Self::Upload)
-                .map_err(D::Error::custom),
-        }
-    }
-}
 
 /// An authority as the API shows it.
 async fn view(state: &RestState, entry: &AuthorityEntry) -> Result<AuthorityView, ApiError> {
@@ -373,9 +309,11 @@ fn x509_svid_jwk(root: &ParsedCert) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use meshca_ca::keys::KeyType;
     use utoipa::PartialSchema;
 
     use super::*;
+    use crate::rest::views::GenerateBody;
 
     #[test]
     fn the_documented_key_types_are_the_cas() {

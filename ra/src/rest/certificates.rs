@@ -10,7 +10,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use meshca_ca::crl::RevocationReason;
 use meshca_ca::issuer::CrlError;
 use meshca_ca::store::{
     CertificateFilter, CertificateRow, CertificateStatus, RevocationRecord, Store,
@@ -24,7 +23,9 @@ use super::auth::{Admin, Auditor};
 use super::error::{path_of, ApiError};
 use super::pagination::{self, unix_to_rfc3339, Cursor};
 use super::state::RestState;
-use super::views::{CertificatePage, CertificateView, ErrorBody, RequesterView, RevocationView};
+use super::views::{
+    CertificatePage, CertificateView, ErrorBody, RequesterView, RevocationView, RevokeBody,
+};
 
 /// Rows per store round trip while exporting.
 const EXPORT_PAGE: i64 = 1000;
@@ -123,13 +124,6 @@ pub enum ExportFormat {
     #[default]
     Ndjson,
     Csv,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RevokeBody {
-    #[schema(inline)]
-    reason: RevocationReason,
 }
 
 fn now() -> i64 {
@@ -536,6 +530,8 @@ pub async fn crl(
 
 #[cfg(test)]
 mod tests {
+    use meshca_ca::crl::RevocationReason;
+
     use super::*;
 
     #[test]

@@ -1,6 +1,9 @@
-//! What the REST API answers, as types: the handlers serialize them, `meshca admin`
-//! deserializes them, and the OpenAPI document describes them, so the three cannot drift apart.
+//! What the REST API answers and takes, as types: the handlers serialize the answers and read
+//! the requests, `meshca admin` does the reverse, and the OpenAPI document describes both, so
+//! the three cannot drift apart.
 
+use meshca_ca::crl::RevocationReason;
+use meshca_ca::keys::KeyType;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -140,4 +143,78 @@ pub struct Verdict {
     pub head: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_broken: Option<BrokenLinkView>,
+}
+
+// Requests, sent by `meshca admin` and read by the handlers.
+
+/// `POST /v1/authorities`: either `generate`, or an uploaded plug-in set (PEM), validated
+/// like a `cacerts` directory.
+// Read by its own `Deserialize`, which picks the variant by the `generate` key, so that a
+// refusal names the field that was wrong rather than "no variant matched".
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[schema(example = json!({"generate": {"key_type": "ec-p256"}}))]
+pub enum PrepareBody {
+    Generate(GenerateRequest),
+    Upload(UploadRequest),
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateRequest {
+    pub generate: GenerateBody,
+}
+
+/// Istio's plug-in CA files.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadRequest {
+    /// Istio's `ca-cert.pem`.
+    pub ca_cert: String,
+    /// Istio's `ca-key.pem`.
+    pub ca_key: String,
+    /// Istio's `cert-chain.pem` (optional).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_chain: Option<String>,
+    /// Istio's `root-cert.pem`.
+    pub root_cert: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateBody {
+    #[serde(default)]
+    #[schema(inline)]
+    pub key_type: KeyType,
+}
+
+// === impl PrepareBody ===
+
+impl<'de> Deserialize<'de> for PrepareBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let body = Value::deserialize(deserializer)?;
+        let has = |key: &str| body.get(key).is_some();
+        let uploads = ["ca_cert", "ca_key", "cert_chain", "root_cert"];
+        match (has("generate"), uploads.iter().any(|k| has(k))) {
+            (true, true) | (false, false) if body.is_object() => Err(D::Error::custom(
+                "give either \"generate\" or the plug-in set (ca_cert, ca_key, root_cert, \
+                 cert_chain)",
+            )),
+            (true, _) => GenerateRequest::deserialize(body)
+                .map(Self::Generate)
+                .map_err(D::Error::custom),
+            _ => UploadRequest::deserialize(body)
+                .map(Self::Upload)
+                .map_err(D::Error::custom),
+        }
+    }
+}
+
+/// Why the certificate is revoked (an RFC 5280 reason name).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    #[schema(inline)]
+    pub reason: RevocationReason,
 }

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
+use meshca_pki::crl::RevocationReason;
+use meshca_pki::keys::KeyType;
 
 /// Where `meshca server --dev` keeps its state, relative to the directory it was started in.
 pub const DEV_DIR: &str = "meshca-dev";
@@ -74,7 +76,7 @@ pub enum AuthorityCommand {
     Prepare {
         /// For a generated root: ec-p256, ec-p384, rsa-2048 or rsa-4096.
         #[arg(long, default_value = "ec-p256", conflicts_with = "ca_cert")]
-        key_type: String,
+        key_type: KeyType,
         /// Plug-in set: the signing certificate (Istio's ca-cert.pem), instead of a generated root.
         #[arg(long, requires_all = ["ca_key", "root_cert"])]
         ca_cert: Option<PathBuf>,
@@ -164,8 +166,8 @@ pub enum CertCommand {
         /// Hex serial (colons allowed).
         serial: String,
         /// keyCompromise, superseded, cessationOfOperation, affiliationChanged, …
-        #[arg(long, default_value = "unspecified")]
-        reason: String,
+        #[arg(long, default_value = "unspecified", value_parser = revocation_reason)]
+        reason: RevocationReason,
     },
     /// Every matching certificate, streamed to stdout.
     Export {
@@ -362,4 +364,10 @@ mod tests {
             format!("beside a dev server: CA {} (for https://x)", root.display())
         );
     }
+}
+
+/// A revocation reason by its RFC 5280 name, as the API takes it.
+fn revocation_reason(name: &str) -> Result<RevocationReason, String> {
+    RevocationReason::parse(name)
+        .ok_or_else(|| format!("expected one of {}", RevocationReason::names().join(", ")))
 }

@@ -149,14 +149,15 @@ impl AdminClient {
     pub async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
-        body: Value,
+        body: &impl serde::Serialize,
     ) -> Result<Answer<T>, AdminError> {
+        let body = serde_json::to_string(body).expect("request views serialize");
         let url = self.url(path, &[]);
         let request = self
             .http
             .post(url.clone())
             .header("content-type", "application/json")
-            .body(body.to_string());
+            .body(body);
         let response = self.send(request, &url).await?;
         let text = response.text().await.map_err(|source| AdminError::Http {
             url: url.to_string(),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use meshca_ra::rest::views::{
     AuditEventView, AuditPage, AuthorityList, AuthorityView, CertificatePage, CertificateView,
-    Verdict,
+    GenerateBody, GenerateRequest, PrepareBody, RevokeBody, UploadRequest, Verdict,
 };
 use serde_json::json;
 
@@ -90,40 +90,41 @@ async fn authorities(
             root_cert,
             cert_chain,
         } => {
-            // Built from the flags as given: a value the server refuses gets its 400 message.
             let body = match ca_cert {
-                None => json!({ "generate": { "key_type": key_type } }),
+                None => PrepareBody::Generate(GenerateRequest {
+                    generate: GenerateBody {
+                        key_type: *key_type,
+                    },
+                }),
                 Some(ca_cert) => {
                     let text =
                         |p: &PathBuf| read(p).map(|b| String::from_utf8_lossy(&b).into_owned());
-                    let mut body = json!({ "ca_cert": text(ca_cert)? });
-                    for (name, path) in [
-                        ("ca_key", ca_key),
-                        ("root_cert", root_cert),
-                        ("cert_chain", cert_chain),
-                    ] {
-                        if let Some(path) = path {
-                            body[name] = json!(text(path)?);
-                        }
-                    }
-                    body
+                    // clap requires both with --ca-cert.
+                    let required =
+                        |p: &Option<PathBuf>| text(p.as_ref().expect("required by clap"));
+                    PrepareBody::Upload(UploadRequest {
+                        ca_cert: text(ca_cert)?,
+                        ca_key: required(ca_key)?,
+                        root_cert: required(root_cert)?,
+                        cert_chain: cert_chain.as_ref().map(text).transpose()?,
+                    })
                 }
             };
-            client.post("/v1/authorities", body).await?
+            client.post("/v1/authorities", &body).await?
         }
         AuthorityCommand::Activate { id } => {
             client
-                .post(&format!("/v1/authorities/{id}/activate"), json!({}))
+                .post(&format!("/v1/authorities/{id}/activate"), &json!({}))
                 .await?
         }
         AuthorityCommand::Taint { id } => {
             client
-                .post(&format!("/v1/authorities/{id}/taint"), json!({}))
+                .post(&format!("/v1/authorities/{id}/taint"), &json!({}))
                 .await?
         }
         AuthorityCommand::Revoke { id } => {
             client
-                .post(&format!("/v1/authorities/{id}/revoke"), json!({}))
+                .post(&format!("/v1/authorities/{id}/revoke"), &json!({}))
                 .await?
         }
     };
@@ -171,11 +172,10 @@ async fn certs(
             }
         }
         CertCommand::Revoke { serial, reason } => {
-            // The reason as given: one the server does not know gets its 400 message.
             let answer: Answer<CertificateView> = client
                 .post(
                     &format!("/v1/certificates/{serial}/revoke"),
-                    json!({ "reason": reason }),
+                    &RevokeBody { reason: *reason },
                 )
                 .await?;
             let cert = std::slice::from_ref(&answer.view);
