@@ -277,6 +277,12 @@ impl CertFilters {
     }
 }
 
+/// A revocation reason by its RFC 5280 name, as the API takes it.
+fn revocation_reason(name: &str) -> Result<RevocationReason, String> {
+    RevocationReason::parse(name)
+        .ok_or_else(|| format!("expected one of {}", RevocationReason::names().join(", ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +305,37 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    /// The request bodies are typed: an unknown key type or reason is refused before anything
+    /// is sent, naming what is accepted.
+    #[test]
+    fn key_types_and_reasons_are_checked_before_sending() {
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            admin: AdminArgs,
+        }
+        let parse = |args: &[&str]| <Cli as clap::Parser>::try_parse_from(args);
+        let cli = parse(&[
+            "admin",
+            "certs",
+            "revoke",
+            "0a",
+            "--reason",
+            "keyCompromise",
+        ])
+        .unwrap();
+        match cli.admin.command {
+            AdminCommand::Certs(CertCommand::Revoke { reason, .. }) => {
+                assert_eq!(reason, RevocationReason::KeyCompromise)
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let error = parse(&["admin", "certs", "revoke", "0a", "--reason", "bored"]).unwrap_err();
+        assert!(error.to_string().contains("keyCompromise"), "{error}");
+        let error = parse(&["admin", "authorities", "prepare", "--key-type", "dsa"]).unwrap_err();
+        assert!(error.to_string().contains("ec-p256"), "{error}");
     }
 
     #[test]
@@ -364,10 +401,4 @@ mod tests {
             format!("beside a dev server: CA {} (for https://x)", root.display())
         );
     }
-}
-
-/// A revocation reason by its RFC 5280 name, as the API takes it.
-fn revocation_reason(name: &str) -> Result<RevocationReason, String> {
-    RevocationReason::parse(name)
-        .ok_or_else(|| format!("expected one of {}", RevocationReason::names().join(", ")))
 }
