@@ -34,6 +34,7 @@ use crate::issuer::{
 };
 use crate::keys::KeyType;
 use crate::remote::snapshot_of;
+use crate::rotation::RotationStep;
 use crate::store::TransitionError;
 use crate::tls::{self, PeerInfo, TlsSetupError};
 use crate::x509::ParsedCert;
@@ -385,9 +386,21 @@ impl CaRpc for SigningService {
                     .prepare_authority(PrepareRequest::Upload(material), actor)
                     .await
             }
-            Step::Activate(id) => self.ca.activate_authority(&id, actor).await,
-            Step::Taint(id) => self.ca.taint_authority(&id, actor).await,
-            Step::Revoke(id) => self.ca.revoke_authority(&id, actor).await,
+            Step::Activate(id) => {
+                self.ca
+                    .step_authority(&id, RotationStep::Activate, actor)
+                    .await
+            }
+            Step::Taint(id) => {
+                self.ca
+                    .step_authority(&id, RotationStep::Taint, actor)
+                    .await
+            }
+            Step::Revoke(id) => {
+                self.ca
+                    .step_authority(&id, RotationStep::Revoke, actor)
+                    .await
+            }
         }
         .map_err(rotation_status)?;
         Ok(Response::new(pb::ChangeAuthorityResponse {

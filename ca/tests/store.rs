@@ -255,7 +255,11 @@ async fn a_rotation_through_one_process_reaches_another_sharing_the_store() {
             .unwrap();
         let id = prepared.authority.id().to_string();
         first
-            .activate_authority(&id, ("token", "test"))
+            .step_authority(
+                &id,
+                meshca_ca::rotation::RotationStep::Activate,
+                ("token", "test"),
+            )
             .await
             .unwrap();
 

@@ -21,6 +21,47 @@ pub enum AuthorityState {
     Revoked,
 }
 
+/// A step that moves an existing authority on through the rotation (preparing one is not a
+/// step of an existing authority: it creates it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RotationStep {
+    /// `prepared` → `active` (the active one becomes `old`).
+    Activate,
+    /// `old` → `tainted`: workloads holding its certificates rotate now.
+    Taint,
+    /// `tainted` → `revoked`: its root leaves the trust bundle.
+    Revoke,
+}
+
+impl RotationStep {
+    /// The state an authority must be in for this step.
+    pub const fn from(self) -> AuthorityState {
+        match self {
+            Self::Activate => AuthorityState::Prepared,
+            Self::Taint => AuthorityState::Old,
+            Self::Revoke => AuthorityState::Tainted,
+        }
+    }
+
+    /// The state the step leaves it in.
+    pub const fn to(self) -> AuthorityState {
+        match self {
+            Self::Activate => AuthorityState::Active,
+            Self::Taint => AuthorityState::Tainted,
+            Self::Revoke => AuthorityState::Revoked,
+        }
+    }
+
+    /// The audit log's name for the step.
+    pub const fn audit_action(self) -> &'static str {
+        match self {
+            Self::Activate => "authority.activate",
+            Self::Taint => "authority.taint",
+            Self::Revoke => "authority.revoke",
+        }
+    }
+}
+
 /// An authority with where it stands in the rotation.
 #[derive(Clone, Debug)]
 pub struct AuthorityEntry {
@@ -214,6 +255,36 @@ mod tests {
     use crate::identity::TrustDomain;
     use crate::keys::KeyType;
     use std::time::SystemTime;
+
+    /// The steps follow the states in order, and their audit names are the recorded ones.
+    #[test]
+    fn steps_move_through_the_states_in_order() {
+        use RotationStep::*;
+        let path: Vec<_> = [Activate, Taint, Revoke]
+            .iter()
+            .map(|s| (s.from(), s.to(), s.audit_action()))
+            .collect();
+        assert_eq!(
+            path,
+            [
+                (
+                    AuthorityState::Prepared,
+                    AuthorityState::Active,
+                    "authority.activate"
+                ),
+                (
+                    AuthorityState::Old,
+                    AuthorityState::Tainted,
+                    "authority.taint"
+                ),
+                (
+                    AuthorityState::Tainted,
+                    AuthorityState::Revoked,
+                    "authority.revoke"
+                ),
+            ]
+        );
+    }
 
     fn entry(state: AuthorityState) -> AuthorityEntry {
         let td = TrustDomain::new("cluster.local").unwrap();

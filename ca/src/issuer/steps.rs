@@ -12,7 +12,7 @@ use crate::cacerts::{self, CacertsMaterial, LoadCacertsError, NamedPem};
 use crate::kek::KeyEncryptionKey;
 use crate::keys::{self, KeyType};
 use crate::remote::{RemoteCa, RemoteError};
-use crate::rotation::{AuthorityEntry, AuthoritySet, AuthorityState};
+use crate::rotation::{AuthorityEntry, AuthoritySet, RotationStep};
 use crate::store::{StoreError, TransitionError};
 use crate::x509::ParsedCert;
 use meshca_pki::time::unix_seconds;
@@ -149,54 +149,27 @@ impl CertificateAuthority {
         self.entry(&id)
     }
 
-    /// `prepared` → `active` (the active one becomes `old`).
-    pub async fn activate_authority(
+    /// Takes `step` on authority `id` in one store transaction with its audit event (in a
+    /// keyless RA, through the CA service).
+    pub async fn step_authority(
         &self,
         id: &str,
+        step: RotationStep,
         actor: (&str, &str),
     ) -> Result<AuthorityEntry, RotationError> {
-        self.transition(id, AuthorityState::Prepared, AuthorityState::Active, actor)
-            .await
-    }
-
-    /// `old` → `tainted`: workloads holding its certificates rotate now.
-    pub async fn taint_authority(
-        &self,
-        id: &str,
-        actor: (&str, &str),
-    ) -> Result<AuthorityEntry, RotationError> {
-        self.transition(id, AuthorityState::Old, AuthorityState::Tainted, actor)
-            .await
-    }
-
-    /// `tainted` → `revoked`: its root leaves the trust bundle.
-    pub async fn revoke_authority(
-        &self,
-        id: &str,
-        actor: (&str, &str),
-    ) -> Result<AuthorityEntry, RotationError> {
-        self.transition(id, AuthorityState::Tainted, AuthorityState::Revoked, actor)
-            .await
-    }
-
-    async fn transition(
-        &self,
-        id: &str,
-        from: AuthorityState,
-        to: AuthorityState,
-        actor: (&str, &str),
-    ) -> Result<AuthorityEntry, RotationError> {
-        let (action, step) = match to {
-            AuthorityState::Active => ("authority.activate", Step::Activate(id.to_string())),
-            AuthorityState::Tainted => ("authority.taint", Step::Taint(id.to_string())),
-            _ => ("authority.revoke", Step::Revoke(id.to_string())),
-        };
         if let Stepper::Forward(remote) = self.stepper()? {
+            let id = id.to_string();
+            let step = match step {
+                RotationStep::Activate => Step::Activate(id),
+                RotationStep::Taint => Step::Taint(id),
+                RotationStep::Revoke => Step::Revoke(id),
+            };
             return self.forward_step(remote, step, actor).await;
         }
+        let (from, to) = (step.from(), step.to());
         let audit = AuditEvent::new(
             actor,
-            action,
+            step.audit_action(),
             id,
             Outcome::Success,
             serde_json::json!({ "from": from.as_str(), "to": to.as_str() }),

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use meshca_ca::cacerts::{CacertsMaterial, NamedPem};
+use meshca_ca::rotation::RotationStep;
 use meshca_ca::store::TransitionError;
 use meshca_ca::x509::ParsedCert;
 use meshca_ca::{AuthorityEntry, PrepareRequest, RotationError};
@@ -174,37 +175,23 @@ async fn prepare_inner(
     Ok(state.ca.prepare_authority(request, actor).await?)
 }
 
-/// A rotation step the API takes on one authority.
-#[derive(Clone, Copy, Debug)]
-enum Step {
-    Activate,
-    Taint,
-    Revoke,
-}
-
 /// Takes `step` on the authority in the path and answers with its view. A step that happened
 /// was audited in its own transaction; a refused one is recorded here.
 async fn take_step(
     state: RestState,
     actor: Actor,
     id: Result<Path<String>, PathRejection>,
-    step: Step,
+    step: RotationStep,
 ) -> Result<Json<AuthorityView>, ApiError> {
     let id = path_of(id)?;
     let by = (actor.method, actor.principal.as_str());
-    let (action, result) = match step {
-        Step::Activate => (
-            "authority.activate",
-            state.ca.activate_authority(&id, by).await,
-        ),
-        Step::Taint => ("authority.taint", state.ca.taint_authority(&id, by).await),
-        Step::Revoke => ("authority.revoke", state.ca.revoke_authority(&id, by).await),
-    };
-    match result {
+    match state.ca.step_authority(&id, step, by).await {
         Ok(entry) => Ok(Json(view(&state, &entry).await?)),
         Err(e) => {
             let e = ApiError::from(e);
-            state.audit_action(&actor, action, &id, Err(&e)).await;
+            state
+                .audit_action(&actor, step.audit_action(), &id, Err(&e))
+                .await;
             Err(e)
         }
     }
@@ -238,16 +225,16 @@ macro_rules! step_endpoint {
 
 step_endpoint!(
     /// `prepared` → `active`: new certificates are signed by it; the previous active becomes `old`.
-    activate, Step::Activate, "/v1/authorities/{id}/activate", "activate_authority",
+    activate, RotationStep::Activate, "/v1/authorities/{id}/activate", "activate_authority",
     "Not prepared"
 );
 step_endpoint!(
     /// `old` → `tainted`: agents holding its certificates rotate now; renewal with them is refused.
-    taint, Step::Taint, "/v1/authorities/{id}/taint", "taint_authority", "Not old"
+    taint, RotationStep::Taint, "/v1/authorities/{id}/taint", "taint_authority", "Not old"
 );
 step_endpoint!(
     /// `tainted` → `revoked`: its root leaves the trust bundle.
-    revoke, Step::Revoke, "/v1/authorities/{id}/revoke", "revoke_authority", "Not tainted"
+    revoke, RotationStep::Revoke, "/v1/authorities/{id}/revoke", "revoke_authority", "Not tainted"
 );
 
 /// The trust bundle (anonymous): PEM, or the SPIFFE bundle (a JWK set with
