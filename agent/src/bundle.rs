@@ -10,7 +10,8 @@ use tokio::sync::watch;
 
 use crate::client::CaClient;
 use crate::credential::Credential;
-use crate::timing::{self, FAST_RETRY};
+use crate::timing::FAST_RETRY;
+use meshca_pki::time::random_unit;
 
 /// What the RA's trust-bundle stream last said.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,7 +85,7 @@ pub async fn follow_trust_bundle(client: CaClient, tx: watch::Sender<Arc<StreamB
                 }
             }
         };
-        let delay = FAST_RETRY.delay(attempt, timing::random_unit());
+        let delay = FAST_RETRY.delay(attempt, random_unit());
         attempt = attempt.saturating_add(1);
         tracing::warn!(error = %failure, ?delay, "trust-bundle stream interrupted; reconnecting");
         tokio::select! {

@@ -11,7 +11,9 @@ use crate::bundle::{self, StreamBundle};
 use crate::client::{CaClient, WorkloadIdentity};
 use crate::credential::Credential;
 use crate::metrics::AgentMetrics;
-use crate::timing::{self, RetryClass};
+use crate::timing::RetryClass;
+use meshca_pki::time::random_unit;
+use meshca_pki::timing as pki_timing;
 
 /// Keeps `identity`'s credential fresh and published on `tx` until every receiver is gone.
 /// Rotates at the grace point; failures back off (fast for transient codes, slow for
@@ -32,12 +34,12 @@ pub async fn keep_fresh(
         let wait = match result {
             Ok(credential) => {
                 attempt = 0;
-                let at = timing::rotation_time(
+                let at = pki_timing::rotation_time(
                     credential.received_at.max(credential.not_before),
                     credential.not_after,
                     identity.grace_ratio,
                     identity.grace_jitter,
-                    timing::random_unit(),
+                    random_unit(),
                 );
                 tracing::info!(
                     spiffe_id = %identity.spiffe_id,
@@ -45,11 +47,11 @@ pub async fn keep_fresh(
                     "certificate renewed"
                 );
                 tx.send_replace(Some(Arc::new(credential)));
-                timing::delay_until(at, SystemTime::now())
+                pki_timing::delay_until(at, SystemTime::now())
             }
             Err(error) => {
                 let class = error.retry_class();
-                let delay = class.backoff().delay(attempt, timing::random_unit());
+                let delay = class.backoff().delay(attempt, random_unit());
                 attempt = attempt.saturating_add(1);
                 metrics.retry_scheduled();
                 match class {
@@ -112,6 +114,7 @@ mod tests {
     use super::*;
     use crate::credential::tests::{authority, response, ID};
     use crate::credential::KeyType;
+    use crate::timing;
 
     /// An RA in process: each call takes the next scripted answer (`None` signs, as the RA
     /// would; a code fails with it; signing once the script is spent) and reports when it came.
@@ -203,7 +206,7 @@ mod tests {
     /// How long after accepting `credential` the loop should ask again.
     fn rotation_delay(credential: &Credential) -> Duration {
         let from = credential.received_at.max(credential.not_before);
-        let at = timing::rotation_time(from, credential.not_after, 0.5, 0.0, 0.5);
+        let at = pki_timing::rotation_time(from, credential.not_after, 0.5, 0.0, 0.5);
         at.duration_since(credential.received_at).unwrap()
     }
 

@@ -1,13 +1,9 @@
-//! The agent's timing decisions: when to rotate (pki's pure [`rotation_time`] and
-//! [`delay_until`]) and how to retry a failed call, by how transient its gRPC code is. The
-//! runtime only sleeps.
+//! How the agent retries a failed call, by how transient its gRPC code is (when to rotate is
+//! pki's pure `timing::rotation_time`). The runtime only sleeps.
 
 use std::time::Duration;
 
 use meshca_pki::timing::Backoff;
-
-pub use meshca_pki::time::random_unit;
-pub use meshca_pki::timing::{delay_until, rotation_time, MIN_ROTATION_DELAY};
 
 /// How urgently a failed call is retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

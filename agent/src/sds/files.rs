@@ -10,6 +10,10 @@ use tokio::sync::watch;
 
 use super::secrets::{certificates, FileResource, RenderedSecret};
 
+/// How often mounted certificate files are re-read. Polling (rather than inotify) also sees a
+/// Kubernetes Secret volume's `..data` symlink swap, and a few small reads a second cost nothing.
+pub const FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Secrets read from mounted files, loaded while at least one stream subscribes to them.
 #[derive(Debug)]
 pub(super) struct FileSecrets {

@@ -31,8 +31,8 @@ use crate::workload_api::serve_unix;
 mod files;
 mod secrets;
 
+pub use files::FILE_POLL_INTERVAL;
 use files::{poll_files, FileSecrets};
-use secrets::FILE_POLL_INTERVAL;
 pub use secrets::{
     render_credentials, CredentialSecrets, FileResource, RenderedSecret, ResourceName, ROOT_CA,
     SECRET_TYPE_URL, WORKLOAD_CERT,

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use der::Decode;
 use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
@@ -26,10 +26,6 @@ pub const WORKLOAD_CERT: &str = "default";
 pub const ROOT_CA: &str = "ROOTCA";
 const FILE_CERT_PREFIX: &str = "file-cert:";
 const FILE_ROOT_PREFIX: &str = "file-root:";
-
-/// How often mounted certificate files are re-read. Polling (rather than inotify) also sees a
-/// Kubernetes Secret volume's `..data` symlink swap, and a few small reads a second cost nothing.
-pub const FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A resource name Envoy may ask for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
