@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use meshca_agent::config::AgentConfig;
 use meshca_ca::{CaConfig, CaSettings, StoreConfig, TrustDomain};
+use meshca_ra::config::{RotationConfig, TrustConfig};
 use meshca_ra::{AuthConfig, GrpcConfig, MetricsConfig, RestConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -36,6 +37,8 @@ pub struct MeshcaConfig {
     pub metrics: MetricsConfig,
     pub auth: AuthConfig,
     pub rest: RestConfig,
+    pub trust: TrustConfig,
+    pub rotation: RotationConfig,
     pub agent: AgentConfig,
 }
 
@@ -99,6 +102,8 @@ impl Default for MeshcaConfig {
             metrics: MetricsConfig::default(),
             auth: AuthConfig::default(),
             rest: RestConfig::default(),
+            trust: TrustConfig::default(),
+            rotation: RotationConfig::default(),
             agent: AgentConfig::default(),
         }
     }

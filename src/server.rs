@@ -19,16 +19,18 @@ pub async fn run(mut config: MeshcaConfig, dev_mode: bool) -> anyhow::Result<()>
     }
     let ca = CertificateAuthority::start(&config.ca_settings()?).await?;
     let root_path = config.data_dir.join("root-cert.pem");
-    if dev_mode {
-        std::fs::write(&root_path, ca.current_authority().root_bundle_pem())?;
-    }
     let settings = RaSettings {
         grpc: config.grpc.clone(),
         metrics: config.metrics.clone(),
         auth: config.auth.clone(),
         rest: config.rest.clone(),
+        trust: config.trust.clone(),
+        rotation: config.rotation.clone(),
     };
     let ra = RunningRa::start(&settings, ca.clone(), shutdown_signal()).await?;
+    if dev_mode {
+        dev::keep_bundle_file(&root_path, ra.trust_bundles.watch()).await?;
+    }
     tracing::info!(
         grpc = %ra.grpc_addr,
         metrics = %ra.metrics_addr,

@@ -32,7 +32,8 @@ fn credential(authority: &Authority) -> Credential {
     let validity = (now, now + Duration::from_secs(24 * 3600));
     let (_, der) = sign_leaf(authority, &csr, &SpiffeId::new(ID).unwrap(), validity).unwrap();
     let mut answer = vec![pem::encode(&pem::Pem::new("CERTIFICATE", der))];
-    answer.extend(authority.chain_tail().iter().cloned());
+    answer.extend(authority.issuer_chain_pem().iter().cloned());
+    answer.push(authority.roots_pem());
     request.accept(ID, &answer, now).unwrap()
 }
 

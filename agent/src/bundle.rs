@@ -1,6 +1,6 @@
-//! The trust bundle the agent serves: the roots from the last CA response together with the
-//! RA's trust-bundle stream, so a root added during a rotation reaches workloads before their
-//! next certificate does.
+//! The trust bundle the agent serves: the RA's trust-bundle stream once it has delivered (it is
+//! pushed on every change, so a root added or removed during a rotation reaches workloads
+//! before their next certificate does), the last CA response's until then.
 
 use std::sync::Arc;
 
@@ -17,6 +17,8 @@ use meshca_pki::time::random_unit;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamBundle {
     pub roots_pem: Vec<String>,
+    /// The same roots by trust domain.
+    pub by_trust_domain: Vec<(String, Vec<String>)>,
     /// Authorities (hex key ids) whose certificates must be replaced now.
     pub tainted_authority_ids: Vec<String>,
 }
@@ -32,21 +34,16 @@ pub fn issued_by_tainted(credential: &Credential, bundle: &StreamBundle) -> bool
     })
 }
 
-/// Roots from the CA response, then any the stream adds, each once (compared by DER), in that
-/// stable order so unchanged inputs give byte-identical bundles.
-pub fn merge_roots(response_roots: &[String], stream_roots: &[String]) -> Vec<String> {
-    let mut seen: Vec<Vec<u8>> = Vec::new();
-    let mut merged = Vec::new();
-    for root in response_roots.iter().chain(stream_roots) {
-        let der = pem::parse(root)
-            .map(pem::Pem::into_contents)
-            .unwrap_or_default();
-        if !seen.contains(&der) {
-            seen.push(der);
-            merged.push(root.clone());
-        }
+/// The credential as served: its roots are the stream's bundle once the stream has delivered
+/// one (it is always at least as new as the answer: the RA pushes every change, and an answer
+/// composed just before a change may arrive just after it), the answer's until then.
+pub fn with_stream_roots(credential: &Credential, stream: &StreamBundle) -> Credential {
+    let mut served = credential.clone();
+    if !stream.roots_pem.is_empty() {
+        served.roots_pem = stream.roots_pem.clone();
+        served.roots_by_trust_domain = stream.by_trust_domain.clone();
     }
-    merged
+    served
 }
 
 /// Follows the RA's trust-bundle stream, reconnecting with backoff, and publishes each bundle
@@ -72,6 +69,11 @@ pub async fn follow_trust_bundle(client: CaClient, tx: watch::Sender<Arc<StreamB
                                         client.trust_roots(&bundle.roots_pem);
                                         tx.send_replace(Arc::new(StreamBundle {
                                             roots_pem: bundle.roots_pem,
+                                            by_trust_domain: bundle
+                                                .by_trust_domain
+                                                .into_iter()
+                                                .map(|d| (d.trust_domain, d.roots_pem))
+                                                .collect(),
                                             tainted_authority_ids: bundle.tainted_authority_ids,
                                         }));
                                     }
@@ -95,8 +97,8 @@ pub async fn follow_trust_bundle(client: CaClient, tx: watch::Sender<Arc<StreamB
     }
 }
 
-/// Publishes on `served` the current credential with its roots merged with the stream's,
-/// whenever either changes.
+/// Publishes on `served` the current credential with the roots to serve
+/// ([`with_stream_roots`]), whenever either changes.
 pub async fn combine(
     mut credential: watch::Receiver<Option<Arc<Credential>>>,
     mut stream_roots: watch::Receiver<Arc<StreamBundle>>,
@@ -105,14 +107,14 @@ pub async fn combine(
     loop {
         let current = credential.borrow_and_update().clone();
         let extra = stream_roots.borrow_and_update().clone();
-        let next = current.map(|c| {
-            let mut merged = (*c).clone();
-            merged.roots_pem = merge_roots(&c.roots_pem, &extra.roots_pem);
-            Arc::new(merged)
-        });
+        let next = current.map(|c| Arc::new(with_stream_roots(&c, &extra)));
         served.send_if_modified(|old| {
             let changed = match (old.as_ref(), next.as_ref()) {
-                (Some(a), Some(b)) => a.chain_pem != b.chain_pem || a.roots_pem != b.roots_pem,
+                (Some(a), Some(b)) => {
+                    a.chain_pem != b.chain_pem
+                        || a.roots_pem != b.roots_pem
+                        || a.roots_by_trust_domain != b.roots_by_trust_domain
+                }
                 (None, None) => false,
                 _ => true,
             };
@@ -140,6 +142,7 @@ mod tests {
             key_pem: String::new(),
             chain_pem: Vec::new(),
             roots_pem: Vec::new(),
+            roots_by_trust_domain: Vec::new(),
             not_before: std::time::SystemTime::UNIX_EPOCH,
             not_after: std::time::SystemTime::UNIX_EPOCH,
             received_at: std::time::SystemTime::UNIX_EPOCH,
@@ -147,6 +150,7 @@ mod tests {
         };
         let bundle = |ids: &[&str]| StreamBundle {
             roots_pem: Vec::new(),
+            by_trust_domain: Vec::new(),
             tainted_authority_ids: ids.iter().map(|s| s.to_string()).collect(),
         };
         assert!(issued_by_tainted(&credential, &bundle(&["00", "abcd"])));
@@ -164,16 +168,34 @@ mod tests {
         pem::encode(&pem::Pem::new("CERTIFICATE", vec![byte; 8]))
     }
 
+    /// After a revocation the stream drops the old root while the last answer still holds
+    /// it: what is served follows the stream, not the union of the two.
     #[test]
-    fn merge_keeps_response_order_then_adds_new_roots_once() {
-        let (a, b, c) = (cert(1), cert(2), cert(3));
-        assert_eq!(merge_roots(std::slice::from_ref(&a), &[]), vec![a.clone()]);
-        assert_eq!(
-            merge_roots(&[a.clone(), b.clone()], &[b.clone(), c.clone(), a.clone()]),
-            vec![a.clone(), b.clone(), c.clone()]
-        );
-        // Same certificate, different PEM line endings: still one root.
-        let a_crlf = a.replace('\n', "\r\n");
-        assert_eq!(merge_roots(std::slice::from_ref(&a), &[a_crlf]), vec![a]);
+    fn the_streams_bundle_replaces_the_answers_once_it_has_arrived() {
+        let (old, new, athenz) = (cert(1), cert(2), cert(3));
+        let credential = Credential {
+            spiffe_id: "spiffe://cluster.local/ns/a/sa/b".into(),
+            key_pem: String::new(),
+            chain_pem: Vec::new(),
+            roots_pem: vec![old.clone(), new.clone()],
+            roots_by_trust_domain: Vec::new(),
+            not_before: std::time::SystemTime::UNIX_EPOCH,
+            not_after: std::time::SystemTime::UNIX_EPOCH,
+            received_at: std::time::SystemTime::UNIX_EPOCH,
+            authority_key_id: None,
+        };
+        let nothing_yet = with_stream_roots(&credential, &StreamBundle::default());
+        assert_eq!(nothing_yet.roots_pem, [old.clone(), new.clone()]);
+        let stream = StreamBundle {
+            roots_pem: vec![new.clone(), athenz.clone()],
+            by_trust_domain: vec![
+                ("athenz.example".into(), vec![athenz.clone()]),
+                ("cluster.local".into(), vec![new.clone()]),
+            ],
+            tainted_authority_ids: Vec::new(),
+        };
+        let served = with_stream_roots(&credential, &stream);
+        assert_eq!(served.roots_pem, [new, athenz]);
+        assert_eq!(served.roots_by_trust_domain, stream.by_trust_domain);
     }
 }

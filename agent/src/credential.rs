@@ -28,8 +28,12 @@ pub struct Credential {
     pub key_pem: String,
     /// Leaf first, then intermediates; never the roots.
     pub chain_pem: Vec<String>,
-    /// Roots from the CA response (the last element), one PEM each.
+    /// The trust bundle, one PEM each: from the CA response (its last element) until the
+    /// RA's trust-bundle stream has delivered one.
     pub roots_pem: Vec<String>,
+    /// The same roots by trust domain, as the stream labels them (the Workload API serves one
+    /// bundle per trust domain); empty until the stream has delivered, when all are ours.
+    pub roots_by_trust_domain: Vec<(String, Vec<String>)>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     /// When we accepted it. Rotation is measured from here rather than from `not_before`,
@@ -164,6 +168,7 @@ impl KeyAndCsr {
             key_pem: self.key.serialize_pem(),
             chain_pem,
             roots_pem: roots.iter().map(to_pem).collect(),
+            roots_by_trust_domain: Vec::new(),
             not_before: validity.not_before.to_system_time(),
             not_after: validity.not_after.to_system_time(),
             received_at: now,
@@ -288,7 +293,8 @@ pub(crate) mod tests {
             pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
         );
         let mut chain = vec![leaf];
-        chain.extend(authority.chain_tail().iter().cloned());
+        chain.extend(authority.issuer_chain_pem().iter().cloned());
+        chain.push(authority.roots_pem());
         chain
     }
 

@@ -197,8 +197,8 @@ mod tests {
 
         fn taint(&self, authority_id: &str) {
             self.bundle.send_replace(Arc::new(StreamBundle {
-                roots_pem: Vec::new(),
                 tainted_authority_ids: vec![authority_id.to_string()],
+                ..StreamBundle::default()
             }));
         }
     }

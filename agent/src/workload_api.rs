@@ -83,27 +83,43 @@ fn trust_domain(spiffe_id: &str) -> String {
         .to_string()
 }
 
+/// Each trust domain's roots, DER: as the stream labelled them, or all ours before it has.
+fn bundles_by_trust_domain(c: &Credential) -> HashMap<String, Vec<u8>> {
+    if c.roots_by_trust_domain.is_empty() {
+        return HashMap::from([(trust_domain(&c.spiffe_id), concat_der(&c.roots_pem))]);
+    }
+    c.roots_by_trust_domain
+        .iter()
+        .map(|(domain, roots)| (domain.clone(), concat_der(roots)))
+        .collect()
+}
+
 fn x509_svid_response(c: &Credential) -> X509svidResponse {
     let key = pem::parse(&c.key_pem)
         .map(pem::Pem::into_contents)
+        .unwrap_or_default();
+    let mut bundles = bundles_by_trust_domain(c);
+    let ours = bundles
+        .remove(&trust_domain(&c.spiffe_id))
         .unwrap_or_default();
     X509svidResponse {
         svids: vec![X509svid {
             spiffe_id: c.spiffe_id.clone(),
             x509_svid: concat_der(&c.chain_pem),
             x509_svid_key: key,
-            bundle: concat_der(&c.roots_pem),
+            bundle: ours,
             hint: String::new(),
         }],
         crl: Vec::new(),
-        federated_bundles: HashMap::new(),
+        // Extra anchors of other trust domains (e.g. Athenz): trusted, served as federated.
+        federated_bundles: bundles,
     }
 }
 
 fn x509_bundles_response(c: &Credential) -> X509BundlesResponse {
     X509BundlesResponse {
         crl: Vec::new(),
-        bundles: HashMap::from([(trust_domain(&c.spiffe_id), concat_der(&c.roots_pem))]),
+        bundles: bundles_by_trust_domain(c),
     }
 }
 

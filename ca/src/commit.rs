@@ -321,6 +321,7 @@ mod tests {
             },
             trust_domain: "cluster.local".into(),
             cert_der: Vec::new(),
+            bundle_as_of: 0,
         };
         let audit = AuditEvent::new(
             ("jwt", "p"),

@@ -10,7 +10,8 @@ use crate::identity::{AuthorityId, Serial};
 pub struct IssuedCertificate {
     pub serial: Serial,
     pub leaf_der: Vec<u8>,
-    /// Istio's response order: `[leaf, signing cert, intermediates…, root bundle]`, PEM.
+    /// `[leaf, signing cert, intermediates…]`, PEM, never a root: whoever answers appends the
+    /// trust bundle it publishes, so every answer ends in the same bundle.
     pub chain_pem: Vec<String>,
     pub not_after: SystemTime,
     pub authority_id: AuthorityId,

@@ -425,7 +425,7 @@ pub fn snapshot_of(set: &AuthoritySet) -> pb::AuthoritySnapshot {
                         .skip(1)
                         .map(|c| c.der().to_vec())
                         .collect(),
-                    roots_pem: authority.root_bundle_pem().to_string(),
+                    roots_pem: authority.roots_pem(),
                     key_description: authority.key_description().to_string(),
                     created_at_unix: entry.created_at,
                     updated_at_unix: entry.updated_at,
@@ -557,7 +557,7 @@ mod tests {
         assert!(rebuilt.same_as(&set));
         let active = rebuilt.active();
         assert!(active.key().is_none());
-        assert_eq!(active.chain_tail(), set.active().chain_tail());
+        assert_eq!(active.issuer_chain_pem(), set.active().issuer_chain_pem());
         assert_eq!(active.key_description(), set.active().key_description());
         assert_eq!(
             active.intermediates().len(),

@@ -301,6 +301,9 @@ impl CaRpc for SigningService {
                 spiffe_id: &spiffe_id,
                 requested_ttl_secs: body.requested_ttl_seconds,
                 requester: &requester,
+                // The RA answers with its own bundle; one that does not say (an older RA) is
+                // taken to hold this CA's.
+                bundle_as_of: Some(body.bundle_as_of_unix).filter(|t| *t > 0),
             })
             .await
             .map_err(issue_status)?;

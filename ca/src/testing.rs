@@ -308,6 +308,7 @@ pub fn issuance_record(serial: &str) -> crate::store::IssuanceRecord {
         },
         trust_domain: "cluster.local".into(),
         cert_der: vec![0x30, 0x00],
+        bundle_as_of: 7,
     }
 }
 

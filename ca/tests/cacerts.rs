@@ -32,11 +32,11 @@ fn istio_default_sample_loads_unmodified() {
     );
     let root = String::from_utf8(sample("root-cert.pem")).unwrap();
     let ca_cert = String::from_utf8(sample("ca-cert.pem")).unwrap();
-    let tail = authority.chain_tail();
-    assert_eq!(tail.len(), 2);
-    assert_eq!(normalize(&tail[0]), normalize(&ca_cert));
-    assert_eq!(normalize(&tail[1]), normalize(&root));
-    assert!(tail.iter().all(|e| e.ends_with('\n')));
+    let issuers = authority.issuer_chain_pem();
+    assert_eq!(issuers.len(), 1);
+    assert_eq!(normalize(&issuers[0]), normalize(&ca_cert));
+    assert_eq!(normalize(&authority.roots_pem()), normalize(&root));
+    assert!(issuers[0].ends_with('\n') && authority.roots_pem().ends_with('\n'));
 }
 
 #[test]
@@ -60,8 +60,8 @@ fn istio_alt_sample_loads_with_its_chain() {
             .subject_string()
             .contains("Intermediate CA"));
         assert_eq!(authority.root().subject().to_string(), "CN=Root CA,O=Istio");
-        // [signing cert, bundle]: cert-chain-alt.pem carries the root, which is never repeated.
-        assert_eq!(authority.chain_tail().len(), 2, "{root}");
+        // The signing cert only: cert-chain-alt.pem carries the root, which is never repeated.
+        assert_eq!(authority.issuer_chain_pem().len(), 1, "{root}");
         assert_eq!(authority.roots().len(), pem_count(&sample(root)));
     }
 }
@@ -355,7 +355,7 @@ fn chain_file_order_and_repeats_do_not_matter() {
         chain.intermediate.pem(),
         chain.root.pem(),
     );
-    let expected = vec![s.clone(), i.clone(), r.clone()];
+    let expected = vec![s.clone(), i.clone()];
     for cert_chain in [
         format!("{s}{i}"),    // Istio's usual shape
         i.clone(),            // omits ca-cert.pem
@@ -373,10 +373,11 @@ fn chain_file_order_and_repeats_do_not_matter() {
         );
         let authority = load_dir(tmp.path(), SystemTime::now()).unwrap();
         assert_eq!(
-            authority.chain_tail(),
+            authority.issuer_chain_pem(),
             expected.as_slice(),
             "cert-chain.pem = {cert_chain}"
         );
+        assert_eq!(authority.roots_pem(), r);
     }
 }
 
@@ -392,7 +393,8 @@ fn root_as_signing_cert_gives_leaf_then_bundle() {
         "",
     );
     let authority = load_dir(tmp.path(), SystemTime::now()).unwrap();
-    assert_eq!(authority.chain_tail(), &[root.pem()]);
+    assert!(authority.issuer_chain_pem().is_empty());
+    assert_eq!(authority.roots_pem(), root.pem());
 }
 
 #[test]
@@ -408,13 +410,10 @@ fn kubernetes_tls_layout_loads() {
     std::fs::write(tmp.path().join("ca.crt"), chain.root.pem()).unwrap();
     let authority = load_dir(tmp.path(), SystemTime::now()).unwrap();
     assert_eq!(
-        authority.chain_tail(),
-        &[
-            chain.signing.pem(),
-            chain.intermediate.pem(),
-            chain.root.pem()
-        ]
+        authority.issuer_chain_pem(),
+        &[chain.signing.pem(), chain.intermediate.pem()]
     );
+    assert_eq!(authority.roots_pem(), chain.root.pem());
 }
 
 #[test]

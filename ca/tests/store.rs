@@ -29,6 +29,7 @@ async fn foreign_trust_domain_is_refused() {
             spiffe_id: &other,
             requested_ttl_secs: 0,
             requester: &requester(),
+            bundle_as_of: None,
         })
         .await
         .unwrap_err();
@@ -77,7 +78,11 @@ async fn self_signed_root_is_sealed_in_the_store_and_reused() {
         let issued = issue(&second, &csr_pem(&csr_key("ec-p256"), &[]), 0)
             .await
             .unwrap();
-        assert_eq!(issued.chain_pem.len(), 2, "[leaf, root bundle]");
+        assert_eq!(
+            issued.chain_pem.len(),
+            1,
+            "[leaf]: the root signs, the RA adds the bundle"
+        );
         openssl_verify(tmp.path(), &root.to_pem(), "", &issued.chain_pem[0]).unwrap();
 
         // Another KEK cannot open it, and says so.
@@ -159,7 +164,14 @@ async fn hot_reload_swaps_valid_material_and_keeps_old_on_failure() {
         std::os::unix::fs::symlink(target, &tmp_link).unwrap();
         std::fs::rename(&tmp_link, dir.join("..data")).unwrap();
     };
-    second.write(&dir.join("..2026_02_01"));
+    // Istio's root change: the new chain with a root-cert.pem listing both roots.
+    let v2 = dir.join("..2026_02_01");
+    second.write(&v2);
+    std::fs::write(
+        v2.join("root-cert.pem"),
+        format!("{}{}", first.root.pem(), second.root.pem()),
+    )
+    .unwrap();
     swap("..2026_02_01");
     let mut watch = ca.watch_authorities();
     let changed = tokio::time::timeout(Duration::from_secs(10), watch.changed()).await;
@@ -169,7 +181,8 @@ async fn hot_reload_swaps_valid_material_and_keeps_old_on_failure() {
         ca.metrics().cacerts_reload_failures.load(Ordering::Relaxed)
     );
     assert_eq!(ca.current_authority().root(), &second.root.cert);
-    // The first authority stays trusted as `old`: its certificates verify until they rotate.
+    // The first authority stays trusted as `old` while root-cert.pem lists its root: its
+    // certificates verify until they rotate.
     let set = ca.authorities();
     let states: Vec<_> = set.entries().iter().map(|e| e.state).collect();
     assert_eq!(
@@ -184,7 +197,10 @@ async fn hot_reload_swaps_valid_material_and_keeps_old_on_failure() {
     let issued = issue(&ca, &csr_pem(&csr_key("ec-p256"), &[]), 0)
         .await
         .unwrap();
-    assert_eq!(issued.chain_pem.last().unwrap(), &second.root.pem());
+    assert_eq!(
+        issued.authority_id,
+        meshca_ca::AuthorityId::from_key_id(&second.signing.cert.key_id())
+    );
 
     // A broken update (key from another chain) is refused; the second chain keeps signing.
     let broken = dir.join("..2026_03_01");
@@ -230,7 +246,10 @@ async fn refuse_mode_keeps_the_running_authority_when_the_directory_changes_key(
     let issued = issue(&ca, &csr_pem(&csr_key("ec-p256"), &[]), 0)
         .await
         .unwrap();
-    assert_eq!(issued.chain_pem.last().unwrap(), &first.root.pem());
+    assert_eq!(
+        issued.authority_id,
+        meshca_ca::AuthorityId::from_key_id(&first.signing.cert.key_id())
+    );
 }
 
 #[tokio::test]

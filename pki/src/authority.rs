@@ -27,9 +27,9 @@ pub struct Authority {
     key_description: String,
     roots: Vec<ParsedCert>,
     key_id: Vec<u8>,
-    /// What follows the leaf in an Istio response: the signing cert and each intermediate
-    /// (never the root), then the whole root bundle as one PEM element.
-    chain_tail: Vec<String>,
+    /// What follows the leaf in an Istio response before the trust bundle: the signing cert
+    /// and each intermediate, never a root (empty when the root signs).
+    issuer_chain_pem: Vec<String>,
     /// The latest moment a leaf may expire: the earliest notAfter on the path.
     path_not_after: SystemTime,
 }
@@ -78,15 +78,10 @@ impl Authority {
         let path = path.certs;
         let signing = &path[0];
         let key_id = signing.key_id();
-        let mut chain_tail: Vec<String> = if path.len() > 1 {
-            path[..path.len() - 1]
-                .iter()
-                .map(ParsedCert::to_pem)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        chain_tail.push(roots.iter().map(ParsedCert::to_pem).collect());
+        let issuer_chain_pem: Vec<String> = path[..path.len() - 1]
+            .iter()
+            .map(ParsedCert::to_pem)
+            .collect();
         let path_not_after = path
             .iter()
             .map(ParsedCert::not_after)
@@ -99,7 +94,7 @@ impl Authority {
             key_description,
             roots,
             key_id,
-            chain_tail,
+            issuer_chain_pem,
             path_not_after,
         }
     }
@@ -173,16 +168,19 @@ impl Authority {
         &self.key_id
     }
 
-    pub fn chain_tail(&self) -> &[String] {
-        &self.chain_tail
+    /// The signing cert and intermediates as PEM, leaf-to-root, without the root: what an
+    /// answer carries between the leaf and the trust bundle.
+    pub fn issuer_chain_pem(&self) -> &[String] {
+        &self.issuer_chain_pem
     }
 
     pub fn path_not_after(&self) -> SystemTime {
         self.path_not_after
     }
 
-    pub fn root_bundle_pem(&self) -> &str {
-        self.chain_tail.last().expect("the bundle is always last")
+    /// This authority's `root-cert.pem`: its roots as one PEM text.
+    pub fn roots_pem(&self) -> String {
+        self.roots.iter().map(ParsedCert::to_pem).collect()
     }
 
     /// Signs a certificate as this authority. Callers build every field in `template`.
@@ -230,8 +228,9 @@ mod tests {
         assert_eq!(root.subject_key_id().unwrap(), authority.key_id());
         let lifetime = root.not_after().duration_since(now).unwrap();
         assert!(lifetime > SELF_SIGNED_ROOT_LIFETIME - Duration::from_secs(5));
-        // The root signs directly: the response tail is only the bundle.
-        assert_eq!(authority.chain_tail(), &[root.to_pem()]);
+        // The root signs directly: nothing between the leaf and the bundle.
+        assert!(authority.issuer_chain_pem().is_empty());
+        assert_eq!(authority.roots_pem(), root.to_pem());
         assert_eq!(authority.id().as_str(), hex::encode(authority.key_id()));
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod authority;
+pub mod bundle;
 pub mod chain;
 pub mod crl;
 pub mod csr;
@@ -18,6 +19,7 @@ pub mod timing;
 pub mod x509;
 
 pub use authority::Authority;
+pub use bundle::{ExtraAnchor, TrustBundle};
 pub use csr::{CsrError, IdentityMismatch, VerifiedCsr};
 pub use identity::{AuthorityId, Serial, SpiffeId, TrustDomain};
 pub use keys::KeyType;

@@ -79,6 +79,9 @@ pub struct AuthorityEntry {
 pub struct AuthoritySet {
     entries: Vec<AuthorityEntry>,
     active: usize,
+    /// Since when each trusted root (by SHA-256 of its DER) has been in the bundle, Unix
+    /// seconds: what "has this workload renewed since the root was added" is measured from.
+    root_since: Vec<(String, i64)>,
 }
 
 // === impl AuthorityState ===
@@ -132,31 +135,39 @@ impl AuthoritySet {
         if active.next().is_some() {
             return None;
         }
+        let root_since = roots_since(&entries, |_| None);
         Some(Self {
             entries,
             active: first,
+            root_since,
         })
     }
 
     /// One active authority and nothing else (a plugged-in directory).
     pub fn single(authority: Authority, source: &str, now: i64) -> Self {
+        let entries = vec![AuthorityEntry {
+            authority: Arc::new(authority),
+            state: AuthorityState::Active,
+            source: source.to_string(),
+            created_at: now,
+            updated_at: now,
+        }];
+        let root_since = roots_since(&entries, |_| None);
         Self {
-            entries: vec![AuthorityEntry {
-                authority: Arc::new(authority),
-                state: AuthorityState::Active,
-                source: source.to_string(),
-                created_at: now,
-                updated_at: now,
-            }],
+            entries,
             active: 0,
+            root_since,
         }
     }
 
-    /// A plugged-in directory's new material: it becomes the active authority. When its key
-    /// is new, the previous active stays trusted as `old` (so certificates it issued keep
-    /// verifying until they rotate) along with earlier ones whose signing cert is unexpired.
+    /// A plugged-in directory's new material: it becomes the active authority. Its
+    /// `root-cert.pem` is the bundle, as in Istio: an earlier authority whose root is still
+    /// listed stays trusted as `old` (certificates it issued keep verifying until they rotate)
+    /// while its signing cert is unexpired; one whose root was removed is `revoked`. A root
+    /// that stays keeps the time it joined the bundle.
     pub fn with_new_active(&self, authority: Authority, source: &str, now: i64) -> Self {
         let id = authority.id().clone();
+        let listed: Vec<&[u8]> = authority.roots().iter().map(ParsedCert::der).collect();
         let mut entries: Vec<AuthorityEntry> = self
             .entries
             .iter()
@@ -164,8 +175,15 @@ impl AuthoritySet {
             .filter(|e| crate::time::unix_seconds(e.authority.signing_cert().not_after()) > now)
             .cloned()
             .map(|mut e| {
-                if e.state == AuthorityState::Active {
-                    e.state = AuthorityState::Old;
+                let next = if !listed.contains(&e.authority.root().der()) {
+                    AuthorityState::Revoked
+                } else if e.state == AuthorityState::Active {
+                    AuthorityState::Old
+                } else {
+                    e.state
+                };
+                if next != e.state {
+                    e.state = next;
                     e.updated_at = now;
                 }
                 e
@@ -179,7 +197,12 @@ impl AuthoritySet {
             updated_at: now,
         });
         let active = entries.len() - 1;
-        Self { entries, active }
+        let root_since = roots_since(&entries, |fingerprint| self.root_since(fingerprint));
+        Self {
+            entries,
+            active,
+            root_since,
+        }
     }
 
     /// The authority new certificates are signed by.
@@ -211,6 +234,31 @@ impl AuthoritySet {
         roots
     }
 
+    /// Since when the root with this SHA-256 fingerprint has been in the bundle (Unix
+    /// seconds); `None` when it is not in the bundle.
+    pub fn root_since(&self, fingerprint: &str) -> Option<i64> {
+        self.root_since
+            .iter()
+            .find(|(f, _)| f == fingerprint)
+            .map(|(_, since)| *since)
+    }
+
+    /// The newest root's arrival: a bundle built from this set holds every root that joined
+    /// at or before this time and is still trusted. Recorded with each issuance, it tells
+    /// whether that answer carried a given root.
+    pub fn bundle_as_of(&self) -> i64 {
+        self.root_since
+            .iter()
+            .map(|(_, since)| *since)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Whether authority `id` is known and its root is in the bundle.
+    pub fn trusts(&self, id: &str) -> bool {
+        self.get(id).is_some_and(|e| e.state.trusted())
+    }
+
     /// Ids of tainted authorities: workloads whose leaf names one of them as issuer rotate now.
     pub fn tainted_ids(&self) -> Vec<String> {
         self.entries
@@ -227,14 +275,15 @@ impl AuthoritySet {
             .is_some_and(|e| matches!(e.state, AuthorityState::Tainted | AuthorityState::Revoked))
     }
 
-    /// Same authorities in the same states (ignores timestamps).
+    /// Same authorities in the same states with the same roots (ignores timestamps).
     pub fn same_as(&self, other: &Self) -> bool {
+        fn roots(e: &AuthorityEntry) -> Vec<&[u8]> {
+            e.authority.roots().iter().map(ParsedCert::der).collect()
+        }
         self.entries.len() == other.entries.len()
-            && self
-                .entries
-                .iter()
-                .zip(&other.entries)
-                .all(|(a, b)| a.authority.id() == b.authority.id() && a.state == b.state)
+            && self.entries.iter().zip(&other.entries).all(|(a, b)| {
+                a.authority.id() == b.authority.id() && a.state == b.state && roots(a) == roots(b)
+            })
     }
 
     /// Replaces `current` with `fresh` unless they are the [`same`](Self::same_as); says
@@ -247,6 +296,26 @@ impl AuthoritySet {
         *current = Arc::new(fresh);
         true
     }
+}
+
+/// Since when each trusted root has been in the bundle: `earlier` (a previous set's record)
+/// when it knows the root, otherwise the earliest `created_at` of a trusted entry holding it.
+fn roots_since(
+    entries: &[AuthorityEntry],
+    earlier: impl Fn(&str) -> Option<i64>,
+) -> Vec<(String, i64)> {
+    let mut since: Vec<(String, i64)> = Vec::new();
+    for entry in entries.iter().filter(|e| e.state.trusted()) {
+        for root in entry.authority.roots() {
+            let fingerprint = crate::keys::sha256_hex(root.der());
+            let at = earlier(&fingerprint).unwrap_or(entry.created_at);
+            match since.iter_mut().find(|(f, _)| *f == fingerprint) {
+                Some((_, known)) => *known = (*known).min(at),
+                None => since.push((fingerprint, at)),
+            }
+        }
+    }
+    since
 }
 
 #[cfg(test)]
@@ -308,33 +377,63 @@ mod tests {
         assert_eq!(set.active().id(), set.entries()[1].authority.id());
     }
 
-    /// The same self-signed authority again, as a reloaded directory would produce it.
-    fn reloaded(a: &Authority) -> Authority {
+    /// The same self-signed authority again, as a reloaded directory would produce it, with
+    /// `root-cert.pem` listing `also_trusted` first.
+    fn reloaded(a: &Authority, also_trusted: &[&Authority]) -> Authority {
+        let mut roots: Vec<ParsedCert> = also_trusted.iter().map(|t| t.root().clone()).collect();
+        roots.extend(a.roots().iter().cloned());
         Authority::new(
             crate::chain::CertPath {
                 certs: vec![a.root().clone()],
             },
-            a.roots().to_vec(),
+            roots,
             crate::keys::SigningKey::from_pkcs8(a.key().unwrap().pkcs8_der()).unwrap(),
         )
     }
 
+    fn fingerprint(a: &Authority) -> String {
+        crate::keys::sha256_hex(a.root().der())
+    }
+
+    /// Istio's root change through `cacerts`: root-cert.pem lists old + new, the new signs,
+    /// then root-cert.pem lists only the new one. The old root leaves the bundle only then.
     #[test]
-    fn a_new_plugged_in_authority_keeps_the_previous_one_trusted() {
+    fn a_plugged_in_root_stays_trusted_while_the_directory_lists_it() {
         let first = entry(AuthorityState::Active);
         let set = AuthoritySet::new(vec![first.clone()]).unwrap();
+        assert_eq!(set.root_since(&fingerprint(&first.authority)), Some(0));
         let second = entry(AuthorityState::Active);
-        let next = set.with_new_active(reloaded(&second.authority), "cacerts", 10);
-        assert_eq!(next.active().id(), second.authority.id());
+        let both = set.with_new_active(
+            reloaded(&second.authority, &[&first.authority]),
+            "cacerts",
+            10,
+        );
+        assert_eq!(both.active().id(), second.authority.id());
         assert_eq!(
-            next.get(first.authority.id().as_str()).unwrap().state,
+            both.get(first.authority.id().as_str()).unwrap().state,
             AuthorityState::Old
         );
-        assert_eq!(next.bundle().len(), 2, "both roots trusted");
+        assert_eq!(both.bundle().len(), 2, "both roots trusted");
+        assert_eq!(both.root_since(&fingerprint(&first.authority)), Some(0));
+        assert_eq!(both.root_since(&fingerprint(&second.authority)), Some(10));
+        assert_eq!(both.bundle_as_of(), 10);
         // The same material again (a rewritten chain file) replaces, not duplicates.
-        let again = next.with_new_active(reloaded(&second.authority), "cacerts", 20);
+        let again = both.with_new_active(
+            reloaded(&second.authority, &[&first.authority]),
+            "cacerts",
+            20,
+        );
         assert_eq!(again.entries().len(), 2);
-        assert_eq!(again.active().id(), second.authority.id());
+        assert_eq!(again.root_since(&fingerprint(&second.authority)), Some(10));
+        // The old root removed from root-cert.pem: revoked, out of the bundle.
+        let only_new = again.with_new_active(reloaded(&second.authority, &[]), "cacerts", 30);
+        assert_eq!(
+            only_new.get(first.authority.id().as_str()).unwrap().state,
+            AuthorityState::Revoked
+        );
+        assert_eq!(only_new.bundle(), vec![second.authority.root()]);
+        assert_eq!(only_new.root_since(&fingerprint(&first.authority)), None);
+        assert!(!again.same_as(&only_new));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The RA's configuration sections: `[grpc]`, `[metrics]`, `[auth]`, `[rest]`.
+//! The RA's configuration sections: `[grpc]`, `[metrics]`, `[auth]`, `[rest]`, `[trust]`,
+//! `[rotation]`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -140,7 +141,57 @@ pub enum RestRole {
     Admin,
 }
 
+/// `[trust]`: what workloads trust besides meshca's own roots.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Roots meshca does not sign with but its workloads must trust (e.g. the Athenz CA that
+    /// signs what proxies present in `MUTUAL` mode). Merged into the trust bundle, as Istio's
+    /// `meshConfig.caCertificates`; the SPIFFE Workload API serves them under their own trust
+    /// domain.
+    pub extra_anchors: Vec<ExtraAnchorConfig>,
+    /// How often the anchor files are checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraAnchorConfig {
+    pub trust_domain: String,
+    /// PEM certificates; re-read when it changes.
+    pub pem_file: PathBuf,
+}
+
+/// `[rotation]`: the gates of a root rotation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RotationConfig {
+    /// How long a root must have been in the published bundle before it may be activated and
+    /// before meshca's own serving certificates move to it: the time given to holders meshca
+    /// cannot see (a kubelet syncing the root ConfigMap into pods takes up to about two minutes).
+    #[serde(with = "humantime_serde")]
+    pub settle: Duration,
+}
+
 // === defaults ===
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        Self {
+            extra_anchors: Vec::new(),
+            reload_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        Self {
+            settle: Duration::from_secs(300),
+        }
+    }
+}
 
 impl Default for RestConfig {
     fn default() -> Self {

@@ -4,12 +4,14 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use meshca_ca::kek::private_file_options;
 use meshca_ca::keys::{KeyType, SigningKey};
 use meshca_pki::time::unix_seconds;
+use meshca_pki::TrustBundle;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -233,6 +235,31 @@ pub fn write_dev_rest_tokens(files: &DevFiles) -> std::io::Result<Vec<RestToken>
         });
     }
     Ok(tokens)
+}
+
+/// Writes the trust bundle to `path` now and again on every change (atomically, so a reader
+/// never sees half a bundle), for clients of the dev server that trust a file.
+pub async fn keep_bundle_file(
+    path: &Path,
+    mut bundles: tokio::sync::watch::Receiver<Arc<TrustBundle>>,
+) -> std::io::Result<()> {
+    let write = |path: &Path, pem: &str| {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, pem)?;
+        std::fs::rename(&tmp, path)
+    };
+    let current = bundles.borrow_and_update().clone();
+    write(path, current.pem())?;
+    let path = path.to_path_buf();
+    tokio::spawn(async move {
+        while bundles.changed().await.is_ok() {
+            let bundle = bundles.borrow_and_update().clone();
+            if let Err(error) = write(&path, bundle.pem()) {
+                tracing::error!(path = %path.display(), %error, "writing the trust bundle failed");
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Replaces `path` with `bytes`, mode 0600, atomically.

@@ -10,7 +10,7 @@ pub mod metrics;
 pub mod rest;
 pub mod server;
 pub mod service;
-pub mod trust_bundle;
+pub mod trust;
 
 pub use config::{
     AthenzConfig, AuthConfig, ClusterConfig, GrpcConfig, JwtMode, MetricsConfig, RestConfig,

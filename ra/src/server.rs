@@ -18,12 +18,15 @@ use meshca_proto::meshca::v1::trust_bundle_service_server::TrustBundleServiceSer
 use tokio::net::TcpListener;
 
 use crate::auth::{AuthSetupError, Authenticator};
-use crate::config::{AuthConfig, GrpcConfig, MetricsConfig, RestConfig};
+use crate::config::{
+    AuthConfig, GrpcConfig, MetricsConfig, RestConfig, RotationConfig, TrustConfig,
+};
 use crate::metrics::{CaReadings, RaMetrics};
 use crate::rest::{self, RestState, TlsListener};
 use crate::service::CertificateService;
 use crate::tls::{self, TlsSetupError};
-use crate::trust_bundle::{BundleWatchers, TrustBundleWatch};
+use crate::trust::stream::{BundleWatchers, TrustBundleWatch};
+use crate::trust::{AnchorError, TrustBundles};
 
 /// gRPC messages above this are refused by the transport (Istio's limit too).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -34,6 +37,8 @@ pub struct RaSettings {
     pub metrics: MetricsConfig,
     pub auth: AuthConfig,
     pub rest: RestConfig,
+    pub trust: TrustConfig,
+    pub rotation: RotationConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +48,8 @@ pub enum ServeError {
     Auth(#[from] AuthSetupError),
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    #[error(transparent)]
+    Anchors(#[from] AnchorError),
     #[error("grpc.cert_file and grpc.key_file must be set together")]
     HalfCertFiles,
     #[error("listening on {addr}: {source}")]
@@ -66,6 +73,7 @@ pub struct RunningRa {
     pub metrics_addr: SocketAddr,
     pub rest_addr: SocketAddr,
     pub metrics: Arc<RaMetrics>,
+    pub trust_bundles: TrustBundles,
     serve: std::pin::Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>>,
 }
 
@@ -94,6 +102,7 @@ impl RunningRa {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Self, ServeError> {
         let metrics = Arc::new(RaMetrics::default());
+        let trust_bundles = TrustBundles::start(ca.clone(), &settings.trust)?;
         let auth = Arc::new(Authenticator::new(&settings.auth, ca.clone()).await?);
         let files = match (&settings.grpc.cert_file, &settings.grpc.key_file) {
             (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
@@ -118,15 +127,21 @@ impl RunningRa {
         let rest_addr = rest_listener.local_addr().map_err(ServeError::Rest)?;
 
         let watchers = Arc::new(BundleWatchers::default());
-        let rest_state = RestState::new(&settings.rest, ca.clone(), watchers.clone())?;
-        let bundles = TrustBundleServiceServer::new(TrustBundleWatch::new(
+        let rest_state = RestState::new(
+            &settings.rest,
             ca.clone(),
+            trust_bundles.clone(),
+            watchers.clone(),
+        )?;
+        let bundles = TrustBundleServiceServer::new(TrustBundleWatch::new(
+            trust_bundles.clone(),
             auth.clone(),
             metrics.clone(),
             watchers,
         ));
         let service = IstioCertificateServiceServer::new(CertificateService::new(
             ca.clone(),
+            trust_bundles.clone(),
             auth,
             metrics.clone(),
             settings.grpc.max_in_flight_issuances,
@@ -192,6 +207,7 @@ impl RunningRa {
             metrics_addr,
             rest_addr,
             metrics,
+            trust_bundles,
             serve,
         })
     }

@@ -1,5 +1,5 @@
 //! `istio.v1.auth.IstioCertificateService/CreateCertificate`: authenticate, check the CSR,
-//! have the CA sign and record, answer with Istio's chain. Errors become gRPC statuses here and
+//! have the CA sign and record, answer with Istio's chain ending in the whole trust bundle. Errors become gRPC statuses here and
 //! only here, with Istio's codes and without internals.
 
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Authenticator, Caller, Credentials};
 use crate::metrics::RaMetrics;
 use crate::tls::PeerInfo;
+use crate::trust::TrustBundles;
 
 /// Istio's message for every authentication failure; the reason is logged, not sent.
 pub const AUTHENTICATION_FAILURE: &str = "request authenticate failure";
@@ -26,6 +27,7 @@ pub const OVERLOADED: &str = "too many certificate requests in flight; retry wit
 #[derive(Clone, Debug)]
 pub struct CertificateService {
     ca: CertificateAuthority,
+    bundles: TrustBundles,
     auth: Arc<Authenticator>,
     metrics: Arc<RaMetrics>,
     /// One permit per call being handled (`grpc.max_in_flight_issuances`).
@@ -37,12 +39,14 @@ pub struct CertificateService {
 impl CertificateService {
     pub fn new(
         ca: CertificateAuthority,
+        bundles: TrustBundles,
         auth: Arc<Authenticator>,
         metrics: Arc<RaMetrics>,
         max_in_flight: usize,
     ) -> Self {
         Self {
             ca,
+            bundles,
             auth,
             metrics,
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
@@ -164,6 +168,8 @@ impl IstioCertificateService for CertificateService {
             peer_address: peer.map(|p| p.remote_addr.to_string()),
             cluster_id: caller.cluster_id.clone(),
         };
+        // The bundle is taken before signing, so the record says which roots the answer holds.
+        let mut bundle = self.bundles.current();
         let issued = self
             .ca
             .issue(IssueRequest {
@@ -171,9 +177,15 @@ impl IstioCertificateService for CertificateService {
                 spiffe_id: &caller.spiffe_id,
                 requested_ttl_secs: body.validity_duration,
                 requester: &requester,
+                bundle_as_of: Some(bundle.authorities().bundle_as_of()),
             })
             .await
             .map_err(|error| refused(self.issue_status(&caller, error)))?;
+        if !bundle.authorities().trusts(issued.authority_id.as_str()) {
+            // The signer is newer than the bundle taken (a directory switched roots at once):
+            // the answer must still hold the root its own chain ends at.
+            bundle = self.bundles.current();
+        }
 
         self.metrics.issued(started.elapsed());
         // Debug, as istiod logs a signed CSR: every issuance is already in the audit log and the
@@ -185,9 +197,11 @@ impl IstioCertificateService for CertificateService {
             principal = %caller.principal,
             "issued certificate"
         );
-        Ok(Response::new(IstioCertificateResponse {
-            cert_chain: issued.chain_pem,
-        }))
+        // Istio's layout: leaf, signing cert and intermediates, then the whole bundle as one
+        // element, which istio-agent takes as its ROOTCA and ztunnel splits into roots.
+        let mut cert_chain = issued.chain_pem;
+        cert_chain.push(bundle.pem().to_string());
+        Ok(Response::new(IstioCertificateResponse { cert_chain }))
     }
 }
 

@@ -20,7 +20,8 @@ pub fn credential(authority: &Authority) -> Credential {
     );
     let (_, der) = sign_leaf(authority, &csr, &SpiffeId::new(ID).unwrap(), validity).unwrap();
     let mut answer = vec![pem::encode(&pem::Pem::new("CERTIFICATE", der))];
-    answer.extend(authority.chain_tail().iter().cloned());
+    answer.extend(authority.issuer_chain_pem().iter().cloned());
+    answer.push(authority.roots_pem());
     request.accept(ID, &answer, now).unwrap()
 }
 

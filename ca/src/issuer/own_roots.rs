@@ -133,7 +133,7 @@ pub(super) fn sealed_record(
         key_type: key_type.to_string(),
         cert_der: authority.signing_cert().der().to_vec(),
         chain_pem,
-        roots_pem: authority.root_bundle_pem().to_string(),
+        roots_pem: authority.roots_pem(),
         sealed_key: kek.seal(
             authority
                 .key()

@@ -44,6 +44,11 @@ pub struct IssueRequest<'a> {
     /// Seconds; ≤ 0 means the default TTL.
     pub requested_ttl_secs: i64,
     pub requester: &'a Requester,
+    /// The trust bundle the answer will carry ([`AuthoritySet::bundle_as_of`] of the set the
+    /// RA built it from); `None`: this CA's own set's.
+    ///
+    /// [`AuthoritySet::bundle_as_of`]: crate::rotation::AuthoritySet::bundle_as_of
+    pub bundle_as_of: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +167,9 @@ impl CertificateAuthority {
                         csr_der: req.csr.der().to_vec(),
                         spiffe_id: req.spiffe_id.to_string(),
                         requested_ttl_seconds: req.requested_ttl_secs,
+                        bundle_as_of_unix: req
+                            .bundle_as_of
+                            .unwrap_or_else(|| self.authorities().bundle_as_of()),
                         requester: Some(pb::Requester {
                             method: req.requester.method.clone(),
                             principal: req.requester.principal.clone(),
@@ -194,6 +202,7 @@ impl CertificateAuthority {
             ttl,
             subject,
             req.requester,
+            req.bundle_as_of,
             |authority, serial, validity| {
                 profile::workload_template(
                     req.csr,
@@ -247,6 +256,7 @@ impl CertificateAuthority {
             ttl,
             subject,
             &requester,
+            None,
             |authority, serial, validity| {
                 profile::server_template(
                     spki,
@@ -269,13 +279,16 @@ impl CertificateAuthority {
         ttl: Duration,
         subject: RecordSubject<'_>,
         requester: &Requester,
+        bundle_as_of: Option<i64>,
         template: impl Fn(
             &Authority,
             SerialNumber,
             (SystemTime, SystemTime),
         ) -> Result<CertTemplate, der::Error>,
     ) -> Result<IssuedCertificate, IssueError> {
-        let authority = self.current_authority();
+        let set = self.authorities();
+        let authority = set.active().clone();
+        let bundle_as_of = bundle_as_of.unwrap_or_else(|| set.bundle_as_of());
         let now = SystemTime::now();
         if authority.path_not_after() <= now {
             return Err(IssueError::NotReady(authority.path_not_after()));
@@ -306,6 +319,7 @@ impl CertificateAuthority {
                 },
                 trust_domain: self.inner.trust_domain.to_string(),
                 cert_der: leaf_der.clone(),
+                bundle_as_of,
             };
             let audit = AuditEvent::new(
                 (&requester.method, &requester.principal),
@@ -322,9 +336,10 @@ impl CertificateAuthority {
             );
             match committer.commit(record, audit).await {
                 Ok(()) => {
-                    let mut chain_pem = Vec::with_capacity(1 + authority.chain_tail().len());
+                    let issuers = authority.issuer_chain_pem();
+                    let mut chain_pem = Vec::with_capacity(1 + issuers.len());
                     chain_pem.push(pem_cert(&leaf_der));
-                    chain_pem.extend(authority.chain_tail().iter().cloned());
+                    chain_pem.extend(issuers.iter().cloned());
                     return Ok(IssuedCertificate {
                         serial,
                         leaf_der,

@@ -23,6 +23,7 @@ pub(crate) const SQLITE: &[(&str, &str)] = embedded!("sqlite":
     "0002_authority_rotation_and_revocation.sql",
     "0003_audit_log.sql",
     "0004_inventory_indexes.sql",
+    "0005_rotation_counters.sql",
 );
 
 pub(crate) const POSTGRES: &[(&str, &str)] = embedded!("postgres":
@@ -30,6 +31,7 @@ pub(crate) const POSTGRES: &[(&str, &str)] = embedded!("postgres":
     "0002_authority_rotation_and_revocation.sql",
     "0003_audit_log.sql",
     "0004_inventory_indexes.sql",
+    "0005_rotation_counters.sql",
 );
 
 /// A dialect's embedded migrations as a source for sqlx's [`Migrator`].

@@ -129,6 +129,11 @@ row! {
     pub struct IssuanceRecord {
         pub trust_domain: String,
         pub cert_der: Vec<u8>,
+        /// The trust bundle the answer carried, as [`AuthoritySet::bundle_as_of`]: which roots
+        /// the workload was given (the rotation gates count renewed identities by it).
+        ///
+        /// [`AuthoritySet::bundle_as_of`]: crate::rotation::AuthoritySet::bundle_as_of
+        pub bundle_as_of: i64,
         flatten pub issuance: Issuance,
     }
 }

@@ -9,7 +9,7 @@ use crate::audit::AuditRecord;
 
 pub(crate) const ISSUANCE_COLUMNS: &str = "serial, spiffe_id, trust_domain, namespace, \
     service_account, not_before, not_after, issued_at, authority_id, requester_method, \
-    requester_principal, peer_address, cluster_id, public_key_sha256, cert_der";
+    requester_principal, peer_address, cluster_id, public_key_sha256, cert_der, bundle_as_of";
 
 pub(crate) const AUDIT_COLUMNS: &str = "seq, at, actor_method, actor_principal, action, target, \
     outcome, details, prev_hash, hash";
@@ -31,7 +31,7 @@ pub(crate) static INSERT_ISSUANCE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO issued_certificates ({ISSUANCE_COLUMNS}) VALUES ({}) \
          ON CONFLICT (serial) DO NOTHING",
-        placeholders(15)
+        placeholders(16)
     )
 });
 
@@ -64,7 +64,7 @@ pub(crate) const ADVANCE_AUDIT_HEAD: &str =
 pub(crate) const SET_AUDIT_HEAD_HASH: &str = "UPDATE audit_head SET hash = $1 WHERE id = 1";
 pub(crate) const READ_AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
 
-/// Rows per multi-row INSERT, keeping the bound parameters (15 and 10 per row) well under
+/// Rows per multi-row INSERT, keeping the bound parameters (16 and 10 per row) well under
 /// SQLite's and PostgreSQL's limits.
 pub(crate) const ISSUANCE_ROWS_PER_STATEMENT: usize = 64;
 pub(crate) const AUDIT_ROWS_PER_STATEMENT: usize = 96;
@@ -94,6 +94,7 @@ macro_rules! bind_issuance_row {
             .push_bind(&$r.issuance.cluster_id)
             .push_bind(&$r.issuance.public_key_sha256)
             .push_bind(&$r.cert_der)
+            .push_bind($r.bundle_as_of)
     };
 }
 pub(crate) use bind_issuance_row;
@@ -260,9 +261,9 @@ mod tests {
     /// each.
     #[test]
     fn single_row_inserts_bind_every_column() {
-        assert!(INSERT_ISSUANCE.contains("cert_der) VALUES ($1, $2,"));
-        assert!(INSERT_ISSUANCE.contains("$15) ON CONFLICT (serial) DO NOTHING"));
-        assert_eq!(ISSUANCE_COLUMNS.split(',').count(), 15);
+        assert!(INSERT_ISSUANCE.contains("bundle_as_of) VALUES ($1, $2,"));
+        assert!(INSERT_ISSUANCE.contains("$16) ON CONFLICT (serial) DO NOTHING"));
+        assert_eq!(ISSUANCE_COLUMNS.split(',').count(), 16);
         assert!(INSERT_AUDIT_EVENT.ends_with("$9, $10)"));
         assert_eq!(AUDIT_COLUMNS.split(',').count(), 10);
     }

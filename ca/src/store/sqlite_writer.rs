@@ -184,6 +184,7 @@ fn insert_in_one_transaction(
                 r.issuance.cluster_id,
                 r.issuance.public_key_sha256,
                 r.cert_der,
+                r.bundle_as_of,
             ])?;
             inserted.push(rows == 1);
         }

@@ -159,6 +159,7 @@ pub async fn issue(
         spiffe_id: &web_id(),
         requested_ttl_secs: ttl,
         requester: &requester(),
+        bundle_as_of: None,
     })
     .await
 }

@@ -28,11 +28,16 @@ pub struct SignRequest {
     pub requested_ttl_seconds: i64,
     #[prost(message, optional, tag = "4")]
     pub requester: ::core::option::Option<Requester>,
+    /// The RA answers with its own trust bundle; this is that bundle's age (the newest root's
+    /// arrival, Unix seconds), recorded so the CA can tell which roots the workload was given.
+    #[prost(int64, tag = "5")]
+    pub bundle_as_of_unix: i64,
 }
 /// A certificate that is on record.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SignResponse {
-    /// Istio's order: leaf, signing certificate and intermediates, then the root bundle.
+    /// Leaf, then the signing certificate and intermediates; never a root (the RA appends the
+    /// trust bundle it publishes).
     #[prost(string, repeated, tag = "1")]
     pub cert_chain_pem: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// Hex, as the store and the admin API spell it.

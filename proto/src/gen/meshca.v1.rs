@@ -2,18 +2,31 @@
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct WatchTrustBundleRequest {}
 /// The trust bundle at one moment.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TrustBundle {
     /// Changes whenever anything below changes; equal bundles on different replicas have equal
     /// versions (it is derived from the content).
     #[prost(string, tag = "1")]
     pub version: ::prost::alloc::string::String,
-    /// Every root to trust, one PEM certificate each, in a stable order.
+    /// Every root to trust, one PEM certificate each, in a stable order: the roots of every
+    /// authority that is not revoked, then the extra trust anchors. Concatenated, this is exactly
+    /// the last element of a CreateCertificate answer.
     #[prost(string, repeated, tag = "2")]
     pub roots_pem: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// Authorities (hex SKI of their signing cert) whose certificates must be replaced now.
     #[prost(string, repeated, tag = "3")]
     pub tainted_authority_ids: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The same roots by the trust domain they are trusted for (the SPIFFE Workload API serves
+    /// one bundle per trust domain): ours holds the authorities' roots.
+    #[prost(message, repeated, tag = "4")]
+    pub by_trust_domain: ::prost::alloc::vec::Vec<TrustDomainRoots>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TrustDomainRoots {
+    #[prost(string, tag = "1")]
+    pub trust_domain: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "2")]
+    pub roots_pem: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// Generated client implementations.
 pub mod trust_bundle_service_client {

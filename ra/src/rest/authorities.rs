@@ -28,7 +28,6 @@ use super::views::{
     AuthorityList, AuthorityView, ErrorBody, GenerateRequest, PrepareBody, Propagation,
 };
 use crate::jwk::public_key_jwk;
-use crate::trust_bundle::bundle_of;
 
 /// An authority as the API shows it.
 async fn view(state: &RestState, entry: &AuthorityEntry) -> Result<AuthorityView, ApiError> {
@@ -247,9 +246,8 @@ step_endpoint!(
         (status = 304, description = "If-None-Match matched the ETag"),
     ))]
 pub async fn trust_bundle(State(state): State<RestState>, headers: HeaderMap) -> Response {
-    let set = state.ca.authorities();
-    let bundle = bundle_of(&set);
-    let etag = format!("\"{}\"", bundle.version);
+    let bundle = state.bundles.current();
+    let etag = format!("\"{}\"", bundle.version());
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -266,7 +264,11 @@ pub async fn trust_bundle(State(state): State<RestState>, headers: HeaderMap) ->
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json"));
     if wants_json {
-        let keys: Vec<Value> = set.bundle().into_iter().map(x509_svid_jwk).collect();
+        // A SPIFFE bundle is one trust domain's: ours.
+        let ours = bundle
+            .by_trust_domain()
+            .get(state.ca.trust_domain().as_str());
+        let keys: Vec<Value> = ours.into_iter().flatten().map(x509_svid_jwk).collect();
         let body = json!({
             "keys": keys,
             "spiffe_refresh_hint": 300,
@@ -281,7 +283,7 @@ pub async fn trust_bundle(State(state): State<RestState>, headers: HeaderMap) ->
                 HeaderValue::from_static("application/x-pem-file"),
             ),
         ],
-        bundle.roots_pem.concat(),
+        bundle.pem().to_string(),
     )
         .into_response()
 }

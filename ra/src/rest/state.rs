@@ -11,12 +11,14 @@ use serde_json::json;
 use super::callers::{Actor, TokenConfigError, TokenTable};
 use super::error::ApiError;
 use crate::config::RestConfig;
-use crate::trust_bundle::BundleWatchers;
+use crate::trust::stream::BundleWatchers;
+use crate::trust::TrustBundles;
 
 /// Everything the handlers share.
 #[derive(Clone, Debug)]
 pub struct RestState {
     pub ca: CertificateAuthority,
+    pub bundles: TrustBundles,
     pub watchers: Arc<BundleWatchers>,
     pub(super) tokens: Arc<TokenTable>,
     pub(super) admins: Arc<HashSet<String>>,
@@ -29,10 +31,12 @@ impl RestState {
     pub fn new(
         config: &RestConfig,
         ca: CertificateAuthority,
+        bundles: TrustBundles,
         watchers: Arc<BundleWatchers>,
     ) -> Result<Self, TokenConfigError> {
         Ok(Self {
             ca,
+            bundles,
             watchers,
             tokens: Arc::new(TokenTable::new(&config.tokens)?),
             admins: Arc::new(config.admins.iter().cloned().collect()),

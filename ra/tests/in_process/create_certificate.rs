@@ -1,19 +1,25 @@
 //! `CreateCertificate` called on the service itself, carrying the `PeerInfo` the TLS acceptor
 //! attaches: a dev token gets a certificate recorded with that peer; a CSR naming another
-//! identity, or a call without a credential, gets Istio's code and nothing is issued.
+//! identity, or a call without a credential, gets Istio's code and nothing is issued; every
+//! answer ends in the whole trust bundle.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use meshca_ca::keys::KeyType;
+use meshca_ca::rotation::RotationStep;
+use meshca_ca::testing::{CaSpec, TestCa};
 use meshca_ca::x509::ParsedCert;
-use meshca_ca::CertificateAuthority;
+use meshca_ca::{Authority, CertificateAuthority, PrepareRequest};
 use meshca_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateService;
 use meshca_proto::istio::v1::auth::IstioCertificateRequest;
 use meshca_ra::auth::Authenticator;
+use meshca_ra::config::{ExtraAnchorConfig, TrustConfig};
 use meshca_ra::dev::{write_dev_credentials, DevFiles};
 use meshca_ra::metrics::RaMetrics;
 use meshca_ra::service::{CertificateService, AUTHENTICATION_FAILURE};
 use meshca_ra::tls::PeerInfo;
+use meshca_ra::trust::TrustBundles;
 use meshca_ra::AuthConfig;
 use serde_json::Value;
 use tonic::{Code, Request};
@@ -36,7 +42,11 @@ struct Ra {
 
 impl Ra {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_trusting(tempfile::tempdir().unwrap(), &TrustConfig::default()).await
+    }
+
+    /// An RA whose bundle also holds `trust`'s extra anchors (files under `dir`).
+    async fn start_trusting(dir: tempfile::TempDir, trust: &TrustConfig) -> Self {
         let ca = start_ca(dir.path()).await;
         let files = DevFiles::under(dir.path());
         write_dev_credentials(&files).unwrap();
@@ -47,7 +57,13 @@ impl Ra {
         let auth = Arc::new(Authenticator::new(&config, ca.clone()).await.unwrap());
         let metrics = Arc::new(RaMetrics::default());
         Self {
-            service: CertificateService::new(ca.clone(), auth, metrics.clone(), 8),
+            service: CertificateService::new(
+                ca.clone(),
+                TrustBundles::start(ca.clone(), trust).unwrap(),
+                auth,
+                metrics.clone(),
+                8,
+            ),
             ca,
             metrics,
             token: std::fs::read_to_string(&files.token).unwrap(),
@@ -116,6 +132,69 @@ async fn a_dev_token_gets_a_certificate_recorded_with_its_peer() {
     );
     assert_eq!(record.cluster_id.as_deref(), Some("Kubernetes"));
     assert_eq!(ra.metrics.successes(), 1);
+}
+
+/// istio-agent takes its ROOTCA from the last element of each answer and ztunnel splits it
+/// into roots: through a whole rotation that element is every trusted root plus the extra
+/// anchors, each PEM ending in a newline, never just the signer's root.
+#[tokio::test]
+async fn every_answer_ends_in_the_whole_bundle_through_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let athenz = TestCa::new(&CaSpec::new("CN=Athenz Root"), None);
+    let anchor_file = dir.path().join("athenz-ca.pem");
+    std::fs::write(&anchor_file, athenz.pem()).unwrap();
+    let trust = TrustConfig {
+        extra_anchors: vec![ExtraAnchorConfig {
+            trust_domain: "athenz.example".into(),
+            pem_file: anchor_file,
+        }],
+        ..TrustConfig::default()
+    };
+    let ra = Ra::start_trusting(dir, &trust).await;
+    let first = ra.ca.current_authority();
+    let answer = |roots: &[&Arc<Authority>]| -> String {
+        let mut pem: String = roots.iter().map(|a| a.roots_pem()).collect();
+        pem.push_str(&athenz.pem());
+        pem
+    };
+    let signer = |chain: &[String]| {
+        let leaf = ParsedCert::from_der(pem::parse(&chain[0]).unwrap().contents()).unwrap();
+        hex::encode(leaf.authority_key_id().unwrap())
+    };
+
+    let chain = ra.call(&[ID], true).await.unwrap();
+    assert_eq!(chain.len(), 2, "[leaf, bundle]: the root signs");
+    assert_eq!(chain[1], answer(&[&first]));
+
+    let actor = ("token", "ops");
+    let prepared = ra
+        .ca
+        .prepare_authority(PrepareRequest::Generate(KeyType::EcP256), actor)
+        .await
+        .unwrap();
+    let second = prepared.authority.clone();
+    let chain = ra.call(&[ID], true).await.unwrap();
+    assert_eq!(chain.last().unwrap(), &answer(&[&first, &second]));
+    assert_eq!(signer(&chain), first.id().as_str());
+
+    let id = |a: &Arc<Authority>| a.id().to_string();
+    ra.ca
+        .step_authority(&id(&second), RotationStep::Activate, actor)
+        .await
+        .unwrap();
+    let chain = ra.call(&[ID], true).await.unwrap();
+    assert_eq!(chain.last().unwrap(), &answer(&[&first, &second]));
+    assert_eq!(signer(&chain), second.id().as_str());
+
+    for step in [RotationStep::Taint, RotationStep::Revoke] {
+        ra.ca
+            .step_authority(&id(&first), step, actor)
+            .await
+            .unwrap();
+    }
+    let chain = ra.call(&[ID], true).await.unwrap();
+    assert_eq!(chain.last().unwrap(), &answer(&[&second]));
+    assert!(chain.iter().all(|element| element.ends_with('\n')));
 }
 
 #[tokio::test]

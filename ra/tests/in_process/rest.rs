@@ -10,7 +10,8 @@ use axum::Router;
 use meshca_ca::{CertificateAuthority, IssueRequest, Requester, SpiffeId, VerifiedCsr};
 use meshca_pki::keys::sha256_hex;
 use meshca_ra::rest::{self, RestState};
-use meshca_ra::trust_bundle::BundleWatchers;
+use meshca_ra::trust::stream::BundleWatchers;
+use meshca_ra::trust::TrustBundles;
 use meshca_ra::{RestConfig, RestRole, RestToken};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -52,8 +53,10 @@ impl Api {
             ],
             ..RestConfig::default()
         };
-        let state = RestState::new(&config, ca.clone(), Arc::new(BundleWatchers::default()))
-            .expect("valid token hashes");
+        let bundles = TrustBundles::start(ca.clone(), &Default::default()).unwrap();
+        let watchers = Arc::new(BundleWatchers::default());
+        let state =
+            RestState::new(&config, ca.clone(), bundles, watchers).expect("valid token hashes");
         Self {
             router: rest::router(state),
             ca,
@@ -123,6 +126,7 @@ impl Api {
             spiffe_id: &id,
             requested_ttl_secs: 3600,
             requester: &requester,
+            bundle_as_of: None,
         };
         self.ca.issue(request).await.unwrap().serial.to_hex()
     }

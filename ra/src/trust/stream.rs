@@ -7,9 +7,12 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use meshca_ca::{AuthoritySet, CertificateAuthority};
+use meshca_ca::x509::ParsedCert;
+use meshca_pki::keys::sha256_hex;
+use meshca_pki::TrustBundle;
+use meshca_proto::meshca::v1 as pb;
 use meshca_proto::meshca::v1::trust_bundle_service_server::TrustBundleService;
-use meshca_proto::meshca::v1::{TrustBundle, WatchTrustBundleRequest};
+use meshca_proto::meshca::v1::WatchTrustBundleRequest;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -17,10 +20,11 @@ use tonic::{Request, Response, Status};
 use crate::auth::Authenticator;
 use crate::metrics::RaMetrics;
 use crate::service::authenticate_request;
+use crate::trust::TrustBundles;
 
 #[derive(Clone, Debug)]
 pub struct TrustBundleWatch {
-    ca: CertificateAuthority,
+    bundles: TrustBundles,
     auth: Arc<Authenticator>,
     metrics: Arc<RaMetrics>,
     watchers: Arc<BundleWatchers>,
@@ -40,43 +44,25 @@ struct WatcherGuard {
     watchers: Arc<BundleWatchers>,
 }
 
-/// The bundle as agents see it: the roots of every authority that is not revoked, and the ids
-/// of tainted ones. The version is a hash of the content, so replicas agree on it and a change
-/// that leaves both alone (a new intermediate) sends nothing.
-pub fn bundle_of(set: &AuthoritySet) -> TrustBundle {
-    let roots = set.bundle();
-    let tainted = set.tainted_ids();
-    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for root in &roots {
-        digest.update(root.der());
+/// The bundle as the stream sends it.
+pub fn message_of(bundle: &TrustBundle) -> pb::TrustBundle {
+    pb::TrustBundle {
+        version: bundle.version().to_string(),
+        roots_pem: bundle.roots_pem(),
+        tainted_authority_ids: bundle.tainted_authority_ids().to_vec(),
+        by_trust_domain: bundle
+            .by_trust_domain()
+            .iter()
+            .map(|(trust_domain, roots)| pb::TrustDomainRoots {
+                trust_domain: trust_domain.clone(),
+                roots_pem: roots.iter().map(ParsedCert::to_pem).collect(),
+            })
+            .collect(),
     }
-    for id in &tainted {
-        digest.update(b"tainted:");
-        digest.update(id.as_bytes());
-    }
-    TrustBundle {
-        version: hex_prefix(digest.finish().as_ref()),
-        roots_pem: roots.iter().map(|r| r.to_pem()).collect(),
-        tainted_authority_ids: tainted,
-    }
-}
-
-fn hex_prefix(bytes: &[u8]) -> String {
-    bytes[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn root_fingerprints(bundle: &TrustBundle) -> Vec<String> {
-    bundle
-        .roots_pem
-        .iter()
-        .filter_map(|p| pem::parse(p).ok())
-        .map(|p| {
-            hex::encode(aws_lc_rs::digest::digest(
-                &aws_lc_rs::digest::SHA256,
-                p.contents(),
-            ))
-        })
-        .collect()
+    bundle.roots().iter().map(|r| sha256_hex(r.der())).collect()
 }
 
 // === impl BundleWatchers ===
@@ -116,13 +102,13 @@ impl Drop for WatcherGuard {
 
 impl TrustBundleWatch {
     pub fn new(
-        ca: CertificateAuthority,
+        bundles: TrustBundles,
         auth: Arc<Authenticator>,
         metrics: Arc<RaMetrics>,
         watchers: Arc<BundleWatchers>,
     ) -> Self {
         Self {
-            ca,
+            bundles,
             auth,
             metrics,
             watchers,
@@ -132,7 +118,7 @@ impl TrustBundleWatch {
 
 #[tonic::async_trait]
 impl TrustBundleService for TrustBundleWatch {
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<TrustBundle, Status>> + Send>>;
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::TrustBundle, Status>> + Send>>;
 
     async fn watch(
         &self,
@@ -142,20 +128,26 @@ impl TrustBundleService for TrustBundleWatch {
         tracing::debug!(spiffe_id = %caller.spiffe_id, "trust-bundle watcher connected");
         let mut last_version: Option<String> = None;
         let guard = self.watchers.register();
-        let stream = WatchStream::new(self.ca.watch_authorities()).filter_map(move |set| {
-            let bundle = bundle_of(&set);
-            if last_version.as_deref() == Some(bundle.version.as_str()) {
-                return None;
-            }
-            last_version = Some(bundle.version.clone());
-            // Counted when the stream yields it to the transport, i.e. once the previous
-            // message was written: the closest a one-way stream gets to "received".
-            guard
-                .watchers
-                .lock()
-                .insert(guard.id, root_fingerprints(&bundle));
-            Some(Ok(bundle))
-        });
+        // The current bundle first (consistent with the authorities right now), then each
+        // new version.
+        let mut watch = self.bundles.watch();
+        watch.mark_unchanged();
+        let first = tokio_stream::once(self.bundles.current());
+        let stream = first
+            .chain(WatchStream::from_changes(watch))
+            .filter_map(move |bundle| {
+                if last_version.as_deref() == Some(bundle.version()) {
+                    return None;
+                }
+                last_version = Some(bundle.version().to_string());
+                // Counted when the stream yields it to the transport, i.e. once the previous
+                // message was written: the closest a one-way stream gets to "received".
+                guard
+                    .watchers
+                    .lock()
+                    .insert(guard.id, root_fingerprints(&bundle));
+                Some(Ok(message_of(&bundle)))
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 }
