@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod dev;
 pub mod jwk;
+pub mod kube;
 pub mod metrics;
 pub mod rest;
 pub mod server;
@@ -16,6 +17,7 @@ pub use config::{
     AthenzConfig, AuthConfig, ClusterConfig, GrpcConfig, JwtMode, MetricsConfig, RestConfig,
     RestRole, RestToken,
 };
+pub use kube::{KubeClient, KubeClientError};
 /// TLS plumbing shared with the standalone CA service, which lives in the CA crate.
 pub use meshca_ca::tls;
 pub use server::{RaSettings, RunningRa, ServeError};
