@@ -1,4 +1,4 @@
-//! The RA's configuration sections: `[grpc]`, `[metrics]`, `[auth]`, `[rest]`.
+//! The RA's configuration sections: `[grpc]`, `[metrics]`, `[auth]`, `[rest]`, `[istio]`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -140,7 +140,36 @@ pub enum RestRole {
     Admin,
 }
 
+/// How meshca takes over the parts of istiod's CA role that live in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IstioConfig {
+    /// Keep the `istio-ca-root-cert` ConfigMap (the trust bundle sidecars verify meshca with)
+    /// in every selected namespace. Only where istiod does not write it too: istiod runs its
+    /// namespace controller whenever its own CA is on (`ENABLE_CA_SERVER`, default true).
+    pub publish_root_configmap: bool,
+    /// The `auth.clusters` entry whose `api_server_*` settings reach the cluster to write to.
+    pub cluster_id: String,
+    /// Kubernetes label selector for the namespaces that get the ConfigMap (istio-csr's
+    /// `--configmap-namespace-selector`); unset means all.
+    pub configmap_namespace_selector: Option<String>,
+    /// How often every namespace is checked again, besides reacting to changes.
+    #[serde(with = "humantime_serde")]
+    pub configmap_resync: Duration,
+}
+
 // === defaults ===
+
+impl Default for IstioConfig {
+    fn default() -> Self {
+        Self {
+            publish_root_configmap: false,
+            cluster_id: DEFAULT_CLUSTER_ID.to_string(),
+            configmap_namespace_selector: None,
+            configmap_resync: Duration::from_secs(600),
+        }
+    }
+}
 
 impl Default for RestConfig {
     fn default() -> Self {

@@ -3,6 +3,7 @@
 //! the cluster, and what the publisher reports.
 
 mod client;
+mod publisher;
 mod reflector;
 
 use std::future::Future;
