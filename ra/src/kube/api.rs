@@ -79,7 +79,10 @@ impl KubeClient {
         params: &ListParams,
         resource_version: &str,
     ) -> Result<WatchStream<R>, KubeError> {
-        let timeout = self.watch_timeout();
+        // Between one and two watch timeouts, drawn per watch (client-go: 5 to 10 minutes).
+        let timeout = self
+            .watch_timeout()
+            .mul_f64(1.0 + meshca_pki::time::random_unit());
         let seconds = timeout.as_secs().max(1).to_string();
         let mut query = params.query();
         query.extend([

@@ -12,9 +12,10 @@ use reqwest::{Method, Url};
 use super::error::{KubeClientError, KubeError};
 use crate::config::{ClusterConfig, IN_CLUSTER_CA_FILE, IN_CLUSTER_TOKEN_FILE};
 
-/// How long a watch asks the server to keep the stream open before it ends it and the
-/// reflector resumes; client-go draws from [5, 10) minutes for the same reason: so a fleet's
-/// watches do not all reconnect at once, and a silently dead connection is noticed.
+/// The shortest time a watch asks the server to keep its stream open (each watch draws from
+/// one to two of these) before the server ends it and the reflector resumes. client-go draws
+/// from [5, 10) minutes for the same reasons: a fleet's watches do not reconnect at once, and a
+/// silently dead connection is given up.
 pub const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A cheap-to-clone handle on one API server.
@@ -89,7 +90,8 @@ impl KubeClient {
         })
     }
 
-    /// The same client with watches the server ends after `timeout` (tests use short ones).
+    /// The same client with watches the server ends after one to two `timeout`s (tests use
+    /// short ones).
     pub fn with_watch_timeout(&self, timeout: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {

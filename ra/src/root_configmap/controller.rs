@@ -4,7 +4,7 @@
 //! namespace's ConfigMap to the planned state with a few workers. Level-triggered: a worker
 //! looks at the current caches, not at the event that queued it.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +81,10 @@ enum Outcome {
     Updated(ConfigMap),
     /// The namespace is terminating or gone: nothing to write, nothing to retry.
     NamespaceGoing,
+    /// RBAC refused the write. Like istiod, logged and not retried with backoff: the next
+    /// resync tries again, so a missing permission costs one warning per namespace per resync
+    /// rather than a retry storm.
+    Forbidden(KubeError),
 }
 
 /// The inputs a worker reads, fixed for one reconcile.
@@ -221,7 +225,9 @@ pub(super) async fn run(
                             log_outcome(&outcome);
                             let wrote = match outcome {
                                 Outcome::Created(cm) | Outcome::Updated(cm) => Some(cm),
-                                Outcome::Unchanged | Outcome::NamespaceGoing => None,
+                                Outcome::Unchanged
+                                | Outcome::NamespaceGoing
+                                | Outcome::Forbidden(_) => None,
                             };
                             (ns, wrote, true)
                         }
@@ -280,23 +286,22 @@ fn changed_namespaces<R: Resource>(before: &Snapshot<R>, after: &Snapshot<R>) ->
             key.name.clone()
         }
     };
-    let version = |o: &R| o.metadata().resource_version.clone();
-    let mut changed = BTreeMap::new();
+    let mut changed = BTreeSet::new();
     for (key, object) in &after.objects {
-        let same = before
-            .objects
-            .get(key)
-            .is_some_and(|old| Arc::ptr_eq(old, object) || version(old) == version(object));
+        let same = before.objects.get(key).is_some_and(|old| {
+            Arc::ptr_eq(old, object)
+                || old.metadata().resource_version == object.metadata().resource_version
+        });
         if !same {
-            changed.insert(namespace_of(key), ());
+            changed.insert(namespace_of(key));
         }
     }
     for key in before.objects.keys() {
         if !after.objects.contains_key(key) {
-            changed.insert(namespace_of(key), ());
+            changed.insert(namespace_of(key));
         }
     }
-    changed.into_keys().collect()
+    changed.into_iter().collect()
 }
 
 fn log_outcome(outcome: &Outcome) {
@@ -305,6 +310,9 @@ fn log_outcome(outcome: &Outcome) {
         Outcome::Updated(_) => tracing::info!("updated {ROOT_CONFIGMAP_NAME}"),
         Outcome::NamespaceGoing => {
             tracing::debug!("namespace is terminating or gone; nothing written")
+        }
+        Outcome::Forbidden(error) => {
+            tracing::warn!(%error, "not allowed to write {ROOT_CONFIGMAP_NAME}; trying again at the next resync")
         }
         Outcome::Unchanged => tracing::trace!("up to date"),
     }
@@ -342,6 +350,7 @@ async fn reconcile(
                 // answers 404. Neither gets better with retries.
                 Err(e) if e.is_namespace_terminating() => return Ok(Outcome::NamespaceGoing),
                 Err(KubeError::NotFound(_)) => return Ok(Outcome::NamespaceGoing),
+                Err(e @ KubeError::Forbidden(_)) => return Ok(Outcome::Forbidden(e)),
                 Err(source) => {
                     return Err(ReconcileError::Create {
                         namespace: namespace.into(),
@@ -357,6 +366,7 @@ async fn reconcile(
                 }
                 // Deleted since the cache saw it: create it again.
                 Err(KubeError::NotFound(_)) => current = None,
+                Err(e @ KubeError::Forbidden(_)) => return Ok(Outcome::Forbidden(e)),
                 Err(source) => {
                     return Err(ReconcileError::Update {
                         namespace: namespace.into(),

@@ -411,3 +411,38 @@ async fn a_resync_of_an_up_to_date_cluster_writes_nothing() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_namespace_that_refuses_writes_neither_blocks_the_others_nor_is_hammered() {
+    let c = cluster().await;
+    c.api.add_namespace("locked", &[]);
+    for ns in ["a", "b", "c", "d", "e", "f"] {
+        c.api.add_namespace(ns, &[]);
+    }
+    c.api.forbid_writes("locked", true);
+    let (bundle, _) = root("root A");
+    let run = start(
+        &c,
+        RootConfigMapSettings {
+            namespace_selector: None,
+            resync: Duration::from_millis(1500),
+        },
+        &bundle,
+        true,
+    );
+    eventually("every other namespace converges", || {
+        run.publisher.status().up_to_date == 6
+    })
+    .await;
+    assert_eq!(c.api.writes("locked"), 1);
+    throughout(
+        "a 403 is not retried before the next resync",
+        Duration::from_millis(300),
+        || c.api.writes("locked") == 1,
+    )
+    .await;
+    // Permission granted: the next resync writes it.
+    c.api.forbid_writes("locked", false);
+    eventually("the resync writes it", || holds(&c.api, "locked", &bundle)).await;
+    assert_eq!(run.publisher.status().up_to_date, 7);
+}

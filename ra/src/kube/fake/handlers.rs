@@ -114,15 +114,16 @@ async fn create_configmap(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    if let Err(refusal) = authorize(&shared, &headers) {
-        return answer(Err(refusal));
-    }
-    let body = match parse_body(&body) {
+    let body = match authorize(&shared, &headers).and_then(|()| parse_body(&body)) {
         Ok(body) => body,
         Err(refusal) => return answer(Err(refusal)),
     };
     let mut store = shared.lock();
     store.count_write(&namespace);
+    let name = body["metadata"]["name"].as_str().unwrap_or("").to_string();
+    if let Err(refusal) = store.authorize_write("create", &namespace, &name) {
+        return answer(Err(refusal));
+    }
     match store.create_configmap(&namespace, body) {
         Ok(change) => {
             let object = change.object.clone();
@@ -139,15 +140,15 @@ async fn update_configmap(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    if let Err(refusal) = authorize(&shared, &headers) {
-        return answer(Err(refusal));
-    }
-    let body = match parse_body(&body) {
+    let body = match authorize(&shared, &headers).and_then(|()| parse_body(&body)) {
         Ok(body) => body,
         Err(refusal) => return answer(Err(refusal)),
     };
     let mut store = shared.lock();
     store.count_write(&namespace);
+    if let Err(refusal) = store.authorize_write("update", &namespace, &name) {
+        return answer(Err(refusal));
+    }
     let result = store.update_configmap(&namespace, &name, body);
     answer(result.map(|change| match change {
         Some(change) => {

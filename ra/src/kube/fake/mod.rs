@@ -183,6 +183,17 @@ impl FakeApiServer {
         self.shared.lock().expire_with_http_status = bare;
     }
 
+    /// RBAC denies (`true`) or allows again ConfigMap creates and updates in `namespace`,
+    /// with the real authorizer's 403.
+    pub fn forbid_writes(&self, namespace: &str, forbidden: bool) {
+        let mut store = self.shared.lock();
+        if forbidden {
+            store.forbidden.insert(namespace.to_string());
+        } else {
+            store.forbidden.remove(namespace);
+        }
+    }
+
     /// Ends every open watch, as an API server restart or a load balancer would.
     pub fn cut_watches(&self) {
         self.shared.cut.send_modify(|generation| *generation += 1);

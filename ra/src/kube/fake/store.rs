@@ -62,6 +62,8 @@ pub(crate) struct Store {
     pub writes: BTreeMap<String, usize>,
     /// Answer a too-old watch with a bare HTTP 410 instead of an ERROR event.
     pub expire_with_http_status: bool,
+    /// Namespaces where RBAC denies ConfigMap writes.
+    pub forbidden: std::collections::BTreeSet<String>,
 }
 
 // === impl Shared ===
@@ -349,6 +351,26 @@ impl Store {
             object,
             previous: None,
         })
+    }
+
+    /// RBAC's answer to a write of ConfigMap `name` in `namespace` (`verb`: create, update…).
+    pub(crate) fn authorize_write(
+        &self,
+        verb: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), Refusal> {
+        if !self.forbidden.contains(namespace) {
+            return Ok(());
+        }
+        Err(status(
+            403,
+            "Forbidden",
+            &format!(
+                "configmaps \"{name}\" is forbidden: User \"system:serviceaccount:meshca:meshca\" cannot {verb} resource \"configmaps\" in API group \"\" in the namespace \"{namespace}\""
+            ),
+            Some(json!({"name": name, "kind": "configmaps"})),
+        ))
     }
 
     /// Forgets history up to now: a watch resuming from any earlier version gets 410.
