@@ -1,5 +1,5 @@
 //! The RA's configuration sections: `[grpc]`, `[metrics]`, `[auth]`, `[rest]`, `[trust]`,
-//! `[rotation]`.
+//! `[rotation]`, `[istio]`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -174,6 +174,24 @@ pub struct RotationConfig {
     pub settle: Duration,
 }
 
+/// How meshca takes over the parts of istiod's CA role that live in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IstioConfig {
+    /// Keep the `istio-ca-root-cert` ConfigMap (the trust bundle sidecars verify meshca with)
+    /// in every selected namespace. Only where istiod does not write it too: istiod runs its
+    /// namespace controller whenever its own CA is on (`ENABLE_CA_SERVER`, default true).
+    pub publish_root_configmap: bool,
+    /// The `auth.clusters` entry whose `api_server_*` settings reach the cluster to write to.
+    pub cluster_id: String,
+    /// Kubernetes label selector for the namespaces that get the ConfigMap (istio-csr's
+    /// `--configmap-namespace-selector`); unset means all.
+    pub configmap_namespace_selector: Option<String>,
+    /// How often every namespace is checked again, besides reacting to changes.
+    #[serde(with = "humantime_serde")]
+    pub configmap_resync: Duration,
+}
+
 // === defaults ===
 
 impl Default for TrustConfig {
@@ -189,6 +207,17 @@ impl Default for RotationConfig {
     fn default() -> Self {
         Self {
             settle: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Default for IstioConfig {
+    fn default() -> Self {
+        Self {
+            publish_root_configmap: false,
+            cluster_id: DEFAULT_CLUSTER_ID.to_string(),
+            configmap_namespace_selector: None,
+            configmap_resync: Duration::from_secs(600),
         }
     }
 }

@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::Value;
 
+mod rbac;
+
 /// The namespace `deploy/kustomization.yaml` puts everything in.
 const NAMESPACE: &str = "meshca";
 
@@ -497,33 +499,6 @@ fn key_encryption_key_is_a_private_read_only_mount() {
     assert!(mode == 0o400 || mode == 0o440, "defaultMode {mode:o}");
     // Every replica must unseal the same keys: the Secret is required, not optional.
     assert_ne!(vol["secret"]["optional"], true);
-}
-
-#[test]
-fn tokenreview_is_allowed_for_the_server_account() {
-    let binding = objects()
-        .iter()
-        .find(|o| {
-            o["kind"] == "ClusterRoleBinding" && o["roleRef"]["name"] == "system:auth-delegator"
-        })
-        .expect("a ClusterRoleBinding to system:auth-delegator");
-    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
-    let account = object("Deployment", "meshca")["spec"]["template"]["spec"]["serviceAccountName"]
-        .as_str()
-        .expect("the Deployment names its service account");
-    object("ServiceAccount", account);
-    let subjects = binding["subjects"].as_array().expect("subjects");
-    assert!(
-        subjects.iter().any(|s| s["kind"] == "ServiceAccount"
-            && s["name"] == account
-            && s["namespace"] == NAMESPACE),
-        "{subjects:?}"
-    );
-    let config = config_map_toml("meshca");
-    assert_eq!(
-        toml_str(&config, &["auth", "clusters", "Kubernetes", "mode"]),
-        "tokenreview"
-    );
 }
 
 #[test]

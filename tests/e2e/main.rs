@@ -13,5 +13,6 @@ mod peers;
 mod ra;
 mod refusals;
 mod replicas;
+mod root_configmap;
 mod sds;
 mod split;

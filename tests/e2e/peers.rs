@@ -1,6 +1,7 @@
 //! The third parties meshca talks to, on loopback: a Kubernetes API server that answers
-//! TokenReview exactly as `authentication.k8s.io/v1` does (the one test double: no API server
-//! runs here), and an OIDC issuer serving discovery and JWKS documents.
+//! TokenReview exactly as `authentication.k8s.io/v1` does and serves core/v1 namespaces and
+//! ConfigMaps through meshca-ra's fake (the one test double: no API server runs here), and an
+//! OIDC issuer serving discovery and JWKS documents.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,17 +12,34 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use meshca_ca::testing::{CaSpec, LeafSpec, TestCa};
+use meshca_ra::kube::fake::FakeApiServer;
 use serde_json::{json, Value};
 
 pub const REVIEWER_TOKEN: &str = "meshca-reviewer-token";
 
-/// Counts TokenReview calls per token, to see the cache at work.
-#[derive(Debug, Default)]
+/// Counts TokenReview calls per token, to see the cache at work, and holds the cluster's
+/// namespaces and ConfigMaps.
+#[derive(Debug)]
 pub struct ApiServerState {
     reviews: Mutex<HashMap<String, usize>>,
+    cluster: FakeApiServer,
+}
+
+impl Default for ApiServerState {
+    fn default() -> Self {
+        Self {
+            reviews: Mutex::default(),
+            cluster: FakeApiServer::new(REVIEWER_TOKEN),
+        }
+    }
 }
 
 impl ApiServerState {
+    /// The core/v1 side of the same API server: namespaces and ConfigMaps, with test hooks.
+    pub fn cluster(&self) -> &FakeApiServer {
+        &self.cluster
+    }
+
     pub fn reviews_of(&self, token: &str) -> usize {
         self.reviews
             .lock()
@@ -43,12 +61,14 @@ pub fn start_api_server(
         ip_addrs: vec!["127.0.0.1".parse().unwrap()],
         ..LeafSpec::new("CN=kube-apiserver")
     });
+    let core = state.cluster.router();
     let app = Router::new()
         .route(
             "/apis/authentication.k8s.io/v1/tokenreviews",
             post(token_review),
         )
-        .with_state(state);
+        .with_state(state)
+        .merge(core);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();

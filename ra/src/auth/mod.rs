@@ -86,10 +86,10 @@ impl Authenticator {
                         })?,
                 ),
                 JwtMode::Tokenreview => ClusterAuthenticator::TokenReview(
-                    tokenreview::TokenReviewer::new(cluster).map_err(|reason| {
+                    tokenreview::TokenReviewer::new(cluster).map_err(|e| {
                         AuthSetupError::Cluster {
                             cluster: id.clone(),
-                            reason,
+                            reason: e.to_string(),
                         }
                     })?,
                 ),

@@ -3,7 +3,6 @@
 //! token (never the token itself), and never past the token's own `exp`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,14 +10,15 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::caller::{parse_service_account, AuthError};
-use crate::config::{ClusterConfig, IN_CLUSTER_CA_FILE, IN_CLUSTER_TOKEN_FILE};
+use crate::config::ClusterConfig;
+use crate::kube::{KubeClient, KubeClientError};
+
+const TOKEN_REVIEWS_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
 #[derive(Debug)]
 pub struct TokenReviewer {
-    url: String,
-    token_file: PathBuf,
+    api: KubeClient,
     audiences: Vec<String>,
-    http: reqwest::Client,
     cache: Mutex<HashMap<[u8; 32], CachedReview>>,
     cache_ttl: Duration,
     cache_size: usize,
@@ -73,44 +73,11 @@ struct UserInfo {
 // === impl TokenReviewer ===
 
 impl TokenReviewer {
-    pub fn new(config: &ClusterConfig) -> Result<Self, String> {
-        let url = match &config.api_server_url {
-            Some(url) => url.trim_end_matches('/').to_string(),
-            None => {
-                let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
-                    "tokenreview mode needs api_server_url outside a Kubernetes pod".to_string()
-                })?;
-                let port =
-                    std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-                if host.contains(':') {
-                    format!("https://[{host}]:{port}")
-                } else {
-                    format!("https://{host}:{port}")
-                }
-            }
-        };
-        let ca_file = config
-            .api_server_ca_file
-            .clone()
-            .unwrap_or_else(|| IN_CLUSTER_CA_FILE.into());
-        let mut http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .redirect(reqwest::redirect::Policy::none());
-        if url.starts_with("https://") {
-            let pem = std::fs::read(&ca_file)
-                .map_err(|e| format!("api_server_ca_file {}: {e}", ca_file.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("api_server_ca_file {}: {e}", ca_file.display()))?;
-            http = http.tls_certs_only(certs);
-        }
+    /// Reaches the cluster's API server as [`KubeClient::from_cluster_config`] does.
+    pub fn new(config: &ClusterConfig) -> Result<Self, KubeClientError> {
         Ok(Self {
-            url: format!("{url}/apis/authentication.k8s.io/v1/tokenreviews"),
-            token_file: config
-                .api_server_token_file
-                .clone()
-                .unwrap_or_else(|| IN_CLUSTER_TOKEN_FILE.into()),
+            api: KubeClient::from_cluster_config(config)?,
             audiences: config.audiences.clone(),
-            http: http.build().map_err(|e| format!("HTTP client: {e}"))?,
             cache: Mutex::new(HashMap::new()),
             cache_ttl: config.tokenreview_cache_ttl,
             cache_size: config.tokenreview_cache_size.max(1),
@@ -129,11 +96,6 @@ impl TokenReviewer {
     }
 
     async fn call_api_server(&self, token: &str) -> Result<String, AuthError> {
-        let own_token = tokio::fs::read_to_string(&self.token_file)
-            .await
-            .map_err(|e| {
-                AuthError::TokenReview(format!("reading {}: {e}", self.token_file.display()))
-            })?;
         let body = TokenReviewRequest {
             api_version: "authentication.k8s.io/v1",
             kind: "TokenReview",
@@ -142,26 +104,14 @@ impl TokenReviewer {
                 audiences: &self.audiences,
             },
         };
-        let response = self
-            .http
-            .post(&self.url)
-            .bearer_auth(own_token.trim())
-            .header("content-type", "application/json")
-            .header("accept", "application/json")
-            .body(serde_json::to_vec(&body).expect("serializable"))
-            .send()
+        let bytes = self
+            .api
+            .post_raw(
+                TOKEN_REVIEWS_PATH,
+                serde_json::to_vec(&body).expect("serializable"),
+            )
             .await
-            .map_err(|e| AuthError::TokenReview(format!("API server unreachable: {e}")))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| AuthError::TokenReview(format!("reading response: {e}")))?;
-        if !status.is_success() {
-            return Err(AuthError::TokenReview(format!(
-                "API server answered HTTP {status}"
-            )));
-        }
+            .map_err(|e| AuthError::TokenReview(e.to_string()))?;
         let review: TokenReviewResponse = serde_json::from_slice(&bytes)
             .map_err(|e| AuthError::TokenReview(format!("malformed response: {e}")))?;
         let s = review.status;

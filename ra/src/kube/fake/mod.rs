@@ -1,0 +1,220 @@
+//! A fake Kubernetes API server for tests (no real one runs here): core/v1 namespaces and
+//! ConfigMaps over HTTP with the upstream JSON, status codes and `Status` bodies, watches with
+//! history, bookmarks and 410 after compaction, and hooks to act as a user or an operator would
+//! (add or terminate namespaces, edit or delete ConfigMaps, compact, cut watches). Built only
+//! for tests (`testing` feature).
+
+mod handlers;
+mod selector;
+mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use store::{Broadcast, Shared};
+
+/// Handle on one fake server's state; clones share it.
+#[derive(Clone, Debug)]
+pub struct FakeApiServer {
+    shared: Arc<Shared>,
+}
+
+// === impl FakeApiServer ===
+
+impl FakeApiServer {
+    /// An empty cluster that accepts `Authorization: Bearer <token>` and nothing else.
+    pub fn new(token: &str) -> Self {
+        Self {
+            shared: Arc::new(Shared::new(token)),
+        }
+    }
+
+    /// The routes, to serve alone or merged with others (e.g. a TokenReview route).
+    pub fn router(&self) -> axum::Router {
+        handlers::router(self.shared.clone())
+    }
+
+    /// Serves [`Self::router`] over plain HTTP on a loopback port for the life of the runtime.
+    pub async fn serve_http(&self) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = self.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(addr)
+    }
+
+    /// Creates an Active namespace with these labels (plus `kubernetes.io/metadata.name`).
+    pub fn add_namespace(&self, name: &str, labels: &[(&str, &str)]) {
+        let mut store = self.shared.lock();
+        let change = store.new_namespace(name, labels);
+        self.shared.publish(&mut store, vec![change]);
+    }
+
+    /// Sets (or with `None`, removes) one label of a namespace.
+    pub fn label_namespace(&self, name: &str, key: &str, value: Option<&str>) {
+        let mut store = self.shared.lock();
+        let change = store.modify_namespace(name, |ns| {
+            let labels = &mut ns["metadata"]["labels"];
+            match value {
+                Some(v) => labels[key] = v.into(),
+                None => {
+                    if let Some(map) = labels.as_object_mut() {
+                        map.remove(key);
+                    }
+                }
+            }
+        });
+        self.shared
+            .publish(&mut store, change.into_iter().collect());
+    }
+
+    /// `kubectl delete namespace` while finalizers run: phase Terminating, deletionTimestamp
+    /// set; creates in it are refused from now on.
+    pub fn mark_terminating(&self, name: &str) {
+        let mut store = self.shared.lock();
+        let change = store.modify_namespace(name, |ns| {
+            ns["metadata"]["deletionTimestamp"] =
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                    .to_string()
+                    .into();
+            ns["status"]["phase"] = "Terminating".into();
+        });
+        self.shared
+            .publish(&mut store, change.into_iter().collect());
+    }
+
+    /// The namespace is gone, with everything in it.
+    pub fn remove_namespace(&self, name: &str) {
+        let mut store = self.shared.lock();
+        let changes = store.delete_namespace(name);
+        self.shared.publish(&mut store, changes);
+    }
+
+    /// A user's `kubectl edit`: `edit` changes the stored ConfigMap, which gets a new version.
+    /// Returns false when there is no such ConfigMap.
+    pub fn edit_configmap(
+        &self,
+        namespace: &str,
+        name: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> bool {
+        let mut store = self.shared.lock();
+        let Some(mut object) = store
+            .configmaps
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+        else {
+            return false;
+        };
+        edit(&mut object);
+        match store.update_configmap(namespace, name, object) {
+            Ok(change) => {
+                self.shared
+                    .publish(&mut store, change.into_iter().collect());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A user's `kubectl create configmap`. Returns the refusal's code on failure.
+    pub fn create_configmap(&self, namespace: &str, object: Value) -> Result<(), u16> {
+        let mut store = self.shared.lock();
+        let change = store
+            .create_configmap(namespace, object)
+            .map_err(|(code, _)| code)?;
+        self.shared.publish(&mut store, vec![change]);
+        Ok(())
+    }
+
+    /// A user's `kubectl delete configmap`. Returns false when there was none.
+    pub fn delete_configmap(&self, namespace: &str, name: &str) -> bool {
+        let mut store = self.shared.lock();
+        let Some(change) = store.delete_configmap(namespace, name) else {
+            return false;
+        };
+        self.shared.publish(&mut store, vec![change]);
+        true
+    }
+
+    /// The stored ConfigMap, as a GET would return it.
+    pub fn configmap(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.shared
+            .lock()
+            .configmaps
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Creates, updates and deletes of ConfigMaps in `namespace` through the API (test hooks
+    /// do not count).
+    pub fn writes(&self, namespace: &str) -> usize {
+        self.shared
+            .lock()
+            .writes
+            .get(namespace)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The same, over every namespace.
+    pub fn total_writes(&self) -> usize {
+        self.shared.lock().writes.values().sum()
+    }
+
+    /// The current resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.lock().resource_version
+    }
+
+    /// etcd compaction: every version until now is gone, so a watch resuming from one gets
+    /// 410 Expired and must list again.
+    pub fn compact(&self) {
+        self.shared.lock().compact();
+    }
+
+    /// Answer a too-old watch with a bare HTTP 410 (as some servers and proxies do) instead of
+    /// the usual 200 with an ERROR event.
+    pub fn expire_with_http_status(&self, bare: bool) {
+        self.shared.lock().expire_with_http_status = bare;
+    }
+
+    /// RBAC denies (`true`) or allows again ConfigMap creates and updates in `namespace`,
+    /// with the real authorizer's 403.
+    pub fn forbid_writes(&self, namespace: &str, forbidden: bool) {
+        let mut store = self.shared.lock();
+        if forbidden {
+            store.forbidden.insert(namespace.to_string());
+        } else {
+            store.forbidden.remove(namespace);
+        }
+    }
+
+    /// Ends every open watch, as an API server restart or a load balancer would.
+    pub fn cut_watches(&self) {
+        self.shared.cut.send_modify(|generation| *generation += 1);
+    }
+
+    /// Open watches hold their events back until [`Self::resume_watches`]: clients' caches go
+    /// stale while the store moves on.
+    pub fn pause_watches(&self) {
+        self.shared.paused.send_replace(true);
+    }
+
+    pub fn resume_watches(&self) {
+        self.shared.paused.send_replace(false);
+    }
+
+    /// A BOOKMARK at the current version on every watch that allowed them.
+    pub fn send_bookmarks(&self) {
+        let store = self.shared.lock();
+        let _ = self
+            .shared
+            .events
+            .send(Broadcast::Bookmark(store.resource_version));
+    }
+}
