@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use meshca_agent::config::AgentConfig;
 use meshca_ca::{CaConfig, CaSettings, StoreConfig, TrustDomain};
 use meshca_ra::config::{RotationConfig, TrustConfig};
-use meshca_ra::{AuthConfig, GrpcConfig, MetricsConfig, RestConfig};
+use meshca_ra::{AuthConfig, GrpcConfig, IstioConfig, MetricsConfig, RestConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -39,6 +39,7 @@ pub struct MeshcaConfig {
     pub rest: RestConfig,
     pub trust: TrustConfig,
     pub rotation: RotationConfig,
+    pub istio: IstioConfig,
     pub agent: AgentConfig,
 }
 
@@ -104,6 +105,7 @@ impl Default for MeshcaConfig {
             rest: RestConfig::default(),
             trust: TrustConfig::default(),
             rotation: RotationConfig::default(),
+            istio: IstioConfig::default(),
             agent: AgentConfig::default(),
         }
     }

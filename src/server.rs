@@ -10,10 +10,16 @@ pub async fn run(mut config: MeshcaConfig, dev_mode: bool) -> anyhow::Result<()>
     let dev_files = DevFiles::under(&config.data_dir);
     if dev_mode {
         dev::write_dev_credentials(&dev_files)?;
-        config.auth.clusters.insert(
-            meshca_ra::config::DEFAULT_CLUSTER_ID.to_string(),
-            dev_files.cluster_config(),
-        );
+        // The dev issuer's tokens, and whatever API server the file or environment names for
+        // this cluster (node authorization and the root ConfigMaps use it).
+        let cluster_id = meshca_ra::config::DEFAULT_CLUSTER_ID.to_string();
+        let mut cluster = dev_files.cluster_config();
+        if let Some(given) = config.auth.clusters.get(&cluster_id) {
+            cluster.api_server_url = given.api_server_url.clone();
+            cluster.api_server_ca_file = given.api_server_ca_file.clone();
+            cluster.api_server_token_file = given.api_server_token_file.clone();
+        }
+        config.auth.clusters.insert(cluster_id, cluster);
         let tokens = dev::write_dev_rest_tokens(&dev_files)?;
         config.rest.tokens.extend(tokens);
     }
@@ -26,6 +32,7 @@ pub async fn run(mut config: MeshcaConfig, dev_mode: bool) -> anyhow::Result<()>
         rest: config.rest.clone(),
         trust: config.trust.clone(),
         rotation: config.rotation.clone(),
+        istio: config.istio.clone(),
     };
     let ra = RunningRa::start(&settings, ca.clone(), shutdown_signal()).await?;
     if dev_mode {

@@ -363,6 +363,7 @@ impl CaRpc for SigningService {
         let actor = body.actor.unwrap_or_default();
         let actor = (actor.method.as_str(), actor.principal.as_str());
         tracing::info!(%ra, method = actor.0, principal = actor.1, "rotation step through an RA");
+        let forced_past = body.forced_past_gates;
         let step = body
             .step
             .ok_or_else(|| Status::invalid_argument("no step given"))?;
@@ -391,17 +392,17 @@ impl CaRpc for SigningService {
             }
             Step::Activate(id) => {
                 self.ca
-                    .step_authority(&id, RotationStep::Activate, actor)
+                    .step_authority(&id, RotationStep::Activate, actor, &forced_past)
                     .await
             }
             Step::Taint(id) => {
                 self.ca
-                    .step_authority(&id, RotationStep::Taint, actor)
+                    .step_authority(&id, RotationStep::Taint, actor, &forced_past)
                     .await
             }
             Step::Revoke(id) => {
                 self.ca
-                    .step_authority(&id, RotationStep::Revoke, actor)
+                    .step_authority(&id, RotationStep::Revoke, actor, &forced_past)
                     .await
             }
         }

@@ -278,6 +278,7 @@ async fn a_rotation_through_one_process_reaches_another_sharing_the_store() {
                 &id,
                 meshca_ca::rotation::RotationStep::Activate,
                 ("token", "test"),
+                &[],
             )
             .await
             .unwrap();

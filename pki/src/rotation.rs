@@ -167,6 +167,7 @@ impl AuthoritySet {
     /// that stays keeps the time it joined the bundle.
     pub fn with_new_active(&self, authority: Authority, source: &str, now: i64) -> Self {
         let id = authority.id().clone();
+        let now = self.next_root_since(now);
         let listed: Vec<&[u8]> = authority.roots().iter().map(ParsedCert::der).collect();
         let mut entries: Vec<AuthorityEntry> = self
             .entries
@@ -241,6 +242,20 @@ impl AuthoritySet {
             .iter()
             .find(|(f, _)| f == fingerprint)
             .map(|(_, since)| *since)
+    }
+
+    /// When a root added now joins the bundle: `now`, or one second after the newest root of
+    /// this set when that is not before `now`. Roots then join in a strict order, so a bundle
+    /// as of one root's arrival never counts as holding a root added later in the same second.
+    pub fn next_root_since(&self, now: i64) -> i64 {
+        let newest = self
+            .entries
+            .iter()
+            .map(|e| e.created_at)
+            .chain(self.root_since.iter().map(|(_, since)| *since))
+            .max()
+            .unwrap_or(i64::MIN);
+        now.max(newest.saturating_add(1))
     }
 
     /// The newest root's arrival: a bundle built from this set holds every root that joined

@@ -19,10 +19,13 @@ use tokio::net::TcpListener;
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{
-    AuthConfig, GrpcConfig, MetricsConfig, RestConfig, RotationConfig, TrustConfig,
+    AuthConfig, GrpcConfig, IstioConfig, MetricsConfig, RestConfig, RotationConfig, TrustConfig,
 };
 use crate::metrics::{CaReadings, RaMetrics};
 use crate::rest::{self, RestState, TlsListener};
+use crate::root_configmap::{
+    publisher_client, RootCertPublisher, RootConfigMapSettings, RootConfigMapSetupError,
+};
 use crate::service::CertificateService;
 use crate::tls::{self, TlsSetupError};
 use crate::trust::stream::{BundleWatchers, TrustBundleWatch};
@@ -39,6 +42,7 @@ pub struct RaSettings {
     pub rest: RestConfig,
     pub trust: TrustConfig,
     pub rotation: RotationConfig,
+    pub istio: IstioConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,8 @@ pub enum ServeError {
     Tls(#[from] TlsSetupError),
     #[error(transparent)]
     Anchors(#[from] AnchorError),
+    #[error(transparent)]
+    RootConfigMaps(#[from] RootConfigMapSetupError),
     #[error("grpc.cert_file and grpc.key_file must be set together")]
     HalfCertFiles,
     #[error("listening on {addr}: {source}")]
@@ -127,12 +133,14 @@ impl RunningRa {
         let rest_addr = rest_listener.local_addr().map_err(ServeError::Rest)?;
 
         let watchers = Arc::new(BundleWatchers::default());
-        let rest_state = RestState::new(
+        let mut rest_state = RestState::new(
             &settings.rest,
             ca.clone(),
             trust_bundles.clone(),
             watchers.clone(),
         )?;
+        rest_state.rotation = settings.rotation.clone();
+        rest_state.root_configmaps = start_root_configmaps(settings, &ca, &trust_bundles)?;
         let bundles = TrustBundleServiceServer::new(TrustBundleWatch::new(
             trust_bundles.clone(),
             auth.clone(),
@@ -216,6 +224,35 @@ impl RunningRa {
     pub async fn run(self) -> Result<(), ServeError> {
         self.serve.await
     }
+}
+
+/// The advisory lock that elects the one replica writing the root ConfigMaps (neither istiod's
+/// `istio-namespace-controller-election` nor istio-csr's `istio-csr` lease: those are
+/// Kubernetes objects, this lives in meshca's own store).
+pub const ROOT_CONFIGMAP_LOCK: i64 = 0x6d65_7368_6361_0001;
+
+/// Keeps `istio-ca-root-cert` in every namespace when `istio.publish_root_configmap` is set:
+/// every replica watches (so each reports the same propagation), the lock holder writes.
+fn start_root_configmaps(
+    settings: &RaSettings,
+    ca: &CertificateAuthority,
+    bundles: &TrustBundles,
+) -> Result<Option<Arc<RootCertPublisher>>, ServeError> {
+    if !settings.istio.publish_root_configmap {
+        return Ok(None);
+    }
+    let client = publisher_client(&settings.istio, &settings.auth)?;
+    let publisher = RootCertPublisher::start(
+        client,
+        RootConfigMapSettings::from_config(&settings.istio),
+        bundles.watch_pem(),
+        ca.store().leadership(ROOT_CONFIGMAP_LOCK),
+    );
+    tracing::info!(
+        cluster = %settings.istio.cluster_id,
+        "keeping the istio-ca-root-cert ConfigMaps"
+    );
+    Ok(Some(Arc::new(publisher)))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {

@@ -26,6 +26,9 @@ use meshca_pki::time::unix_seconds;
 /// File name of the generated key-encryption key inside the data dir.
 pub const DEFAULT_KEK_FILE: &str = "key-encryption-key";
 
+/// How often counter rows of long-expired buckets are dropped.
+const COUNTER_PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// What the CA needs to start: the shared top-level keys plus its own sections.
 #[derive(Clone, Debug)]
 pub struct CaSettings {
@@ -170,6 +173,9 @@ impl CertificateAuthority {
         mode: Mode,
         metrics: Arc<CaMetrics>,
     ) -> Self {
+        if mode.committer().is_some() {
+            tokio::spawn(prune_counters(store.clone()));
+        }
         Self {
             inner: Arc::new(Inner {
                 trust_domain: settings.trust_domain.clone(),
@@ -182,6 +188,21 @@ impl CertificateAuthority {
                 store,
                 metrics,
             }),
+        }
+    }
+}
+
+/// Keeps the rotation counters to live buckets (every replica may: the deletes are idempotent).
+async fn prune_counters(store: Store) {
+    let mut ticker = tokio::time::interval(COUNTER_PRUNE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if store.is_closed() {
+            return;
+        }
+        if let Err(error) = store.prune_counters(unix_seconds(SystemTime::now())).await {
+            tracing::warn!(%error, "pruning expired rotation counters failed; retrying later");
         }
     }
 }

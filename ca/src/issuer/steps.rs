@@ -119,7 +119,11 @@ impl CertificateAuthority {
         if self.authorities().get(&id).is_some() {
             return Err(RotationError::Exists(id));
         }
-        let record = sealed_record(&authority, kek, source, &key_type, chain_pem, now);
+        // Recorded as joining the bundle strictly after every root before it, even within the
+        // same second: whether an answer held this root is told by that order.
+        let joins_at = self.authorities().next_root_since(unix_seconds(now));
+        let joins_at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(joins_at as u64);
+        let record = sealed_record(&authority, kek, source, &key_type, chain_pem, joins_at);
         let audit = AuditEvent::new(
             actor,
             "authority.prepare",
@@ -150,12 +154,14 @@ impl CertificateAuthority {
     }
 
     /// Takes `step` on authority `id` in one store transaction with its audit event (in a
-    /// keyless RA, through the CA service).
+    /// keyless RA, through the CA service). `forced_past` names the gates an admin forced the
+    /// step past; the audit event records them.
     pub async fn step_authority(
         &self,
         id: &str,
         step: RotationStep,
         actor: (&str, &str),
+        forced_past: &[String],
     ) -> Result<AuthorityEntry, RotationError> {
         if let Stepper::Forward(remote) = self.stepper()? {
             let id = id.to_string();
@@ -164,16 +170,17 @@ impl CertificateAuthority {
                 RotationStep::Taint => Step::Taint(id),
                 RotationStep::Revoke => Step::Revoke(id),
             };
-            return self.forward_step(remote, step, actor).await;
+            return self
+                .forward_step_past(remote, step, actor, forced_past)
+                .await;
         }
         let (from, to) = (step.from(), step.to());
-        let audit = AuditEvent::new(
-            actor,
-            step.audit_action(),
-            id,
-            Outcome::Success,
-            serde_json::json!({ "from": from.as_str(), "to": to.as_str() }),
-        );
+        let mut details = serde_json::json!({ "from": from.as_str(), "to": to.as_str() });
+        if !forced_past.is_empty() {
+            details["forced"] = true.into();
+            details["forced_past"] = forced_past.into();
+        }
+        let audit = AuditEvent::new(actor, step.audit_action(), id, Outcome::Success, details);
         self.inner
             .store
             .transition_authority(id, from, to, unix_seconds(SystemTime::now()), &audit)
@@ -191,6 +198,16 @@ impl CertificateAuthority {
         step: Step,
         actor: (&str, &str),
     ) -> Result<AuthorityEntry, RotationError> {
+        self.forward_step_past(remote, step, actor, &[]).await
+    }
+
+    async fn forward_step_past(
+        &self,
+        remote: &RemoteCa,
+        step: Step,
+        actor: (&str, &str),
+        forced_past: &[String],
+    ) -> Result<AuthorityEntry, RotationError> {
         let (id, set) = remote
             .change_authority(pb::ChangeAuthorityRequest {
                 actor: Some(pb::Actor {
@@ -198,6 +215,7 @@ impl CertificateAuthority {
                     principal: actor.1.to_string(),
                 }),
                 step: Some(step),
+                forced_past_gates: forced_past.to_vec(),
             })
             .await?;
         self.inner

@@ -162,21 +162,6 @@ impl Store {
         .map_err(StoreError::Query)
     }
 
-    /// Certificates from `authority_id` that are neither expired (at `now`) nor revoked.
-    pub async fn count_live_certificates(
-        &self,
-        authority_id: &str,
-        now: i64,
-    ) -> Result<i64, StoreError> {
-        let sql = "SELECT COUNT(*) FROM issued_certificates c \
-                   WHERE c.authority_id = $1 AND c.not_after > $2 AND NOT EXISTS \
-                   (SELECT 1 FROM certificate_revocations r WHERE r.serial = c.serial)";
-        with_pool!(self, pool => {
-            sqlx::query_scalar::<_, i64>(sql).bind(authority_id).bind(now).fetch_one(pool).await
-        })
-        .map_err(StoreError::Query)
-    }
-
     /// Records a revocation; revoking an already revoked serial keeps the first record.
     pub async fn insert_revocation(&self, r: &RevocationRecord) -> Result<bool, StoreError> {
         let sql = "INSERT INTO certificate_revocations (serial, reason, revoked_at, actor) \

@@ -27,13 +27,16 @@ macro_rules! with_pool {
 
 mod audit_log;
 mod authorities;
+mod counters;
 mod inventory;
+mod leadership;
 mod migrations;
 mod postgres_writer;
 mod records;
 pub(crate) mod sql;
 mod sqlite_writer;
 
+pub use counters::{IdentityRenewal, EXPIRY_BUCKET_SECS};
 use migrations::Embedded;
 pub use postgres_writer::PostgresIssuanceWriter;
 pub use records::{
@@ -135,6 +138,11 @@ impl Store {
                 Ok(Some(ssl.unwrap_or(false)))
             }
         }
+    }
+
+    /// Whether the store was closed (background tasks on it end).
+    pub fn is_closed(&self) -> bool {
+        with_pool!(self, pool => pool.is_closed())
     }
 
     /// Cheap liveness probe for readiness checks.

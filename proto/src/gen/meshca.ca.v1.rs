@@ -128,6 +128,10 @@ pub struct UploadAuthority {
 pub struct ChangeAuthorityRequest {
     #[prost(message, optional, tag = "1")]
     pub actor: ::core::option::Option<Actor>,
+    /// The gates the RA's admin forced the step past (force=true), for the audit log; empty when
+    /// the gate held or the step has none.
+    #[prost(string, repeated, tag = "7")]
+    pub forced_past_gates: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(oneof = "change_authority_request::Step", tags = "2, 3, 4, 5, 6")]
     pub step: ::core::option::Option<change_authority_request::Step>,
 }

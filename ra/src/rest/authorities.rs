@@ -6,8 +6,8 @@ use std::time::SystemTime;
 use meshca_pki::keys::sha256_hex;
 use meshca_pki::time::unix_seconds;
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,32 +16,96 @@ use meshca_ca::cacerts::{CacertsMaterial, NamedPem};
 use meshca_ca::rotation::RotationStep;
 use meshca_ca::store::TransitionError;
 use meshca_ca::x509::ParsedCert;
-use meshca_ca::{AuthorityEntry, PrepareRequest, RotationError};
+use meshca_ca::{AuthorityEntry, AuthorityState, PrepareRequest, RotationError};
+use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::IntoParams;
 
 use super::auth::{Admin, Auditor};
 use super::callers::Actor;
 use super::error::{path_of, ApiError};
+use super::gates::{activation_waits_for, revocation_waits_for, ConfigMapReach, RootReach};
 use super::pagination::{rfc3339, unix_to_rfc3339};
 use super::state::RestState;
 use super::views::{
-    AuthorityList, AuthorityView, ErrorBody, GenerateRequest, PrepareBody, Propagation,
+    AgentPropagation, AuthorityList, AuthorityView, ConfigMapPropagation, ErrorBody, GateView,
+    GenerateRequest, IdentityPropagation, PrepareBody, Propagation,
 };
 use crate::jwk::public_key_jwk;
+
+/// How far `entry`'s root has reached, from this replica's view of agents and ConfigMaps and
+/// the store's counters of identities.
+async fn reach_of(
+    state: &RestState,
+    entry: &AuthorityEntry,
+    now: i64,
+) -> Result<RootReach, ApiError> {
+    let fingerprint = sha256_hex(entry.authority.root().der());
+    let bundle = state.bundles.current();
+    let root_since = bundle.authorities().root_since(&fingerprint);
+    let identities = match root_since {
+        Some(since) => state
+            .ca
+            .store()
+            .identity_renewal(since, now)
+            .await
+            .map_err(|e| ApiError::internal(&e))?,
+        None => Default::default(),
+    };
+    let (agents_received, agents_connected) = state.watchers.propagation(&fingerprint);
+    let configmaps = state.root_configmaps.as_ref().map(|publisher| {
+        let status = publisher.status();
+        ConfigMapReach {
+            holding: status.holding(&fingerprint),
+            namespaces: status.namespaces,
+            synced: status.synced,
+        }
+    });
+    Ok(RootReach {
+        root_since,
+        agents_received,
+        agents_connected,
+        identities,
+        configmaps,
+    })
+}
+
+/// What the gate of `entry`'s next gated step waits for, if it has one.
+fn gate_of(
+    state: &RestState,
+    entry: &AuthorityEntry,
+    reach: &RootReach,
+    live: i64,
+    now: i64,
+) -> Option<(RotationStep, Vec<String>)> {
+    match entry.state {
+        AuthorityState::Prepared => Some((
+            RotationStep::Activate,
+            activation_waits_for(reach, now, state.rotation.settle),
+        )),
+        AuthorityState::Tainted => Some((RotationStep::Revoke, revocation_waits_for(live))),
+        _ => None,
+    }
+}
 
 /// An authority as the API shows it.
 async fn view(state: &RestState, entry: &AuthorityEntry) -> Result<AuthorityView, ApiError> {
     let authority = &entry.authority;
     let signing = authority.signing_cert();
     let root_fingerprint = sha256_hex(authority.root().der());
-    let now = SystemTime::now();
+    let now = unix_seconds(SystemTime::now());
     let live = state
         .ca
         .store()
-        .count_live_certificates(authority.id().as_str(), unix_seconds(now))
+        .count_live_certificates(authority.id().as_str(), now)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    let (received, connected) = state.watchers.propagation(&root_fingerprint);
+    let reach = reach_of(state, entry, now).await?;
+    let gate = gate_of(state, entry, &reach, live, now).map(|(step, waiting_for)| GateView {
+        step: step_name(step).to_string(),
+        open: waiting_for.is_empty(),
+        waiting_for,
+    });
     Ok(AuthorityView {
         id: authority.id().to_string(),
         state: entry.state.to_string(),
@@ -54,12 +118,34 @@ async fn view(state: &RestState, entry: &AuthorityEntry) -> Result<AuthorityView
         root_fingerprint_sha256: root_fingerprint,
         live_certificates: live,
         propagation: Propagation {
-            received,
-            connected,
+            trusted_since: reach.root_since.map(unix_to_rfc3339),
+            agents: AgentPropagation {
+                received: reach.agents_received,
+                connected: reach.agents_connected,
+            },
+            identities: IdentityPropagation {
+                renewed: reach.identities.renewed,
+                live: reach.identities.live,
+            },
+            configmaps: reach.configmaps.map(|c| ConfigMapPropagation {
+                holding: c.holding,
+                namespaces: c.namespaces,
+                synced: c.synced,
+            }),
+            complete: reach.complete(),
         },
+        gate,
         created_at: unix_to_rfc3339(entry.created_at),
         updated_at: unix_to_rfc3339(entry.updated_at),
     })
+}
+
+fn step_name(step: RotationStep) -> &'static str {
+    match step {
+        RotationStep::Activate => "activate",
+        RotationStep::Taint => "taint",
+        RotationStep::Revoke => "revoke",
+    }
 }
 
 impl From<RotationError> for ApiError {
@@ -174,26 +260,86 @@ async fn prepare_inner(
     Ok(state.ca.prepare_authority(request, actor).await?)
 }
 
-/// Takes `step` on the authority in the path and answers with its view. A step that happened
-/// was audited in its own transaction; a refused one is recorded here.
+/// `?force=true`: take a gated step although its gate does not hold (audited as forced).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StepParams {
+    /// Take the step even though its gate does not hold; the audit log records what was
+    /// skipped.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Takes `step` on the authority in the path and answers with its view. A gated step whose
+/// gate does not hold is refused with 409 naming what it waits for, unless forced. A step that
+/// happened was audited in its own transaction; a refused one is recorded here.
 async fn take_step(
     state: RestState,
     actor: Actor,
     id: Result<Path<String>, PathRejection>,
+    params: Result<Query<StepParams>, QueryRejection>,
     step: RotationStep,
 ) -> Result<Json<AuthorityView>, ApiError> {
     let id = path_of(id)?;
-    let by = (actor.method, actor.principal.as_str());
-    match state.ca.step_authority(&id, step, by).await {
+    let result = async {
+        let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let waits = waits_for(&state, &id, step).await?;
+        if !waits.is_empty() && !params.force {
+            return Err(ApiError::conflict(format!(
+                "authority {id} not {}: {}; force=true takes the step anyway",
+                step.to().as_str(),
+                waits.join("; ")
+            )));
+        }
+        let by = (actor.method, actor.principal.as_str());
+        state
+            .ca
+            .step_authority(&id, step, by, &waits)
+            .await
+            .map_err(ApiError::from)
+    }
+    .await;
+    match result {
         Ok(entry) => Ok(Json(view(&state, &entry).await?)),
         Err(e) => {
-            let e = ApiError::from(e);
             state
                 .audit_action(&actor, step.audit_action(), &id, Err(&e))
                 .await;
             Err(e)
         }
     }
+}
+
+/// What the gate of `step` on authority `id` waits for now (empty: it holds, or the step has
+/// none).
+async fn waits_for(
+    state: &RestState,
+    id: &str,
+    step: RotationStep,
+) -> Result<Vec<String>, ApiError> {
+    let set = state.ca.authorities();
+    let Some(entry) = set.get(id) else {
+        // The step itself answers 404.
+        return Ok(Vec::new());
+    };
+    if entry.state != step.from() {
+        // The step itself answers 409 naming the state.
+        return Ok(Vec::new());
+    }
+    let now = unix_seconds(SystemTime::now());
+    let live = match step {
+        RotationStep::Revoke => state
+            .ca
+            .store()
+            .count_live_certificates(id, now)
+            .await
+            .map_err(|e| ApiError::internal(&e))?,
+        _ => 0,
+    };
+    let reach = reach_of(state, entry, now).await?;
+    Ok(gate_of(state, entry, &reach, live, now)
+        .map(|(_, waits)| waits)
+        .unwrap_or_default())
 }
 
 /// One documented endpoint per rotation step (each its own operation in the OpenAPI document),
@@ -204,7 +350,7 @@ macro_rules! step_endpoint {
         $(#[doc = $doc])*
         #[utoipa::path(post, path = $path, tag = "authorities", operation_id = $operation,
             params(("id" = String, Path, description = "Authority id (hex key identifier)",
-                example = "2f9acfd5c2b24b466de6126716c3e3a3fad80eb6")),
+                example = "2f9acfd5c2b24b466de6126716c3e3a3fad80eb6"), StepParams),
             responses(
                 (status = 200, body = AuthorityView), (status = 404, body = ErrorBody),
                 (status = 409, body = ErrorBody, description = $refused),
@@ -216,24 +362,29 @@ macro_rules! step_endpoint {
             State(state): State<RestState>,
             Admin(actor): Admin,
             id: Result<Path<String>, PathRejection>,
+            params: Result<Query<StepParams>, QueryRejection>,
         ) -> Result<Json<AuthorityView>, ApiError> {
-            take_step(state, actor, id, $step).await
+            take_step(state, actor, id, params, $step).await
         }
     };
 }
 
 step_endpoint!(
     /// `prepared` → `active`: new certificates are signed by it; the previous active becomes `old`.
+    /// Gated: its root must have reached every agent, live identity and root ConfigMap, and
+    /// have been in the bundle for `rotation.settle`.
     activate, RotationStep::Activate, "/v1/authorities/{id}/activate", "activate_authority",
-    "Not prepared"
+    "Not prepared, or its gate does not hold (the message names what has not propagated)"
 );
 step_endpoint!(
     /// `old` → `tainted`: agents holding its certificates rotate now; renewal with them is refused.
     taint, RotationStep::Taint, "/v1/authorities/{id}/taint", "taint_authority", "Not old"
 );
 step_endpoint!(
-    /// `tainted` → `revoked`: its root leaves the trust bundle.
-    revoke, RotationStep::Revoke, "/v1/authorities/{id}/revoke", "revoke_authority", "Not tainted"
+    /// `tainted` → `revoked`: its root leaves the trust bundle. Gated: none of its
+    /// certificates may still be live.
+    revoke, RotationStep::Revoke, "/v1/authorities/{id}/revoke", "revoke_authority",
+    "Not tainted, or its gate does not hold (the message says how many certificates are live)"
 );
 
 /// The trust bundle (anonymous): PEM, or the SPIFFE bundle (a JWK set with

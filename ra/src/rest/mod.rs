@@ -11,6 +11,7 @@ mod authorities;
 pub mod callers;
 mod certificates;
 mod error;
+pub mod gates;
 mod listener;
 mod pagination;
 mod state;

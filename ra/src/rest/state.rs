@@ -10,7 +10,8 @@ use serde_json::json;
 
 use super::callers::{Actor, TokenConfigError, TokenTable};
 use super::error::ApiError;
-use crate::config::RestConfig;
+use crate::config::{RestConfig, RotationConfig};
+use crate::root_configmap::RootCertPublisher;
 use crate::trust::stream::BundleWatchers;
 use crate::trust::TrustBundles;
 
@@ -20,6 +21,10 @@ pub struct RestState {
     pub ca: CertificateAuthority,
     pub bundles: TrustBundles,
     pub watchers: Arc<BundleWatchers>,
+    /// The rotation gates' settings.
+    pub rotation: RotationConfig,
+    /// The `istio-ca-root-cert` publisher, when meshca keeps those ConfigMaps.
+    pub root_configmaps: Option<Arc<RootCertPublisher>>,
     pub(super) tokens: Arc<TokenTable>,
     pub(super) admins: Arc<HashSet<String>>,
     pub(super) auditors: Arc<HashSet<String>>,
@@ -38,6 +43,8 @@ impl RestState {
             ca,
             bundles,
             watchers,
+            rotation: RotationConfig::default(),
+            root_configmaps: None,
             tokens: Arc::new(TokenTable::new(&config.tokens)?),
             admins: Arc::new(config.admins.iter().cloned().collect()),
             auditors: Arc::new(config.auditors.iter().cloned().collect()),

@@ -17,13 +17,71 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// How far an authority's root has reached the agents connected to this server.
+/// How far an authority's root has reached everything meshca feeds.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Propagation {
-    /// Trust-bundle streams that were sent a bundle holding this root.
+    /// When its root joined the trust bundle (RFC 3339); null when it is not in it.
+    pub trusted_since: Option<String>,
+    pub agents: AgentPropagation,
+    pub identities: IdentityPropagation,
+    /// Null when meshca does not publish the `istio-ca-root-cert` ConfigMaps.
+    pub configmaps: Option<ConfigMapPropagation>,
+    /// Every count above is complete.
+    pub complete: bool,
+}
+
+/// meshca agents on their trust-bundle streams (this replica's).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentPropagation {
+    /// Streams that were sent a bundle holding this root.
     pub received: usize,
-    /// Trust-bundle streams connected now.
+    /// Streams connected now.
     pub connected: usize,
+}
+
+/// Workloads that learn their roots only from their answers, as istio-agent does.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IdentityPropagation {
+    /// Live identities whose newest certificate's answer held this root.
+    pub renewed: i64,
+    /// Distinct SPIFFE ids holding an unexpired, unrevoked certificate.
+    pub live: i64,
+}
+
+/// The `istio-ca-root-cert` ConfigMaps istio-agent verifies meshca with.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConfigMapPropagation {
+    /// Namespaces whose ConfigMap holds this root.
+    pub holding: usize,
+    /// Namespaces that get the ConfigMap.
+    pub namespaces: usize,
+    /// Whether the namespaces and ConfigMaps have been listed yet.
+    pub synced: bool,
+}
+
+/// `received/connected`, for tables.
+impl std::fmt::Display for AgentPropagation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.received, self.connected)
+    }
+}
+
+/// `renewed/live`, for tables.
+impl std::fmt::Display for IdentityPropagation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.renewed, self.live)
+    }
+}
+
+/// The gate of the authority's next gated step.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GateView {
+    /// `activate` (a prepared authority) or `revoke` (a tainted one).
+    pub step: String,
+    /// Whether the step would be taken without `force=true`.
+    pub open: bool,
+    /// What it still waits for, one phrase each.
+    pub waiting_for: Vec<String>,
 }
 
 /// An authority and where it stands in the rotation.
@@ -44,6 +102,8 @@ pub struct AuthorityView {
     /// Issued by this authority, unexpired and unrevoked.
     pub live_certificates: i64,
     pub propagation: Propagation,
+    /// Null unless the authority is `prepared` or `tainted`.
+    pub gate: Option<GateView>,
     pub created_at: String,
     pub updated_at: String,
 }

@@ -60,6 +60,29 @@ impl TrustBundles {
         self.published.subscribe()
     }
 
+    /// The bundle's PEM text on every change, for consumers that want only that (the root
+    /// ConfigMaps).
+    pub fn watch_pem(&self) -> watch::Receiver<Arc<str>> {
+        let mut bundles = self.watch();
+        let first: Arc<str> = bundles.borrow_and_update().pem().into();
+        let (tx, rx) = watch::channel(first);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = bundles.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+                let pem: Arc<str> = bundles.borrow_and_update().pem().into();
+                tx.send_if_modified(|current| {
+                    let changed = **current != *pem;
+                    *current = pem;
+                    changed
+                });
+            }
+        });
+        rx
+    }
+
     /// Builds the bundle of `set` with the current anchors and publishes it; watchers wake only
     /// when its content (version) changed.
     fn publish(&self, set: Arc<AuthoritySet>) -> Arc<TrustBundle> {

@@ -152,8 +152,16 @@ async fn every_answer_ends_in_the_whole_bundle_through_a_rotation() {
     };
     let ra = Ra::start_trusting(dir, &trust).await;
     let first = ra.ca.current_authority();
+    // The roots in the set's order (oldest authority first; ties in the same second by id,
+    // the same on every replica), then the anchor.
     let answer = |roots: &[&Arc<Authority>]| -> String {
-        let mut pem: String = roots.iter().map(|a| a.roots_pem()).collect();
+        let set = ra.ca.authorities();
+        let mut pem: String = set
+            .entries()
+            .iter()
+            .filter(|e| roots.iter().any(|r| r.id() == e.authority.id()))
+            .map(|e| e.authority.roots_pem())
+            .collect();
         pem.push_str(&athenz.pem());
         pem
     };
@@ -179,7 +187,7 @@ async fn every_answer_ends_in_the_whole_bundle_through_a_rotation() {
 
     let id = |a: &Arc<Authority>| a.id().to_string();
     ra.ca
-        .step_authority(&id(&second), RotationStep::Activate, actor)
+        .step_authority(&id(&second), RotationStep::Activate, actor, &[])
         .await
         .unwrap();
     let chain = ra.call(&[ID], true).await.unwrap();
@@ -188,7 +196,7 @@ async fn every_answer_ends_in_the_whole_bundle_through_a_rotation() {
 
     for step in [RotationStep::Taint, RotationStep::Revoke] {
         ra.ca
-            .step_authority(&id(&first), step, actor)
+            .step_authority(&id(&first), step, actor, &[])
             .await
             .unwrap();
     }

@@ -1,6 +1,6 @@
 //! The REST router through `oneshot`: who may call (401 and 403 with the documented body, each
-//! refusal audited), what a bad request gets (400 and 404 with the same body), and keyset pages
-//! that list every row exactly once while rows are added.
+//! refusal audited), what a bad request gets (400 and 404 with the same body), keyset pages
+//! that list every row exactly once while rows are added, and the rotation gates.
 
 use std::sync::Arc;
 
@@ -55,8 +55,10 @@ impl Api {
         };
         let bundles = TrustBundles::start(ca.clone(), &Default::default()).unwrap();
         let watchers = Arc::new(BundleWatchers::default());
-        let state =
+        let mut state =
             RestState::new(&config, ca.clone(), bundles, watchers).expect("valid token hashes");
+        // The gates' propagation counts are what these tests look at, not the wait.
+        state.rotation.settle = std::time::Duration::ZERO;
         Self {
             router: rest::router(state),
             ca,
@@ -364,4 +366,76 @@ async fn keyset_pages_list_every_row_once_while_rows_are_added() {
     .await;
     assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 2]);
     assert_eq!(pages.concat(), all);
+}
+
+/// `activate` waits until every live identity has renewed since the new root joined the
+/// bundle, `revoke` until the old authority has nothing live; each refusal is a 409 naming what
+/// it waits for, and `force=true` takes the step anyway, audited as forced.
+#[tokio::test]
+async fn gated_steps_answer_409_naming_what_they_wait_for_unless_forced() {
+    let api = Api::start().await;
+    let first = api.ca.current_authority().id().to_string();
+    api.issue("web").await;
+    let prepared = api
+        .call(
+            Method::POST,
+            "/v1/authorities",
+            Some(ADMIN),
+            Some(json!({"generate": {}})),
+        )
+        .await;
+    assert_eq!(prepared.status, StatusCode::CREATED);
+    let id = prepared.body["id"].as_str().unwrap().to_string();
+    let waiting = "1 of 1 live identities has not renewed since its root joined the bundle";
+    assert_eq!(prepared.body["gate"]["step"], "activate");
+    assert_eq!(prepared.body["gate"]["open"], false);
+    assert_eq!(prepared.body["gate"]["waiting_for"], json!([waiting]));
+    assert_eq!(prepared.body["propagation"]["identities"]["live"], 1);
+
+    let activate = format!("/v1/authorities/{id}/activate");
+    let refused = api.call(Method::POST, &activate, Some(ADMIN), None).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    let message = refused.body["message"].as_str().unwrap();
+    assert!(
+        message.contains(waiting) && message.contains("force=true"),
+        "{message}"
+    );
+    assert_eq!(
+        api.ca.authorities().get(&id).unwrap().state.as_str(),
+        "prepared"
+    );
+
+    // The workload renews (its answer holds the new root): the gate opens.
+    api.issue("web").await;
+    let shown = api.get(&format!("/v1/authorities/{id}"), AUDITOR).await;
+    assert_eq!(shown.body["gate"]["open"], true, "{}", shown.body);
+    assert_eq!(shown.body["propagation"]["complete"], true);
+    let activated = api.call(Method::POST, &activate, Some(ADMIN), None).await;
+    assert_eq!(activated.status, StatusCode::OK, "{}", activated.body);
+
+    let taint = format!("/v1/authorities/{first}/taint");
+    let tainted = api.call(Method::POST, &taint, Some(ADMIN), None).await;
+    assert_eq!(tainted.status, StatusCode::OK);
+    let revoke = format!("/v1/authorities/{first}/revoke");
+    let refused = api.call(Method::POST, &revoke, Some(ADMIN), None).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    let message = refused.body["message"].as_str().unwrap();
+    assert!(
+        message.contains("2 certificates it signed are still live"),
+        "{message}"
+    );
+    let forced = format!("{revoke}?force=true");
+    let revoked = api.call(Method::POST, &forced, Some(ADMIN), None).await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    assert_eq!(revoked.body["state"], "revoked");
+
+    let events = audit_events(&api.ca, "authority.revoke", 2).await;
+    let details: Value = serde_json::from_str(&events[0].details).unwrap();
+    assert_eq!(events[0].outcome, "success");
+    assert_eq!(details["forced"], true);
+    assert_eq!(
+        details["forced_past"],
+        json!(["2 certificates it signed are still live"])
+    );
+    assert_eq!(events[1].outcome, "refused", "the refusal is on record too");
 }

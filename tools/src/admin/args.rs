@@ -95,6 +95,9 @@ pub enum AuthorityCommand {
     Activate {
         /// Authority id.
         id: String,
+        /// Activate even though its root has not reached everything (audited as forced).
+        #[arg(long)]
+        force: bool,
     },
     /// old → tainted: agents holding its certificates rotate now.
     Taint {
@@ -105,6 +108,9 @@ pub enum AuthorityCommand {
     Revoke {
         /// Authority id.
         id: String,
+        /// Revoke even though certificates it signed are still live (audited as forced).
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -149,10 +149,11 @@ impl AdminClient {
     pub async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
+        query: &[(&str, Option<String>)],
         body: &impl serde::Serialize,
     ) -> Result<Answer<T>, AdminError> {
         let body = serde_json::to_string(body).expect("request views serialize");
-        let url = self.url(path, &[]);
+        let url = self.url(path, query);
         let request = self
             .http
             .post(url.clone())

@@ -33,8 +33,8 @@ macro_rules! columns {
 
 const AUTHORITY_COLUMNS: &[Column<AuthorityView>] = columns!(AuthorityView {
     "ID": id, "STATE": state, "SOURCE": source, "KEY": key_type, "NOT AFTER": not_after,
-    "LIVE": live_certificates, "RECEIVED": propagation.received,
-    "CONNECTED": propagation.connected, "SUBJECT": subject,
+    "LIVE": live_certificates, "AGENTS": propagation.agents,
+    "IDENTITIES": propagation.identities, "SUBJECT": subject,
 });
 
 const CERT_COLUMNS: &[Column<CertificateView>] = columns!(CertificateView {
@@ -110,23 +110,11 @@ async fn authorities(
                     })
                 }
             };
-            client.post("/v1/authorities", &body).await?
+            client.post("/v1/authorities", &[], &body).await?
         }
-        AuthorityCommand::Activate { id } => {
-            client
-                .post(&format!("/v1/authorities/{id}/activate"), &json!({}))
-                .await?
-        }
-        AuthorityCommand::Taint { id } => {
-            client
-                .post(&format!("/v1/authorities/{id}/taint"), &json!({}))
-                .await?
-        }
-        AuthorityCommand::Revoke { id } => {
-            client
-                .post(&format!("/v1/authorities/{id}/revoke"), &json!({}))
-                .await?
-        }
+        AuthorityCommand::Activate { id, force } => step(client, id, "activate", *force).await?,
+        AuthorityCommand::Taint { id } => step(client, id, "taint", false).await?,
+        AuthorityCommand::Revoke { id, force } => step(client, id, "revoke", *force).await?,
     };
     print(
         out,
@@ -136,6 +124,19 @@ async fn authorities(
         AUTHORITY_COLUMNS,
     )?;
     Ok(())
+}
+
+/// POSTs rotation step `name` on authority `id`, forced past its gate when `force`.
+async fn step(
+    client: &AdminClient,
+    id: &str,
+    name: &str,
+    force: bool,
+) -> Result<Answer<AuthorityView>, AdminError> {
+    let query = [("force", force.then(|| "true".to_string()))];
+    client
+        .post(&format!("/v1/authorities/{id}/{name}"), &query, &json!({}))
+        .await
 }
 
 async fn certs(
@@ -175,6 +176,7 @@ async fn certs(
             let answer: Answer<CertificateView> = client
                 .post(
                     &format!("/v1/certificates/{serial}/revoke"),
+                    &[],
                     &RevokeBody { reason: *reason },
                 )
                 .await?;

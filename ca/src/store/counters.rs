@@ -1,0 +1,71 @@
+//! What the rotation gates count, read from the counters the migrations' triggers keep in the
+//! same transaction as each issuance and revocation: sums over a few thousand small rows, not
+//! scans of every certificate, so `GET /v1/authorities` costs the same at a million
+//! certificates as at ten.
+
+use super::records::StoreError;
+use super::Store;
+
+/// Width of an expiry bucket, seconds (the triggers round `not_after` up to it).
+pub const EXPIRY_BUCKET_SECS: i64 = 10;
+
+/// How long counter rows of expired buckets are kept before [`Store::prune_counters`] drops
+/// them: a late revocation or renewal of a just-expired certificate still finds its row.
+const EXPIRED_KEPT_SECS: i64 = 3600;
+
+/// Live identities (distinct SPIFFE ids whose newest certificate is unexpired and unrevoked),
+/// and how many of them were given a bundle at least as new as some moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentityRenewal {
+    pub live: i64,
+    pub renewed: i64,
+}
+
+impl Store {
+    /// Certificates from `authority_id` that are neither revoked nor expired at `now` (counted
+    /// up to [`EXPIRY_BUCKET_SECS`] past their expiry).
+    pub async fn count_live_certificates(
+        &self,
+        authority_id: &str,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        let sql = "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM live_certificate_counts \
+                   WHERE authority_id = $1 AND expires_bucket > $2";
+        with_pool!(self, pool => {
+            sqlx::query_scalar::<_, i64>(sql).bind(authority_id).bind(now).fetch_one(pool).await
+        })
+        .map_err(StoreError::Query)
+    }
+
+    /// Live identities at `now`, and those whose newest certificate's answer carried a bundle
+    /// as of `since` or later (so it held every root that had joined by then).
+    pub async fn identity_renewal(
+        &self,
+        since: i64,
+        now: i64,
+    ) -> Result<IdentityRenewal, StoreError> {
+        let sql = "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT), \
+                   CAST(COALESCE(SUM(CASE WHEN bundle_as_of >= $1 THEN n ELSE 0 END), 0) AS BIGINT) \
+                   FROM identity_counts WHERE expires_bucket > $2";
+        let (live, renewed): (i64, i64) = with_pool!(self, pool => {
+            sqlx::query_as(sql).bind(since).bind(now).fetch_one(pool).await
+        })
+        .map_err(StoreError::Query)?;
+        Ok(IdentityRenewal { live, renewed })
+    }
+
+    /// Drops counter rows of buckets that expired more than an hour before `now`, so the sums
+    /// stay over live buckets only.
+    pub async fn prune_counters(&self, now: i64) -> Result<(), StoreError> {
+        let before = now - EXPIRED_KEPT_SECS;
+        for sql in [
+            "DELETE FROM live_certificate_counts WHERE expires_bucket <= $1",
+            "DELETE FROM identity_counts WHERE expires_bucket <= $1",
+            "DELETE FROM identity_latest WHERE expires_bucket <= $1",
+        ] {
+            with_pool!(self, pool => sqlx::query(sql).bind(before).execute(pool).await.map(drop))
+                .map_err(StoreError::Query)?;
+        }
+        Ok(())
+    }
+}
