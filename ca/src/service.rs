@@ -101,15 +101,15 @@ impl RunningSigningService {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Self, ServiceError> {
         let service = SigningService::new(ca.clone(), config)?;
-        let certs = tls::serving_certificate(
-            &ca,
-            &config.service_dns_names,
-            &config.service_ip_sans,
-            serving_cert_ttl,
-            None,
-            "meshca-ca",
-        )
-        .await?;
+        let spec = tls::ServingCertSpec {
+            dns_names: config.service_dns_names.clone(),
+            ip_sans: config.service_ip_sans.clone(),
+            ttl: serving_cert_ttl,
+            principal: "meshca-ca".into(),
+            // Its callers, keyless RAs, follow its authorities as they change.
+            settle: Duration::ZERO,
+        };
+        let certs = tls::serving_certificate(&ca, &spec, None).await?;
         let listener = TcpListener::bind(config.service_listen)
             .await
             .map_err(|source| ServiceError::Bind {
@@ -334,9 +334,10 @@ impl CaRpc for SigningService {
             .ttl_policy()
             .resolve(body.ttl_seconds)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let signer = Some(body.authority_id.as_str()).filter(|id| !id.is_empty());
         let issued = self
             .ca
-            .issue_server_certificate(&spki, &body.dns_names, &ip_addrs, ttl, &ra)
+            .issue_server_certificate(&spki, &body.dns_names, &ip_addrs, ttl, &ra, signer)
             .await
             .map_err(issue_status)?;
         Ok(Response::new(signed(issued)))

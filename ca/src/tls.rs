@@ -10,10 +10,11 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::keys::{KeyType, SigningKey};
-use crate::CertificateAuthority;
+use crate::{AuthorityId, CertificateAuthority};
+use meshca_pki::time::unix_seconds;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
@@ -61,83 +62,115 @@ pub fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
     not_before + lifetime / 2
 }
 
-/// The serving certificate, published through a watch so renewals reach new handshakes.
+/// What meshca's own serving certificate names, and how it moves.
+#[derive(Clone, Debug)]
+pub struct ServingCertSpec {
+    pub dns_names: Vec<String>,
+    pub ip_sans: Vec<IpAddr>,
+    pub ttl: Duration,
+    /// Recorded as the requester of each one.
+    pub principal: String,
+    /// A new root signs it only once it has been in the bundle this long
+    /// ([`AuthoritySet::serving_signer`]).
+    ///
+    /// [`AuthoritySet::serving_signer`]: crate::rotation::AuthoritySet::serving_signer
+    pub settle: Duration,
+}
+
+/// The serving certificate, published through a watch so renewals reach new handshakes:
+/// renewed at half-life, when the authority that should sign it changes (a new root has
+/// settled, its signer was tainted), and from files instead when they are given.
 pub async fn serving_certificate(
     ca: &CertificateAuthority,
-    dns_names: &[String],
-    ip_sans: &[IpAddr],
-    ttl: Duration,
+    spec: &ServingCertSpec,
     files: Option<(&Path, &Path)>,
-    principal: &str,
 ) -> Result<watch::Receiver<Arc<CertifiedKey>>, TlsSetupError> {
     if let Some((cert, key)) = files {
         let certified = load_files(cert, key)?;
         return Ok(watch::channel(Arc::new(certified)).1);
     }
-    let (certified, renew) = issue_serving(ca, dns_names, ip_sans, ttl, principal).await?;
+    let settle = spec.settle.as_secs() as i64;
+    let first = ca
+        .authorities()
+        .serving_signer(unix_seconds(SystemTime::now()), settle)
+        .authority
+        .id()
+        .clone();
+    let (certified, renew, signer) = issue_serving(ca, spec, &first).await?;
     let (tx, rx) = watch::channel(Arc::new(certified));
     let ca = ca.clone();
-    let dns_names = dns_names.to_vec();
-    let ip_sans = ip_sans.to_vec();
-    let principal = principal.to_string();
+    let spec = spec.clone();
     tokio::spawn(async move {
-        let mut renew = renew;
         let mut authorities = ca.watch_authorities();
-        let mut signer = ca.current_authority().id().clone();
+        let (mut renew_at, mut signer) = (renew, signer);
+        let mut next_try = SystemTime::UNIX_EPOCH;
         loop {
-            let wait = renew
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                changed = authorities.changed() => {
-                    if changed.is_err() { return; }
-                    // Only a new signer (activation, reload) needs a new serving cert.
-                    let active = authorities.borrow_and_update().active().id().clone();
-                    if active == signer { continue; }
-                    signer = active;
+            authorities.borrow_and_update();
+            let now = SystemTime::now();
+            let set = ca.authorities();
+            let wanted = set.serving_signer(unix_seconds(now), settle);
+            let wanted = wanted.authority.id().clone();
+            let moves_at = set
+                .serving_signer_moves_at(unix_seconds(now), settle)
+                .map(|at| UNIX_EPOCH + Duration::from_secs(at as u64));
+            let due = now >= renew_at || wanted != signer;
+            if due && now >= next_try {
+                match issue_serving(&ca, &spec, &wanted).await {
+                    Ok((certified, next, by)) => {
+                        tracing::info!(authority = %by, "renewed the serving certificate");
+                        tx.send_replace(Arc::new(certified));
+                        renew_at = next;
+                        signer = by;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "renewing the serving certificate failed; retrying");
+                        next_try = now + RENEW_RETRY;
+                    }
                 }
-                _ = tx.closed() => return,
+                continue;
             }
-            match issue_serving(&ca, &dns_names, &ip_sans, ttl, &principal).await {
-                Ok((certified, next)) => {
-                    tracing::info!("renewed the gRPC serving certificate");
-                    tx.send_replace(Arc::new(certified));
-                    renew = next;
-                }
-                Err(error) => {
-                    tracing::error!(%error, "renewing the gRPC serving certificate failed; retrying");
-                    renew = SystemTime::now() + RENEW_RETRY;
-                }
+            let wake = if due {
+                next_try
+            } else {
+                moves_at.map_or(renew_at, |at| at.min(renew_at))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wake.duration_since(now).unwrap_or(Duration::ZERO)) => {}
+                changed = authorities.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
             }
         }
     });
     Ok(rx)
 }
 
+/// A serving certificate from `signer` (or the active authority when it cannot sign): the
+/// certified key, when to renew it, and who signed it.
 async fn issue_serving(
     ca: &CertificateAuthority,
-    dns_names: &[String],
-    ip_sans: &[IpAddr],
-    ttl: Duration,
-    principal: &str,
-) -> Result<(CertifiedKey, SystemTime), TlsSetupError> {
+    spec: &ServingCertSpec,
+    signer: &AuthorityId,
+) -> Result<(CertifiedKey, SystemTime, AuthorityId), TlsSetupError> {
     let key =
         SigningKey::generate(KeyType::EcP256).map_err(|e| TlsSetupError::Key(e.to_string()))?;
     let issued = ca
         .issue_server_certificate(
             &key.subject_public_key_info(),
-            dns_names,
-            ip_sans,
-            ttl,
-            principal,
+            &spec.dns_names,
+            &spec.ip_sans,
+            spec.ttl,
+            &spec.principal,
+            Some(signer.as_str()),
         )
         .await?;
-    let authority = ca.current_authority();
+    let set = ca.authorities();
+    let intermediates = set
+        .get(issued.authority_id.as_str())
+        .map(|e| e.authority.intermediates().to_vec())
+        .unwrap_or_default();
     let mut chain = vec![CertificateDer::from(issued.leaf_der.clone())];
     chain.extend(
-        authority
-            .intermediates()
+        intermediates
             .iter()
             .map(|c| CertificateDer::from(c.der().to_vec())),
     );
@@ -151,6 +184,7 @@ async fn issue_serving(
     Ok((
         CertifiedKey::new(chain, signing_key),
         renew_at(not_before, issued.not_after),
+        issued.authority_id,
     ))
 }
 

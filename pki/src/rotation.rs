@@ -269,6 +269,36 @@ impl AuthoritySet {
             .unwrap_or(0)
     }
 
+    /// Who signs meshca's own serving certificates at `now`: the active authority once its
+    /// root has been in the bundle for `settle`; until then the authority active before it
+    /// (the most recently demoted `old` one), so a client holding the bundle as it was
+    /// `settle` ago still verifies meshca. Only a forced activation, or a plugged-in directory
+    /// switching to a root it never listed, gets here before the root has settled; a tainted
+    /// or revoked authority never signs them.
+    pub fn serving_signer(&self, now: i64, settle_secs: i64) -> &AuthorityEntry {
+        let active = &self.entries[self.active];
+        let settled = self
+            .root_since(&crate::keys::sha256_hex(active.authority.root().der()))
+            .is_some_and(|since| now >= since.saturating_add(settle_secs));
+        if settled {
+            return active;
+        }
+        self.entries
+            .iter()
+            .filter(|e| e.state == AuthorityState::Old)
+            .max_by_key(|e| e.updated_at)
+            .unwrap_or(active)
+    }
+
+    /// When [`serving_signer`](Self::serving_signer) moves to the active authority, if that is
+    /// still ahead of `now`.
+    pub fn serving_signer_moves_at(&self, now: i64, settle_secs: i64) -> Option<i64> {
+        let active = &self.entries[self.active];
+        let since = self.root_since(&crate::keys::sha256_hex(active.authority.root().der()))?;
+        let at = since.saturating_add(settle_secs);
+        (at > now).then_some(at)
+    }
+
     /// Whether authority `id` is known and its root is in the bundle.
     pub fn trusts(&self, id: &str) -> bool {
         self.get(id).is_some_and(|e| e.state.trusted())
@@ -480,5 +510,25 @@ mod tests {
         for state in [Prepared, Active, Old, Tainted, Revoked] {
             assert_eq!(AuthorityState::parse(state.as_str()), Some(state));
         }
+    }
+
+    /// After a forced activation meshca keeps serving from the previous authority until the new
+    /// root has settled; a tainted previous authority is never used.
+    #[test]
+    fn serving_certificates_move_once_the_new_root_has_settled() {
+        use AuthorityState::*;
+        let mut old = entry(Old);
+        old.updated_at = 100;
+        let mut active = entry(Active);
+        active.created_at = 100;
+        let set = AuthoritySet::new(vec![old.clone(), active.clone()]).unwrap();
+        let id = |e: &AuthorityEntry| e.authority.id().clone();
+        assert_eq!(id(set.serving_signer(130, 60)), id(&old));
+        assert_eq!(set.serving_signer_moves_at(130, 60), Some(160));
+        assert_eq!(id(set.serving_signer(160, 60)), id(&active));
+        assert_eq!(set.serving_signer_moves_at(160, 60), None);
+        old.state = Tainted;
+        let tainted = AuthoritySet::new(vec![old, active.clone()]).unwrap();
+        assert_eq!(id(tainted.serving_signer(130, 60)), id(&active));
     }
 }

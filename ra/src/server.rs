@@ -115,15 +115,14 @@ impl RunningRa {
             (None, None) => None,
             _ => return Err(ServeError::HalfCertFiles),
         };
-        let certs = tls::serving_certificate(
-            &ca,
-            &settings.grpc.dns_names,
-            &settings.grpc.ip_sans,
-            settings.grpc.serving_cert_ttl,
-            files,
-            "meshca-server",
-        )
-        .await?;
+        let spec = tls::ServingCertSpec {
+            dns_names: settings.grpc.dns_names.clone(),
+            ip_sans: settings.grpc.ip_sans.clone(),
+            ttl: settings.grpc.serving_cert_ttl,
+            principal: "meshca-server".into(),
+            settle: settings.rotation.settle,
+        };
+        let certs = tls::serving_certificate(&ca, &spec, files).await?;
 
         let grpc_listener = bind(settings.grpc.listen).await?;
         let metrics_listener = bind(settings.metrics.listen).await?;

@@ -18,6 +18,7 @@ use crate::issued::IssuedCertificate;
 use crate::keys;
 use crate::profile::{self, TtlError};
 use crate::remote::{RemoteError, RemoteErrorKind};
+use crate::rotation::AuthorityState;
 use crate::store::{Issuance, IssuanceRecord};
 use crate::x509::{self, CertTemplate};
 use meshca_pki::time::unix_seconds;
@@ -203,6 +204,7 @@ impl CertificateAuthority {
             subject,
             req.requester,
             req.bundle_as_of,
+            None,
             |authority, serial, validity| {
                 profile::workload_template(
                     req.csr,
@@ -217,7 +219,11 @@ impl CertificateAuthority {
     }
 
     /// A TLS serving certificate for meshca's own endpoints (DNS and IP SANs, serverAuth and
-    /// clientAuth), recorded like every other certificate.
+    /// clientAuth), recorded like every other certificate. Signed by `signer` (see
+    /// [`AuthoritySet::serving_signer`]) when it is an `active` or `old` authority, else by the
+    /// active one.
+    ///
+    /// [`AuthoritySet::serving_signer`]: crate::rotation::AuthoritySet::serving_signer
     pub async fn issue_server_certificate(
         &self,
         spki: &SubjectPublicKeyInfoOwned,
@@ -225,6 +231,7 @@ impl CertificateAuthority {
         ip_addrs: &[IpAddr],
         ttl: Duration,
         principal: &str,
+        signer: Option<&str>,
     ) -> Result<IssuedCertificate, IssueError> {
         let committer = match &self.inner.mode {
             Mode::OwnRoots { committer, .. } | Mode::PluggedIn { committer } => committer,
@@ -235,6 +242,7 @@ impl CertificateAuthority {
                         dns_names: dns_names.to_vec(),
                         ip_addresses: ip_addrs.iter().map(IpAddr::to_string).collect(),
                         ttl_seconds: ttl.as_secs() as i64,
+                        authority_id: signer.unwrap_or_default().to_string(),
                     })
                     .await?);
             }
@@ -257,6 +265,7 @@ impl CertificateAuthority {
             subject,
             &requester,
             None,
+            signer,
             |authority, serial, validity| {
                 profile::server_template(
                     spki,
@@ -280,6 +289,7 @@ impl CertificateAuthority {
         subject: RecordSubject<'_>,
         requester: &Requester,
         bundle_as_of: Option<i64>,
+        signer: Option<&str>,
         template: impl Fn(
             &Authority,
             SerialNumber,
@@ -287,7 +297,11 @@ impl CertificateAuthority {
         ) -> Result<CertTemplate, der::Error>,
     ) -> Result<IssuedCertificate, IssueError> {
         let set = self.authorities();
-        let authority = set.active().clone();
+        let authority = signer
+            .and_then(|id| set.get(id))
+            .filter(|e| matches!(e.state, AuthorityState::Active | AuthorityState::Old))
+            .filter(|e| e.authority.key().is_some())
+            .map_or_else(|| set.active().clone(), |e| e.authority.clone());
         let bundle_as_of = bundle_as_of.unwrap_or_else(|| set.bundle_as_of());
         let now = SystemTime::now();
         if authority.path_not_after() <= now {

@@ -62,6 +62,10 @@ pub struct ServingCertificateRequest {
     pub ip_addresses: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(int64, tag = "4")]
     pub ttl_seconds: i64,
+    /// The authority to sign with (the RA's serving-signer rule); empty or unusable: the active
+    /// one.
+    #[prost(string, tag = "5")]
+    pub authority_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct WatchAuthoritiesRequest {}

@@ -104,6 +104,11 @@ pub enum AuthorityCommand {
         /// Authority id.
         id: String,
     },
+    /// The whole rotation, each step once its gate holds: prepare a new root, activate it once
+    /// it has reached everything (and --settle passed), taint the old one once it has no live
+    /// certificates or --drain passed, revoke it once nothing it signed is live. Resumable: run
+    /// again, it continues from the state the server holds.
+    Rotate(RotateArgs),
     /// tainted → revoked: its root leaves the trust bundle.
     Revoke {
         /// Authority id.
@@ -112,6 +117,28 @@ pub enum AuthorityCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `meshca admin authorities rotate`'s waits.
+#[derive(Clone, Debug, Args)]
+pub struct RotateArgs {
+    /// Key type of the new root: ec-p256, ec-p384, rsa-2048 or rsa-4096.
+    #[arg(long, default_value = "ec-p256")]
+    pub key_type: KeyType,
+    /// At least this long between prepare and activate (the server's rotation.settle applies
+    /// too).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub settle: std::time::Duration,
+    /// After activation, how long to let the old authority's certificates be renewed as usual
+    /// before tainting it (agents then rotate at once).
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    pub drain: std::time::Duration,
+    /// Give up a wait after this long: exit non-zero, leaving the rotation where it is.
+    #[arg(long, default_value = "48h", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// How often to ask the server.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub poll: std::time::Duration,
 }
 
 /// Inventory filters, as the API names them.

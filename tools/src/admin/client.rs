@@ -35,6 +35,16 @@ pub enum AdminError {
     AuditBroken { seq: i64, reason: String },
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    #[error(
+        "timed out after {after} waiting to {step} authority {authority}: {waiting_for}; \
+         the rotation stays where it is; run the command again to continue"
+    )]
+    RotationTimeout {
+        step: &'static str,
+        authority: String,
+        after: String,
+        waiting_for: String,
+    },
 }
 
 /// An answer of the API: its view, and its JSON as the server sent it, which `--json` prints.
@@ -50,6 +60,9 @@ pub struct AdminClient {
     base: reqwest::Url,
     token: Option<String>,
     http: reqwest::Client,
+    /// `--ca`'s roots (and any learned since), when given; else the system's.
+    roots_pem: Option<Vec<u8>>,
+    identity_pem: Option<Vec<u8>>,
 }
 
 pub(super) fn read(path: &PathBuf) -> Result<Vec<u8>, AdminError> {
@@ -63,27 +76,43 @@ pub(super) fn read(path: &PathBuf) -> Result<Vec<u8>, AdminError> {
 
 impl AdminClient {
     pub fn new(args: &AdminArgs) -> Result<Self, AdminError> {
-        let mut builder = reqwest::Client::builder();
-        if let Some(ca) = &args.ca {
-            let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?)
-                .map_err(|e| AdminError::Setup(format!("{}: {e}", ca.display())))?;
-            builder = builder.tls_certs_only(certs);
-        }
-        if let Some(identity) = &args.identity {
-            let identity = reqwest::Identity::from_pem(&read(identity)?)
-                .map_err(|e| AdminError::Setup(format!("{}: {e}", identity.display())))?;
-            builder = builder.identity(identity);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| AdminError::Setup(e.to_string()))?;
+        let roots_pem = args.ca.as_ref().map(read).transpose()?;
+        let identity_pem = args.identity.as_ref().map(read).transpose()?;
+        let named = |path: &Option<PathBuf>, e: String| match path {
+            Some(path) => AdminError::Setup(format!("{}: {e}", path.display())),
+            None => AdminError::Setup(e),
+        };
+        let http =
+            http_client(roots_pem.as_deref(), identity_pem.as_deref()).map_err(|e| match e {
+                ClientSetup::Roots(e) => named(&args.ca, e),
+                ClientSetup::Identity(e) => named(&args.identity, e),
+            })?;
         let base = reqwest::Url::parse(&args.url)
             .map_err(|e| AdminError::Setup(format!("--url {}: {e}", args.url)))?;
         Ok(Self {
             base,
             token: args.token.clone(),
             http,
+            roots_pem,
+            identity_pem,
         })
+    }
+
+    /// Adds the server's current trust bundle to the roots it is verified with. Fetched over a
+    /// connection those roots verified, so it is as trustworthy as they are; a rotation moves
+    /// the server's own certificate to the new root, and a long-running command must follow.
+    pub async fn trust_current_bundle(&mut self) -> Result<(), AdminError> {
+        let Some(roots) = &self.roots_pem else {
+            return Ok(());
+        };
+        let url = self.url("/v1/trust-bundle", &[]);
+        let bundle = self.text(url, "application/x-pem-file").await?;
+        let mut learned = roots.clone();
+        learned.extend_from_slice(bundle.as_bytes());
+        self.http = http_client(Some(&learned), self.identity_pem.as_deref())
+            .map_err(|e| AdminError::Setup(format!("the server's trust bundle: {e:?}")))?;
+        self.roots_pem = Some(learned);
+        Ok(())
     }
 
     pub(super) fn url(&self, path: &str, query: &[(&str, Option<String>)]) -> reqwest::Url {
@@ -182,6 +211,32 @@ impl AdminClient {
         }
         Ok(())
     }
+}
+
+#[derive(Debug)]
+enum ClientSetup {
+    Roots(String),
+    Identity(String),
+}
+
+fn http_client(
+    roots_pem: Option<&[u8]>,
+    identity_pem: Option<&[u8]>,
+) -> Result<reqwest::Client, ClientSetup> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(pem) = roots_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| ClientSetup::Roots(e.to_string()))?;
+        builder = builder.tls_certs_only(certs);
+    }
+    if let Some(pem) = identity_pem {
+        let identity =
+            reqwest::Identity::from_pem(pem).map_err(|e| ClientSetup::Identity(e.to_string()))?;
+        builder = builder.identity(identity);
+    }
+    builder
+        .build()
+        .map_err(|e| ClientSetup::Roots(e.to_string()))
 }
 
 /// The answer to `path`, as its view and as the JSON it came as.

@@ -4,6 +4,7 @@
 
 mod args;
 mod client;
+mod rotate;
 mod table;
 
 use std::io::Write;
@@ -17,7 +18,7 @@ use serde_json::json;
 
 pub use args::{
     AdminArgs, AdminCommand, AuditCommand, AuthorityCommand, CertCommand, CertFilters,
-    DevDefaultsError, DEV_DIR,
+    DevDefaultsError, RotateArgs, DEV_DIR,
 };
 pub use client::{AdminClient, AdminError, Answer};
 
@@ -49,10 +50,10 @@ const AUDIT_COLUMNS: &[Column<AuditEventView>] = columns!(AuditEventView {
 
 /// Runs one admin command, writing its result to `out`.
 pub async fn run(args: &AdminArgs, out: &mut impl Write) -> Result<(), AdminError> {
-    let client = AdminClient::new(args)?;
+    let mut client = AdminClient::new(args)?;
     let json = args.json;
     match &args.command {
-        AdminCommand::Authorities(command) => authorities(&client, command, json, out).await,
+        AdminCommand::Authorities(command) => authorities(&mut client, command, json, out).await,
         AdminCommand::Certs(command) => certs(&client, command, json, out).await,
         AdminCommand::Crl { authority } => {
             let url = client.url("/v1/crl", &[("authority", authority.clone())]);
@@ -65,7 +66,7 @@ pub async fn run(args: &AdminArgs, out: &mut impl Write) -> Result<(), AdminErro
 }
 
 async fn authorities(
-    client: &AdminClient,
+    client: &mut AdminClient,
     command: &AuthorityCommand,
     json: bool,
     out: &mut impl Write,
@@ -115,6 +116,9 @@ async fn authorities(
         AuthorityCommand::Activate { id, force } => step(client, id, "activate", *force).await?,
         AuthorityCommand::Taint { id } => step(client, id, "taint", false).await?,
         AuthorityCommand::Revoke { id, force } => step(client, id, "revoke", *force).await?,
+        AuthorityCommand::Rotate(rotate_args) => {
+            return rotate::rotate(client, rotate_args, json, out).await;
+        }
     };
     print(
         out,
