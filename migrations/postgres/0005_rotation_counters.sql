@@ -115,3 +115,13 @@ WHERE c.spiffe_id <> '' AND c.not_after > extract(epoch FROM now())::bigint
 ORDER BY c.spiffe_id, c.id DESC;
 INSERT INTO identity_counts (bundle_as_of, expires_bucket, n)
 SELECT bundle_as_of, expires_bucket, count(*) FROM identity_latest WHERE counted = 1 GROUP BY 1, 2;
+
+-- Each replica's trust-bundle streams, reported every few seconds: how many meshca agents are
+-- connected and which roots (JSON: fingerprint -> agents sent it) they were sent, so every
+-- replica's gate counts every replica's agents. A replica that stops reporting drops out.
+CREATE TABLE bundle_deliveries (
+    replica     TEXT   PRIMARY KEY,
+    reported_at BIGINT NOT NULL,
+    connected   BIGINT NOT NULL,
+    received    TEXT   NOT NULL
+);

@@ -28,6 +28,7 @@ use crate::root_configmap::{
 };
 use crate::service::CertificateService;
 use crate::tls::{self, TlsSetupError};
+use crate::trust::deliveries::AgentDeliveries;
 use crate::trust::stream::{BundleWatchers, TrustBundleWatch};
 use crate::trust::{AnchorError, TrustBundles};
 
@@ -132,12 +133,9 @@ impl RunningRa {
         let rest_addr = rest_listener.local_addr().map_err(ServeError::Rest)?;
 
         let watchers = Arc::new(BundleWatchers::default());
-        let mut rest_state = RestState::new(
-            &settings.rest,
-            ca.clone(),
-            trust_bundles.clone(),
-            watchers.clone(),
-        )?;
+        let agents = AgentDeliveries::start(watchers.clone(), ca.store().clone());
+        let mut rest_state =
+            RestState::new(&settings.rest, ca.clone(), trust_bundles.clone(), agents)?;
         rest_state.rotation = settings.rotation.clone();
         rest_state.root_configmaps = start_root_configmaps(settings, &ca, &trust_bundles)?;
         let bundles = TrustBundleServiceServer::new(TrustBundleWatch::new(

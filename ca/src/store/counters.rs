@@ -1,7 +1,7 @@
 //! What the rotation gates count, read from the counters the migrations' triggers keep in the
-//! same transaction as each issuance and revocation: sums over a few thousand small rows, not
+//! same transaction as each issuance and revocation (sums over a few thousand small rows, not
 //! scans of every certificate, so `GET /v1/authorities` costs the same at a million
-//! certificates as at ten.
+//! certificates as at ten), and the replicas' reports of what their agents were sent.
 
 use super::records::StoreError;
 use super::Store;
@@ -21,7 +21,59 @@ pub struct IdentityRenewal {
     pub renewed: i64,
 }
 
+/// One replica's report of its trust-bundle streams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleDelivery {
+    pub replica: String,
+    pub connected: i64,
+    /// Root fingerprint → agents that were sent a bundle holding it.
+    pub received: std::collections::BTreeMap<String, i64>,
+}
+
 impl Store {
+    /// Records (replacing its previous one) `delivery`, as of `now`.
+    pub async fn report_bundle_delivery(
+        &self,
+        delivery: &BundleDelivery,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let received = serde_json::to_string(&delivery.received).unwrap_or_else(|_| "{}".into());
+        let sql = "INSERT INTO bundle_deliveries (replica, reported_at, connected, received) \
+                   VALUES ($1, $2, $3, $4) ON CONFLICT (replica) DO UPDATE SET \
+                   reported_at = excluded.reported_at, connected = excluded.connected, \
+                   received = excluded.received";
+        with_pool!(self, pool => {
+            sqlx::query(sql)
+                .bind(&delivery.replica)
+                .bind(now)
+                .bind(delivery.connected)
+                .bind(&received)
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(StoreError::Query)
+    }
+
+    /// Every replica's report made at or after `since`; older ones (a replica that stopped)
+    /// are left out.
+    pub async fn bundle_deliveries(&self, since: i64) -> Result<Vec<BundleDelivery>, StoreError> {
+        let sql = "SELECT replica, connected, received FROM bundle_deliveries \
+                   WHERE reported_at >= $1 ORDER BY replica";
+        let rows: Vec<(String, i64, String)> = with_pool!(self, pool => {
+            sqlx::query_as(sql).bind(since).fetch_all(pool).await
+        })
+        .map_err(StoreError::Query)?;
+        Ok(rows
+            .into_iter()
+            .map(|(replica, connected, received)| BundleDelivery {
+                replica,
+                connected,
+                received: serde_json::from_str(&received).unwrap_or_default(),
+            })
+            .collect())
+    }
+
     /// Certificates from `authority_id` that are neither revoked nor expired at `now` (counted
     /// up to [`EXPIRY_BUCKET_SECS`] past their expiry).
     pub async fn count_live_certificates(
@@ -62,6 +114,7 @@ impl Store {
             "DELETE FROM live_certificate_counts WHERE expires_bucket <= $1",
             "DELETE FROM identity_counts WHERE expires_bucket <= $1",
             "DELETE FROM identity_latest WHERE expires_bucket <= $1",
+            "DELETE FROM bundle_deliveries WHERE reported_at <= $1",
         ] {
             with_pool!(self, pool => sqlx::query(sql).bind(before).execute(pool).await.map(drop))
                 .map_err(StoreError::Query)?;

@@ -36,7 +36,7 @@ mod records;
 pub(crate) mod sql;
 mod sqlite_writer;
 
-pub use counters::{IdentityRenewal, EXPIRY_BUCKET_SECS};
+pub use counters::{BundleDelivery, IdentityRenewal, EXPIRY_BUCKET_SECS};
 use migrations::Embedded;
 pub use postgres_writer::PostgresIssuanceWriter;
 pub use records::{

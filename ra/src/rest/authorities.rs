@@ -29,7 +29,7 @@ use super::pagination::{rfc3339, unix_to_rfc3339};
 use super::state::RestState;
 use super::views::{
     AgentPropagation, AuthorityList, AuthorityView, ConfigMapPropagation, ErrorBody, GateView,
-    GenerateRequest, IdentityPropagation, PrepareBody, Propagation,
+    GenerateRequest, IdentityPropagation, PrepareBody, Propagation, RootView,
 };
 use crate::jwk::public_key_jwk;
 
@@ -40,9 +40,17 @@ async fn reach_of(
     entry: &AuthorityEntry,
     now: i64,
 ) -> Result<RootReach, ApiError> {
-    let fingerprint = sha256_hex(entry.authority.root().der());
+    reach_of_root(state, &sha256_hex(entry.authority.root().der()), now).await
+}
+
+/// How far the root with `fingerprint` has reached.
+async fn reach_of_root(
+    state: &RestState,
+    fingerprint: &str,
+    now: i64,
+) -> Result<RootReach, ApiError> {
     let bundle = state.bundles.current();
-    let root_since = bundle.authorities().root_since(&fingerprint);
+    let root_since = bundle.authorities().root_since(fingerprint);
     let identities = match root_since {
         Some(since) => state
             .ca
@@ -52,11 +60,15 @@ async fn reach_of(
             .map_err(|e| ApiError::internal(&e))?,
         None => Default::default(),
     };
-    let (agents_received, agents_connected) = state.watchers.propagation(&fingerprint);
+    let (agents_received, agents_connected) = state
+        .agents
+        .propagation(fingerprint)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
     let configmaps = state.root_configmaps.as_ref().map(|publisher| {
         let status = publisher.status();
         ConfigMapReach {
-            holding: status.holding(&fingerprint),
+            holding: status.holding(fingerprint),
             namespaces: status.namespaces,
             synced: status.synced,
         }
@@ -117,27 +129,31 @@ async fn view(state: &RestState, entry: &AuthorityEntry) -> Result<AuthorityView
         root_subject: authority.root().subject_string(),
         root_fingerprint_sha256: root_fingerprint,
         live_certificates: live,
-        propagation: Propagation {
-            trusted_since: reach.root_since.map(unix_to_rfc3339),
-            agents: AgentPropagation {
-                received: reach.agents_received,
-                connected: reach.agents_connected,
-            },
-            identities: IdentityPropagation {
-                renewed: reach.identities.renewed,
-                live: reach.identities.live,
-            },
-            configmaps: reach.configmaps.map(|c| ConfigMapPropagation {
-                holding: c.holding,
-                namespaces: c.namespaces,
-                synced: c.synced,
-            }),
-            complete: reach.complete(),
-        },
+        propagation: propagation_view(&reach),
         gate,
         created_at: unix_to_rfc3339(entry.created_at),
         updated_at: unix_to_rfc3339(entry.updated_at),
     })
+}
+
+fn propagation_view(reach: &RootReach) -> Propagation {
+    Propagation {
+        trusted_since: reach.root_since.map(unix_to_rfc3339),
+        agents: AgentPropagation {
+            received: reach.agents_received,
+            connected: reach.agents_connected,
+        },
+        identities: IdentityPropagation {
+            renewed: reach.identities.renewed,
+            live: reach.identities.live,
+        },
+        configmaps: reach.configmaps.map(|c| ConfigMapPropagation {
+            holding: c.holding,
+            namespaces: c.namespaces,
+            synced: c.synced,
+        }),
+        complete: reach.complete(),
+    }
 }
 
 fn step_name(step: RotationStep) -> &'static str {
@@ -182,7 +198,26 @@ pub async fn list(
     for entry in set.entries() {
         authorities.push(view(&state, entry).await?);
     }
-    Ok(Json(AuthorityList { authorities }))
+    let now = unix_seconds(SystemTime::now());
+    let mut bundle_roots = Vec::new();
+    let bundle = state.bundles.current();
+    for root in bundle.roots() {
+        let fingerprint = sha256_hex(root.der());
+        if bundle.authorities().root_since(&fingerprint).is_none() {
+            continue;
+        }
+        let reach = reach_of_root(&state, &fingerprint, now).await?;
+        bundle_roots.push(RootView {
+            fingerprint_sha256: fingerprint,
+            subject: root.subject_string(),
+            not_after: rfc3339(root.not_after()),
+            propagation: propagation_view(&reach),
+        });
+    }
+    Ok(Json(AuthorityList {
+        authorities,
+        bundle_roots,
+    }))
 }
 
 /// One authority.

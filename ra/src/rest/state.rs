@@ -1,5 +1,5 @@
-//! What every handler shares: the CA, the bundle watchers and who may call, and the audit
-//! records of what callers did.
+//! What every handler shares: the CA, the trust bundle and how far it has reached, who may
+//! call, and the audit records of what callers did.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use super::callers::{Actor, TokenConfigError, TokenTable};
 use super::error::ApiError;
 use crate::config::{RestConfig, RotationConfig};
 use crate::root_configmap::RootCertPublisher;
-use crate::trust::stream::BundleWatchers;
+use crate::trust::deliveries::AgentDeliveries;
 use crate::trust::TrustBundles;
 
 /// Everything the handlers share.
@@ -20,7 +20,8 @@ use crate::trust::TrustBundles;
 pub struct RestState {
     pub ca: CertificateAuthority,
     pub bundles: TrustBundles,
-    pub watchers: Arc<BundleWatchers>,
+    /// meshca agents on every replica's trust-bundle streams.
+    pub agents: AgentDeliveries,
     /// The rotation gates' settings.
     pub rotation: RotationConfig,
     /// The `istio-ca-root-cert` publisher, when meshca keeps those ConfigMaps.
@@ -37,12 +38,12 @@ impl RestState {
         config: &RestConfig,
         ca: CertificateAuthority,
         bundles: TrustBundles,
-        watchers: Arc<BundleWatchers>,
+        agents: AgentDeliveries,
     ) -> Result<Self, TokenConfigError> {
         Ok(Self {
             ca,
             bundles,
-            watchers,
+            agents,
             rotation: RotationConfig::default(),
             root_configmaps: None,
             tokens: Arc::new(TokenTable::new(&config.tokens)?),

@@ -30,7 +30,8 @@ pub struct Propagation {
     pub complete: bool,
 }
 
-/// meshca agents on their trust-bundle streams (this replica's).
+/// meshca agents on the trust-bundle streams of every replica (others as of their last report,
+/// a few seconds old at most).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AgentPropagation {
     /// Streams that were sent a bundle holding this root.
@@ -111,6 +112,19 @@ pub struct AuthorityView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AuthorityList {
     pub authorities: Vec<AuthorityView>,
+    /// Every authority root of the trust bundle and how far it has reached, including roots no
+    /// authority signs under yet (a plugged-in `root-cert.pem` listing old + new); not the
+    /// extra anchors, which no step waits for.
+    pub bundle_roots: Vec<RootView>,
+}
+
+/// A root of the trust bundle.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RootView {
+    pub fingerprint_sha256: String,
+    pub subject: String,
+    pub not_after: String,
+    pub propagation: Propagation,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

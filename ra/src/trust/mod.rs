@@ -3,6 +3,7 @@
 //! root ConfigMaps), and the stream that pushes it to agents.
 
 pub mod anchors;
+pub mod deliveries;
 pub mod stream;
 
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! agents pick up new roots (a reloaded `root-cert.pem`, a rotation) without waiting for their
 //! next certificate.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -89,6 +89,17 @@ impl BundleWatchers {
             .filter(|roots| roots.iter().any(|r| r == root_fingerprint))
             .count();
         (reached, sent.len())
+    }
+
+    /// Watchers connected, and per root how many were sent a bundle holding it: this
+    /// replica's report to the others.
+    pub fn snapshot(&self) -> (usize, BTreeMap<String, i64>) {
+        let sent = self.lock();
+        let mut received = BTreeMap::new();
+        for root in sent.values().flatten() {
+            *received.entry(root.clone()).or_default() += 1;
+        }
+        (sent.len(), received)
     }
 }
 

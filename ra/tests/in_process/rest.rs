@@ -10,6 +10,7 @@ use axum::Router;
 use meshca_ca::{CertificateAuthority, IssueRequest, Requester, SpiffeId, VerifiedCsr};
 use meshca_pki::keys::sha256_hex;
 use meshca_ra::rest::{self, RestState};
+use meshca_ra::trust::deliveries::AgentDeliveries;
 use meshca_ra::trust::stream::BundleWatchers;
 use meshca_ra::trust::TrustBundles;
 use meshca_ra::{RestConfig, RestRole, RestToken};
@@ -55,8 +56,9 @@ impl Api {
         };
         let bundles = TrustBundles::start(ca.clone(), &Default::default()).unwrap();
         let watchers = Arc::new(BundleWatchers::default());
+        let agents = AgentDeliveries::start(watchers, ca.store().clone());
         let mut state =
-            RestState::new(&config, ca.clone(), bundles, watchers).expect("valid token hashes");
+            RestState::new(&config, ca.clone(), bundles, agents).expect("valid token hashes");
         // The gates' propagation counts are what these tests look at, not the wait.
         state.rotation.settle = std::time::Duration::ZERO;
         Self {
