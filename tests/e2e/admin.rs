@@ -63,6 +63,7 @@ async fn root_rotation_end_to_end_with_a_connected_agent() {
         ("MESHCA_GRPC_LISTEN", grpc.to_string()),
         ("MESHCA_METRICS_LISTEN", metrics.to_string()),
         ("MESHCA_REST_LISTEN", rest_addr.to_string()),
+        ("MESHCA_ROTATION_SETTLE", "0s".to_string()),
     ];
     let mut server = MeshcaProcess::start(&server_args, &server_env, tmp.path(), grpc, metrics);
     let first_root = std::fs::read_to_string(data.join("root-cert.pem")).unwrap();
@@ -148,11 +149,15 @@ async fn root_rotation_end_to_end_with_a_connected_agent() {
         .get(&format!("/v1/authorities/{new_id}"), &auditor)
         .await;
     assert_eq!(
-        shown["propagation"],
+        shown["propagation"]["agents"],
         json!({"received": 1, "connected": 1}),
         "{shown}"
     );
     assert_eq!(shown["live_certificates"], 0);
+    // The agent's certificate predates the new root: an istio-agent in its place would not
+    // hold it yet, so the activation gate is closed.
+    assert_eq!(shown["propagation"]["identities"]["renewed"], 0, "{shown}");
+    assert_eq!(shown["gate"]["open"], false, "{shown}");
 
     // Illegal steps name the state they need; unknown ids are 404.
     let (status, body) = rest
@@ -188,10 +193,26 @@ async fn root_rotation_end_to_end_with_a_connected_agent() {
         .await;
     assert_eq!(status, 404);
 
-    // Activate: new certificates chain to the new root; the old one is `old`.
+    // Activate (forced past the identity the agent holds; the drill tests the gated way):
+    // new certificates chain to the new root; the old one is `old`.
     let (status, body) = rest
         .post(
             &format!("/v1/authorities/{new_id}/activate"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("live identities has not renewed since its root joined the bundle"),
+        "{body}"
+    );
+    let (status, body) = rest
+        .post(
+            &format!("/v1/authorities/{new_id}/activate?force=true"),
             &admin,
             json!({}),
         )
@@ -216,8 +237,8 @@ async fn root_rotation_end_to_end_with_a_connected_agent() {
     )
     .await
     .expect("issued under the new authority");
-    let new_root_pem = response.cert_chain.last().unwrap().clone();
-    assert_eq!(der_of(&new_root_pem), new_root_der);
+    // The answer ends in the whole bundle (both roots), not just the signer's.
+    assert_eq!(response.cert_chain.last().unwrap(), &bundle_pem);
 
     // Restart between steps: nothing is lost.
     server.stop();
@@ -267,10 +288,23 @@ async fn root_rotation_end_to_end_with_a_connected_agent() {
     .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
-    // Revoke: the old root leaves the workload's bundle and the public bundle.
+    // Revoke (its certificates live 24 h, so forced): the old root leaves the workload's
+    // bundle and the public bundle.
     let (status, body) = rest
         .post(
             &format!("/v1/authorities/{old_id}/revoke"),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("still live"),
+        "{body}"
+    );
+    let (status, body) = rest
+        .post(
+            &format!("/v1/authorities/{old_id}/revoke?force=true"),
             &admin,
             json!({}),
         )
@@ -535,7 +569,14 @@ async fn admin_cli_drives_the_api() {
     let (ok, _, err) = cli(&admin, &["authorities", "taint", id]);
     assert!(!ok);
     assert!(err.contains("409") && err.contains("needs it old"), "{err}");
-    let (ok, out, err) = cli(&admin, &["authorities", "activate", id]);
+    // Its root joined the bundle moments ago (rotation.settle is 5 minutes): the gate says so.
+    let (ok, _, err) = cli(&admin, &["authorities", "activate", id]);
+    assert!(!ok);
+    assert!(
+        err.contains("409") && err.contains("rotation.settle is 5m"),
+        "{err}"
+    );
+    let (ok, out, err) = cli(&admin, &["authorities", "activate", id, "--force"]);
     assert!(ok, "{err}");
     assert!(out.contains("active"), "{out}");
 

@@ -287,10 +287,27 @@ async fn three_replicas_on_postgresql_share_one_root_one_inventory_and_one_rotat
         );
     }
 
-    // Activated through replica 0: replica 2 signs with it within the bound.
+    // Replica 0's gate counts the agents of replicas 1 and 2 (from their reports).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, shown) = rest[0]
+            .get(&format!("/v1/authorities/{new_id}"), ADMIN)
+            .await;
+        if shown["propagation"]["agents"] == json!({"received": 2, "connected": 2}) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica 0 never counted the other replicas' agents: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Activated through replica 0 (forced: the workloads here renew in hours, and the gates
+    // have tests of their own): replica 2 signs with it within the bound.
     let (status, body) = rest[0]
         .post(
-            &format!("/v1/authorities/{new_id}/activate"),
+            &format!("/v1/authorities/{new_id}/activate?force=true"),
             ADMIN,
             json!({}),
         )

@@ -388,6 +388,7 @@ macro_rules! step_endpoint {
                 example = "2f9acfd5c2b24b466de6126716c3e3a3fad80eb6"), StepParams),
             responses(
                 (status = 200, body = AuthorityView), (status = 404, body = ErrorBody),
+                (status = 400, body = ErrorBody, description = "force is neither true nor false"),
                 (status = 409, body = ErrorBody, description = $refused),
                 (status = 503, body = ErrorBody, description = "The CA service (split deployment) is unavailable; nothing was changed"),
                 (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),

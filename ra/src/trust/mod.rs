@@ -101,10 +101,17 @@ impl TrustBundles {
     async fn follow(self) {
         let mut authorities = self.ca.watch_authorities();
         let mut anchors = self.anchors.clone();
+        // No anchor files: nothing follows them and their channel is closed from the start.
+        let mut anchors_followed = true;
         loop {
             tokio::select! {
                 changed = authorities.changed() => if changed.is_err() { return },
-                changed = anchors.changed() => if changed.is_err() { return },
+                changed = anchors.changed(), if anchors_followed => {
+                    if changed.is_err() {
+                        anchors_followed = false;
+                        continue;
+                    }
+                }
             }
             let set = authorities.borrow_and_update().clone();
             anchors.borrow_and_update();

@@ -264,3 +264,21 @@ async fn a_call_without_a_token_is_unauthenticated_and_nothing_is_issued() {
         "no client certificate and no bearer token"
     );
 }
+
+/// The trust-bundle stream follows the published bundle, which must follow a rotation step on
+/// its own: with no anchor files configured, and before any answer asks for it.
+#[tokio::test]
+async fn the_published_bundle_follows_a_step_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = start_ca(dir.path()).await;
+    let bundles = TrustBundles::start(ca.clone(), &TrustConfig::default()).unwrap();
+    let mut published = bundles.watch();
+    ca.prepare_authority(PrepareRequest::Generate(KeyType::EcP256), ("token", "ops"))
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), published.changed())
+        .await
+        .expect("published within 5 s")
+        .unwrap();
+    assert_eq!(published.borrow().roots().len(), 2);
+}
