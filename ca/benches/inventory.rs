@@ -20,7 +20,7 @@ const ITERATIONS: usize = 200;
 fn columns() -> &'static str {
     "serial, spiffe_id, trust_domain, namespace, service_account, not_before, not_after, \
      issued_at, authority_id, requester_method, requester_principal, peer_address, cluster_id, \
-     public_key_sha256, cert_der"
+     public_key_sha256, cert_der, bundle_as_of"
 }
 
 async fn load(store: &Store, rows: i64) -> Duration {
@@ -38,7 +38,7 @@ async fn load(store: &Store, rows: i64) -> Duration {
                  {BASE} + n * {span} / {rows}, \
                  CASE WHEN n * 2 < {rows} THEN 'authority-old' ELSE 'authority-new' END, \
                  'jwt', 'ns-' || (n % 1000) || '/sa-' || (n % 7), '10.0.0.1:40000', 'Kubernetes', \
-                 printf('%064x', n), randomblob(600) FROM seq",
+                 printf('%064x', n), randomblob(600), 0 FROM seq",
                 cols = columns()
             );
             sqlx::query(&sql).execute(pool).await.unwrap();
@@ -62,7 +62,7 @@ async fn load(store: &Store, rows: i64) -> Duration {
                  {BASE} + n * {span} / {rows}, \
                  CASE WHEN n * 2 < {rows} THEN 'authority-old' ELSE 'authority-new' END, \
                  'jwt', 'ns-' || (n % 1000) || '/sa-' || (n % 7), '10.0.0.1:40000', 'Kubernetes', \
-                 lpad(to_hex(n), 64, '0'), decode(repeat(md5(n::text), 38), 'hex') \
+                 lpad(to_hex(n), 64, '0'), decode(repeat(md5(n::text), 38), 'hex'), 0 \
                  FROM generate_series(1::bigint, {rows}::bigint) AS n",
                 cols = columns()
             );

@@ -197,13 +197,13 @@ impl CertificateAuthority {
             namespace,
             service_account,
             spki: req.csr.public_key(),
+            bundle_as_of: req.bundle_as_of,
         };
         self.sign_and_record(
             committer,
             ttl,
             subject,
             req.requester,
-            req.bundle_as_of,
             None,
             |authority, serial, validity| {
                 profile::workload_template(
@@ -252,6 +252,7 @@ impl CertificateAuthority {
             namespace: None,
             service_account: None,
             spki,
+            bundle_as_of: None,
         };
         let requester = Requester {
             method: "internal".into(),
@@ -264,7 +265,6 @@ impl CertificateAuthority {
             ttl,
             subject,
             &requester,
-            None,
             signer,
             |authority, serial, validity| {
                 profile::server_template(
@@ -288,7 +288,6 @@ impl CertificateAuthority {
         ttl: Duration,
         subject: RecordSubject<'_>,
         requester: &Requester,
-        bundle_as_of: Option<i64>,
         signer: Option<&str>,
         template: impl Fn(
             &Authority,
@@ -302,7 +301,7 @@ impl CertificateAuthority {
             .filter(|e| matches!(e.state, AuthorityState::Active | AuthorityState::Old))
             .filter(|e| e.authority.key().is_some())
             .map_or_else(|| set.active().clone(), |e| e.authority.clone());
-        let bundle_as_of = bundle_as_of.unwrap_or_else(|| set.bundle_as_of());
+        let bundle_as_of = subject.bundle_as_of.unwrap_or_else(|| set.bundle_as_of());
         let now = SystemTime::now();
         if authority.path_not_after() <= now {
             return Err(IssueError::NotReady(authority.path_not_after()));
@@ -371,12 +370,14 @@ impl CertificateAuthority {
     }
 }
 
-/// What the issuance record says the certificate is for.
+/// What the issuance record says the certificate is for, and the bundle its answer carries
+/// (`None`: this CA's own set's).
 struct RecordSubject<'a> {
     spiffe_id: String,
     namespace: Option<String>,
     service_account: Option<String>,
     spki: &'a SubjectPublicKeyInfoOwned,
+    bundle_as_of: Option<i64>,
 }
 
 /// The signing hot path without the store: a fresh serial, the workload template, signed.
