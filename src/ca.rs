@@ -22,6 +22,7 @@ pub async fn run(config: MeshcaConfig) -> anyhow::Result<()> {
         ca.clone(),
         &config.ca,
         config.grpc.serving_cert_ttl,
+        config.rotation.settle,
         async move {
             let _ = service_stop.recv().await;
         },

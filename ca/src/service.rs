@@ -98,6 +98,7 @@ impl RunningSigningService {
         ca: CertificateAuthority,
         config: &CaConfig,
         serving_cert_ttl: Duration,
+        settle: Duration,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Self, ServiceError> {
         let service = SigningService::new(ca.clone(), config)?;
@@ -106,8 +107,9 @@ impl RunningSigningService {
             ip_sans: config.service_ip_sans.clone(),
             ttl: serving_cert_ttl,
             principal: "meshca-ca".into(),
-            // Its callers, keyless RAs, follow its authorities as they change.
-            settle: Duration::ZERO,
+            // Keyless RAs verify it with a root file their agent keeps: the same rule as the
+            // RA's own serving certificate.
+            settle,
         };
         let certs = tls::serving_certificate(&ca, &spec, None).await?;
         let listener = TcpListener::bind(config.service_listen)
