@@ -277,3 +277,54 @@ pub async fn unix_channel_as(
         }))
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn cert(byte: u8) -> (String, Vec<u8>) {
+        let der = vec![0x30, 0x03, 0x02, 0x01, byte];
+        (pem::encode(&pem::Pem::new("CERTIFICATE", der.clone())), der)
+    }
+
+    /// Extra anchors of another trust domain (e.g. Athenz) are that domain's bundle, not ours;
+    /// before the stream has labelled the roots, all of them are ours.
+    #[test]
+    fn bundles_are_served_per_trust_domain() {
+        let ((ours_pem, ours), (athenz_pem, athenz)) = (cert(1), cert(2));
+        let mut credential = Credential {
+            spiffe_id: "spiffe://cluster.local/ns/a/sa/b".into(),
+            key_pem: String::new(),
+            chain_pem: Vec::new(),
+            roots_pem: vec![ours_pem.clone(), athenz_pem.clone()],
+            roots_by_trust_domain: Vec::new(),
+            not_before: SystemTime::UNIX_EPOCH,
+            not_after: SystemTime::UNIX_EPOCH,
+            received_at: SystemTime::UNIX_EPOCH,
+            authority_key_id: None,
+        };
+        let unlabelled = x509_bundles_response(&credential).bundles;
+        assert_eq!(
+            unlabelled,
+            HashMap::from([(
+                "cluster.local".into(),
+                [ours.clone(), athenz.clone()].concat()
+            )])
+        );
+        credential.roots_by_trust_domain = vec![
+            ("athenz.example".into(), vec![athenz_pem]),
+            ("cluster.local".into(), vec![ours_pem]),
+        ];
+        let bundles = x509_bundles_response(&credential).bundles;
+        assert_eq!(bundles["cluster.local"], ours);
+        assert_eq!(bundles["athenz.example"], athenz);
+        let svid = x509_svid_response(&credential);
+        assert_eq!(svid.svids[0].bundle, ours);
+        assert_eq!(
+            svid.federated_bundles,
+            HashMap::from([("athenz.example".into(), athenz)])
+        );
+    }
+}
