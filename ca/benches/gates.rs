@@ -9,6 +9,8 @@
 //!
 //! `cargo bench -p meshca-ca --bench gates [-- ROWS]` (default 1,000,000)
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use meshca_ca::store::Store;
@@ -180,22 +182,6 @@ fn main() {
         )
         .await;
 
-        if let Ok(base) = std::env::var("MESHCA_TEST_POSTGRES_URL") {
-            let schema = format!("meshca_gates_{}", std::process::id());
-            let admin = sqlx::PgPool::connect(&base).await.unwrap();
-            sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                .execute(&admin)
-                .await
-                .unwrap();
-            let sep = if base.contains('?') { '&' } else { '?' };
-            let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-            run("PostgreSQL", Store::connect(&url).await.unwrap(), rows).await;
-            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                .execute(&admin)
-                .await
-                .unwrap();
-        } else {
-            println!("PostgreSQL: skipped (MESHCA_TEST_POSTGRES_URL not set)");
-        }
+        common::on_postgres("gates", |store| run("PostgreSQL", store, rows)).await;
     });
 }

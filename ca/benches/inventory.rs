@@ -8,6 +8,8 @@
 //! each with a ~600-byte DER; 0.1 % are revoked. Queries go through `Store`, the same calls the
 //! REST handlers make.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use meshca_ca::store::{CertificateFilter, CertificateStatus, Store};
@@ -251,22 +253,6 @@ fn main() {
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
         run("SQLite", Store::connect(&url).await.unwrap(), rows).await;
 
-        if let Ok(base) = std::env::var("MESHCA_TEST_POSTGRES_URL") {
-            let schema = format!("meshca_bench_{}", std::process::id());
-            let admin = sqlx::PgPool::connect(&base).await.unwrap();
-            sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                .execute(&admin)
-                .await
-                .unwrap();
-            let sep = if base.contains('?') { '&' } else { '?' };
-            let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-            run("PostgreSQL", Store::connect(&url).await.unwrap(), rows).await;
-            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                .execute(&admin)
-                .await
-                .unwrap();
-        } else {
-            println!("PostgreSQL: skipped (MESHCA_TEST_POSTGRES_URL not set)");
-        }
+        common::on_postgres("bench", |store| run("PostgreSQL", store, rows)).await;
     });
 }
