@@ -53,6 +53,9 @@ async fn counters_follow_renewal_batches_revocation_and_expiry() {
         assert_eq!((r.live, r.renewed), (2, 1), "{dialect}: a renewed, b not");
         let r = renewal(100).await.unwrap();
         assert_eq!((r.live, r.renewed), (2, 2), "{dialect}");
+        // Per certificate, a's first one (another pod of the same identity) still counts.
+        let c = store.certificate_renewal(200, now).await.unwrap();
+        assert_eq!((c.live, c.renewed), (3, 1), "{dialect}");
 
         // Concurrent renewals of one identity go through the group commit together: the
         // identity is still counted once, by its newest certificate.
@@ -61,6 +64,12 @@ async fn counters_follow_renewal_batches_revocation_and_expiry() {
         let r = renewal(300).await.unwrap();
         assert_eq!((r.live, r.renewed), (3, 1), "{dialect}: c once");
         assert_eq!(live().await.unwrap(), 19, "{dialect}");
+        let c = store.certificate_renewal(300, now).await.unwrap();
+        assert_eq!(
+            (c.live, c.renewed),
+            (19, 16),
+            "{dialect}: every c certificate"
+        );
 
         // Revoking an identity's newest certificate takes it out of both counts.
         let revoked = store
@@ -80,6 +89,12 @@ async fn counters_follow_renewal_batches_revocation_and_expiry() {
             (2, 1),
             "{dialect}: b and c live, c renewed"
         );
+        let c = store.certificate_renewal(200, now).await.unwrap();
+        assert_eq!(
+            (c.live, c.renewed),
+            (18, 16),
+            "{dialect}: the revoked one left"
+        );
 
         // Past their expiry nothing is live; pruning then leaves the sums as they were.
         let later = now + 3600 + 20;
@@ -91,6 +106,7 @@ async fn counters_follow_renewal_batches_revocation_and_expiry() {
             0
         );
         assert_eq!(store.identity_renewal(0, later).await.unwrap().live, 0);
+        assert_eq!(store.certificate_renewal(0, later).await.unwrap().live, 0);
         store.prune_counters(later + 3600).await.unwrap();
         assert_eq!(live().await.unwrap(), 0, "{dialect}: pruned rows are gone");
         // A new certificate after pruning counts from zero again.

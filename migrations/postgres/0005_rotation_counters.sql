@@ -36,6 +36,15 @@ CREATE TABLE identity_counts (
     PRIMARY KEY (bundle_as_of, expires_bucket)
 );
 
+-- Live workload certificates by the bundle their answer carried: every pod counts, where
+-- identities cannot tell the replicas of one Deployment apart.
+CREATE TABLE bundle_counts (
+    bundle_as_of   BIGINT NOT NULL,
+    expires_bucket BIGINT NOT NULL,
+    n              BIGINT NOT NULL,
+    PRIMARY KEY (bundle_as_of, expires_bucket)
+);
+
 -- Once per INSERT statement (a whole batch), over its new rows. Writers on several replicas
 -- serialize on the audit head before they commit anyway; taking it here first keeps the
 -- counter rows' locks in one order, so concurrent batches cannot deadlock on them.
@@ -46,6 +55,10 @@ BEGIN
     SELECT authority_id, (not_after + 9) / 10 * 10, count(*) FROM new_rows GROUP BY 1, 2
     ON CONFLICT (authority_id, expires_bucket)
     DO UPDATE SET n = live_certificate_counts.n + excluded.n;
+    INSERT INTO bundle_counts (bundle_as_of, expires_bucket, n)
+    SELECT bundle_as_of, (not_after + 9) / 10 * 10, count(*) FROM new_rows
+    WHERE spiffe_id <> '' GROUP BY 1, 2
+    ON CONFLICT (bundle_as_of, expires_bucket) DO UPDATE SET n = bundle_counts.n + excluded.n;
 
     -- A newer certificate for a known identity takes its predecessor's place.
     WITH batch AS (
@@ -89,6 +102,9 @@ BEGIN
     UPDATE live_certificate_counts l SET n = l.n - 1 FROM issued_certificates c
     WHERE c.serial = NEW.serial AND l.authority_id = c.authority_id
       AND l.expires_bucket = (c.not_after + 9) / 10 * 10;
+    UPDATE bundle_counts b SET n = b.n - 1 FROM issued_certificates c
+    WHERE c.serial = NEW.serial AND c.spiffe_id <> '' AND b.bundle_as_of = c.bundle_as_of
+      AND b.expires_bucket = (c.not_after + 9) / 10 * 10;
     UPDATE identity_counts ic SET n = ic.n - 1 FROM identity_latest il
     WHERE il.serial = NEW.serial AND il.counted = 1
       AND ic.bundle_as_of = il.bundle_as_of AND ic.expires_bucket = il.expires_bucket;
@@ -105,6 +121,11 @@ SELECT c.authority_id, (c.not_after + 9) / 10 * 10, count(*) FROM issued_certifi
 WHERE c.not_after > extract(epoch FROM now())::bigint
   AND NOT EXISTS (SELECT 1 FROM certificate_revocations r WHERE r.serial = c.serial)
 GROUP BY 1, 2;
+INSERT INTO bundle_counts (bundle_as_of, expires_bucket, n)
+SELECT 0, (c.not_after + 9) / 10 * 10, count(*) FROM issued_certificates c
+WHERE c.spiffe_id <> '' AND c.not_after > extract(epoch FROM now())::bigint
+  AND NOT EXISTS (SELECT 1 FROM certificate_revocations r WHERE r.serial = c.serial)
+GROUP BY 2;
 INSERT INTO identity_latest (spiffe_id, serial, issued_at, bundle_as_of, expires_bucket, counted)
 SELECT DISTINCT ON (c.spiffe_id) c.spiffe_id, c.serial, c.issued_at, 0,
        (c.not_after + 9) / 10 * 10,

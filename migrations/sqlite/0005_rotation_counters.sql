@@ -36,8 +36,20 @@ CREATE TABLE identity_counts (
     PRIMARY KEY (bundle_as_of, expires_bucket)
 );
 
+-- Live workload certificates by the bundle their answer carried: every pod counts, where
+-- identities cannot tell the replicas of one Deployment apart.
+CREATE TABLE bundle_counts (
+    bundle_as_of   BIGINT NOT NULL,
+    expires_bucket BIGINT NOT NULL,
+    n              BIGINT NOT NULL,
+    PRIMARY KEY (bundle_as_of, expires_bucket)
+);
+
 CREATE TRIGGER issued_certificates_count AFTER INSERT ON issued_certificates
 BEGIN
+    INSERT INTO bundle_counts (bundle_as_of, expires_bucket, n)
+    SELECT NEW.bundle_as_of, (NEW.not_after + 9) / 10 * 10, 1 WHERE NEW.spiffe_id <> ''
+    ON CONFLICT (bundle_as_of, expires_bucket) DO UPDATE SET n = n + 1;
     INSERT INTO live_certificate_counts (authority_id, expires_bucket, n)
     VALUES (NEW.authority_id, (NEW.not_after + 9) / 10 * 10, 1)
     ON CONFLICT (authority_id, expires_bucket) DO UPDATE SET n = n + 1;
@@ -61,6 +73,10 @@ END;
 
 CREATE TRIGGER certificate_revocations_count AFTER INSERT ON certificate_revocations
 BEGIN
+    UPDATE bundle_counts SET n = n - 1
+    WHERE (bundle_as_of, expires_bucket) IN (
+        SELECT bundle_as_of, (not_after + 9) / 10 * 10 FROM issued_certificates
+        WHERE serial = NEW.serial AND spiffe_id <> '');
     UPDATE live_certificate_counts SET n = n - 1
     WHERE (authority_id, expires_bucket) IN (
         SELECT authority_id, (not_after + 9) / 10 * 10 FROM issued_certificates
@@ -78,6 +94,11 @@ SELECT c.authority_id, (c.not_after + 9) / 10 * 10, count(*) FROM issued_certifi
 WHERE c.not_after > CAST(strftime('%s', 'now') AS INTEGER)
   AND NOT EXISTS (SELECT 1 FROM certificate_revocations r WHERE r.serial = c.serial)
 GROUP BY 1, 2;
+INSERT INTO bundle_counts (bundle_as_of, expires_bucket, n)
+SELECT 0, (c.not_after + 9) / 10 * 10, count(*) FROM issued_certificates c
+WHERE c.spiffe_id <> '' AND c.not_after > CAST(strftime('%s', 'now') AS INTEGER)
+  AND NOT EXISTS (SELECT 1 FROM certificate_revocations r WHERE r.serial = c.serial)
+GROUP BY 2;
 INSERT INTO identity_latest (spiffe_id, serial, issued_at, bundle_as_of, expires_bucket, counted)
 SELECT c.spiffe_id, c.serial, c.issued_at, 0, (c.not_after + 9) / 10 * 10,
        CASE WHEN EXISTS (SELECT 1 FROM certificate_revocations r WHERE r.serial = c.serial)

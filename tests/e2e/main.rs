@@ -2,9 +2,11 @@
 //! rustls) and real peers. One test binary, shared helpers.
 
 mod admin;
+mod admin_cli;
 mod agent;
 mod bench;
 mod credentials;
+mod drill;
 mod harness;
 mod interop;
 mod inventory;

@@ -3,32 +3,12 @@
 //! scans of every certificate, so `GET /v1/authorities` costs the same at a million
 //! certificates as at ten), and the replicas' reports of what their agents were sent.
 
-use super::records::StoreError;
+use super::records::{BundleDelivery, Renewal, StoreError};
 use super::Store;
-
-/// Width of an expiry bucket, seconds (the triggers round `not_after` up to it).
-pub const EXPIRY_BUCKET_SECS: i64 = 10;
 
 /// How long counter rows of expired buckets are kept before [`Store::prune_counters`] drops
 /// them: a late revocation or renewal of a just-expired certificate still finds its row.
 const EXPIRED_KEPT_SECS: i64 = 3600;
-
-/// Live identities (distinct SPIFFE ids whose newest certificate is unexpired and unrevoked),
-/// and how many of them were given a bundle at least as new as some moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IdentityRenewal {
-    pub live: i64,
-    pub renewed: i64,
-}
-
-/// One replica's report of its trust-bundle streams.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BundleDelivery {
-    pub replica: String,
-    pub connected: i64,
-    /// Root fingerprint → agents that were sent a bundle holding it.
-    pub received: std::collections::BTreeMap<String, i64>,
-}
 
 impl Store {
     /// Records (replacing its previous one) `delivery`, as of `now`.
@@ -75,7 +55,7 @@ impl Store {
     }
 
     /// Certificates from `authority_id` that are neither revoked nor expired at `now` (counted
-    /// up to [`EXPIRY_BUCKET_SECS`] past their expiry).
+    /// up to 10 s, the expiry bucket, past their expiry).
     pub async fn count_live_certificates(
         &self,
         authority_id: &str,
@@ -91,19 +71,28 @@ impl Store {
 
     /// Live identities at `now`, and those whose newest certificate's answer carried a bundle
     /// as of `since` or later (so it held every root that had joined by then).
-    pub async fn identity_renewal(
-        &self,
-        since: i64,
-        now: i64,
-    ) -> Result<IdentityRenewal, StoreError> {
-        let sql = "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT), \
-                   CAST(COALESCE(SUM(CASE WHEN bundle_as_of >= $1 THEN n ELSE 0 END), 0) AS BIGINT) \
-                   FROM identity_counts WHERE expires_bucket > $2";
+    pub async fn identity_renewal(&self, since: i64, now: i64) -> Result<Renewal, StoreError> {
+        self.renewal("identity_counts", since, now).await
+    }
+
+    /// Live workload certificates at `now`, and those whose answer carried a bundle as of
+    /// `since` or later. Unlike identities this counts every pod: the replicas of a Deployment
+    /// share one SPIFFE id, and one of them renewing says nothing of the others.
+    pub async fn certificate_renewal(&self, since: i64, now: i64) -> Result<Renewal, StoreError> {
+        self.renewal("bundle_counts", since, now).await
+    }
+
+    async fn renewal(&self, table: &str, since: i64, now: i64) -> Result<Renewal, StoreError> {
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN bundle_as_of >= $1 THEN n ELSE 0 END), 0) AS BIGINT) \
+             FROM {table} WHERE expires_bucket > $2"
+        );
         let (live, renewed): (i64, i64) = with_pool!(self, pool => {
-            sqlx::query_as(sql).bind(since).bind(now).fetch_one(pool).await
+            sqlx::query_as(&sql).bind(since).bind(now).fetch_one(pool).await
         })
         .map_err(StoreError::Query)?;
-        Ok(IdentityRenewal { live, renewed })
+        Ok(Renewal { live, renewed })
     }
 
     /// Drops counter rows of buckets that expired more than an hour before `now`, so the sums
@@ -113,6 +102,7 @@ impl Store {
         for sql in [
             "DELETE FROM live_certificate_counts WHERE expires_bucket <= $1",
             "DELETE FROM identity_counts WHERE expires_bucket <= $1",
+            "DELETE FROM bundle_counts WHERE expires_bucket <= $1",
             "DELETE FROM identity_latest WHERE expires_bucket <= $1",
             "DELETE FROM bundle_deliveries WHERE reported_at <= $1",
         ] {

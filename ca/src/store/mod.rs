@@ -36,12 +36,11 @@ mod records;
 pub(crate) mod sql;
 mod sqlite_writer;
 
-pub use counters::{BundleDelivery, IdentityRenewal, EXPIRY_BUCKET_SECS};
 use migrations::Embedded;
 pub use postgres_writer::PostgresIssuanceWriter;
 pub use records::{
-    AuditFilter, CertificateFilter, CertificateRow, CertificateStatus, Issuance, IssuanceRecord,
-    RevocationRecord, StoreError, StoredAuthority, TransitionError,
+    AuditFilter, BundleDelivery, CertificateFilter, CertificateRow, CertificateStatus, Issuance,
+    IssuanceRecord, Renewal, RevocationRecord, StoreError, StoredAuthority, TransitionError,
 };
 pub use sqlite_writer::SqliteIssuanceWriter;
 

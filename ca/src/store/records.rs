@@ -217,3 +217,20 @@ row! {
         flatten pub issuance: Issuance,
     }
 }
+
+/// Live holders (identities or certificates) at some moment, and how many of them were given a
+/// bundle at least as new as some root's arrival.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Renewal {
+    pub live: i64,
+    pub renewed: i64,
+}
+
+/// One replica's report of its trust-bundle streams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleDelivery {
+    pub replica: String,
+    pub connected: i64,
+    /// Root fingerprint → agents that were sent a bundle holding it.
+    pub received: std::collections::BTreeMap<String, i64>,
+}

@@ -28,8 +28,8 @@ use super::gates::{activation_waits_for, revocation_waits_for, ConfigMapReach, R
 use super::pagination::{rfc3339, unix_to_rfc3339};
 use super::state::RestState;
 use super::views::{
-    AgentPropagation, AuthorityList, AuthorityView, ConfigMapPropagation, ErrorBody, GateView,
-    GenerateRequest, IdentityPropagation, PrepareBody, Propagation, RootView,
+    AgentPropagation, AuthorityList, AuthorityView, CertificatePropagation, ConfigMapPropagation,
+    ErrorBody, GateView, GenerateRequest, IdentityPropagation, PrepareBody, Propagation, RootView,
 };
 use crate::jwk::public_key_jwk;
 
@@ -51,13 +51,16 @@ async fn reach_of_root(
 ) -> Result<RootReach, ApiError> {
     let bundle = state.bundles.current();
     let root_since = bundle.authorities().root_since(fingerprint);
-    let identities = match root_since {
-        Some(since) => state
-            .ca
-            .store()
-            .identity_renewal(since, now)
-            .await
-            .map_err(|e| ApiError::internal(&e))?,
+    let store = state.ca.store();
+    let internal = |e: meshca_ca::store::StoreError| ApiError::internal(&e);
+    let (identities, certificates) = match root_since {
+        Some(since) => (
+            store.identity_renewal(since, now).await.map_err(internal)?,
+            store
+                .certificate_renewal(since, now)
+                .await
+                .map_err(internal)?,
+        ),
         None => Default::default(),
     };
     let (agents_received, agents_connected) = state
@@ -78,6 +81,7 @@ async fn reach_of_root(
         agents_received,
         agents_connected,
         identities,
+        certificates,
         configmaps,
     })
 }
@@ -146,6 +150,10 @@ fn propagation_view(reach: &RootReach) -> Propagation {
         identities: IdentityPropagation {
             renewed: reach.identities.renewed,
             live: reach.identities.live,
+        },
+        certificates: CertificatePropagation {
+            holding: reach.certificates.renewed,
+            live: reach.certificates.live,
         },
         configmaps: reach.configmaps.map(|c| ConfigMapPropagation {
             holding: c.holding,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use meshca_ca::store::IdentityRenewal;
+use meshca_ca::store::Renewal;
 
 /// How far one root has reached, from every source meshca can see.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -14,9 +14,13 @@ pub struct RootReach {
     /// Trust-bundle streams sent a bundle holding the root, of those connected.
     pub agents_received: usize,
     pub agents_connected: usize,
-    /// Live identities whose newest certificate's answer held the root, of all live ones:
-    /// istio-agent learns its roots only from its next answer.
-    pub identities: IdentityRenewal,
+    /// Live identities whose newest certificate's answer held the root, of all live ones
+    /// (shown; not the gate: the replicas of a Deployment share one identity).
+    pub identities: Renewal,
+    /// Live workload certificates whose answer held the root, of all live ones: istio-agent
+    /// and ztunnel learn their roots only from their next answer, so every pod must have
+    /// renewed (or its older certificate expired) before the root may sign.
+    pub certificates: Renewal,
     /// `istio-ca-root-cert` ConfigMaps holding the root; `None` when meshca does not publish
     /// them.
     pub configmaps: Option<ConfigMapReach>,
@@ -50,12 +54,12 @@ impl RootReach {
                 if agents == 1 { "has" } else { "have" }
             ));
         }
-        let identities = short(self.identities.live, self.identities.renewed);
-        if identities > 0 {
+        let certificates = short(self.certificates.live, self.certificates.renewed);
+        if certificates > 0 {
             missing.push(format!(
-                "{identities} of {} live identities {} not renewed since its root joined the bundle",
-                self.identities.live,
-                if identities == 1 { "has" } else { "have" }
+                "{certificates} of {} live workload certificates {} answered before its root joined the bundle",
+                self.certificates.live,
+                if certificates == 1 { "was" } else { "were" }
             ));
         }
         match self.configmaps {
@@ -113,9 +117,13 @@ mod tests {
             root_since: Some(1_000),
             agents_received: 3,
             agents_connected: 3,
-            identities: IdentityRenewal {
+            identities: Renewal {
                 live: 10,
                 renewed: 10,
+            },
+            certificates: Renewal {
+                live: 20,
+                renewed: 20,
             },
             configmaps: Some(ConfigMapReach {
                 holding: 4,
@@ -135,9 +143,10 @@ mod tests {
         );
         let short = RootReach {
             agents_received: 2,
-            identities: IdentityRenewal {
-                live: 10,
-                renewed: 7,
+            // Every identity renewed by one of its pods; three pods have not.
+            certificates: Renewal {
+                live: 20,
+                renewed: 17,
             },
             configmaps: Some(ConfigMapReach {
                 holding: 3,
@@ -150,7 +159,7 @@ mod tests {
             activation_waits_for(&short, 1_300, settle),
             [
                 "1 of 3 connected agents has not received its root",
-                "3 of 10 live identities have not renewed since its root joined the bundle",
+                "3 of 20 live workload certificates were answered before its root joined the bundle",
                 "1 of 4 namespaces' istio-ca-root-cert do not hold its root",
             ]
         );

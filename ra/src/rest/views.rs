@@ -24,6 +24,7 @@ pub struct Propagation {
     pub trusted_since: Option<String>,
     pub agents: AgentPropagation,
     pub identities: IdentityPropagation,
+    pub certificates: CertificatePropagation,
     /// Null when meshca does not publish the `istio-ca-root-cert` ConfigMaps.
     pub configmaps: Option<ConfigMapPropagation>,
     /// Every count above is complete.
@@ -47,6 +48,23 @@ pub struct IdentityPropagation {
     pub renewed: i64,
     /// Distinct SPIFFE ids holding an unexpired, unrevoked certificate.
     pub live: i64,
+}
+
+/// Every pod's certificate: the activation gate. Identities alone cannot tell the replicas of
+/// one Deployment apart (they share a service account).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CertificatePropagation {
+    /// Live workload certificates whose answer held this root.
+    pub holding: i64,
+    /// Workload certificates that are neither expired nor revoked.
+    pub live: i64,
+}
+
+/// `holding/live`, for tables.
+impl std::fmt::Display for CertificatePropagation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.holding, self.live)
+    }
 }
 
 /// The `istio-ca-root-cert` ConfigMaps istio-agent verifies meshca with.

@@ -377,7 +377,7 @@ async fn keyset_pages_list_every_row_once_while_rows_are_added() {
 async fn gated_steps_answer_409_naming_what_they_wait_for_unless_forced() {
     let api = Api::start().await;
     let first = api.ca.current_authority().id().to_string();
-    api.issue("web").await;
+    let first_serial = api.issue("web").await;
     let prepared = api
         .call(
             Method::POST,
@@ -388,7 +388,8 @@ async fn gated_steps_answer_409_naming_what_they_wait_for_unless_forced() {
         .await;
     assert_eq!(prepared.status, StatusCode::CREATED);
     let id = prepared.body["id"].as_str().unwrap().to_string();
-    let waiting = "1 of 1 live identities has not renewed since its root joined the bundle";
+    let waiting =
+        "1 of 1 live workload certificates was answered before its root joined the bundle";
     assert_eq!(prepared.body["gate"]["step"], "activate");
     assert_eq!(prepared.body["gate"]["open"], false);
     assert_eq!(prepared.body["gate"]["waiting_for"], json!([waiting]));
@@ -407,8 +408,23 @@ async fn gated_steps_answer_409_naming_what_they_wait_for_unless_forced() {
         "prepared"
     );
 
-    // The workload renews (its answer holds the new root): the gate opens.
+    // The identity renews (its answer holds the new root), but that may be one pod of several
+    // sharing it: the first certificate still counts until it expires or is revoked.
     api.issue("web").await;
+    let shown = api.get(&format!("/v1/authorities/{id}"), AUDITOR).await;
+    assert_eq!(
+        shown.body["propagation"]["identities"],
+        json!({"renewed": 1, "live": 1})
+    );
+    assert_eq!(
+        shown.body["propagation"]["certificates"],
+        json!({"holding": 1, "live": 2})
+    );
+    assert_eq!(shown.body["gate"]["open"], false, "{}", shown.body);
+    assert_eq!(
+        api.revoke(&first_serial, ADMIN).await.status,
+        StatusCode::OK
+    );
     let shown = api.get(&format!("/v1/authorities/{id}"), AUDITOR).await;
     assert_eq!(shown.body["gate"]["open"], true, "{}", shown.body);
     assert_eq!(shown.body["propagation"]["complete"], true);
@@ -423,7 +439,7 @@ async fn gated_steps_answer_409_naming_what_they_wait_for_unless_forced() {
     assert_eq!(refused.status, StatusCode::CONFLICT);
     let message = refused.body["message"].as_str().unwrap();
     assert!(
-        message.contains("2 certificates it signed are still live"),
+        message.contains("1 certificate it signed is still live"),
         "{message}"
     );
     let forced = format!("{revoke}?force=true");
@@ -437,7 +453,7 @@ async fn gated_steps_answer_409_naming_what_they_wait_for_unless_forced() {
     assert_eq!(details["forced"], true);
     assert_eq!(
         details["forced_past"],
-        json!(["2 certificates it signed are still live"])
+        json!(["1 certificate it signed is still live"])
     );
     assert_eq!(events[1].outcome, "refused", "the refusal is on record too");
 }

@@ -35,7 +35,7 @@ macro_rules! columns {
 const AUTHORITY_COLUMNS: &[Column<AuthorityView>] = columns!(AuthorityView {
     "ID": id, "STATE": state, "SOURCE": source, "KEY": key_type, "NOT AFTER": not_after,
     "LIVE": live_certificates, "AGENTS": propagation.agents,
-    "IDENTITIES": propagation.identities, "SUBJECT": subject,
+    "CERTS": propagation.certificates, "IDENTITIES": propagation.identities, "SUBJECT": subject,
 });
 
 const CERT_COLUMNS: &[Column<CertificateView>] = columns!(CertificateView {

@@ -241,11 +241,12 @@ pub async fn rotate(
                                "propagation": serde_json::to_value(&view.propagation)
                                    .unwrap_or(Value::Null)}),
                         format!(
-                            "{} {}: waiting: {} [agents {}, identities {}{}]",
+                            "{} {}: waiting: {} [agents {}, certificates {}, identities {}{}]",
                             phase.step(),
                             phase.authority(),
                             reasons.join("; "),
                             view.propagation.agents,
+                            view.propagation.certificates,
                             view.propagation.identities,
                             view.propagation
                                 .configmaps
@@ -292,7 +293,9 @@ impl<W: Write> Report<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshca_ra::rest::views::{AgentPropagation, GateView, IdentityPropagation, Propagation};
+    use meshca_ra::rest::views::{
+        AgentPropagation, CertificatePropagation, GateView, IdentityPropagation, Propagation,
+    };
 
     fn view(id: &str, state: &str) -> AuthorityView {
         AuthorityView {
@@ -315,6 +318,10 @@ mod tests {
                 identities: IdentityPropagation {
                     renewed: 3,
                     live: 3,
+                },
+                certificates: CertificatePropagation {
+                    holding: 5,
+                    live: 5,
                 },
                 configmaps: None,
                 complete: true,
