@@ -156,6 +156,11 @@ async fn run(label: &str, store: Store, rows: i64) {
         s.identity_renewal(2, NOW).await.unwrap().renewed
     })
     .await;
+    measure(
+        "certificates answered with the new root (the gate)",
+        || async { s.certificate_renewal(2, NOW).await.unwrap().renewed },
+    )
+    .await;
 }
 
 fn main() {

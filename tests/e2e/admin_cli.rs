@@ -154,3 +154,79 @@ async fn admin_cli_beside_a_dev_server_needs_no_setup() {
         "{err}"
     );
 }
+
+/// `authorities rotate` keeps its state in the server: a wait that times out exits non-zero
+/// naming what it waited for and leaves the prepared authority as it is; running it again
+/// continues with that authority (no second prepare) to the end.
+#[tokio::test]
+async fn rotate_times_out_leaving_the_state_and_a_rerun_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("meshca-dev");
+    let server = dev_server(
+        tmp.path(),
+        &[
+            ("MESHCA_ROTATION_SETTLE", "4s".to_string()),
+            // Its own serving certificates are live certificates too: keep the revoke near.
+            ("MESHCA_GRPC_SERVING_CERT_TTL", "8s".to_string()),
+        ],
+    );
+    let admin = read_token(&data, "admin-token");
+    let rotate = |args: &[&str]| {
+        let out = std::process::Command::new(meshca_bin())
+            .arg("admin")
+            .args(["--url", &format!("https://{}", server.rest)])
+            .arg("--ca")
+            .arg(data.join("root-cert.pem"))
+            .args([
+                "--json",
+                "authorities",
+                "rotate",
+                "--settle",
+                "0s",
+                "--poll",
+                "200ms",
+            ])
+            .args(args)
+            .env("MESHCA_ADMIN_TOKEN", &admin)
+            .output()
+            .unwrap();
+        let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.success(), events, stderr)
+    };
+
+    let (ok, events, stderr) = rotate(&["--timeout", "1s"]);
+    assert!(!ok, "a wait longer than --timeout fails");
+    assert!(
+        stderr.contains("waiting to activate") && stderr.contains("rotation.settle is 4s"),
+        "{stderr}"
+    );
+    assert_eq!(events[0]["step"], "prepare", "{events:?}");
+    let prepared = events[0]["authority"].as_str().unwrap().to_string();
+    assert_eq!(events.last().unwrap()["event"], "timeout", "{events:?}");
+
+    let (ok, events, stderr) = rotate(&["--timeout", "90s", "--drain", "0s"]);
+    assert!(ok, "{stderr}\n{events:?}");
+    let steps: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["event"] == "step")
+        .map(|e| {
+            (
+                e["step"].as_str().unwrap(),
+                e["authority"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(steps[0], ("activate", prepared.as_str()), "{events:?}");
+    assert_eq!(
+        steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+        ["activate", "taint", "revoke"],
+        "continued, no second prepare: {events:?}"
+    );
+    let done = events.last().unwrap();
+    assert_eq!(done["event"], "done");
+    assert_eq!(done["authority"], prepared.as_str());
+}
