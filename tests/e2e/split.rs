@@ -192,6 +192,11 @@ async fn a_keyless_ra_issues_through_the_ca_service_and_survives_its_outage() {
 
     // On record, through the RA's admin API, which reads the shared store.
     let rest = Rest::new(ra.rest, &root);
+    // A keyless RA's answer ends in its whole trust bundle, as an in-process one does.
+    let (_, bundle) = rest
+        .call(reqwest::Method::GET, "/v1/trust-bundle", None, None)
+        .await;
+    assert_eq!(bundle.as_str(), chain.last().map(String::as_str));
     let serial = {
         let cert = meshca_ca::x509::ParsedCert::from_der(leaf.contents()).unwrap();
         cert.serial().to_hex()
