@@ -35,22 +35,7 @@ async fn the_rotate_command_drops_no_handshake_and_no_renewal() {
 
     drill.note("meshca admin authorities rotate").await;
     let started = Instant::now();
-    let (ok, lines, stderr) = drill
-        .mesh
-        .admin(&[
-            "authorities",
-            "rotate",
-            "--settle",
-            "2s",
-            "--drain",
-            "30s",
-            "--timeout",
-            "120s",
-            "--poll",
-            "500ms",
-            "--json",
-        ])
-        .await;
+    let (ok, lines, stderr) = rotate(&drill, "30s").await;
     let took = started.elapsed();
     assert!(
         ok,
@@ -176,24 +161,17 @@ async fn the_rotate_command_waits_for_every_replica_of_an_identity() {
     )
     .await;
     drill.note("meshca admin authorities rotate").await;
-    let (ok, lines, stderr) = drill
-        .mesh
-        .admin(&[
-            "authorities",
-            "rotate",
-            "--settle",
-            "2s",
-            "--drain",
-            "60s",
-            "--timeout",
-            "120s",
-            "--poll",
-            "500ms",
-            "--json",
-        ])
-        .await;
+    let (ok, lines, stderr) = rotate(&drill, "60s").await;
     assert!(ok, "{stderr}\n{}", lines.join("\n"));
     drill.note("rotated").await;
     let outcome = drill.finish("two replicas of one identity").await;
     outcome.assert_clean();
+}
+
+/// `meshca admin authorities rotate --json` with the drill's short settle and `drain`: whether
+/// it succeeded, its events, its stderr.
+async fn rotate(drill: &Drill, drain: &str) -> (bool, Vec<String>, String) {
+    let args = ["authorities", "rotate", "--settle", "2s", "--drain", drain];
+    let waits = ["--timeout", "120s", "--poll", "500ms", "--json"];
+    drill.mesh.admin(&[&args[..], &waits[..]].concat()).await
 }
