@@ -1,6 +1,7 @@
 //! meshca's PKI without I/O: identity newtypes, keys and signatures, the X.509 writer and the
 //! SPIFFE workload profile, path building, CSR checks, CRL encoding, authorities and their
-//! rotation states, the audit log's hash chain, and certificate-rotation and backoff timing. The
+//! rotation states, the trust bundle, the audit log's hash chain, and certificate-rotation and
+//! backoff timing. The
 //! CA, the RA, the agent and the tools share it; it opens no file or socket, so everything here
 //! is tested as plain functions.
 
