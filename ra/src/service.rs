@@ -21,6 +21,9 @@ use crate::trust::TrustBundles;
 /// Istio's message for every authentication failure; the reason is logged, not sent.
 pub const AUTHENTICATION_FAILURE: &str = "request authenticate failure";
 
+/// Istio's message for a refused `ImpersonatedIdentity` request; the reason is logged.
+pub const IMPERSONATION_FAILURE: &str = "request impersonation authentication failure";
+
 /// The answer to a shed call; nothing was done, so retrying it is always safe.
 pub const OVERLOADED: &str = "too many certificate requests in flight; retry with backoff";
 
@@ -141,6 +144,24 @@ impl IstioCertificateService for CertificateService {
             }
         };
         let body = request.into_inner();
+        if let Some(requested) = impersonated_identity(&body) {
+            // A node agent (ztunnel) asking for a pod's identity. No caller is trusted to act
+            // for another yet (node authorization is #17); answering with the caller's own
+            // identity, as meshca did, would hand out a certificate nobody asked for.
+            let reason = format!(
+                "{} asked for {requested} (ImpersonatedIdentity) and no node account is trusted",
+                caller.spiffe_id
+            );
+            self.metrics.authentication_failed("impersonation_refused");
+            tracing::warn!(caller = %caller.spiffe_id, requested, "impersonation refused");
+            self.audit_refusal(
+                (caller.method.as_str(), &caller.principal),
+                requested,
+                Outcome::Denied,
+                json!({ "reason": reason, "peer_address": peer_addr }),
+            );
+            return Err(Status::unauthenticated(IMPERSONATION_FAILURE));
+        }
         let refused = |status: Status| {
             self.audit_refusal(
                 (caller.method.as_str(), &caller.principal),
@@ -202,6 +223,15 @@ impl IstioCertificateService for CertificateService {
         let mut cert_chain = issued.chain_pem;
         cert_chain.push(bundle.pem().to_string());
         Ok(Response::new(IstioCertificateResponse { cert_chain }))
+    }
+}
+
+/// The `ImpersonatedIdentity` of the request metadata, when set (istio-agent's key).
+fn impersonated_identity(body: &IstioCertificateRequest) -> Option<&str> {
+    let value = body.metadata.as_ref()?.fields.get("ImpersonatedIdentity")?;
+    match &value.kind {
+        Some(prost_types::value::Kind::StringValue(id)) if !id.is_empty() => Some(id),
+        _ => None,
     }
 }
 

@@ -265,6 +265,47 @@ async fn a_call_without_a_token_is_unauthenticated_and_nothing_is_issued() {
     );
 }
 
+/// A ztunnel-style request for another identity (`ImpersonatedIdentity`) gets Istio's
+/// refusal and nothing: meshca used to issue the caller's own identity instead.
+#[tokio::test]
+async fn an_impersonating_request_is_refused_and_nothing_is_issued() {
+    let ra = Ra::start().await;
+    let before = ra.issued().await;
+    let pod = "spiffe://cluster.local/ns/shop/sa/cart";
+    let mut request = ra.request(csr_pem(&[pod]), true);
+    let metadata = prost_types::Struct {
+        fields: BTreeMap::from([(
+            "ImpersonatedIdentity".to_string(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue(pod.into())),
+            },
+        )]),
+    };
+    request.get_mut().metadata = Some(metadata);
+
+    let status = ra.service.create_certificate(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(
+        status.message(),
+        "request impersonation authentication failure"
+    );
+    assert_eq!(ra.issued().await, before, "nothing issued");
+    let denials = audit_events(&ra.ca, "certificate.issue", 1).await;
+    assert_eq!(denials[0].outcome, "denied");
+    assert_eq!(denials[0].target, pod);
+    let details: Value = serde_json::from_str(&denials[0].details).unwrap();
+    assert!(
+        details["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("asked for {pod}")),
+        "{details}"
+    );
+
+    // Without it, the same caller gets its own identity as before.
+    assert!(ra.call(&[ID], true).await.is_ok());
+}
+
 /// The trust-bundle stream follows the published bundle, which must follow a rotation step on
 /// its own: with no anchor files configured, and before any answer asks for it.
 #[tokio::test]
