@@ -24,6 +24,9 @@ pub struct ExtraAnchor {
 pub struct TrustBundle {
     authorities: Arc<AuthoritySet>,
     roots: Vec<ParsedCert>,
+    /// SHA-256 of each root's DER, in bundle order: computed once here rather than by every
+    /// stream and request that asks which roots a bundle holds.
+    fingerprints: Vec<String>,
     pem: String,
     by_trust_domain: BTreeMap<String, Vec<ParsedCert>>,
     tainted_authority_ids: Vec<String>,
@@ -77,9 +80,11 @@ impl TrustBundle {
         }
         let version = hex::encode(&digest.finish().as_ref()[..16]);
         let pem = roots.iter().map(ParsedCert::to_pem).collect();
+        let fingerprints = roots.iter().map(|r| sha256_hex(r.der())).collect();
         Self {
             authorities,
             roots,
+            fingerprints,
             pem,
             by_trust_domain,
             tainted_authority_ids,
@@ -125,11 +130,14 @@ impl TrustBundle {
         &self.version
     }
 
+    /// Each root's SHA-256 fingerprint (lowercase hex of its DER), in bundle order.
+    pub fn fingerprints(&self) -> &[String] {
+        &self.fingerprints
+    }
+
     /// Whether the root with this SHA-256 fingerprint is in the bundle.
     pub fn holds(&self, root_fingerprint: &str) -> bool {
-        self.roots
-            .iter()
-            .any(|r| sha256_hex(r.der()) == root_fingerprint)
+        self.fingerprints.iter().any(|f| f == root_fingerprint)
     }
 }
 

@@ -209,14 +209,13 @@ pub async fn list(
     let now = unix_seconds(SystemTime::now());
     let mut bundle_roots = Vec::new();
     let bundle = state.bundles.current();
-    for root in bundle.roots() {
-        let fingerprint = sha256_hex(root.der());
-        if bundle.authorities().root_since(&fingerprint).is_none() {
+    for (root, fingerprint) in bundle.roots().iter().zip(bundle.fingerprints()) {
+        if bundle.authorities().root_since(fingerprint).is_none() {
             continue;
         }
-        let reach = reach_of_root(&state, &fingerprint, now).await?;
+        let reach = reach_of_root(&state, fingerprint, now).await?;
         bundle_roots.push(RootView {
-            fingerprint_sha256: fingerprint,
+            fingerprint_sha256: fingerprint.clone(),
             subject: root.subject_string(),
             not_after: rfc3339(root.not_after()),
             propagation: propagation_view(&reach),

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use meshca_ca::x509::ParsedCert;
-use meshca_pki::keys::sha256_hex;
 use meshca_pki::TrustBundle;
 use meshca_proto::meshca::v1 as pb;
 use meshca_proto::meshca::v1::trust_bundle_service_server::TrustBundleService;
@@ -59,10 +58,6 @@ pub fn message_of(bundle: &TrustBundle) -> pb::TrustBundle {
             })
             .collect(),
     }
-}
-
-fn root_fingerprints(bundle: &TrustBundle) -> Vec<String> {
-    bundle.roots().iter().map(|r| sha256_hex(r.der())).collect()
 }
 
 // === impl BundleWatchers ===
@@ -156,7 +151,7 @@ impl TrustBundleService for TrustBundleWatch {
                 guard
                     .watchers
                     .lock()
-                    .insert(guard.id, root_fingerprints(&bundle));
+                    .insert(guard.id, bundle.fingerprints().to_vec());
                 Some(Ok(message_of(&bundle)))
             });
         Ok(Response::new(Box::pin(stream)))
