@@ -444,5 +444,9 @@ async fn a_namespace_that_refuses_writes_neither_blocks_the_others_nor_is_hammer
     // Permission granted: the next resync writes it.
     c.api.forbid_writes("locked", false);
     eventually("the resync writes it", || holds(&c.api, "locked", &bundle)).await;
-    assert_eq!(run.publisher.status().up_to_date, 7);
+    // The status follows the ConfigMap watch, a moment after the write.
+    eventually("the status counts it", || {
+        run.publisher.status().up_to_date == 7
+    })
+    .await;
 }
