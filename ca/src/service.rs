@@ -295,6 +295,9 @@ impl CaRpc for SigningService {
             principal: requester.principal,
             peer_address: non_empty(requester.peer_address),
             cluster_id: non_empty(requester.cluster_id),
+            impersonated_by: non_empty(requester.impersonated_by),
+            pod: non_empty(requester.pod),
+            node: non_empty(requester.node),
         };
         let issued = self
             .ca

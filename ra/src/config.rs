@@ -50,6 +50,23 @@ pub struct AuthConfig {
     /// `clusterid` request header).
     pub clusters: BTreeMap<String, ClusterConfig>,
     pub athenz: AthenzConfig,
+    /// Service accounts (`namespace/name`) of node agents that may ask for the identity of a
+    /// pod on their own node (`ImpersonatedIdentity`): istiod's `CA_TRUSTED_NODE_ACCOUNTS`,
+    /// e.g. `istio-system/ztunnel`. Empty: nobody may. Non-empty: every cluster's pods are
+    /// watched through its `api_server_*` settings.
+    pub trusted_node_accounts: Vec<NodeAccount>,
+    /// How often the pod caches of node authorization list everything again, besides
+    /// following the watch.
+    #[serde(with = "humantime_serde")]
+    pub pod_relist_interval: Duration,
+}
+
+/// A Kubernetes service account, `namespace/name`, as `CA_TRUSTED_NODE_ACCOUNTS` spells it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeAccount {
+    pub namespace: String,
+    pub name: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,7 +281,45 @@ impl Default for AuthConfig {
         Self {
             clusters: BTreeMap::from([(DEFAULT_CLUSTER_ID.to_string(), ClusterConfig::default())]),
             athenz: AthenzConfig::default(),
+            trusted_node_accounts: Vec::new(),
+            pod_relist_interval: Duration::from_secs(1800),
         }
+    }
+}
+
+// === impl NodeAccount ===
+
+impl TryFrom<String> for NodeAccount {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        match value.split_once('/') {
+            Some((namespace, name)) if valid(namespace) && valid(name) => Ok(Self {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            }),
+            _ => Err(format!(
+                "trusted node account {value:?} is not <namespace>/<service account>"
+            )),
+        }
+    }
+}
+
+impl From<NodeAccount> for String {
+    fn from(account: NodeAccount) -> Self {
+        account.to_string()
+    }
+}
+
+impl std::fmt::Display for NodeAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
     }
 }
 
@@ -285,6 +340,36 @@ impl Default for ClusterConfig {
             tokenreview_cache_ttl: Duration::from_secs(60),
             tokenreview_cache_size: 10_000,
             request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_node_accounts_are_namespace_slash_name() {
+        let parsed: Vec<NodeAccount> = serde_json::from_value(serde_json::json!([
+            "istio-system/ztunnel",
+            "kube-system/agent"
+        ]))
+        .unwrap();
+        assert_eq!(parsed[0].namespace, "istio-system");
+        assert_eq!(parsed[0].name, "ztunnel");
+        assert_eq!(parsed[1].to_string(), "kube-system/agent");
+        for bad in [
+            "ztunnel",
+            "istio-system/",
+            "/ztunnel",
+            "a/b/c",
+            "Istio/ztunnel",
+        ] {
+            let error = serde_json::from_value::<NodeAccount>(serde_json::json!(bad)).unwrap_err();
+            assert!(
+                error.to_string().contains("<namespace>/<service account>"),
+                "{bad}: {error}"
+            );
         }
     }
 }

@@ -52,8 +52,19 @@ pub struct ServiceAccountToken<'a> {
     pub service_account: &'a str,
     pub lifetime: Duration,
     /// Whether to add the `kubernetes.io` claim (namespace, service account name and uid) a
-    /// projected in-cluster token carries; meshca reads only `sub`.
+    /// projected in-cluster token carries.
     pub kubernetes_claim: bool,
+    /// The pod (and node) a kubelet-projected token is bound to, added to that claim: what
+    /// node authorization checks when a node agent asks for another pod's identity.
+    pub bound_to: Option<BoundPod<'a>>,
+}
+
+/// The pod a token is bound to, as `kubernetes.io.pod` and (Kubernetes 1.30+) `.node` say.
+#[derive(Clone, Copy, Debug)]
+pub struct BoundPod<'a> {
+    pub name: &'a str,
+    pub uid: &'a str,
+    pub node: Option<&'a str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,11 +124,19 @@ impl TokenSigner {
             exp: now.saturating_add(lifetime),
             iat: now,
             iss: token.issuer,
-            kubernetes: token.kubernetes_claim.then(|| {
-                json!({
+            kubernetes: (token.kubernetes_claim || token.bound_to.is_some()).then(|| {
+                let mut claim = json!({
                     "namespace": namespace,
                     "serviceaccount": {"name": name, "uid": "00000000-0000-0000-0000-000000000000"},
-                })
+                });
+                if let Some(pod) = token.bound_to {
+                    claim["pod"] = json!({"name": pod.name, "uid": pod.uid});
+                    if let Some(node) = pod.node {
+                        claim["node"] =
+                            json!({"name": node, "uid": "00000000-0000-0000-0000-000000000001"});
+                    }
+                }
+                claim
             }),
             nbf: now,
             sub: format!("system:serviceaccount:{namespace}:{name}"),
@@ -189,6 +208,7 @@ pub fn write_dev_credentials(files: &DevFiles) -> std::io::Result<()> {
             service_account: "default",
             lifetime: DEV_TOKEN_LIFETIME,
             kubernetes_claim: true,
+            bound_to: None,
         })
         .map_err(std::io::Error::other)?;
     write_private(&files.token, format!("{token}\n").as_bytes())
@@ -288,7 +308,7 @@ mod tests {
         let authenticator = JwksAuthenticator::start(&files.cluster_config())
             .await
             .unwrap();
-        authenticator.validate(token.trim()).await.unwrap()
+        authenticator.validate(token.trim()).await.unwrap().username
     }
 
     fn token(files: &DevFiles) -> String {

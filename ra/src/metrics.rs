@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::auth::node::PodCacheStatus;
+
 /// Upper bounds (seconds) of the CSR latency histogram.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -19,6 +21,9 @@ pub struct RaMetrics {
     authentication_failures: AtomicU64,
     /// Failure reason → count, for `citadel_server_authentication_failure_count`'s detail.
     authentication_failure_reasons: Mutex<BTreeMap<&'static str, u64>>,
+    /// Refused `ImpersonatedIdentity` requests by reason (they count as authentication
+    /// failures too, as in istiod).
+    impersonation_refusals: Mutex<BTreeMap<&'static str, u64>>,
     sign_errors: Mutex<BTreeMap<&'static str, u64>>,
     success_count: AtomicU64,
     shed: AtomicU64,
@@ -58,6 +63,17 @@ impl RaMetrics {
         self.authentication_failures.fetch_add(1, Ordering::Relaxed);
         *self
             .authentication_failure_reasons
+            .lock()
+            .expect("metrics lock")
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// A node agent's `ImpersonatedIdentity` was refused.
+    pub fn impersonation_refused(&self, reason: &'static str) {
+        self.authentication_failures.fetch_add(1, Ordering::Relaxed);
+        *self
+            .impersonation_refusals
             .lock()
             .expect("metrics lock")
             .entry(reason)
@@ -116,6 +132,13 @@ impl RaMetrics {
                 .authentication_failure_reasons
                 .lock()
                 .expect("metrics lock"),
+        );
+        labeled_counter(
+            &mut out,
+            "meshca_impersonation_refusal_count",
+            "ImpersonatedIdentity requests refused by node authorization, by reason (never sent to callers).",
+            "reason",
+            &self.impersonation_refusals.lock().expect("metrics lock"),
         );
         labeled_counter(
             &mut out,
@@ -195,6 +218,37 @@ impl Histogram {
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// The pod caches of node authorization, one series per cluster: whether the first list has
+/// completed (until then impersonation is answered UNAVAILABLE) and how many pods it holds.
+pub fn render_pod_caches(out: &mut String, caches: &[PodCacheStatus]) {
+    if caches.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meshca_pod_cache_synced 1 once node authorization's pod cache of a cluster has listed its pods.\n# TYPE meshca_pod_cache_synced gauge"
+    );
+    for cache in caches {
+        let _ = writeln!(
+            out,
+            "meshca_pod_cache_synced{{cluster=\"{}\"}} {}",
+            cache.cluster,
+            u8::from(cache.synced)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meshca_pod_cache_pods Pods in node authorization's pod cache of a cluster.\n# TYPE meshca_pod_cache_pods gauge"
+    );
+    for cache in caches {
+        let _ = writeln!(
+            out,
+            "meshca_pod_cache_pods{{cluster=\"{}\"}} {}",
+            cache.cluster, cache.pods
+        );
     }
 }
 

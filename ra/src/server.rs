@@ -97,6 +97,8 @@ impl std::fmt::Debug for RunningRa {
 struct HttpState {
     ca: CertificateAuthority,
     metrics: Arc<RaMetrics>,
+    /// The RA's authenticator, for its pod caches; None in `meshca ca`.
+    auth: Option<Arc<Authenticator>>,
 }
 
 // === impl RunningRa ===
@@ -147,7 +149,7 @@ impl RunningRa {
         let service = IstioCertificateServiceServer::new(CertificateService::new(
             ca.clone(),
             trust_bundles.clone(),
-            auth,
+            auth.clone(),
             metrics.clone(),
             settings.grpc.max_in_flight_issuances,
         ))
@@ -196,6 +198,7 @@ impl RunningRa {
             http_app(HttpState {
                 ca,
                 metrics: metrics.clone(),
+                auth: Some(auth.clone()),
             }),
         )
         .with_graceful_shutdown(async move {
@@ -276,6 +279,7 @@ pub async fn start_ca_observability(
     let app = http_app(HttpState {
         ca,
         metrics: Arc::new(RaMetrics::default()),
+        auth: None,
     });
     let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     Ok((addr, async move { serve.await.map_err(ServeError::Http) }))
@@ -295,13 +299,16 @@ async fn metrics_handler(State(state): State<HttpState>) -> impl IntoResponse {
     let unix = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let ca_metrics = state.ca.metrics();
     let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    let body = state.metrics.render(CaReadings {
+    let mut body = state.metrics.render(CaReadings {
         root_cert_expiry: unix(authority.root().not_after()),
         cert_chain_expiry: unix(authority.path_not_after()),
         cacerts_reload_failures: read(&ca_metrics.cacerts_reload_failures),
         issuance_commits: read(&ca_metrics.issuance_commits),
         issuances_committed: read(&ca_metrics.issuances_committed),
     });
+    if let Some(auth) = &state.auth {
+        crate::metrics::render_pod_caches(&mut body, &auth.pod_caches());
+    }
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         body,

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use meshca_ca::audit::{AuditEvent, Outcome};
-use meshca_ca::{CertificateAuthority, IssueError, IssueRequest, Requester, VerifiedCsr};
+use meshca_ca::{CertificateAuthority, IssueError, IssueRequest, Requester, SpiffeId, VerifiedCsr};
 use meshca_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateService;
 use meshca_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
+use crate::auth::node::{Impersonation, ImpersonationError};
 use crate::auth::{Authenticator, Caller, Credentials};
 use crate::metrics::RaMetrics;
 use crate::tls::PeerInfo;
@@ -23,6 +24,11 @@ pub const AUTHENTICATION_FAILURE: &str = "request authenticate failure";
 
 /// Istio's message for a refused `ImpersonatedIdentity` request; the reason is logged.
 pub const IMPERSONATION_FAILURE: &str = "request impersonation authentication failure";
+
+/// The answer to an `ImpersonatedIdentity` request while the caller's cluster's pods are not
+/// known yet (the first list has not completed): nothing was issued; retry.
+pub const NODE_AUTHORIZATION_PENDING: &str =
+    "node authorization is not ready (the cluster's pods are still being listed); retry";
 
 /// The answer to a shed call; nothing was done, so retrying it is always safe.
 pub const OVERLOADED: &str = "too many certificate requests in flight; retry with backoff";
@@ -144,28 +150,23 @@ impl IstioCertificateService for CertificateService {
             }
         };
         let body = request.into_inner();
-        if let Some(requested) = impersonated_identity(&body) {
-            // A node agent (ztunnel) asking for a pod's identity. No caller is trusted to act
-            // for another yet (node authorization is #17); answering with the caller's own
-            // identity, as meshca did, would hand out a certificate nobody asked for.
-            let reason = format!(
-                "{} asked for {requested} (ImpersonatedIdentity) and no node account is trusted",
-                caller.spiffe_id
-            );
-            self.metrics.authentication_failed("impersonation_refused");
-            tracing::warn!(caller = %caller.spiffe_id, requested, "impersonation refused");
-            self.audit_refusal(
-                (caller.method.as_str(), &caller.principal),
-                requested,
-                Outcome::Denied,
-                json!({ "reason": reason, "peer_address": peer_addr }),
-            );
-            return Err(Status::unauthenticated(IMPERSONATION_FAILURE));
-        }
+        let impersonation = match impersonated_identity(&body) {
+            None => None,
+            Some(requested) => match self.auth.impersonate(&caller, requested) {
+                Ok(allowed) => Some(allowed),
+                Err(error) => {
+                    return Err(self.refuse_impersonation(&caller, requested, &error, peer_addr));
+                }
+            },
+        };
+        // A node agent's certificate names the pod's identity, and nothing else.
+        let subject = impersonation
+            .as_ref()
+            .map_or(&caller.spiffe_id, |i| &i.spiffe_id);
         let refused = |status: Status| {
             self.audit_refusal(
                 (caller.method.as_str(), &caller.principal),
-                caller.spiffe_id.as_str(),
+                subject.as_str(),
                 Outcome::Refused,
                 json!({ "reason": status.message(), "peer_address": peer_addr }),
             );
@@ -174,34 +175,29 @@ impl IstioCertificateService for CertificateService {
 
         let csr = VerifiedCsr::from_pem(&body.csr).map_err(|error| {
             self.metrics.sign_error("csr_error");
-            tracing::info!(spiffe_id = %caller.spiffe_id, %error, "CSR refused");
+            tracing::info!(spiffe_id = %subject, %error, "CSR refused");
             refused(Status::invalid_argument(format!("CSR refused: {error}")))
         })?;
-        csr.check_identity(&caller.spiffe_id).map_err(|mismatch| {
+        csr.check_identity(subject).map_err(|mismatch| {
             self.metrics.sign_error("identity_mismatch");
-            tracing::warn!(spiffe_id = %caller.spiffe_id, requested = %mismatch.requested, "CSR names another identity");
+            tracing::warn!(spiffe_id = %subject, requested = %mismatch.requested, "CSR names another identity");
             refused(Status::invalid_argument(mismatch.to_string()))
         })?;
 
-        let requester = Requester {
-            method: caller.method.as_str().to_string(),
-            principal: caller.principal.clone(),
-            peer_address: peer.map(|p| p.remote_addr.to_string()),
-            cluster_id: caller.cluster_id.clone(),
-        };
+        let requester = requester_of(&caller, impersonation.as_ref(), peer.as_ref());
         // The bundle is taken before signing, so the record says which roots the answer holds.
         let mut bundle = self.bundles.current();
         let issued = self
             .ca
             .issue(IssueRequest {
                 csr: &csr,
-                spiffe_id: &caller.spiffe_id,
+                spiffe_id: subject,
                 requested_ttl_secs: body.validity_duration,
                 requester: &requester,
                 bundle_as_of: Some(bundle.authorities().bundle_as_of()),
             })
             .await
-            .map_err(|error| refused(self.issue_status(&caller, error)))?;
+            .map_err(|error| refused(self.issue_status(subject, error)))?;
         if !bundle.authorities().trusts(issued.authority_id.as_str()) {
             // The signer is newer than the bundle taken (a directory switched roots at once):
             // the answer must still hold the root its own chain ends at.
@@ -213,9 +209,10 @@ impl IstioCertificateService for CertificateService {
         // metrics, and a line per certificate at info cost ~6 % of throughput when saturated.
         tracing::debug!(
             serial = %issued.serial,
-            spiffe_id = %caller.spiffe_id,
+            spiffe_id = %subject,
             method = caller.method.as_str(),
             principal = %caller.principal,
+            impersonated_by = impersonation.as_ref().map(|i| i.agent.as_str()),
             "issued certificate"
         );
         // Istio's layout: leaf, signing cert and intermediates, then the whole bundle as one
@@ -223,6 +220,37 @@ impl IstioCertificateService for CertificateService {
         let mut cert_chain = issued.chain_pem;
         cert_chain.push(bundle.pem().to_string());
         Ok(Response::new(IstioCertificateResponse { cert_chain }))
+    }
+}
+
+/// Who asked, for the issuance record: the caller's credential, where it runs, and, for a node
+/// agent acting for a pod, the agent's own identity.
+fn requester_of(
+    caller: &Caller,
+    impersonation: Option<&Impersonation>,
+    peer: Option<&PeerInfo>,
+) -> Requester {
+    let kubernetes = caller.kubernetes.as_ref();
+    let (pod, node) = match impersonation {
+        // The node authorizer checked the pod and read its node from the API server.
+        Some(i) => (Some(i.agent_pod.clone()), Some(i.node.clone())),
+        None => (
+            kubernetes.and_then(|k| {
+                k.pod
+                    .as_ref()
+                    .map(|p| format!("{}/{}", k.namespace, p.name))
+            }),
+            kubernetes.and_then(|k| k.node.clone()),
+        ),
+    };
+    Requester {
+        method: caller.method.as_str().to_string(),
+        principal: caller.principal.clone(),
+        peer_address: peer.map(|p| p.remote_addr.to_string()),
+        cluster_id: caller.cluster_id.clone(),
+        impersonated_by: impersonation.map(|i| i.agent.to_string()),
+        pod,
+        node,
     }
 }
 
@@ -254,11 +282,52 @@ impl CertificateService {
         });
     }
 
-    fn issue_status(&self, caller: &Caller, error: IssueError) -> Status {
+    fn issue_status(&self, subject: &SpiffeId, error: IssueError) -> Status {
         let refusal = error.refusal();
         let kind = refusal.kind();
         self.metrics.sign_error(kind);
-        tracing::error!(spiffe_id = %caller.spiffe_id, %error, "issuance failed");
+        tracing::error!(spiffe_id = %subject, %error, "issuance failed");
         refusal.into()
+    }
+
+    /// Logs, counts and audits a refused `ImpersonatedIdentity`; the caller hears Istio's
+    /// message, or UNAVAILABLE while the pods are not known yet (retrying will help).
+    fn refuse_impersonation(
+        &self,
+        caller: &Caller,
+        requested: &str,
+        error: &ImpersonationError,
+        peer_addr: Option<String>,
+    ) -> Status {
+        self.metrics.impersonation_refused(error.reason());
+        tracing::warn!(
+            caller = %caller.spiffe_id,
+            cluster_id = ?caller.cluster_id,
+            requested,
+            %error,
+            "impersonation refused"
+        );
+        let pod = caller.kubernetes.as_ref().and_then(|k| {
+            k.pod
+                .as_ref()
+                .map(|p| format!("{}/{}", k.namespace, p.name))
+        });
+        self.audit_refusal(
+            (caller.method.as_str(), &caller.principal),
+            requested,
+            Outcome::Denied,
+            json!({
+                "reason": error.to_string(),
+                "impersonated_by": caller.spiffe_id.as_str(),
+                "requester_pod": pod,
+                "cluster_id": caller.cluster_id,
+                "peer_address": peer_addr,
+            }),
+        );
+        if error.is_retryable() {
+            Status::unavailable(NODE_AUTHORIZATION_PENDING)
+        } else {
+            Status::unauthenticated(IMPERSONATION_FAILURE)
+        }
     }
 }

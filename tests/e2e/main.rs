@@ -4,6 +4,7 @@
 mod admin;
 mod admin_cli;
 mod agent;
+mod ambient;
 mod bench;
 mod credentials;
 mod drill;

@@ -22,6 +22,8 @@ pub const REVIEWER_TOKEN: &str = "meshca-reviewer-token";
 #[derive(Debug)]
 pub struct ApiServerState {
     reviews: Mutex<HashMap<String, usize>>,
+    /// Tokens bound to a pod: the `user` a review of each answers with.
+    bound: Mutex<HashMap<String, Value>>,
     cluster: FakeApiServer,
 }
 
@@ -29,6 +31,7 @@ impl Default for ApiServerState {
     fn default() -> Self {
         Self {
             reviews: Mutex::default(),
+            bound: Mutex::default(),
             cluster: FakeApiServer::new(REVIEWER_TOKEN),
         }
     }
@@ -38,6 +41,33 @@ impl ApiServerState {
     /// The core/v1 side of the same API server: namespaces and ConfigMaps, with test hooks.
     pub fn cluster(&self) -> &FakeApiServer {
         &self.cluster
+    }
+
+    /// From now on `token` reviews as a token the kubelet projected into pod
+    /// `namespace/pod` (uid `pod_uid`) of service account `service_account` on `node`: the
+    /// `extra` fields of a Kubernetes 1.30+ API server.
+    pub fn bind_token(
+        &self,
+        token: &str,
+        namespace: &str,
+        service_account: &str,
+        pod: &str,
+        pod_uid: &str,
+        node: &str,
+    ) {
+        let user = json!({
+            "username": format!("system:serviceaccount:{namespace}:{service_account}"),
+            "uid": "3b1f7c2e-5d4a-4e8b-9c1d-2f3e4a5b6c7d",
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"), "system:authenticated"],
+            "extra": {
+                "authentication.kubernetes.io/credential-id": ["JTI=6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b"],
+                "authentication.kubernetes.io/node-name": [node],
+                "authentication.kubernetes.io/node-uid": ["8e7d6c5b-4a39-4281-9f0e-1d2c3b4a5968"],
+                "authentication.kubernetes.io/pod-name": [pod],
+                "authentication.kubernetes.io/pod-uid": [pod_uid],
+            },
+        });
+        self.bound.lock().unwrap().insert(token.to_string(), user);
     }
 
     pub fn reviews_of(&self, token: &str) -> usize {
@@ -142,7 +172,10 @@ async fn token_review(
         .entry(token.clone())
         .or_default() += 1;
     let audiences = review["spec"]["audiences"].clone();
-    let status = if let Some(rest) = token.strip_prefix("tr-good-") {
+    let bound = state.bound.lock().unwrap().get(&token).cloned();
+    let status = if let Some(user) = bound {
+        json!({"authenticated": true, "user": user, "audiences": audiences})
+    } else if let Some(rest) = token.strip_prefix("tr-good-") {
         let (ns, sa) = rest.split_once('-').unwrap();
         json!({
             "authenticated": true,

@@ -29,13 +29,19 @@ use meshca_proto::meshca::ca::v1 as pb;
 const SERIAL_ATTEMPTS: usize = 3;
 
 /// Who asked for a certificate, for the issuance record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Requester {
     /// `jwt`, `tokenreview`, `athenz`, `renewal`, …
     pub method: String,
     pub principal: String,
     pub peer_address: Option<String>,
     pub cluster_id: Option<String>,
+    /// The requester's own SPIFFE id when it asked for another identity (a node agent acting
+    /// for a pod on its node); None when a workload asked for itself.
+    pub impersonated_by: Option<String>,
+    /// Where the requester runs, when its credential says: its pod (`namespace/name`) and node.
+    pub pod: Option<String>,
+    pub node: Option<String>,
 }
 
 #[derive(Debug)]
@@ -176,6 +182,13 @@ impl CertificateAuthority {
                             principal: req.requester.principal.clone(),
                             peer_address: req.requester.peer_address.clone().unwrap_or_default(),
                             cluster_id: req.requester.cluster_id.clone().unwrap_or_default(),
+                            impersonated_by: req
+                                .requester
+                                .impersonated_by
+                                .clone()
+                                .unwrap_or_default(),
+                            pod: req.requester.pod.clone().unwrap_or_default(),
+                            node: req.requester.node.clone().unwrap_or_default(),
                         }),
                     })
                     .await?);
@@ -257,8 +270,7 @@ impl CertificateAuthority {
         let requester = Requester {
             method: "internal".into(),
             principal: principal.into(),
-            peer_address: None,
-            cluster_id: None,
+            ..Requester::default()
         };
         self.sign_and_record(
             committer,
@@ -329,6 +341,9 @@ impl CertificateAuthority {
                     peer_address: requester.peer_address.clone(),
                     cluster_id: requester.cluster_id.clone(),
                     public_key_sha256: key_hash.clone(),
+                    impersonated_by: requester.impersonated_by.clone(),
+                    requester_pod: requester.pod.clone(),
+                    requester_node: requester.node.clone(),
                 },
                 trust_domain: self.inner.trust_domain.to_string(),
                 cert_der: leaf_der.clone(),
@@ -339,13 +354,7 @@ impl CertificateAuthority {
                 "certificate.issue",
                 &record.issuance.serial,
                 Outcome::Success,
-                serde_json::json!({
-                    "spiffe_id": record.issuance.spiffe_id,
-                    "authority": record.issuance.authority_id,
-                    "not_after": record.issuance.not_after,
-                    "peer_address": record.issuance.peer_address,
-                    "cluster_id": record.issuance.cluster_id,
-                }),
+                issuance_details(&record.issuance),
             );
             match committer.commit(record, audit).await {
                 Ok(()) => {
@@ -392,6 +401,28 @@ pub fn sign_leaf(
     let template =
         profile::workload_template(csr, spiffe_id, serial_number, validity, authority.key_id())?;
     Ok((serial, authority.sign(template)?))
+}
+
+/// What the audit log says of an issuance; where the requester ran and whom it acted for only
+/// when known, so a workload's own request reads as it always did.
+fn issuance_details(issuance: &crate::store::Issuance) -> serde_json::Value {
+    let mut details = serde_json::json!({
+        "spiffe_id": issuance.spiffe_id,
+        "authority": issuance.authority_id,
+        "not_after": issuance.not_after,
+        "peer_address": issuance.peer_address,
+        "cluster_id": issuance.cluster_id,
+    });
+    for (key, value) in [
+        ("impersonated_by", &issuance.impersonated_by),
+        ("requester_pod", &issuance.requester_pod),
+        ("requester_node", &issuance.requester_node),
+    ] {
+        if let Some(value) = value {
+            details[key] = value.as_str().into();
+        }
+    }
+    details
 }
 
 fn pem_cert(der: &[u8]) -> String {

@@ -104,10 +104,16 @@ impl Store {
             ("c.service_account = ?", &filter.service_account),
             ("c.authority_id = ?", &filter.authority),
             ("c.requester_principal = ?", &filter.requester),
+            ("c.requester_node = ?", &filter.requester_node),
         ] {
             if let Some(v) = value {
                 conditions.push(condition, Param::Text(v.clone()));
             }
+        }
+        match filter.impersonated_by.as_deref() {
+            Some("*") => conditions.push_fixed("c.impersonated_by IS NOT NULL"),
+            Some(agent) => conditions.push("c.impersonated_by = ?", Param::Text(agent.to_string())),
+            None => {}
         }
         for (condition, value) in [
             ("c.issued_at >= ?", filter.issued_after),

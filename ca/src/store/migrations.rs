@@ -24,6 +24,7 @@ pub(crate) const SQLITE: &[(&str, &str)] = embedded!("sqlite":
     "0003_audit_log.sql",
     "0004_inventory_indexes.sql",
     "0005_rotation_counters.sql",
+    "0006_node_agent_requests.sql",
 );
 
 pub(crate) const POSTGRES: &[(&str, &str)] = embedded!("postgres":
@@ -32,6 +33,7 @@ pub(crate) const POSTGRES: &[(&str, &str)] = embedded!("postgres":
     "0003_audit_log.sql",
     "0004_inventory_indexes.sql",
     "0005_rotation_counters.sql",
+    "0006_node_agent_requests.sql",
 );
 
 /// A dialect's embedded migrations as a source for sqlx's [`Migrator`].

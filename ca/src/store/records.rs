@@ -120,6 +120,13 @@ row! {
         pub peer_address: Option<String>,
         pub cluster_id: Option<String>,
         pub public_key_sha256: String,
+        /// The node agent's own SPIFFE id when it asked for this certificate on behalf of a
+        /// pod on its node (`ImpersonatedIdentity`).
+        pub impersonated_by: Option<String>,
+        /// The requester's pod, `namespace/name`, when its credential says.
+        pub requester_pod: Option<String>,
+        /// The requester's node, when its credential (or, for a node agent, its pod) says.
+        pub requester_node: Option<String>,
     }
 }
 
@@ -192,6 +199,10 @@ pub struct CertificateFilter {
     pub authority: Option<String>,
     /// The requester's principal (service account, Athenz CN, SPIFFE id).
     pub requester: Option<String>,
+    /// Issued to a node agent on behalf of a pod: the agent's SPIFFE id, or `*` for any.
+    pub impersonated_by: Option<String>,
+    /// The node the requester runs on.
+    pub requester_node: Option<String>,
     pub issued_after: Option<i64>,
     pub issued_before: Option<i64>,
     pub expires_after: Option<i64>,

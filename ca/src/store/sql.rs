@@ -9,7 +9,8 @@ use crate::audit::AuditRecord;
 
 pub(crate) const ISSUANCE_COLUMNS: &str = "serial, spiffe_id, trust_domain, namespace, \
     service_account, not_before, not_after, issued_at, authority_id, requester_method, \
-    requester_principal, peer_address, cluster_id, public_key_sha256, cert_der, bundle_as_of";
+    requester_principal, peer_address, cluster_id, public_key_sha256, cert_der, bundle_as_of, \
+    impersonated_by, requester_pod, requester_node";
 
 pub(crate) const AUDIT_COLUMNS: &str = "seq, at, actor_method, actor_principal, action, target, \
     outcome, details, prev_hash, hash";
@@ -22,7 +23,8 @@ pub(crate) const AUTHORITY_COLUMNS: &str = "id, state, source, key_type, cert_de
 pub(crate) const CERTIFICATE_ROW_SELECT: &str = "SELECT c.id, c.serial, c.spiffe_id, \
     c.namespace, c.service_account, c.not_before, c.not_after, c.issued_at, c.authority_id, \
     c.requester_method, c.requester_principal, c.peer_address, c.cluster_id, \
-    c.public_key_sha256, r.revoked_at, r.reason AS revocation_reason \
+    c.public_key_sha256, c.impersonated_by, c.requester_pod, c.requester_node, r.revoked_at, \
+    r.reason AS revocation_reason \
     FROM issued_certificates c LEFT JOIN certificate_revocations r ON r.serial = c.serial \
     WHERE 1 = 1";
 
@@ -31,7 +33,7 @@ pub(crate) static INSERT_ISSUANCE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO issued_certificates ({ISSUANCE_COLUMNS}) VALUES ({}) \
          ON CONFLICT (serial) DO NOTHING",
-        placeholders(16)
+        placeholders(19)
     )
 });
 
@@ -64,7 +66,7 @@ pub(crate) const ADVANCE_AUDIT_HEAD: &str =
 pub(crate) const SET_AUDIT_HEAD_HASH: &str = "UPDATE audit_head SET hash = $1 WHERE id = 1";
 pub(crate) const READ_AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
 
-/// Rows per multi-row INSERT, keeping the bound parameters (16 and 10 per row) well under
+/// Rows per multi-row INSERT, keeping the bound parameters (19 and 10 per row) well under
 /// SQLite's and PostgreSQL's limits.
 pub(crate) const ISSUANCE_ROWS_PER_STATEMENT: usize = 64;
 pub(crate) const AUDIT_ROWS_PER_STATEMENT: usize = 96;
@@ -95,6 +97,9 @@ macro_rules! bind_issuance_row {
             .push_bind(&$r.issuance.public_key_sha256)
             .push_bind(&$r.cert_der)
             .push_bind($r.bundle_as_of)
+            .push_bind(&$r.issuance.impersonated_by)
+            .push_bind(&$r.issuance.requester_pod)
+            .push_bind(&$r.issuance.requester_node)
     };
 }
 pub(crate) use bind_issuance_row;

@@ -185,6 +185,9 @@ fn insert_in_one_transaction(
                 r.issuance.public_key_sha256,
                 r.cert_der,
                 r.bundle_as_of,
+                r.issuance.impersonated_by,
+                r.issuance.requester_pod,
+                r.issuance.requester_node,
             ])?;
             inserted.push(rows == 1);
         }

@@ -138,6 +138,7 @@ pub fn requester() -> Requester {
         principal: "system:serviceaccount:default:web".into(),
         peer_address: Some("10.0.0.7:41234".into()),
         cluster_id: Some("Kubernetes".into()),
+        ..Requester::default()
     }
 }
 

@@ -14,6 +14,16 @@ pub struct Requester {
     /// The `clusterid` the token was checked against; empty when none.
     #[prost(string, tag = "4")]
     pub cluster_id: ::prost::alloc::string::String,
+    /// The caller's own SPIFFE id when the RA let it ask for another identity (a node agent's
+    /// `ImpersonatedIdentity`, authorized against the pods on its node); empty when a workload
+    /// asked for itself.
+    #[prost(string, tag = "5")]
+    pub impersonated_by: ::prost::alloc::string::String,
+    /// Where the caller runs, when its credential says: its pod (`namespace/name`) and node.
+    #[prost(string, tag = "6")]
+    pub pod: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub node: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SignRequest {

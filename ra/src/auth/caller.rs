@@ -27,6 +27,37 @@ pub struct Caller {
     /// Kubernetes username.
     pub principal: String,
     pub cluster_id: Option<String>,
+    /// Set for a Kubernetes service-account token: its account and, for a token bound to a
+    /// pod, where it runs. Node authorization needs it; certificate callers have none.
+    pub kubernetes: Option<KubernetesCaller>,
+}
+
+/// A service account, and where its token says it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesCaller {
+    pub namespace: String,
+    pub service_account: String,
+    pub pod: Option<PodBinding>,
+    /// The node, when the token says (Kubernetes 1.30+ bound tokens).
+    pub node: Option<String>,
+}
+
+/// The pod a bound service-account token was issued for (`kubernetes.io.pod` of the JWT, or
+/// TokenReview's `authentication.kubernetes.io/pod-name` and `pod-uid`). The uid tells a pod
+/// from a later one of the same name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodBinding {
+    pub name: String,
+    pub uid: String,
+}
+
+/// What a verified Kubernetes token says: the username
+/// (`system:serviceaccount:<namespace>:<name>`) and, for a bound token, where it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenIdentity {
+    pub username: String,
+    pub pod: Option<PodBinding>,
+    pub node: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::caller::AuthError;
+use super::caller::{parse_service_account, AuthError, PodBinding, TokenIdentity};
 use crate::config::ClusterConfig;
 
 const MAX_LEEWAY: Duration = Duration::from_secs(60);
@@ -83,6 +83,30 @@ enum KeySource {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// What a projected (bound) token adds about where it runs.
+    #[serde(default, rename = "kubernetes.io")]
+    kubernetes: Option<KubernetesClaim>,
+}
+
+/// The `kubernetes.io` claim: `namespace`, `serviceaccount`, and for tokens bound to a pod,
+/// `pod` (and since Kubernetes 1.30 `node`), each `{name, uid}`.
+#[derive(Debug, Default, Deserialize)]
+struct KubernetesClaim {
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    serviceaccount: Option<ObjectRef>,
+    #[serde(default)]
+    pod: Option<ObjectRef>,
+    #[serde(default)]
+    node: Option<ObjectRef>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ObjectRef {
+    name: String,
+    #[serde(default)]
+    uid: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,8 +149,8 @@ impl JwksAuthenticator {
         Ok(this)
     }
 
-    /// Validates `token`; returns its `sub` (the Kubernetes username).
-    pub async fn validate(&self, token: &str) -> Result<String, AuthError> {
+    /// Validates `token`; returns its `sub` (the Kubernetes username) and where it runs.
+    pub async fn validate(&self, token: &str) -> Result<TokenIdentity, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Token(format!("malformed: {e}")))?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
@@ -153,7 +177,7 @@ impl JwksAuthenticator {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map_err(|e| AuthError::Token(e.to_string()))?;
-        Ok(data.claims.sub)
+        Ok(token_identity(data.claims))
     }
 
     fn find_key(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
@@ -254,6 +278,42 @@ impl JwksAuthenticator {
     }
 }
 
+/// The username, and the pod and node of a bound token. A `kubernetes.io` claim naming
+/// another account than `sub` binds nothing: the token still names its `sub`, but cannot
+/// speak for a pod.
+fn token_identity(claims: Claims) -> TokenIdentity {
+    let kubernetes = claims.kubernetes.unwrap_or_default();
+    let consistent = parse_service_account(&claims.sub).is_ok_and(|(namespace, name)| {
+        kubernetes
+            .namespace
+            .as_deref()
+            .is_none_or(|n| n == namespace)
+            && kubernetes
+                .serviceaccount
+                .as_ref()
+                .is_none_or(|sa| sa.name == name)
+    });
+    if !consistent {
+        tracing::warn!(sub = %claims.sub, "the kubernetes.io claim names another service account; the token is not bound to a pod");
+        return TokenIdentity {
+            username: claims.sub,
+            pod: None,
+            node: None,
+        };
+    }
+    TokenIdentity {
+        username: claims.sub,
+        pod: kubernetes
+            .pod
+            .filter(|p| !p.name.is_empty() && !p.uid.is_empty())
+            .map(|p| PodBinding {
+                name: p.name,
+                uid: p.uid,
+            }),
+        node: kubernetes.node.map(|n| n.name).filter(|n| !n.is_empty()),
+    }
+}
+
 fn spawn_periodic_refresh(this: Weak<JwksAuthenticator>, every: Duration) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every.max(Duration::from_secs(1)));
@@ -317,5 +377,53 @@ mod tests {
             malformed.starts_with(&format!("{}: invalid type", path.display())),
             "{malformed}"
         );
+    }
+
+    fn claims(json: serde_json::Value) -> Claims {
+        serde_json::from_value(json).unwrap()
+    }
+
+    /// A projected token as kubelet mounts it (Kubernetes 1.30+, with the node).
+    #[test]
+    fn a_bound_token_names_its_pod_and_node() {
+        let bound = claims(serde_json::json!({
+            "aud": ["istio-ca"], "exp": 1, "iat": 0, "iss": "https://kubernetes.default.svc.cluster.local",
+            "jti": "5a1b", "nbf": 0, "sub": "system:serviceaccount:istio-system:ztunnel",
+            "kubernetes.io": {
+                "namespace": "istio-system",
+                "node": {"name": "worker-1", "uid": "0b6f"},
+                "pod": {"name": "ztunnel-x7k2p", "uid": "9c3e"},
+                "serviceaccount": {"name": "ztunnel", "uid": "77aa"},
+                "warnafter": 1,
+            },
+        }));
+        let id = token_identity(bound);
+        assert_eq!(id.username, "system:serviceaccount:istio-system:ztunnel");
+        assert_eq!(
+            id.pod,
+            Some(PodBinding {
+                name: "ztunnel-x7k2p".into(),
+                uid: "9c3e".into()
+            })
+        );
+        assert_eq!(id.node.as_deref(), Some("worker-1"));
+    }
+
+    #[test]
+    fn unbound_or_inconsistent_tokens_bind_no_pod() {
+        let legacy = claims(serde_json::json!({"sub": "system:serviceaccount:web:web"}));
+        assert_eq!(token_identity(legacy).pod, None);
+        let other_namespace = claims(serde_json::json!({
+            "sub": "system:serviceaccount:web:web",
+            "kubernetes.io": {"namespace": "istio-system", "pod": {"name": "p", "uid": "u"},
+                              "serviceaccount": {"name": "web", "uid": "1"}},
+        }));
+        let id = token_identity(other_namespace);
+        assert_eq!((id.pod, id.node), (None, None));
+        let no_uid = claims(serde_json::json!({
+            "sub": "system:serviceaccount:web:web",
+            "kubernetes.io": {"namespace": "web", "pod": {"name": "p"}},
+        }));
+        assert_eq!(token_identity(no_uid).pod, None);
     }
 }

@@ -4,10 +4,14 @@
 
 mod caller;
 pub mod jwks;
+pub mod node;
 pub mod tokenreview;
 pub mod x509;
 
-pub use caller::{parse_service_account, AuthError, AuthMethod, Caller};
+pub use caller::{
+    parse_service_account, AuthError, AuthMethod, Caller, KubernetesCaller, PodBinding,
+    TokenIdentity,
+};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,13 +34,15 @@ pub struct Credentials<'a> {
     pub peer_addr: Option<SocketAddr>,
 }
 
-/// The configured methods.
+/// The configured methods, and who may ask for another identity.
 #[derive(Debug)]
 pub struct Authenticator {
     trust_domain: TrustDomain,
     renewal: x509::RenewalAuthenticator,
     athenz: Option<x509::AthenzAuthenticator>,
     clusters: BTreeMap<String, ClusterAuthenticator>,
+    /// Set when `auth.trusted_node_accounts` names someone.
+    nodes: Option<node::NodeAuthorizer>,
 }
 
 #[derive(Debug)]
@@ -57,6 +63,8 @@ pub enum AuthSetupError {
     },
     #[error("auth.clusters.{cluster}: {reason}")]
     Cluster { cluster: String, reason: String },
+    #[error(transparent)]
+    NodeAuthorization(#[from] node::NodeAuthorizerSetupError),
 }
 
 // === impl Authenticator ===
@@ -96,12 +104,35 @@ impl Authenticator {
             };
             clusters.insert(id.clone(), auth);
         }
+        let nodes = node::NodeAuthorizer::start(config, trust_domain.clone())?;
         Ok(Self {
             trust_domain,
             renewal: x509::RenewalAuthenticator::new(ca),
             athenz,
             clusters,
+            nodes,
         })
+    }
+
+    /// Whether `caller` may have `requested` (the request's `ImpersonatedIdentity`) instead of
+    /// its own identity; see [`node::decide`].
+    pub fn impersonate(
+        &self,
+        caller: &Caller,
+        requested: &str,
+    ) -> Result<node::Impersonation, node::ImpersonationError> {
+        match &self.nodes {
+            Some(nodes) => nodes.authorize(caller, requested),
+            None => Err(node::ImpersonationError::NotConfigured),
+        }
+    }
+
+    /// The pod caches of node authorization (none when it is off).
+    pub fn pod_caches(&self) -> Vec<node::PodCacheStatus> {
+        self.nodes
+            .as_ref()
+            .map(node::NodeAuthorizer::status)
+            .unwrap_or_default()
     }
 
     /// Tries each method in order; returns the first success, or the most specific failure.
@@ -138,22 +169,29 @@ impl Authenticator {
             .clusters
             .get(cluster_id)
             .ok_or_else(|| AuthError::UnknownCluster(cluster_id.to_string()))?;
-        let (method, username) = match cluster {
+        let (method, token) = match cluster {
             ClusterAuthenticator::Jwks(a) => (AuthMethod::Jwt, a.validate(token).await?),
             ClusterAuthenticator::TokenReview(a) => {
                 (AuthMethod::TokenReview, a.review(token).await?)
             }
         };
-        let (namespace, service_account) = parse_service_account(&username)?;
+        let (namespace, service_account) = parse_service_account(&token.username)?;
         let spiffe_id = self
             .trust_domain
             .workload_id(namespace, service_account)
-            .map_err(|_| AuthError::BadServiceAccount(username.clone()))?;
+            .map_err(|_| AuthError::BadServiceAccount(token.username.clone()))?;
+        let kubernetes = KubernetesCaller {
+            namespace: namespace.to_string(),
+            service_account: service_account.to_string(),
+            pod: token.pod,
+            node: token.node,
+        };
         Ok(Caller {
             spiffe_id,
             method,
-            principal: username,
+            principal: token.username,
             cluster_id: Some(cluster_id.to_string()),
+            kubernetes: Some(kubernetes),
         })
     }
 }

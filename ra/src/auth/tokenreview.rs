@@ -2,14 +2,14 @@
 //! a live service-account token. Positive answers are cached briefly, keyed by a hash of the
 //! token (never the token itself), and never past the token's own `exp`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::caller::{parse_service_account, AuthError};
+use super::caller::{parse_service_account, AuthError, PodBinding, TokenIdentity};
 use crate::config::ClusterConfig;
 use crate::kube::{KubeClient, KubeClientError};
 
@@ -26,9 +26,14 @@ pub struct TokenReviewer {
 
 #[derive(Clone, Debug)]
 struct CachedReview {
-    username: String,
+    identity: TokenIdentity,
     expires: Instant,
 }
+
+/// The `user.extra` keys a bound token's review carries (the node ones since Kubernetes 1.30).
+const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
+const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+const EXTRA_NODE_NAME: &str = "authentication.kubernetes.io/node-name";
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -68,6 +73,8 @@ struct UserInfo {
     username: String,
     #[serde(default)]
     groups: Vec<String>,
+    #[serde(default)]
+    extra: BTreeMap<String, Vec<String>>,
 }
 
 // === impl TokenReviewer ===
@@ -84,18 +91,18 @@ impl TokenReviewer {
         })
     }
 
-    /// Returns the reviewed token's username.
-    pub async fn review(&self, token: &str) -> Result<String, AuthError> {
+    /// Returns the reviewed token's username, and its pod and node when it is bound to one.
+    pub async fn review(&self, token: &str) -> Result<TokenIdentity, AuthError> {
         let key = token_hash(token);
         if let Some(hit) = self.cached(&key) {
             return Ok(hit);
         }
-        let username = self.call_api_server(token).await?;
-        self.remember(key, &username, token_expiry(token));
-        Ok(username)
+        let identity = self.call_api_server(token).await?;
+        self.remember(key, &identity, token_expiry(token));
+        Ok(identity)
     }
 
-    async fn call_api_server(&self, token: &str) -> Result<String, AuthError> {
+    async fn call_api_server(&self, token: &str) -> Result<TokenIdentity, AuthError> {
         let body = TokenReviewRequest {
             api_version: "authentication.k8s.io/v1",
             kind: "TokenReview",
@@ -138,13 +145,13 @@ impl TokenReviewer {
             )));
         }
         parse_service_account(&s.user.username)?;
-        Ok(s.user.username)
+        Ok(reviewed_identity(s.user))
     }
 
-    fn cached(&self, key: &[u8; 32]) -> Option<String> {
+    fn cached(&self, key: &[u8; 32]) -> Option<TokenIdentity> {
         let mut cache = self.cache.lock().expect("cache lock");
         match cache.get(key) {
-            Some(hit) if hit.expires > Instant::now() => Some(hit.username.clone()),
+            Some(hit) if hit.expires > Instant::now() => Some(hit.identity.clone()),
             Some(_) => {
                 cache.remove(key);
                 None
@@ -153,7 +160,7 @@ impl TokenReviewer {
         }
     }
 
-    fn remember(&self, key: [u8; 32], username: &str, token_exp: Option<SystemTime>) {
+    fn remember(&self, key: [u8; 32], identity: &TokenIdentity, token_exp: Option<SystemTime>) {
         let ttl = cache_lifetime(self.cache_ttl, token_exp, SystemTime::now());
         if ttl.is_zero() {
             return;
@@ -172,10 +179,30 @@ impl TokenReviewer {
         cache.insert(
             key,
             CachedReview {
-                username: username.to_string(),
+                identity: identity.clone(),
                 expires: now + ttl,
             },
         );
+    }
+}
+
+/// The username, and the pod (both name and uid, or none) and node the review's `extra` names.
+fn reviewed_identity(mut user: UserInfo) -> TokenIdentity {
+    let mut single = |key: &str| {
+        user.extra
+            .remove(key)
+            .and_then(|values| values.into_iter().next())
+            .filter(|v| !v.is_empty())
+    };
+    let pod = match (single(EXTRA_POD_NAME), single(EXTRA_POD_UID)) {
+        (Some(name), Some(uid)) => Some(PodBinding { name, uid }),
+        _ => None,
+    };
+    let node = single(EXTRA_NODE_NAME);
+    TokenIdentity {
+        username: user.username,
+        pod,
+        node,
     }
 }
 
@@ -225,6 +252,40 @@ mod tests {
             cache_lifetime(ttl, Some(now - Duration::from_secs(1)), now),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn a_bound_review_names_pod_and_node() {
+        let user: UserInfo = serde_json::from_value(serde_json::json!({
+            "username": "system:serviceaccount:istio-system:ztunnel",
+            "uid": "77aa",
+            "groups": ["system:serviceaccounts", "system:serviceaccounts:istio-system", "system:authenticated"],
+            "extra": {
+                "authentication.kubernetes.io/credential-id": ["JTI=5a1b"],
+                "authentication.kubernetes.io/node-name": ["worker-1"],
+                "authentication.kubernetes.io/node-uid": ["0b6f"],
+                "authentication.kubernetes.io/pod-name": ["ztunnel-x7k2p"],
+                "authentication.kubernetes.io/pod-uid": ["9c3e"],
+            },
+        }))
+        .unwrap();
+        let id = reviewed_identity(user);
+        assert_eq!(
+            id.pod,
+            Some(PodBinding {
+                name: "ztunnel-x7k2p".into(),
+                uid: "9c3e".into()
+            })
+        );
+        assert_eq!(id.node.as_deref(), Some("worker-1"));
+
+        // A pod name without its uid cannot tell one pod from a later one of that name.
+        let half: UserInfo = serde_json::from_value(serde_json::json!({
+            "username": "system:serviceaccount:web:web",
+            "extra": {"authentication.kubernetes.io/pod-name": ["web-7d9f8"]},
+        }))
+        .unwrap();
+        assert_eq!(reviewed_identity(half).pod, None);
     }
 
     #[test]

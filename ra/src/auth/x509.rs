@@ -103,6 +103,7 @@ impl RenewalAuthenticator {
             spiffe_id: id,
             method: AuthMethod::Renewal,
             cluster_id: None,
+            kubernetes: None,
         })
     }
 }
@@ -163,6 +164,7 @@ impl AthenzAuthenticator {
             method: AuthMethod::Athenz,
             principal: cn,
             cluster_id: None,
+            kubernetes: None,
         })
     }
 }

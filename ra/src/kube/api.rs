@@ -12,6 +12,10 @@ use super::objects::{ObjectList, RawWatchEvent, Resource, WatchEvent};
 /// Longest watch line accepted: etcd caps an object at 1.5 MiB, so this is generous.
 const MAX_WATCH_LINE: usize = 8 << 20;
 
+/// Objects per list page, client-go's pager default: 10,000 pods come in 20 answers of a
+/// few MiB each rather than one of ~100 MiB held in memory at once.
+pub const LIST_PAGE_SIZE: usize = 500;
+
 /// Server-side filters of a list or watch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListParams {
@@ -68,6 +72,39 @@ impl KubeClient {
             .send(Method::GET, url, None, self.request_timeout())
             .await?;
         decode_body(response, "list").await
+    }
+
+    /// Every matching object, [`LIST_PAGE_SIZE`] at a time: `on_page` gets each page's objects
+    /// as it arrives. Returns the version the whole list is consistent at (the first page's;
+    /// the server keeps later pages at it). A continue token that outlived compaction fails
+    /// with [`KubeError::Expired`], and the caller lists again from the start.
+    pub async fn list_pages<R: Resource>(
+        &self,
+        namespace: Option<&str>,
+        params: &ListParams,
+        mut on_page: impl FnMut(Vec<R>),
+    ) -> Result<String, KubeError> {
+        let limit = LIST_PAGE_SIZE.to_string();
+        let mut resource_version = None;
+        let mut next: Option<String> = None;
+        loop {
+            let mut query = params.query();
+            query.push(("limit", limit.as_str()));
+            if let Some(token) = &next {
+                query.push(("continue", token.as_str()));
+            }
+            let url = self.url(&collection_path::<R>(namespace), &query);
+            let response = self
+                .send(Method::GET, url, None, self.request_timeout())
+                .await?;
+            let page: ObjectList<R> = decode_body(response, "list").await?;
+            resource_version.get_or_insert(page.metadata.resource_version);
+            on_page(page.items);
+            match page.metadata.continue_token {
+                Some(token) if !token.is_empty() => next = Some(token),
+                _ => return Ok(resource_version.unwrap_or_default()),
+            }
+        }
     }
 
     /// Changes after `resource_version` (a list's, or the last event's), with bookmarks. The

@@ -1,6 +1,7 @@
 //! A small Kubernetes API client for what meshca needs of a cluster: TokenReview, and
 //! list/watch/create/update of core/v1 objects, with a reflector that keeps a local cache of
-//! one kind. One place knows how to reach and authenticate to the API server.
+//! one kind (the objects, or an index of them such as the pods by node). One place knows how
+//! to reach and authenticate to the API server.
 
 pub mod api;
 pub mod client;
@@ -8,6 +9,7 @@ pub mod error;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod objects;
+pub mod pods;
 pub mod reflector;
 
 pub use api::{ListParams, WatchStream};
@@ -16,4 +18,5 @@ pub use error::{KubeClientError, KubeError};
 pub use objects::{
     ConfigMap, Namespace, NamespaceStatus, ObjectList, ObjectMeta, Resource, Status, WatchEvent,
 };
-pub use reflector::{ObjectKey, Reflector, ReflectorSettings, Snapshot};
+pub use pods::{Pod, PodFacts, PodIndex};
+pub use reflector::{Cache, ObjectKey, ObjectMap, Reflector, ReflectorSettings, Snapshot};

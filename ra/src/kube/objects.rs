@@ -95,7 +95,7 @@ pub struct ObjectList<R> {
 pub struct ListMeta {
     #[serde(default)]
     pub resource_version: String,
-    /// Set when the server paginated; meshca asks for no limit, so it stays empty.
+    /// Set when the server has more pages (the request had a `limit`).
     #[serde(default, rename = "continue")]
     pub continue_token: Option<String>,
 }

@@ -51,6 +51,11 @@ macro_rules! certificate_query {
             authority: Option<String>,
             /// The requester's principal.
             requester: Option<String>,
+            /// Issued to a node agent on behalf of a pod on its node: the agent's SPIFFE id,
+            /// or `*` for any agent.
+            impersonated_by: Option<String>,
+            /// The node the requester runs on.
+            requester_node: Option<String>,
             /// Inclusive.
             #[param(format = DateTime)]
             issued_after: Option<String>,
@@ -78,6 +83,8 @@ macro_rules! certificate_query {
                     service_account: self.service_account.clone(),
                     authority: self.authority.clone(),
                     requester: self.requester.clone(),
+                    impersonated_by: self.impersonated_by.clone(),
+                    requester_node: self.requester_node.clone(),
                     issued_after: time("issued_after", self.issued_after.as_deref())?,
                     issued_before: time("issued_before", self.issued_before.as_deref())?,
                     expires_after: time("expires_after", self.expires_after.as_deref())?,
@@ -175,6 +182,9 @@ fn view(row: &CertificateRow, now: i64) -> CertificateView {
             principal: row.issuance.requester_principal.clone(),
             peer_address: row.issuance.peer_address.clone(),
             cluster_id: row.issuance.cluster_id.clone(),
+            impersonated_by: row.issuance.impersonated_by.clone(),
+            pod: row.issuance.requester_pod.clone(),
+            node: row.issuance.requester_node.clone(),
         },
         public_key_sha256: row.issuance.public_key_sha256.clone(),
         status: status_of(row, now).to_string(),
@@ -407,7 +417,8 @@ pub async fn export(
         .into_response())
 }
 
-const CSV_COLUMNS: [&str; 13] = [
+/// New columns go last, so a consumer reading by position keeps working.
+const CSV_COLUMNS: [&str; 16] = [
     "serial",
     "spiffe_id",
     "namespace",
@@ -421,6 +432,9 @@ const CSV_COLUMNS: [&str; 13] = [
     "status",
     "revoked_at",
     "revocation_reason",
+    "impersonated_by",
+    "requester_pod",
+    "requester_node",
 ];
 
 fn csv_field(value: &str) -> String {
@@ -446,6 +460,9 @@ fn csv_line(row: &CertificateRow, now: i64) -> String {
         status_of(row, now).to_string(),
         row.revoked_at.map(unix_to_rfc3339).unwrap_or_default(),
         row.revocation_reason.clone().unwrap_or_default(),
+        row.issuance.impersonated_by.clone().unwrap_or_default(),
+        row.issuance.requester_pod.clone().unwrap_or_default(),
+        row.issuance.requester_node.clone().unwrap_or_default(),
     ];
     let mut line = fields
         .iter()

@@ -152,6 +152,12 @@ pub struct RequesterView {
     pub principal: String,
     pub peer_address: Option<String>,
     pub cluster_id: Option<String>,
+    /// The node agent's own SPIFFE id when it asked for this certificate on behalf of a pod on
+    /// its node (Istio ambient's ztunnel, `ImpersonatedIdentity`).
+    pub impersonated_by: Option<String>,
+    /// The requester's pod (`namespace/name`) and node, when its credential said.
+    pub pod: Option<String>,
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

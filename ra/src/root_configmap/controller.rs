@@ -19,7 +19,7 @@ use super::plan::{
 };
 use super::queue::WorkQueue;
 use crate::kube::{
-    ConfigMap, KubeClient, KubeError, ListParams, Namespace, ObjectKey, Reflector,
+    ConfigMap, KubeClient, KubeError, ListParams, Namespace, ObjectKey, ObjectMap, Reflector,
     ReflectorSettings, Resource, Snapshot,
 };
 
@@ -90,8 +90,8 @@ enum Outcome {
 /// The inputs a worker reads, fixed for one reconcile.
 #[derive(Clone)]
 struct View {
-    namespaces: Arc<Snapshot<Namespace>>,
-    configmaps: Arc<Snapshot<ConfigMap>>,
+    namespaces: Arc<Snapshot<ObjectMap<Namespace>>>,
+    configmaps: Arc<Snapshot<ObjectMap<ConfigMap>>>,
     desired: Arc<str>,
 }
 
@@ -117,6 +117,7 @@ pub(super) async fn run(
                 label_selector: settings.namespace_selector.clone(),
                 field_selector: None,
             },
+            relist_every: None,
         },
     );
     let configmap_cache = Reflector::<ConfigMap>::start(
@@ -127,6 +128,7 @@ pub(super) async fn run(
                 label_selector: None,
                 field_selector: Some(format!("metadata.name={ROOT_CONFIGMAP_NAME}")),
             },
+            relist_every: None,
         },
     );
     let mut namespaces_rx = namespace_cache.subscribe();
@@ -250,7 +252,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-fn queue_all(queue: &mut WorkQueue, namespaces: &Snapshot<Namespace>) {
+fn queue_all(queue: &mut WorkQueue, namespaces: &Snapshot<ObjectMap<Namespace>>) {
     for ns in namespaces.objects.values() {
         queue.add(&ns.metadata.name);
     }
@@ -278,7 +280,10 @@ fn publish_status(
 
 /// The namespaces whose object (a Namespace, or a ConfigMap in it) was added, removed or
 /// changed between two snapshots, by resourceVersion.
-fn changed_namespaces<R: Resource>(before: &Snapshot<R>, after: &Snapshot<R>) -> Vec<String> {
+fn changed_namespaces<R: Resource>(
+    before: &Snapshot<ObjectMap<R>>,
+    after: &Snapshot<ObjectMap<R>>,
+) -> Vec<String> {
     let namespace_of = |key: &ObjectKey| {
         if R::NAMESPACED {
             key.namespace.clone()

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::kube::{ConfigMap, Namespace, ObjectMeta, Snapshot};
+use crate::kube::{ConfigMap, Namespace, ObjectMap, ObjectMeta, Snapshot};
 
 /// The ConfigMap istio-agent mounts (istiod's `PILOT_CA_CERT_CONFIGMAP` default; istio-csr's
 /// fixed name).
@@ -97,8 +97,8 @@ fn is_up_to_date(configmap: &ConfigMap, desired_pem: &str) -> bool {
 
 /// Counts over the namespaces that want the ConfigMap.
 pub(super) fn compute_status(
-    namespaces: &Snapshot<Namespace>,
-    configmaps: &Snapshot<ConfigMap>,
+    namespaces: &Snapshot<ObjectMap<Namespace>>,
+    configmaps: &Snapshot<ObjectMap<ConfigMap>>,
     desired_pem: &str,
     fingerprints: &mut FingerprintCache,
 ) -> ConfigMapStatus {

@@ -122,8 +122,7 @@ impl Api {
         let requester = Requester {
             method: "jwt".into(),
             principal: format!("system:serviceaccount:default:{service_account}"),
-            peer_address: None,
-            cluster_id: None,
+            ..Requester::default()
         };
         let request = IssueRequest {
             csr: &csr,

@@ -162,7 +162,7 @@ async fn token_review_uses_the_shared_client() {
     })
     .unwrap();
     assert_eq!(
-        reviewer.review("workload-token").await.unwrap(),
+        reviewer.review("workload-token").await.unwrap().username,
         "system:serviceaccount:web:frontend"
     );
     assert_eq!(*seen.lock().unwrap(), ["Bearer reviewer"]);

@@ -3,6 +3,7 @@
 //! the cluster, and what the publisher reports.
 
 mod client;
+mod fake_pods;
 mod publisher;
 mod reflector;
 

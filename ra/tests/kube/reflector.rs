@@ -2,7 +2,11 @@
 //! resumes without losing what changed meanwhile, and a compacted version (410, as an ERROR
 //! event or a bare HTTP status) makes it list again.
 
-use meshca_ra::kube::{ConfigMap, ListParams, Namespace, Reflector, ReflectorSettings};
+use std::time::Duration;
+
+use meshca_ra::kube::{
+    ConfigMap, ListParams, Namespace, Pod, PodIndex, Reflector, ReflectorSettings,
+};
 use serde_json::json;
 
 use crate::{cluster, eventually};
@@ -59,6 +63,7 @@ async fn an_expired_version_lists_again_either_way_it_is_said() {
                     field_selector: Some("metadata.name=wanted".into()),
                     ..ListParams::default()
                 },
+                relist_every: None,
             },
         );
         eventually("the first list", || reflector.snapshot().synced).await;
@@ -96,4 +101,71 @@ async fn an_expired_version_lists_again_either_way_it_is_said() {
         })
         .await;
     }
+}
+
+/// The pod index of node authorization through the reflector: a list of several pages, then
+/// watch events (scheduled, finished, deleted) move the by-node index, and the periodic relist
+/// really lists again.
+#[tokio::test]
+async fn a_pod_index_lists_in_pages_follows_events_and_relists() {
+    let c = cluster().await;
+    // More pods than one page holds.
+    c.api.add_pods_bulk((0..1_200).map(|i| {
+        (
+            format!("team-{}", i % 7),
+            format!("app-{i}"),
+            format!("svc-{}", i % 5),
+            Some(format!("worker-{}", i % 40)),
+        )
+    }));
+    let reflector = Reflector::<Pod, PodIndex>::start(
+        c.client.clone(),
+        ReflectorSettings {
+            relist_every: Some(Duration::from_millis(300)),
+            ..ReflectorSettings::default()
+        },
+    );
+    eventually("the first list", || reflector.snapshot().synced).await;
+    assert_eq!(reflector.snapshot().objects.len(), 1_200);
+    assert!(c.api.lists("pods") >= 3, "1,200 pods come in pages of 500");
+    // app-3: team-3, svc-3, worker-3.
+    assert!(reflector
+        .snapshot()
+        .objects
+        .runs_on("worker-3", "team-3", "svc-3"));
+
+    c.api.add_pod("web", "web-1", "web", None);
+    eventually("a pending pod is known, on no node", || {
+        reflector.snapshot().objects.pod("web", "web-1").is_some()
+    })
+    .await;
+    assert!(!reflector
+        .snapshot()
+        .objects
+        .runs_on("worker-9", "web", "web"));
+    assert!(c.api.schedule_pod("web", "web-1", "worker-9"));
+    eventually("scheduling is seen", || {
+        reflector
+            .snapshot()
+            .objects
+            .runs_on("worker-9", "web", "web")
+    })
+    .await;
+    assert!(c.api.set_pod_phase("web", "web-1", "Succeeded"));
+    eventually("a finished pod no longer counts", || {
+        !reflector
+            .snapshot()
+            .objects
+            .runs_on("worker-9", "web", "web")
+    })
+    .await;
+    assert!(c.api.delete_pod("web", "web-1"));
+    eventually("the deletion is seen", || {
+        reflector.snapshot().objects.pod("web", "web-1").is_none()
+    })
+    .await;
+
+    let lists = c.api.lists("pods");
+    eventually("the periodic relist", || c.api.lists("pods") >= lists + 3).await;
+    assert_eq!(reflector.snapshot().objects.len(), 1_200);
 }

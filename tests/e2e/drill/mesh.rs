@@ -111,6 +111,7 @@ impl Mesh {
                 service_account,
                 lifetime: Duration::from_secs(3600),
                 kubernetes_claim: true,
+                bound_to: None,
             })
             .unwrap()
     }

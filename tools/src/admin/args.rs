@@ -159,6 +159,13 @@ pub struct CertFilters {
     /// The requester's principal.
     #[arg(long)]
     pub requester: Option<String>,
+    /// Issued to a node agent (ztunnel) on behalf of a pod: the agent's SPIFFE id, or `*`
+    /// for any agent.
+    #[arg(long)]
+    pub impersonated_by: Option<String>,
+    /// The node the requester runs on.
+    #[arg(long)]
+    pub requester_node: Option<String>,
     /// Issued at or after (RFC 3339, e.g. 2026-11-26T10:00:00Z).
     #[arg(long)]
     pub issued_after: Option<String>,
@@ -301,6 +308,8 @@ impl CertFilters {
             ("service_account", self.service_account.clone()),
             ("authority", self.authority.clone()),
             ("requester", self.requester.clone()),
+            ("impersonated_by", self.impersonated_by.clone()),
+            ("requester_node", self.requester_node.clone()),
             ("issued_after", self.issued_after.clone()),
             ("issued_before", self.issued_before.clone()),
             ("expires_after", self.expires_after.clone()),

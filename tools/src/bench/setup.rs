@@ -140,6 +140,7 @@ pub(super) fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
                         service_account: &service_account,
                         lifetime: TOKEN_LIFETIME,
                         kubernetes_claim: false,
+                        bound_to: None,
                     })
                     .map_err(|e| BenchError::Setup(e.to_string()))?,
             ),

@@ -1,6 +1,6 @@
-//! The fake API server's HTTP side: the core/v1 routes for namespaces and ConfigMaps, each
-//! answering with the JSON, status codes and `Status` bodies of the real server, and watches
-//! streamed as JSON lines that replay history and then follow live changes.
+//! The fake API server's HTTP side: the core/v1 routes for namespaces, ConfigMaps and
+//! (read-only) pods, each answering with the JSON, status codes and `Status` bodies of the real
+//! server, and watches streamed as JSON lines that replay history and then follow live changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,8 +16,9 @@ use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
+use super::paging::{self, ListRequest};
 use super::selector::Selector;
-use super::store::{not_found, status, Broadcast, Change, Kind, Refusal, Shared};
+use super::store::{status, Broadcast, Change, Kind, Refusal, Shared};
 
 type Params = Query<HashMap<String, String>>;
 
@@ -43,6 +45,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
                 .put(update_configmap)
                 .delete(delete_configmap),
         )
+        .route("/api/v1/pods", get(list_all_pods))
+        .route("/api/v1/namespaces/{namespace}/pods", get(list_pods))
+        .route("/api/v1/namespaces/{namespace}/pods/{name}", get(get_pod))
         .with_state(shared)
 }
 
@@ -71,6 +76,23 @@ async fn list_configmaps(
     list_or_watch(&shared, &headers, &params, Kind::ConfigMap, Some(namespace))
 }
 
+async fn list_all_pods(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Response {
+    list_or_watch(&shared, &headers, &params, Kind::Pod, None)
+}
+
+async fn list_pods(
+    State(shared): State<Arc<Shared>>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Response {
+    list_or_watch(&shared, &headers, &params, Kind::Pod, Some(namespace))
+}
+
 async fn get_namespace(
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
@@ -80,14 +102,13 @@ async fn get_namespace(
         return answer(Err(refusal));
     }
     let store = shared.lock();
-    answer(store.namespaces.get(&name).cloned().ok_or_else(|| {
-        status(
-            404,
-            "NotFound",
-            &format!("namespaces \"{name}\" not found"),
-            Some(json!({"name": name, "kind": "namespaces"})),
-        )
-    }))
+    answer(
+        store
+            .namespaces
+            .get(&name)
+            .map(|o| Value::clone(o))
+            .ok_or_else(|| Kind::Namespace.not_found(&name)),
+    )
 }
 
 async fn get_configmap(
@@ -103,8 +124,26 @@ async fn get_configmap(
         store
             .configmaps
             .get(&(namespace, name.clone()))
-            .cloned()
-            .ok_or_else(|| not_found(&name)),
+            .map(|o| Value::clone(o))
+            .ok_or_else(|| Kind::ConfigMap.not_found(&name)),
+    )
+}
+
+async fn get_pod(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refusal) = authorize(&shared, &headers) {
+        return answer(Err(refusal));
+    }
+    let store = shared.lock();
+    answer(
+        store
+            .pods
+            .get(&(namespace, name.clone()))
+            .map(|o| Value::clone(o))
+            .ok_or_else(|| Kind::Pod.not_found(&name)),
     )
 }
 
@@ -126,7 +165,7 @@ async fn create_configmap(
     }
     match store.create_configmap(&namespace, body) {
         Ok(change) => {
-            let object = change.object.clone();
+            let object = Value::clone(&change.object);
             shared.publish(&mut store, vec![change]);
             (StatusCode::CREATED, axum::Json(object)).into_response()
         }
@@ -152,11 +191,11 @@ async fn update_configmap(
     let result = store.update_configmap(&namespace, &name, body);
     answer(result.map(|change| match change {
         Some(change) => {
-            let object = change.object.clone();
+            let object = Value::clone(&change.object);
             shared.publish(&mut store, vec![change]);
             object
         }
-        None => store.configmaps[&(namespace, name)].clone(),
+        None => Value::clone(&store.configmaps[&(namespace, name)]),
     }))
 }
 
@@ -171,9 +210,9 @@ async fn delete_configmap(
     let mut store = shared.lock();
     store.count_write(&namespace);
     let Some(change) = store.delete_configmap(&namespace, &name) else {
-        return answer(Err(not_found(&name)));
+        return answer(Err(Kind::ConfigMap.not_found(&name)));
     };
-    let object = change.object.clone();
+    let object = Value::clone(&change.object);
     shared.publish(&mut store, vec![change]);
     answer(Ok(object))
 }
@@ -190,7 +229,7 @@ fn list_or_watch(
     }
     let parsed = Selector::labels(params.get("labelSelector").map_or("", String::as_str)).and_then(
         |labels| {
-            Selector::fields(params.get("fieldSelector").map_or("", String::as_str))
+            Selector::fields(params.get("fieldSelector").map_or("", String::as_str), kind)
                 .map(|fields| (labels, fields))
         },
     );
@@ -198,6 +237,7 @@ fn list_or_watch(
         Ok(selectors) => selectors,
         Err(message) => return answer(Err(status(400, "BadRequest", &message, None))),
     };
+    let selective = labels != Selector::default() || fields != Selector::default();
     let filter = Filter {
         kind,
         namespace,
@@ -205,40 +245,16 @@ fn list_or_watch(
         fields,
     };
     if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
-        watch(shared, params, filter)
-    } else {
-        list(shared, &filter)
+        return watch(shared, params, filter);
     }
-}
-
-fn list(shared: &Shared, filter: &Filter) -> Response {
-    let store = shared.lock();
-    let objects: Box<dyn Iterator<Item = &Value>> = match filter.kind {
-        Kind::Namespace => Box::new(store.namespaces.values()),
-        Kind::ConfigMap => Box::new(store.configmaps.values()),
-    };
-    // Items of a typed list carry no kind/apiVersion; the list does.
-    let items: Vec<Value> = objects
-        .filter(|o| filter.matches(o))
-        .map(|o| {
-            let mut item = o.clone();
-            if let Some(map) = item.as_object_mut() {
-                map.remove("kind");
-                map.remove("apiVersion");
-            }
-            item
-        })
-        .collect();
-    let list_kind = match filter.kind {
-        Kind::Namespace => "NamespaceList",
-        Kind::ConfigMap => "ConfigMapList",
-    };
-    answer(Ok(json!({
-        "kind": list_kind,
-        "apiVersion": "v1",
-        "metadata": {"resourceVersion": store.resource_version.to_string()},
-        "items": items,
-    })))
+    let mut store = shared.lock();
+    *store.lists.entry(kind.plural()).or_default() += 1;
+    let listed = ListRequest::from_params(params, kind, filter.namespace.as_deref(), selective)
+        .and_then(|request| paging::list(&mut store, &request, |o| filter.matches(o)));
+    match listed {
+        Ok(body) => ([(CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(refusal) => answer(Err(refusal)),
+    }
 }
 
 /// Replays history after the requested version, then follows live changes until the
@@ -257,11 +273,7 @@ fn watch(shared: &Arc<Shared>, params: &HashMap<String, String>, filter: Filter)
     let mut backlog = Vec::new();
     if from.is_empty() || from == "0" {
         // "Any version": the current state as ADDED events, as the real server sends.
-        let objects: Vec<&Value> = match filter.kind {
-            Kind::Namespace => store.namespaces.values().collect(),
-            Kind::ConfigMap => store.configmaps.values().collect(),
-        };
-        for o in objects.into_iter().filter(|o| filter.matches(o)) {
+        for o in store.objects(filter.kind).filter(|o| filter.matches(o)) {
             backlog.push(line("ADDED", o));
         }
     } else {
@@ -348,18 +360,16 @@ impl Follower {
                 _ = self.tx.closed() => return,
                 _ = self.paused.changed() => {}
                 received = self.live.recv() => match received {
-                    Ok(Broadcast::Change(change)) if change.resource_version > self.seen => {
-                        pending.extend(self.filter.translate(&change));
-                    }
-                    Ok(Broadcast::Change(_)) => {}
+                    Ok(Broadcast::Changes(changes)) => pending.extend(
+                        changes
+                            .iter()
+                            .filter(|c| c.resource_version > self.seen)
+                            .filter_map(|c| self.filter.translate(c)),
+                    ),
                     Ok(Broadcast::Bookmark(rv)) if self.bookmarks => {
-                        let kind = match self.filter.kind {
-                            Kind::Namespace => "Namespace",
-                            Kind::ConfigMap => "ConfigMap",
-                        };
                         pending.push_back(line(
                             "BOOKMARK",
-                            &json!({"kind": kind, "apiVersion": "v1",
+                            &json!({"kind": self.filter.kind.name(), "apiVersion": "v1",
                                     "metadata": {"resourceVersion": rv.to_string()}}),
                         ));
                     }
@@ -387,7 +397,14 @@ fn streamed(rx: mpsc::Receiver<String>) -> Response {
 
 /// One watch line: `{"type": …, "object": …}` and a newline.
 fn line(event_type: &str, object: &Value) -> String {
-    let mut text = json!({"type": event_type, "object": object}).to_string();
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        event_type: &'a str,
+        object: &'a Value,
+    }
+    let mut text =
+        serde_json::to_string(&Event { event_type, object }).expect("an event serializes");
     text.push('\n');
     text
 }

@@ -1,10 +1,13 @@
-//! A fake Kubernetes API server for tests (no real one runs here): core/v1 namespaces and
-//! ConfigMaps over HTTP with the upstream JSON, status codes and `Status` bodies, watches with
-//! history, bookmarks and 410 after compaction, and hooks to act as a user or an operator would
-//! (add or terminate namespaces, edit or delete ConfigMaps, compact, cut watches). Built only
-//! for tests (`testing` feature).
+//! A fake Kubernetes API server for tests (no real one runs here): core/v1 namespaces,
+//! ConfigMaps and pods over HTTP with the upstream JSON, status codes and `Status` bodies, paged
+//! lists, watches with history, bookmarks and 410 after compaction, and hooks to act as a user,
+//! an operator or a controller would (add or terminate namespaces, edit or delete ConfigMaps,
+//! create, schedule, finish or delete pods, compact, cut watches). Built only for tests
+//! (`testing` feature).
 
 mod handlers;
+mod paging;
+mod pods;
 mod selector;
 mod store;
 
@@ -87,7 +90,7 @@ impl FakeApiServer {
             .publish(&mut store, change.into_iter().collect());
     }
 
-    /// The namespace is gone, with everything in it.
+    /// The namespace is gone, with everything in it (ConfigMaps and pods, each DELETED).
     pub fn remove_namespace(&self, name: &str) {
         let mut store = self.shared.lock();
         let changes = store.delete_namespace(name);
@@ -106,7 +109,7 @@ impl FakeApiServer {
         let Some(mut object) = store
             .configmaps
             .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
+            .map(|o| Value::clone(o))
         else {
             return false;
         };
@@ -147,7 +150,7 @@ impl FakeApiServer {
             .lock()
             .configmaps
             .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
+            .map(|o| Value::clone(o))
     }
 
     /// Creates, updates and deletes of ConfigMaps in `namespace` through the API (test hooks
@@ -166,13 +169,109 @@ impl FakeApiServer {
         self.shared.lock().writes.values().sum()
     }
 
+    /// A Deployment's pod as its ReplicaSet creates it (see `pods.rs` for the JSON):
+    /// scheduled on `node` and Running, or with `None` unscheduled and Pending. As with the
+    /// other hooks no admission runs: the namespace need not exist. Returns its uid; panics
+    /// when the pod exists.
+    pub fn add_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        service_account: &str,
+        node: Option<&str>,
+    ) -> String {
+        let mut store = self.shared.lock();
+        let change = store.new_pod(namespace, name, service_account, node);
+        let uid = change.object["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        self.shared.publish(&mut store, vec![change]);
+        uid
+    }
+
+    /// [`Self::add_pod`] for a large cluster: every pod under one lock and, for open watches,
+    /// one broadcast, so that none falls behind and is cut.
+    pub fn add_pods_bulk(
+        &self,
+        pods: impl IntoIterator<Item = (String, String, String, Option<String>)>,
+    ) {
+        let mut store = self.shared.lock();
+        let changes = pods
+            .into_iter()
+            .map(|(namespace, name, service_account, node)| {
+                store.new_pod(&namespace, &name, &service_account, node.as_deref())
+            })
+            .collect();
+        self.shared.publish(&mut store, changes);
+    }
+
+    /// The scheduler binds a pending pod to `node` and the kubelet starts it (one MODIFIED:
+    /// `spec.nodeName` set, phase Running, addresses assigned). Returns false when there is no
+    /// such pod or it is already bound (a pod never moves).
+    pub fn schedule_pod(&self, namespace: &str, name: &str, node: &str) -> bool {
+        let mut store = self.shared.lock();
+        let Some(change) = store.schedule_pod(namespace, name, node) else {
+            return false;
+        };
+        self.shared.publish(&mut store, vec![change]);
+        true
+    }
+
+    /// The kubelet reports `phase` ("Succeeded", "Failed"…), readiness following. Returns false
+    /// when there is no such pod; setting the phase it has changes nothing and sends no event.
+    pub fn set_pod_phase(&self, namespace: &str, name: &str, phase: &str) -> bool {
+        let mut store = self.shared.lock();
+        if !store
+            .pods
+            .contains_key(&(namespace.to_string(), name.to_string()))
+        {
+            return false;
+        }
+        let change = store.set_pod_phase(namespace, name, phase);
+        self.shared
+            .publish(&mut store, change.into_iter().collect());
+        true
+    }
+
+    /// A pod's deletion completes: DELETED with its last state at a new version. Returns false
+    /// when there was none.
+    pub fn delete_pod(&self, namespace: &str, name: &str) -> bool {
+        let mut store = self.shared.lock();
+        let Some(change) = store.delete_pod(namespace, name) else {
+            return false;
+        };
+        self.shared.publish(&mut store, vec![change]);
+        true
+    }
+
+    /// The stored pod, as a GET would return it.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.shared
+            .lock()
+            .pods
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|o| Value::clone(o))
+    }
+
+    /// List requests (not watches) for a kind by its plural (`pods`, `namespaces`,
+    /// `configmaps`), each page of a paged list counting once: how a test sees a relist.
+    pub fn lists(&self, kind_plural: &str) -> usize {
+        self.shared
+            .lock()
+            .lists
+            .get(kind_plural)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// The current resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.shared.lock().resource_version
     }
 
     /// etcd compaction: every version until now is gone, so a watch resuming from one gets
-    /// 410 Expired and must list again.
+    /// 410 Expired and must list again, and so does a paged list continuing from before now.
     pub fn compact(&self) {
         self.shared.lock().compact();
     }

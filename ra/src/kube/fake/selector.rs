@@ -1,8 +1,23 @@
 //! Label and field selectors as the fake API server evaluates them: the equality-based
-//! grammar (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma = and) and the `metadata.name` /
-//! `metadata.namespace` fields core/v1 objects support.
+//! grammar (`k=v`, `k==v`, `k!=v`, `k`, `!k`, comma = and) and the fields each kind indexes
+//! (`metadata.name` / `metadata.namespace`, and for pods those of the real pod registry:
+//! `spec.nodeName`, `status.phase`…).
 
 use serde_json::Value;
+
+use super::store::Kind;
+
+/// The fields the real pod registry's `ToSelectableFields` offers besides metadata's.
+const POD_FIELDS: &[&str] = &[
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.hostNetwork",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+];
 
 /// A parsed selector; an empty one matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,9 +42,10 @@ impl Selector {
     }
 
     /// Parses a `fieldSelector`; the API server refuses fields a kind does not index.
-    pub(crate) fn fields(text: &str) -> Result<Self, String> {
+    pub(crate) fn fields(text: &str, kind: Kind) -> Result<Self, String> {
         Self::parse(text, |key| match key {
             "metadata.name" | "metadata.namespace" => Ok(()),
+            pod if kind == Kind::Pod && POD_FIELDS.contains(&pod) => Ok(()),
             other => Err(format!("field label not supported: {other}")),
         })
     }
@@ -75,11 +91,19 @@ impl Selector {
         })
     }
 
-    /// Evaluates against `metadata.name` / `metadata.namespace` of `object`.
+    /// Evaluates against the fields of `object` named by the (already checked) keys. As in
+    /// the real field sets every indexed field has a value, empty when unset: `spec.nodeName=`
+    /// selects the unscheduled pods.
     pub(crate) fn matches_fields(&self, object: &Value) -> bool {
         self.matches(|key| {
-            let field = key.strip_prefix("metadata.")?;
-            Some(object["metadata"][field].as_str().unwrap_or("").to_string())
+            let value = key.split('.').fold(object, |v, part| &v[part]);
+            Some(match value {
+                Value::String(s) => s.clone(),
+                Value::Bool(b) => b.to_string(),
+                // hostNetwork is false unless a pod asks for it.
+                _ if key == "spec.hostNetwork" => "false".to_string(),
+                _ => String::new(),
+            })
         })
     }
 
@@ -122,12 +146,41 @@ mod tests {
     #[test]
     fn fields_are_the_indexed_ones() {
         let cm = json!({"metadata": {"name": "istio-ca-root-cert", "namespace": "web"}});
-        assert!(Selector::fields("metadata.name=istio-ca-root-cert")
+        let fields = |text| Selector::fields(text, Kind::ConfigMap);
+        assert!(fields("metadata.name=istio-ca-root-cert")
             .unwrap()
             .matches_fields(&cm));
-        assert!(!Selector::fields("metadata.namespace!=web")
+        assert!(!fields("metadata.namespace!=web")
             .unwrap()
             .matches_fields(&cm));
-        assert!(Selector::fields("data.x=1").is_err());
+        assert!(fields("data.x=1").is_err());
+        assert!(fields("spec.nodeName=a").is_err());
+    }
+
+    #[test]
+    fn pod_fields_are_empty_when_unset() {
+        let pending = json!({"metadata": {"name": "p", "namespace": "web"},
+                             "spec": {"serviceAccountName": "web"},
+                             "status": {"phase": "Pending"}});
+        let running = json!({"metadata": {"name": "q", "namespace": "web"},
+                             "spec": {"nodeName": "node-a", "serviceAccountName": "web"},
+                             "status": {"phase": "Running", "podIP": "10.244.0.2"}});
+        for (selector, on_pending, on_running) in [
+            ("spec.nodeName=node-a", false, true),
+            ("spec.nodeName=", true, false),
+            ("spec.nodeName!=", false, true),
+            (
+                "status.phase=Running,spec.serviceAccountName=web",
+                false,
+                true,
+            ),
+            ("spec.hostNetwork=false", true, true),
+            ("status.podIP=10.244.0.2", false, true),
+        ] {
+            let s = Selector::fields(selector, Kind::Pod).unwrap();
+            assert_eq!(s.matches_fields(&pending), on_pending, "{selector}");
+            assert_eq!(s.matches_fields(&running), on_running, "{selector}");
+        }
+        assert!(Selector::fields("spec.containers=x", Kind::Pod).is_err());
     }
 }

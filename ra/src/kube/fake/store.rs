@@ -1,6 +1,7 @@
-//! The fake API server's state: namespaces and ConfigMaps as the exact JSON the real server
-//! stores, one resourceVersion counter for everything (as etcd has), the event history watches
-//! replay from, and the compaction point below which a resume is refused with 410.
+//! The fake API server's state: namespaces, ConfigMaps and pods as the exact JSON the real
+//! server stores, one resourceVersion counter for everything (as etcd has), the event history
+//! watches replay from, the list snapshots paged lists continue from, and the compaction point
+//! below which a resume or a continue is refused with 410.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,10 +11,11 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 
 /// The kinds this fake serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Kind {
     Namespace,
     ConfigMap,
+    Pod,
 }
 
 /// One change, kept for watches that resume from before it.
@@ -23,17 +25,24 @@ pub(crate) struct Change {
     /// ADDED, MODIFIED or DELETED.
     pub event_type: &'static str,
     pub resource_version: u64,
-    pub object: Value,
+    /// Shared with the store and snapshots: a pod is tens of kilobytes as a `Value`, and a
+    /// cluster of 10,000 should not be held three times.
+    pub object: Arc<Value>,
     /// The object before a MODIFIED, so a selector watch can turn it into ADDED or DELETED.
-    pub previous: Option<Value>,
+    pub previous: Option<Arc<Value>>,
 }
 
-/// What open watches receive live.
+/// What open watches receive live. The changes of one hook or request travel as one message,
+/// so a bulk load of thousands of pods does not overrun the channel and cut every watch.
 #[derive(Clone, Debug)]
 pub(crate) enum Broadcast {
-    Change(Arc<Change>),
+    Changes(Arc<[Arc<Change>]>),
     Bookmark(u64),
 }
+
+/// One kind's objects at one resourceVersion, keyed and ordered as etcd keys them: what later
+/// pages of a paged list read from.
+pub(crate) type Snapshot = Arc<Vec<(String, Arc<Value>)>>;
 
 /// A failure answer: the HTTP code and the `Status` body.
 pub(crate) type Refusal = (u16, Value);
@@ -53,8 +62,11 @@ pub(crate) struct Shared {
 #[derive(Debug, Default)]
 pub(crate) struct Store {
     pub resource_version: u64,
-    pub namespaces: BTreeMap<String, Value>,
-    pub configmaps: BTreeMap<(String, String), Value>,
+    pub namespaces: BTreeMap<String, Arc<Value>>,
+    pub configmaps: BTreeMap<(String, String), Arc<Value>>,
+    pub pods: BTreeMap<(String, String), Arc<Value>>,
+    /// Pods created so far, for their IP addresses.
+    pub pods_created: u32,
     pub history: Vec<Arc<Change>>,
     /// Versions at or below this are gone from history.
     pub compacted: u64,
@@ -64,6 +76,13 @@ pub(crate) struct Store {
     pub expire_with_http_status: bool,
     /// Namespaces where RBAC denies ConfigMap writes.
     pub forbidden: std::collections::BTreeSet<String>,
+    /// List requests (each page counts), per plural (`pods`…).
+    pub lists: BTreeMap<&'static str, usize>,
+    /// What paged lists continue from, per kind and version (see `paging`).
+    pub snapshots: BTreeMap<(Kind, u64), Snapshot>,
+    /// Snapshots at or below this version were dropped to bound memory: a continue from one
+    /// is expired, as if etcd had compacted it.
+    pub snapshots_dropped_through: u64,
 }
 
 // === impl Shared ===
@@ -86,11 +105,51 @@ impl Shared {
     /// Records `changes` and tells open watches, under the store lock so no watch that starts
     /// meanwhile misses or repeats one.
     pub(crate) fn publish(&self, store: &mut Store, changes: Vec<Change>) {
-        for change in changes {
-            let change = Arc::new(change);
-            store.history.push(change.clone());
-            let _ = self.events.send(Broadcast::Change(change));
+        if changes.is_empty() {
+            return;
         }
+        let changes: Arc<[Arc<Change>]> = changes.into_iter().map(Arc::new).collect();
+        store.history.extend(changes.iter().cloned());
+        let _ = self.events.send(Broadcast::Changes(changes));
+    }
+}
+
+// === impl Kind ===
+
+impl Kind {
+    /// The resource name in URLs, `Status` details and RBAC messages.
+    pub(crate) fn plural(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespaces",
+            Kind::ConfigMap => "configmaps",
+            Kind::Pod => "pods",
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Pod => "Pod",
+        }
+    }
+
+    pub(crate) fn list_name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "NamespaceList",
+            Kind::ConfigMap => "ConfigMapList",
+            Kind::Pod => "PodList",
+        }
+    }
+
+    /// The real server's 404 for a missing object of this kind.
+    pub(crate) fn not_found(self, name: &str) -> Refusal {
+        status(
+            404,
+            "NotFound",
+            &format!("{} \"{name}\" not found", self.plural()),
+            Some(json!({"name": name, "kind": self.plural()})),
+        )
     }
 }
 
@@ -104,6 +163,15 @@ impl Store {
 
     pub(crate) fn count_write(&mut self, namespace: &str) {
         *self.writes.entry(namespace.to_string()).or_default() += 1;
+    }
+
+    /// Every stored object of `kind`, in no particular order across namespaces.
+    pub(crate) fn objects(&self, kind: Kind) -> Box<dyn Iterator<Item = &Arc<Value>> + '_> {
+        match kind {
+            Kind::Namespace => Box::new(self.namespaces.values()),
+            Kind::ConfigMap => Box::new(self.configmaps.values()),
+            Kind::Pod => Box::new(self.pods.values()),
+        }
     }
 
     pub(crate) fn new_namespace(&mut self, name: &str, labels: &[(&str, &str)]) -> Change {
@@ -126,6 +194,7 @@ impl Store {
             "spec": {"finalizers": ["kubernetes"]},
             "status": {"phase": "Active"},
         });
+        let object = Arc::new(object);
         self.namespaces.insert(name.to_string(), object.clone());
         Change {
             kind: Kind::Namespace,
@@ -145,8 +214,9 @@ impl Store {
         let rv = self.next_version();
         let stored = self.namespaces.get_mut(name)?;
         let previous = stored.clone();
-        edit(stored);
-        stored["metadata"]["resourceVersion"] = rv.to_string().into();
+        let object = Arc::make_mut(stored);
+        edit(object);
+        object["metadata"]["resourceVersion"] = rv.to_string().into();
         Some(Change {
             kind: Kind::Namespace,
             event_type: "MODIFIED",
@@ -168,14 +238,24 @@ impl Store {
         for (ns, cm) in inside {
             changes.extend(self.delete_configmap(&ns, &cm));
         }
-        if let Some(mut object) = self.namespaces.remove(name) {
+        let pods: Vec<(String, String)> = self
+            .pods
+            .keys()
+            .filter(|(ns, _)| ns == name)
+            .cloned()
+            .collect();
+        for (ns, pod) in pods {
+            changes.extend(self.delete_pod(&ns, &pod));
+        }
+        if let Some(object) = self.namespaces.remove(name) {
+            let mut object = Arc::unwrap_or_clone(object);
             let rv = self.next_version();
             object["metadata"]["resourceVersion"] = rv.to_string().into();
             changes.push(Change {
                 kind: Kind::Namespace,
                 event_type: "DELETED",
                 resource_version: rv,
-                object,
+                object: Arc::new(object),
                 previous: None,
             });
         }
@@ -270,6 +350,7 @@ impl Store {
         meta["uid"] = uid().into();
         meta["resourceVersion"] = rv.to_string().into();
         meta["creationTimestamp"] = now().into();
+        let body = Arc::new(body);
         self.configmaps.insert(key, body.clone());
         Ok(Change {
             kind: Kind::ConfigMap,
@@ -301,7 +382,7 @@ impl Store {
         }
         let key = (namespace.to_string(), name.to_string());
         let Some(stored) = self.configmaps.get(&key) else {
-            return Err(not_found(name));
+            return Err(Kind::ConfigMap.not_found(name));
         };
         let current = stored["metadata"]["resourceVersion"].clone();
         let sent = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
@@ -322,12 +403,13 @@ impl Store {
         meta["uid"] = stored["metadata"]["uid"].clone();
         meta["creationTimestamp"] = stored["metadata"]["creationTimestamp"].clone();
         meta["resourceVersion"] = current;
-        if &body == stored {
+        if body == **stored {
             return Ok(None);
         }
         let previous = stored.clone();
         let rv = self.next_version();
         body["metadata"]["resourceVersion"] = rv.to_string().into();
+        let body = Arc::new(body);
         self.configmaps.insert(key, body.clone());
         Ok(Some(Change {
             kind: Kind::ConfigMap,
@@ -339,16 +421,17 @@ impl Store {
     }
 
     pub(crate) fn delete_configmap(&mut self, namespace: &str, name: &str) -> Option<Change> {
-        let mut object = self
+        let object = self
             .configmaps
             .remove(&(namespace.to_string(), name.to_string()))?;
+        let mut object = Arc::unwrap_or_clone(object);
         let rv = self.next_version();
         object["metadata"]["resourceVersion"] = rv.to_string().into();
         Some(Change {
             kind: Kind::ConfigMap,
             event_type: "DELETED",
             resource_version: rv,
-            object,
+            object: Arc::new(object),
             previous: None,
         })
     }
@@ -373,20 +456,15 @@ impl Store {
         ))
     }
 
-    /// Forgets history up to now: a watch resuming from any earlier version gets 410.
+    /// Forgets history up to now: a watch resuming from any earlier version gets 410, and so
+    /// does a paged list continuing from a snapshot taken before now.
     pub(crate) fn compact(&mut self) {
         self.compacted = self.resource_version;
         self.history.clear();
+        let compacted = self.compacted;
+        self.snapshots
+            .retain(|(_, version), _| *version > compacted);
     }
-}
-
-pub(crate) fn not_found(name: &str) -> Refusal {
-    status(
-        404,
-        "NotFound",
-        &format!("configmaps \"{name}\" not found"),
-        Some(json!({"name": name, "kind": "configmaps"})),
-    )
 }
 
 /// A `Status` body as the API server writes it.
@@ -407,7 +485,7 @@ pub(crate) fn status(code: u16, reason: &str, message: &str, details: Option<Val
 }
 
 /// A random (version 4) UUID, as the server assigns `metadata.uid`.
-fn uid() -> String {
+pub(crate) fn uid() -> String {
     let mut b = [0u8; 16];
     aws_lc_rs::rand::fill(&mut b).expect("system randomness");
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -424,6 +502,6 @@ fn uid() -> String {
 }
 
 /// `creationTimestamp`: RFC 3339 in UTC, whole seconds.
-fn now() -> String {
+pub(crate) fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
