@@ -1,7 +1,8 @@
 //! meshca's registration authority: Istio's CreateCertificate over TLS gRPC, caller
-//! authentication (renewal certs, Athenz X.509, Kubernetes JWTs), CSR checks, the published
-//! trust bundle and its stream, the observability endpoints, the admin/audit REST API with the
-//! rotation gates, and the Kubernetes client behind TokenReview and the root ConfigMaps.
+//! authentication (renewal certs, Athenz X.509, Kubernetes JWTs) and node authorization of
+//! `ImpersonatedIdentity`, CSR checks, the published trust bundle and its stream, the
+//! observability endpoints, the admin/audit REST API with the rotation gates, and the
+//! Kubernetes client behind TokenReview, the pod caches and the root ConfigMaps.
 
 pub mod auth;
 pub mod config;

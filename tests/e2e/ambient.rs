@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use meshca_ca::x509::ParsedCert;
 use meshca_proto::istio::v1::auth::IstioCertificateRequest;
-use meshca_ra::dev::{BoundPod, ServiceAccountToken, TokenSigner, DEV_ISSUER};
-use serde_json::Value;
+use meshca_ra::dev::BoundPod;
 use tonic::Code;
 
 use crate::credentials::WorkloadKey;
@@ -108,21 +107,6 @@ api_server_token_file = "{d}/reviewer-token"
     })
 }
 
-/// A runtime of its own for the third parties, alive for the whole test binary.
-fn third_party_runtime() -> (tokio::runtime::Handle, std::thread::JoinHandle<()>) {
-    let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        handle_tx.send(rt.handle().clone()).unwrap();
-        rt.block_on(std::future::pending::<()>());
-    });
-    (handle_rx.recv().unwrap(), thread)
-}
-
 /// `meshca server --dev` on free ports, with `env` and, when given, `--config`.
 fn start_dev_server(
     dir: &Path,
@@ -142,28 +126,6 @@ fn start_dev_server(
         args.extend(["--config", config.to_str().unwrap()]);
     }
     MeshcaProcess::start(&args, &all_env, dir, grpc, metrics)
-}
-
-/// A token from the dev issuer for `namespace/service_account`, bound to `pod` when given, as
-/// the kubelet projects one (Kubernetes 1.30+: with the node).
-fn dev_token(data: &Path, namespace: &str, service_account: &str, pod: Option<BoundPod>) -> String {
-    let dev = data.join("dev");
-    let jwks: Value =
-        serde_json::from_str(&std::fs::read_to_string(dev.join("jwks.json")).unwrap()).unwrap();
-    let kid = jwks["keys"][0]["kid"].as_str().map(str::to_string);
-    let key = std::fs::read_to_string(dev.join("issuer-key.pem")).unwrap();
-    TokenSigner::from_pem(&key, kid)
-        .unwrap()
-        .mint(&ServiceAccountToken {
-            issuer: DEV_ISSUER,
-            audience: "istio-ca",
-            namespace,
-            service_account,
-            lifetime: Duration::from_secs(3600),
-            kubernetes_claim: true,
-            bound_to: pod,
-        })
-        .unwrap()
 }
 
 fn root(data: &Path) -> String {
@@ -289,7 +251,7 @@ async fn ztunnel_gets_the_identities_of_pods_on_its_node_only() {
     let a = ambient();
     wait_synced(&a.server, "Kubernetes");
     let root = root(&a.data);
-    let token = dev_token(
+    let token = dev_issuer_token(
         &a.data,
         "istio-system",
         "ztunnel",
@@ -454,7 +416,7 @@ async fn callers_that_are_not_node_agents_are_refused() {
         .unwrap()
         .to_string();
     // web's own, pod-bound token, asking for api's identity, or for its own through the field.
-    let web_token = dev_token(&a.data, "web", "web", bound("web-1", &web_uid, "worker-1"));
+    let web_token = dev_issuer_token(&a.data, "web", "web", bound("web-1", &web_uid, "worker-1"));
     assert_refused(
         ztunnel_fetch(grpc, &root, &web_token, "Kubernetes", API).await,
         "a workload is not a node agent",
@@ -464,13 +426,13 @@ async fn callers_that_are_not_node_agents_are_refused() {
         "not even for its own identity",
     );
     // ztunnel's account with a token bound to no pod cannot say which node it is on.
-    let unbound = dev_token(&a.data, "istio-system", "ztunnel", None);
+    let unbound = dev_issuer_token(&a.data, "istio-system", "ztunnel", None);
     assert_refused(
         ztunnel_fetch(grpc, &root, &unbound, "Kubernetes", WEB).await,
         "a token bound to no pod",
     );
     // A token still bound to ztunnel-a's name after the pod was replaced (new uid) is stale.
-    let stale = dev_token(
+    let stale = dev_issuer_token(
         &a.data,
         "istio-system",
         "ztunnel",
@@ -568,7 +530,7 @@ async fn before_the_pods_are_listed_impersonation_is_unavailable() {
         None,
     );
     let root = root(&data);
-    let token = dev_token(
+    let token = dev_issuer_token(
         &data,
         "kube-system",
         "node-agent",
@@ -584,7 +546,7 @@ async fn before_the_pods_are_listed_impersonation_is_unavailable() {
         0.0
     );
     // An untrusted caller is refused outright, synced or not.
-    let other = dev_token(&data, "web", "web", bound("web-1", "1", "worker-1"));
+    let other = dev_issuer_token(&data, "web", "web", bound("web-1", "1", "worker-1"));
     assert_refused(
         ztunnel_fetch(server.grpc, &root, &other, "Kubernetes", WEB).await,
         "not a trusted account",

@@ -96,6 +96,51 @@ pub fn dev_server(dir: &Path, extra_env: &[(&str, String)]) -> MeshcaProcess {
     )
 }
 
+/// A service-account token from the dev issuer of the dev server whose state is in `data`, for
+/// `namespace/service_account`, audience `istio-ca`, valid an hour, as the kubelet projects one
+/// into a pod (bound to `pod` when given).
+pub fn dev_issuer_token(
+    data: &Path,
+    namespace: &str,
+    service_account: &str,
+    pod: Option<meshca_ra::dev::BoundPod<'_>>,
+) -> String {
+    use meshca_ra::dev::{ServiceAccountToken, TokenSigner, DEV_ISSUER};
+    let dev = data.join("dev");
+    let jwks: Value =
+        serde_json::from_str(&std::fs::read_to_string(dev.join("jwks.json")).unwrap()).unwrap();
+    let kid = jwks["keys"][0]["kid"].as_str().map(str::to_string);
+    let key = std::fs::read_to_string(dev.join("issuer-key.pem")).unwrap();
+    TokenSigner::from_pem(&key, kid)
+        .unwrap()
+        .mint(&ServiceAccountToken {
+            issuer: DEV_ISSUER,
+            audience: "istio-ca",
+            namespace,
+            service_account,
+            lifetime: Duration::from_secs(3600),
+            kubernetes_claim: true,
+            bound_to: pod,
+        })
+        .unwrap()
+}
+
+/// A runtime of its own for the third parties a test talks to (API server, OIDC issuer),
+/// alive for the whole test binary, whichever test's runtime comes and goes.
+pub fn third_party_runtime() -> (tokio::runtime::Handle, std::thread::JoinHandle<()>) {
+    let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        handle_tx.send(rt.handle().clone()).unwrap();
+        rt.block_on(std::future::pending::<()>());
+    });
+    (handle_rx.recv().unwrap(), thread)
+}
+
 /// `meshca agent --dev` beside a dev server whose state is in `<dir>/meshca-dev` and whose RA
 /// listens on `grpc`, its health port free, plus `extra_env`. Sockets: `meshca-dev/agent/`.
 pub fn dev_agent(dir: &Path, grpc: SocketAddr, extra_env: &[(&str, String)]) -> MeshcaProcess {

@@ -38,18 +38,7 @@ pub(crate) fn world() -> &'static World {
     WORLD.get_or_init(|| {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
-        // Third parties run on their own runtime, alive for the whole test binary.
-        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-        let runtime_thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            handle_tx.send(rt.handle().clone()).unwrap();
-            rt.block_on(std::future::pending::<()>());
-        });
-        let runtime = handle_rx.recv().unwrap();
+        let (runtime, runtime_thread) = third_party_runtime();
 
         let chain = GeneratedChain::new(KeyType::EcP256);
         chain.write(&dir.join("cacerts"));

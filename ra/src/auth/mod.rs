@@ -1,6 +1,7 @@
 //! Caller authentication for CreateCertificate. Methods are tried in a fixed order (renewal by
-//! client cert, Athenz X.509, Kubernetes JWT); the first that succeeds names the identity.
-//! Failure reasons go to logs and metrics only; callers see one stable message.
+//! client cert, Athenz X.509, Kubernetes JWT); the first that succeeds names the identity, and
+//! node authorization ([`node`]) decides whether it may ask for another's. Failure reasons go
+//! to logs and metrics only; callers see one stable message.
 
 mod caller;
 pub mod jwks;

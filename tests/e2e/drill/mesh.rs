@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshca_ra::dev::{ServiceAccountToken, TokenSigner, DEV_ISSUER};
 use serde_json::Value;
 
 use crate::harness::{dev_agent, dev_server, meshca_bin, MeshcaProcess, Rest};
@@ -97,23 +96,7 @@ impl Mesh {
     /// A service-account token for `namespace/service_account` from the dev issuer, as the
     /// kubelet projects one into a pod.
     pub fn mint_token(&self, namespace: &str, service_account: &str) -> String {
-        let dev = self.data().join("dev");
-        let jwks: Value =
-            serde_json::from_str(&std::fs::read_to_string(dev.join("jwks.json")).unwrap()).unwrap();
-        let kid = jwks["keys"][0]["kid"].as_str().map(str::to_string);
-        let key = std::fs::read_to_string(dev.join("issuer-key.pem")).unwrap();
-        TokenSigner::from_pem(&key, kid)
-            .unwrap()
-            .mint(&ServiceAccountToken {
-                issuer: DEV_ISSUER,
-                audience: "istio-ca",
-                namespace,
-                service_account,
-                lifetime: Duration::from_secs(3600),
-                kubernetes_claim: true,
-                bound_to: None,
-            })
-            .unwrap()
+        crate::harness::dev_issuer_token(&self.data(), namespace, service_account, None)
     }
 
     /// A REST client trusting every root the mesh has had, so it follows the server's serving

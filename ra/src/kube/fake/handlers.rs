@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::paging::{self, ListRequest};
 use super::selector::Selector;
-use super::store::{status, Broadcast, Change, Kind, Refusal, Shared};
+use super::store::{status, Broadcast, Change, Kind, Refusal, Shared, Store};
 
 type Params = Query<HashMap<String, String>>;
 
@@ -98,17 +98,9 @@ async fn get_namespace(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refusal) = authorize(&shared, &headers) {
-        return answer(Err(refusal));
-    }
-    let store = shared.lock();
-    answer(
-        store
-            .namespaces
-            .get(&name)
-            .map(|o| Value::clone(o))
-            .ok_or_else(|| Kind::Namespace.not_found(&name)),
-    )
+    get_one(&shared, &headers, Kind::Namespace, &name, |store| {
+        store.namespaces.get(&name).map(|o| Value::clone(o))
+    })
 }
 
 async fn get_configmap(
@@ -116,17 +108,12 @@ async fn get_configmap(
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refusal) = authorize(&shared, &headers) {
-        return answer(Err(refusal));
-    }
-    let store = shared.lock();
-    answer(
+    get_one(&shared, &headers, Kind::ConfigMap, &name, |store| {
         store
             .configmaps
             .get(&(namespace, name.clone()))
             .map(|o| Value::clone(o))
-            .ok_or_else(|| Kind::ConfigMap.not_found(&name)),
-    )
+    })
 }
 
 async fn get_pod(
@@ -134,17 +121,27 @@ async fn get_pod(
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refusal) = authorize(&shared, &headers) {
-        return answer(Err(refusal));
-    }
-    let store = shared.lock();
-    answer(
+    get_one(&shared, &headers, Kind::Pod, &name, |store| {
         store
             .pods
             .get(&(namespace, name.clone()))
             .map(|o| Value::clone(o))
-            .ok_or_else(|| Kind::Pod.not_found(&name)),
-    )
+    })
+}
+
+/// A GET of one object: authorized, then the object or the real server's 404 `Status`.
+fn get_one(
+    shared: &Shared,
+    headers: &HeaderMap,
+    kind: Kind,
+    name: &str,
+    lookup: impl FnOnce(&Store) -> Option<Value>,
+) -> Response {
+    if let Err(refusal) = authorize(shared, headers) {
+        return answer(Err(refusal));
+    }
+    let store = shared.lock();
+    answer(lookup(&store).ok_or_else(|| kind.not_found(name)))
 }
 
 async fn create_configmap(
