@@ -135,8 +135,8 @@ fn root(data: &Path) -> String {
 /// What ztunnel keeps of an answer: the leaf (whose only URI SAN must be the identity it asked
 /// for), intermediates one per element, and every root of the last element.
 #[derive(Debug)]
-struct WorkloadCertificate {
-    leaf: ParsedCert,
+pub(crate) struct WorkloadCertificate {
+    pub(crate) leaf: ParsedCert,
     leaf_pem: String,
     key_pem: String,
     roots: Vec<Vec<u8>>,
@@ -145,7 +145,7 @@ struct WorkloadCertificate {
 /// ztunnel's `fetch_certificate`: a fresh P-256 key and CSR for `identity`, its token and
 /// cluster id as headers, `ImpersonatedIdentity` in the metadata, and the answer parsed (and
 /// refused) as ztunnel parses it.
-async fn ztunnel_fetch(
+pub(crate) async fn ztunnel_fetch(
     grpc: SocketAddr,
     root_pem: &str,
     token: &str,

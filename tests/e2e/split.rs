@@ -13,6 +13,7 @@ use serde_json::json;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::harness::*;
+use crate::peers::{self, ApiServerState, REVIEWER_TOKEN};
 
 const RA_ID: &str = "spiffe://cluster.local/ns/meshca/sa/meshca-ra";
 const ADMIN: &str = "admin-token-for-the-split-test";
@@ -108,15 +109,21 @@ jwks_file = "{d}/jwks.json"
     }
 
     fn start_ra(&self) -> MeshcaProcess {
+        self.start_ra_with(&[])
+    }
+
+    fn start_ra_with(&self, extra_env: &[(&str, String)]) -> MeshcaProcess {
         let config = self.dir.join("ra.toml").display().to_string();
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut env = vec![
+            ("MESHCA_GRPC_LISTEN", grpc.to_string()),
+            ("MESHCA_METRICS_LISTEN", metrics.to_string()),
+        ];
+        env.extend(extra_env.iter().cloned());
         MeshcaProcess::start(
             &["server", "--config", &config],
-            &[
-                ("MESHCA_GRPC_LISTEN", grpc.to_string()),
-                ("MESHCA_METRICS_LISTEN", metrics.to_string()),
-            ],
+            &env,
             &self.dir.join("ra-logs"),
             grpc,
             metrics,
@@ -257,6 +264,74 @@ async fn a_keyless_ra_issues_through_the_ca_service_and_survives_its_outage() {
         assert!(Instant::now() < deadline, "RA not ready again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A node agent's request through a keyless RA: the RA authorizes it against the pods, and the
+/// CA service records who asked for whom (the agent, its pod and node) as an in-process CA does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyless_ra_forwards_who_asked_for_whom() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = JwtKey::es256("split");
+    let layout = Layout::write(dir.path(), &issuer);
+    let (runtime, _runtime_thread) = third_party_runtime();
+    let api = std::sync::Arc::new(ApiServerState::default());
+    let (api_addr, api_ca) = peers::start_api_server(&runtime, api.clone());
+    std::fs::write(dir.path().join("apiserver-ca.pem"), api_ca.pem()).unwrap();
+    std::fs::write(dir.path().join("reviewer-token"), REVIEWER_TOKEN).unwrap();
+    let uid = api
+        .cluster()
+        .add_pod("istio-system", "ztunnel-a", "ztunnel", Some("worker-1"));
+    api.cluster()
+        .add_pod("default", "web-1", "web", Some("worker-1"));
+    let mut config = std::fs::read_to_string(dir.path().join("ra.toml")).unwrap();
+    config.push_str("[auth]\ntrusted_node_accounts = [\"istio-system/ztunnel\"]\n");
+    std::fs::write(dir.path().join("ra.toml"), config).unwrap();
+
+    let _ca = layout.start_ca();
+    let d = dir.path();
+    let ra = layout.start_ra_with(&[
+        (
+            "MESHCA_AUTH_CLUSTERS_KUBERNETES_API_SERVER_URL",
+            format!("https://{api_addr}"),
+        ),
+        (
+            "MESHCA_AUTH_CLUSTERS_KUBERNETES_API_SERVER_CA_FILE",
+            d.join("apiserver-ca.pem").display().to_string(),
+        ),
+        (
+            "MESHCA_AUTH_CLUSTERS_KUBERNETES_API_SERVER_TOKEN_FILE",
+            d.join("reviewer-token").display().to_string(),
+        ),
+    ]);
+    let mut claims = sa_claims(K8S_ISSUER, "istio-system", "ztunnel");
+    claims["kubernetes.io"]["pod"] = json!({"name": "ztunnel-a", "uid": uid});
+    claims["kubernetes.io"]["node"] = json!({"name": "worker-1", "uid": "8e7d"});
+    let token = issuer.mint(&claims);
+    let root = layout.root();
+    let web = "spiffe://cluster.local/ns/default/sa/web";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let cert = loop {
+        match crate::ambient::ztunnel_fetch(ra.grpc, &root, &token, "Kubernetes", web).await {
+            Ok(cert) => break cert,
+            // Until the RA has listed the pods.
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                assert!(Instant::now() < deadline, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    };
+    let rest = Rest::new(ra.rest, &root);
+    let serial = cert.leaf.serial().to_hex();
+    let (status, record) = rest.get(&format!("/v1/certificates/{serial}"), ADMIN).await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["spiffe_id"], web);
+    assert_eq!(
+        record["requester"]["impersonated_by"],
+        "spiffe://cluster.local/ns/istio-system/sa/ztunnel"
+    );
+    assert_eq!(record["requester"]["pod"], "istio-system/ztunnel-a");
+    assert_eq!(record["requester"]["node"], "worker-1");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -266,9 +266,9 @@ mod tests {
     /// each.
     #[test]
     fn single_row_inserts_bind_every_column() {
-        assert!(INSERT_ISSUANCE.contains("bundle_as_of) VALUES ($1, $2,"));
-        assert!(INSERT_ISSUANCE.contains("$16) ON CONFLICT (serial) DO NOTHING"));
-        assert_eq!(ISSUANCE_COLUMNS.split(',').count(), 16);
+        assert!(INSERT_ISSUANCE.contains("requester_node) VALUES ($1, $2,"));
+        assert!(INSERT_ISSUANCE.contains("$19) ON CONFLICT (serial) DO NOTHING"));
+        assert_eq!(ISSUANCE_COLUMNS.split(',').count(), 19);
         assert!(INSERT_AUDIT_EVENT.ends_with("$9, $10)"));
         assert_eq!(AUDIT_COLUMNS.split(',').count(), 10);
     }
