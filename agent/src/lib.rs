@@ -1,6 +1,7 @@
 //! meshca's node agent: gets workload certificates from the RA, rotates them before expiry,
 //! and serves them to Envoy (SDS) and to any workload (SPIFFE Workload API).
 
+pub mod attest;
 pub mod authority;
 pub mod bundle;
 pub mod client;
