@@ -68,6 +68,9 @@ enum Command {
     Admin(Box<meshca_tools::admin::AdminArgs>),
     /// Load-test a running RA with CreateCertificate calls, as many istio-agents would.
     Bench(Box<meshca_tools::bench::BenchArgs>),
+    /// Ask a node agent's SPIFFE Workload API what it serves this process (`fetch`), as
+    /// `spire-agent api fetch` does.
+    Workload(meshca_tools::workload::WorkloadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let (flags, dev) = match cli.command {
         Command::Admin(args) => return admin(*args),
         Command::Bench(args) => return bench(&args),
+        Command::Workload(args) => return workload(&args),
         Command::Server(ref args) => (&args.config, args.dev),
         Command::Agent(ref args) => (&args.config, args.dev),
         Command::Ca(ref flags) | Command::Config(ref flags) => (flags, false),
@@ -141,7 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(ca::run(config))
         }
-        Command::Admin(_) | Command::Bench(_) => Ok(()),
+        Command::Admin(_) | Command::Bench(_) | Command::Workload(_) => Ok(()),
         Command::Config(_) => {
             print!("{}", config.to_redacted_toml());
             match &config.ca.cacerts_dir {
@@ -175,6 +179,14 @@ fn admin(mut args: meshca_tools::admin::AdminArgs) -> anyhow::Result<()> {
         .build()?;
     let mut stdout = std::io::stdout().lock();
     runtime.block_on(meshca_tools::admin::run(&args, &mut stdout))?;
+    Ok(())
+}
+
+fn workload(args: &meshca_tools::workload::WorkloadArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    println!("{}", runtime.block_on(meshca_tools::workload::run(args))?);
     Ok(())
 }
 

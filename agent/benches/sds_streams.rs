@@ -45,8 +45,15 @@ async fn serve(socket: PathBuf) {
             .unwrap();
     let (tx, rx) = watch::channel(Some(Arc::new(credential(&authority))));
     let service = SdsService::new(rx, Default::default());
-    let server =
-        tokio::spawn(async move { sds::serve(service, &socket, std::future::pending()).await });
+    let server = tokio::spawn(async move {
+        sds::serve(
+            service,
+            &socket,
+            meshca_agent::workload_api::PRIVATE_SOCKET_MODE,
+            std::future::pending(),
+        )
+        .await
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     println!("ready");
     // watch::Sender is usable from a plain thread; signing happens before the clock starts,

@@ -56,7 +56,22 @@ pub struct WorkloadIdentity {
     pub ttl: Duration,
     pub grace_ratio: f64,
     pub grace_jitter: f64,
+    pub asked_as: AskedAs,
 }
+
+/// Whose identity the agent asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AskedAs {
+    /// Its own: the credential names the identity (`attestation = none`).
+    #[default]
+    Itself,
+    /// An attested workload's on its node: `ImpersonatedIdentity`, which the RA grants only to
+    /// a trusted node account with a pod of that identity on the same node (as for ztunnel).
+    NodeAgent,
+}
+
+/// The request metadata key istiod and meshca read (istio-agent's `ImpersonatedIdentity`).
+pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -169,10 +184,24 @@ impl CaClient {
     /// Asks for a certificate for `identity` with a fresh key and checks the answer.
     pub async fn fetch(&self, identity: &WorkloadIdentity) -> Result<Credential, FetchError> {
         let request_key = KeyAndCsr::generate(identity.key_type, &identity.spiffe_id)?;
+        let metadata = match identity.asked_as {
+            AskedAs::Itself => None,
+            AskedAs::NodeAgent => Some(prost_types::Struct {
+                fields: [(
+                    IMPERSONATED_IDENTITY.to_string(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue(
+                            identity.spiffe_id.clone(),
+                        )),
+                    },
+                )]
+                .into(),
+            }),
+        };
         let mut request = tonic::Request::new(IstioCertificateRequest {
             csr: request_key.csr_pem.clone(),
             validity_duration: identity.ttl.as_secs() as i64,
-            metadata: None,
+            metadata,
         });
         self.authorize(&mut request).await?;
         let response = IstioCertificateServiceClient::new(self.service())

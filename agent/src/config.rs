@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::attest::{AttestationMode, UnixRuleConfig};
 use crate::credential::KeyType;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +41,22 @@ pub struct AgentConfig {
     pub metrics_listen: SocketAddr,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Who a socket client is: `none` (every client gets the agent's own identity), `unix`
+    /// (`unix_rules` on its uid, gid, executable) or `k8s` (its pod).
+    pub attestation: AttestationMode,
+    /// `attestation = "unix"`: the first rule a client matches names its identity.
+    pub unix_rules: Vec<UnixRuleConfig>,
+    /// Where the clients' processes are looked up (a fake tree in tests).
+    pub proc_root: PathBuf,
+    /// Identities held at once for attested clients; beyond it, idle ones are dropped first
+    /// and then clients are refused.
+    pub max_identities: usize,
+    /// How long an identity's key is kept after its last stream closed.
+    #[serde(with = "humantime_serde")]
+    pub identity_grace: Duration,
+    /// Octal permissions of both sockets, e.g. `"0660"`; default `0777` with attestation (every
+    /// process may connect and is served only itself) and `0660` without.
+    pub socket_mode: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -62,6 +79,12 @@ impl Default for AgentConfig {
             output_dir: None,
             metrics_listen: "127.0.0.1:15020".parse().expect("valid address"),
             request_timeout: Duration::from_secs(10),
+            attestation: AttestationMode::None,
+            unix_rules: Vec::new(),
+            proc_root: PathBuf::from("/proc"),
+            max_identities: 256,
+            identity_grace: Duration::from_secs(60),
+            socket_mode: None,
         }
     }
 }

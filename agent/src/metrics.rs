@@ -1,9 +1,10 @@
 //! Agent metrics, in the Prometheus text format: certificate expiry, outgoing CSRs (count,
 //! failures, retries, latency) and connected SDS and Workload API streams.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Default)]
@@ -14,6 +15,8 @@ pub struct AgentMetrics {
     csr_latency_micros: AtomicU64,
     workload_api_streams: AtomicI64,
     sds_streams: AtomicI64,
+    /// Socket clients served nothing, by reason (attestation failed, identity limit).
+    unattested: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// Which server a stream is connected to.
@@ -35,6 +38,16 @@ impl AgentMetrics {
         if !ok {
             self.csr_failures.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A socket client was refused: it could not be attested, or no identity was free.
+    pub fn unattested(&self, reason: &'static str) {
+        *self
+            .unattested
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
+            .or_default() += 1;
     }
 
     pub fn retry_scheduled(&self) {
@@ -131,6 +144,27 @@ impl AgentMetrics {
                 "meshca_agent_sds_streams {}",
                 self.sds_streams.load(Ordering::Relaxed)
             ),
+        );
+        let mut refusals = String::new();
+        for (reason, count) in self
+            .unattested
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            if !refusals.is_empty() {
+                refusals.push('\n');
+            }
+            let _ = write!(
+                refusals,
+                "meshca_agent_unattested_count{{reason=\"{reason}\"}} {count}"
+            );
+        }
+        metric(
+            "meshca_agent_unattested_count",
+            "counter",
+            "Socket clients served nothing: not attested, or no identity free (agent.max_identities).",
+            refusals,
         );
         metric(
             "meshca_agent_workload_api_streams",

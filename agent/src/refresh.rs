@@ -170,6 +170,7 @@ mod tests {
                 ttl: Duration::from_secs(3600),
                 grace_ratio: 0.5,
                 grace_jitter: 0.0,
+                asked_as: Default::default(),
             };
             let (tx, published) = watch::channel(None);
             let (bundle, bundle_rx) = watch::channel(Arc::default());

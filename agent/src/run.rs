@@ -13,12 +13,18 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::watch;
 
-use crate::client::{CaClient, CaClientConfig, WorkloadIdentity};
+use meshca_pki::TrustDomain;
+
+use crate::attest::{validate_rules, AttestationMode, Attestor};
+use crate::client::{AskedAs, CaClient, CaClientConfig, WorkloadIdentity};
 use crate::config::AgentConfig;
 use crate::credential::Credential;
+use crate::identities::{IdentityPool, PoolSettings};
 use crate::metrics::AgentMetrics;
 use crate::refresh::keep_fresh;
 use crate::sds::SdsService;
+use crate::workload_api::{ATTESTED_SOCKET_MODE, PRIVATE_SOCKET_MODE};
+use crate::workloads::Workloads;
 use crate::{bundle, output, sds, workload_api};
 
 /// The agent's settings after defaults are applied.
@@ -30,8 +36,25 @@ pub struct AgentSettings {
     pub identity: WorkloadIdentity,
     pub sds_socket: PathBuf,
     pub workload_api_socket: PathBuf,
+    /// Permissions of both sockets.
+    pub socket_mode: u32,
     pub output_dir: Option<PathBuf>,
     pub metrics_listen: SocketAddr,
+    pub serving: Serving,
+}
+
+/// Whom the sockets serve.
+#[derive(Clone, Debug)]
+pub enum Serving {
+    /// Every client gets the agent's own identity (`attestation = "none"`).
+    Itself,
+    /// Each attested client its own, asked for as a node agent.
+    Attested {
+        attestor: Attestor,
+        trust_domain: TrustDomain,
+        max_identities: usize,
+        grace: std::time::Duration,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +69,14 @@ pub enum AgentError {
     },
     #[error("agent.ca_addr: {0}")]
     Client(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    UnixRules(#[from] crate::attest::UnixRulesError),
+    #[error("agent.attestation = \"k8s\" needs the pod attestor, which this build does not have yet; use \"none\" or \"unix\"")]
+    KubernetesAttestation,
+    #[error("agent.socket_mode {0:?} is not octal permissions such as \"0660\"")]
+    SocketMode(String),
+    #[error("agent.trust_domain {0:?}: {1}")]
+    TrustDomain(String, String),
     #[error("{what}: {source}")]
     Serve {
         what: &'static str,
@@ -100,6 +131,26 @@ impl AgentSettings {
             .or_else(|| dev_name("default"))
             .ok_or(AgentError::Missing("service_account"))?;
         let spiffe_id = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
+        let td = TrustDomain::new(trust_domain)
+            .map_err(|e| AgentError::TrustDomain(trust_domain.to_string(), e.to_string()))?;
+        let serving = match config.attestation {
+            AttestationMode::None => Serving::Itself,
+            AttestationMode::Unix => Serving::Attested {
+                attestor: Attestor::Unix {
+                    rules: validate_rules(&config.unix_rules, &td)?,
+                    proc_root: config.proc_root.clone(),
+                },
+                trust_domain: td,
+                max_identities: config.max_identities.max(1),
+                grace: config.identity_grace,
+            },
+            AttestationMode::K8s => return Err(AgentError::KubernetesAttestation),
+        };
+        let socket_mode = match &config.socket_mode {
+            Some(text) => parse_socket_mode(text)?,
+            None if matches!(serving, Serving::Itself) => PRIVATE_SOCKET_MODE,
+            None => ATTESTED_SOCKET_MODE,
+        };
         let ca_addr = if dev && config.ca_addr == AgentConfig::default().ca_addr {
             "127.0.0.1:15012".to_string()
         } else {
@@ -122,6 +173,7 @@ impl AgentSettings {
                 ttl: config.cert_ttl,
                 grace_ratio: config.grace_ratio,
                 grace_jitter: config.grace_jitter,
+                asked_as: AskedAs::Itself,
             },
             sds_socket: config
                 .sds_socket
@@ -133,10 +185,21 @@ impl AgentSettings {
                 .clone()
                 .or_else(|| dev_path("agent/spiffe.sock"))
                 .unwrap_or_else(|| PathBuf::from("/var/run/meshca/spiffe.sock")),
+            socket_mode,
             output_dir: config.output_dir.clone(),
             metrics_listen: config.metrics_listen,
+            serving,
         })
     }
+}
+
+/// `"0660"`, `"0o660"` or `"660"`: octal permission bits, nothing above `0o777`.
+fn parse_socket_mode(text: &str) -> Result<u32, AgentError> {
+    let digits = text.trim().trim_start_matches("0o");
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| AgentError::SocketMode(text.to_string()))
 }
 
 fn read(path: &Path) -> Result<String, AgentError> {
@@ -162,6 +225,7 @@ pub async fn run(
         metrics.clone(),
         bundle_rx.clone(),
     ));
+    let (pool_client, bundle_for_pool) = (client.clone(), bundle_rx.clone());
     tokio::spawn(bundle::follow_trust_bundle(client, bundle_tx));
     // What is served: the credential with its roots merged with the RA's bundle stream.
     let (tx, rx) = watch::channel(None);
@@ -185,7 +249,13 @@ pub async fn run(
             what: "agent.metrics_listen",
             source,
         })?;
-    println!("meshca agent for {}", settings.spiffe_id);
+    match &settings.serving {
+        Serving::Itself => println!("meshca agent for {}", settings.spiffe_id),
+        Serving::Attested { .. } => println!(
+            "meshca agent ({}), serving attested workloads (unix rules)",
+            settings.spiffe_id
+        ),
+    }
     println!("  CA:                 {}", settings.client.ca_addr);
     println!(
         "  Envoy SDS:           unix:{}",
@@ -206,17 +276,46 @@ pub async fn run(
         })?
     );
 
+    let workloads = match settings.serving.clone() {
+        Serving::Itself => Workloads::Itself(rx.clone()),
+        Serving::Attested {
+            attestor,
+            trust_domain,
+            max_identities,
+            grace,
+        } => Workloads::Attested {
+            attestor: Arc::new(attestor),
+            pool: IdentityPool::new(
+                PoolSettings {
+                    trust_domain,
+                    template: settings.identity.clone(),
+                    grace,
+                    max_identities,
+                },
+                pool_client,
+                bundle_for_pool,
+                metrics.clone(),
+            ),
+            metrics: metrics.clone(),
+        },
+    };
     let api = workload_api::serve(
-        workload_api::WorkloadApi::new(rx.clone(), metrics.clone()),
+        workload_api::WorkloadApi::serving(workloads.clone(), metrics.clone()),
         &settings.workload_api_socket,
+        settings.socket_mode,
         async move {
             let _ = api_stop.recv().await;
         },
     );
-    let sds_service = SdsService::new(rx.clone(), metrics.clone());
-    let sds = sds::serve(sds_service.clone(), &settings.sds_socket, async move {
-        let _ = sds_stop.recv().await;
-    });
+    let sds_service = SdsService::serving(workloads, metrics.clone());
+    let sds = sds::serve(
+        sds_service.clone(),
+        &settings.sds_socket,
+        settings.socket_mode,
+        async move {
+            let _ = sds_stop.recv().await;
+        },
+    );
     let http = axum::serve(listener, http_app(rx, sds_service, metrics)).with_graceful_shutdown(
         async move {
             let _ = http_stop.recv().await;
@@ -283,4 +382,80 @@ async fn ready(State(state): State<HttpState>) -> (StatusCode, &'static str) {
 
 async fn render_metrics(State(state): State<HttpState>) -> String {
     state.metrics.render(&state.sds.expiries())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attest::{UnixMatcher, UnixRuleConfig, UnixTarget};
+
+    fn resolve(config: &AgentConfig) -> Result<AgentSettings, AgentError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("root-cert.pem"), "roots").unwrap();
+        AgentSettings::resolve("cluster.local", dir.path(), config, true)
+    }
+
+    #[test]
+    fn socket_modes_follow_the_attestation_unless_set() {
+        let none = resolve(&AgentConfig::default()).unwrap();
+        assert_eq!(none.socket_mode, 0o660);
+        assert!(matches!(none.serving, Serving::Itself));
+        let unix = AgentConfig {
+            attestation: AttestationMode::Unix,
+            unix_rules: vec![UnixRuleConfig {
+                matcher: UnixMatcher {
+                    uid: Some(1000),
+                    ..UnixMatcher::default()
+                },
+                target: UnixTarget::Workload {
+                    namespace: "web".into(),
+                    service_account: "web".into(),
+                },
+            }],
+            ..AgentConfig::default()
+        };
+        assert_eq!(resolve(&unix).unwrap().socket_mode, 0o777);
+        for (text, mode) in [("0600", 0o600), ("0o640", 0o640), ("755", 0o755)] {
+            let set = AgentConfig {
+                socket_mode: Some(text.into()),
+                ..unix.clone()
+            };
+            assert_eq!(resolve(&set).unwrap().socket_mode, mode, "{text}");
+        }
+        for bad in ["rw-rw----", "0999", "01777", ""] {
+            let set = AgentConfig {
+                socket_mode: Some(bad.into()),
+                ..AgentConfig::default()
+            };
+            assert!(
+                matches!(resolve(&set), Err(AgentError::SocketMode(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn attestation_settings_are_checked_at_start() {
+        let empty_rule = AgentConfig {
+            attestation: AttestationMode::Unix,
+            unix_rules: vec![UnixRuleConfig {
+                matcher: UnixMatcher::default(),
+                target: UnixTarget::Workload {
+                    namespace: "web".into(),
+                    service_account: "web".into(),
+                },
+            }],
+            ..AgentConfig::default()
+        };
+        let error = resolve(&empty_rule).unwrap_err().to_string();
+        assert!(error.contains("agent.unix_rules[0]"), "{error}");
+        let k8s = AgentConfig {
+            attestation: AttestationMode::K8s,
+            ..AgentConfig::default()
+        };
+        assert!(matches!(
+            resolve(&k8s),
+            Err(AgentError::KubernetesAttestation)
+        ));
+    }
 }

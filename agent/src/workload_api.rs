@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status};
 use crate::authority::AuthorityRewrite;
 use crate::credential::Credential;
 use crate::metrics::{AgentMetrics, StreamKind};
+use crate::workloads::Workloads;
 
 /// Every Workload API request must carry this metadata (SPIFFE Workload Endpoint spec), so a
 /// browser or SSRF cannot reach the socket through an HTTP proxy.
@@ -31,29 +32,40 @@ pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Serves what the rotation loop publishes.
+/// Serves each client its workload's credential, as its rotation loop publishes it.
 #[derive(Clone, Debug)]
 pub struct WorkloadApi {
-    credential: watch::Receiver<Option<Arc<Credential>>>,
+    workloads: Workloads,
     metrics: Arc<AgentMetrics>,
 }
 
 // === impl WorkloadApi ===
 
 impl WorkloadApi {
+    /// Serves the agent's own credential to every client.
     pub fn new(
         credential: watch::Receiver<Option<Arc<Credential>>>,
         metrics: Arc<AgentMetrics>,
     ) -> Self {
-        Self {
-            credential,
-            metrics,
-        }
+        Self::serving(Workloads::Itself(credential), metrics)
     }
 
-    /// Each published credential, skipping the gaps where none is held.
-    fn credentials(&self) -> impl Stream<Item = Arc<Credential>> + Send + 'static {
-        WatchStream::new(self.credential.clone()).filter_map(|c| c)
+    pub fn serving(workloads: Workloads, metrics: Arc<AgentMetrics>) -> Self {
+        Self { workloads, metrics }
+    }
+
+    /// The client's published credentials, skipping the gaps where none is held; the
+    /// identity is held for as long as the stream lives.
+    async fn credentials<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<impl Stream<Item = Arc<Credential>> + Send + 'static, Status> {
+        let assigned = self.workloads.assign(request).await?;
+        let served = assigned.served.clone();
+        Ok(WatchStream::new(served).filter_map(move |c| {
+            let _held = &assigned;
+            c
+        }))
     }
 }
 
@@ -134,8 +146,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_security_header(&request)?;
+        let credentials = self.credentials(&request).await?;
         let connected = self.metrics.stream_opened(StreamKind::WorkloadApi);
-        let stream = self.credentials().map(move |c| {
+        let stream = credentials.map(move |c| {
             let _counted = &connected;
             Ok(x509_svid_response(&c))
         });
@@ -147,10 +160,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         check_security_header(&request)?;
+        let credentials = self.credentials(&request).await?;
         let mut last: Option<Vec<u8>> = None;
         let connected = self.metrics.stream_opened(StreamKind::WorkloadApi);
         // Only bundle changes make a message; a rotation under the same roots does not.
-        let stream = self.credentials().filter_map(move |c| {
+        let stream = credentials.filter_map(move |c| {
             let _counted = &connected;
             let response = x509_bundles_response(&c);
             let bundle = response.bundles.values().next().cloned();
@@ -194,16 +208,18 @@ impl SpiffeWorkloadApi for WorkloadApi {
     }
 }
 
-/// Serves the Workload API on `socket` until `shutdown`; a stale socket file is replaced and
-/// the socket is removed on exit.
+/// Serves the Workload API on `socket` (permissions `mode`) until `shutdown`; a stale socket
+/// file is replaced and the socket is removed on exit.
 pub async fn serve(
     api: WorkloadApi,
     socket: &Path,
+    mode: u32,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve_unix(
         tonic::service::Routes::new(SpiffeWorkloadApiServer::new(api)),
         socket,
+        mode,
         shutdown,
     )
     .await
@@ -214,9 +230,10 @@ pub async fn serve(
 pub async fn serve_unix(
     routes: tonic::service::Routes,
     socket: &Path,
+    mode: u32,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = bind_unix(socket)?;
+    let listener = bind_unix(socket, mode)?;
     // Every gRPC stack's `:authority` must get through, not only Go's and Rust's.
     let connections =
         UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityRewrite::server));
@@ -229,9 +246,16 @@ pub async fn serve_unix(
     result
 }
 
-/// Binds a Unix socket at `path`, removing a stale one first (a previous agent that died
-/// leaves its file behind, and bind would fail on it).
-pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+/// Permissions of the agent's sockets when only its own identity is served: its pod or its
+/// group. With attestation every local process may connect (as to SPIRE's agent socket) and
+/// is served only what it is attested as.
+pub const PRIVATE_SOCKET_MODE: u32 = 0o660;
+pub const ATTESTED_SOCKET_MODE: u32 = 0o777;
+
+/// Binds a Unix socket at `path` with permissions `mode` (connecting needs write permission),
+/// removing a stale one first (a previous agent that died leaves its file behind, and bind
+/// would fail on it).
+pub fn bind_unix(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -240,7 +264,9 @@ pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    UnixListener::bind(path)
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    Ok(listener)
 }
 
 /// A gRPC channel to a Workload API socket, as SPIFFE clients dial it (for probes and tests).

@@ -59,9 +59,14 @@ impl Server {
         let task = tokio::spawn({
             let socket = socket.clone();
             async move {
-                sds::serve(service, &socket, async {
-                    let _ = stopped.await;
-                })
+                sds::serve(
+                    service,
+                    &socket,
+                    meshca_agent::workload_api::PRIVATE_SOCKET_MODE,
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
                 .await
             }
         });

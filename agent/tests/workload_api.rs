@@ -47,9 +47,14 @@ async fn serves_svids_and_bundles_and_pushes_rotations() {
     let server = tokio::spawn({
         let socket = socket.clone();
         async move {
-            workload_api::serve(WorkloadApi::new(rx, Default::default()), &socket, async {
-                let _ = stop_rx.await;
-            })
+            workload_api::serve(
+                WorkloadApi::new(rx, Default::default()),
+                &socket,
+                workload_api::PRIVATE_SOCKET_MODE,
+                async {
+                    let _ = stop_rx.await;
+                },
+            )
             .await
         }
     });

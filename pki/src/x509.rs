@@ -52,6 +52,21 @@ impl ParsedCert {
         })
     }
 
+    /// The first certificate of concatenated DER (the Workload API's `x509_svid`: leaf, then
+    /// intermediates).
+    pub fn first_of_der(der: &[u8]) -> Result<Self, ParseError> {
+        let bad = |e: der::Error| ParseError(e.to_string());
+        let mut reader = SliceReader::new(der).map_err(bad)?;
+        let outer = Header::decode(&mut reader).map_err(bad)?;
+        let header_len: usize = reader.position().try_into().map_err(bad)?;
+        let body_len: usize = outer.length.try_into().map_err(bad)?;
+        let end = header_len
+            .checked_add(body_len)
+            .filter(|end| *end <= der.len())
+            .ok_or_else(|| ParseError("truncated certificate".into()))?;
+        Self::from_der(&der[..end])
+    }
+
     /// All `CERTIFICATE` blocks of a PEM file, in order. Other block types are an error: a key
     /// pasted into a chain file is a mistake worth naming.
     pub fn many_from_pem(text: &[u8]) -> Result<Vec<Self>, ParseError> {

@@ -71,6 +71,7 @@ async fn rotates_before_expiry_and_survives_a_server_outage() {
         ttl: Duration::from_secs(20),
         grace_ratio: 0.5,
         grace_jitter: 0.01,
+        asked_as: Default::default(),
     };
     let (tx, mut rx) = watch::channel(None);
     // No trust-bundle stream here: the bundle never changes.

@@ -5,6 +5,7 @@ mod admin;
 mod admin_cli;
 mod agent;
 mod ambient;
+mod attestation;
 mod bench;
 mod credentials;
 mod drill;

@@ -9,7 +9,7 @@ use meshca_pki::identity::IdentityError;
 use meshca_pki::{SpiffeId, TrustDomain};
 use serde::{Deserialize, Serialize};
 
-use super::{PeerCredentials, WorkloadId, WorkloadIdError};
+use super::workload::{PeerCredentials, WorkloadId, WorkloadIdError};
 
 /// One `[[agent.unix_rules]]` entry as written:
 ///

@@ -27,6 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::credential::Credential;
 use crate::metrics::{AgentMetrics, StreamKind};
 use crate::workload_api::serve_unix;
+use crate::workloads::{Assigned, Workloads};
 
 mod files;
 mod secrets;
@@ -38,13 +39,29 @@ pub use secrets::{
     SECRET_TYPE_URL, WORKLOAD_CERT,
 };
 
-/// The SDS service. Cheap to clone; every stream shares the rendered secrets.
+/// The SDS service. Cheap to clone; serving the agent's own identity, every stream shares its
+/// rendered secrets.
 #[derive(Clone, Debug)]
 pub struct SdsService {
-    credential: watch::Receiver<Option<Arc<CredentialSecrets>>>,
+    source: SecretSource,
     files: Arc<FileSecrets>,
     metrics: Arc<AgentMetrics>,
 }
+
+/// Where a stream's `default` and `ROOTCA` come from.
+#[derive(Clone, Debug)]
+enum SecretSource {
+    /// The agent's own credential, rendered once for every stream.
+    Itself(watch::Receiver<Option<Arc<CredentialSecrets>>>),
+    /// Each client's attested identity, rendered per stream.
+    Attested(Workloads),
+}
+
+/// A stream's rendered credential and, for an attested client, its hold on the identity.
+type StreamCredential = (
+    watch::Receiver<Option<Arc<CredentialSecrets>>>,
+    Option<Assigned>,
+);
 
 /// One stream's view: what it subscribes to and what it was last sent.
 struct StreamState {
@@ -216,27 +233,46 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 // === impl SdsService ===
 
 impl SdsService {
-    /// Serves the credentials published on `credential`; starts polling mounted files.
+    /// Serves the credentials published on `credential` to every client; starts polling
+    /// mounted files.
     pub fn new(
         credential: watch::Receiver<Option<Arc<Credential>>>,
         metrics: Arc<AgentMetrics>,
     ) -> Self {
+        Self::with_source(
+            SecretSource::Itself(render_credentials(credential)),
+            metrics,
+        )
+    }
+
+    /// Serves each client what `workloads` assigns it.
+    pub fn serving(workloads: Workloads, metrics: Arc<AgentMetrics>) -> Self {
+        match workloads {
+            Workloads::Itself(credential) => Self::new(credential, metrics),
+            attested => Self::with_source(SecretSource::Attested(attested), metrics),
+        }
+    }
+
+    fn with_source(source: SecretSource, metrics: Arc<AgentMetrics>) -> Self {
         let files = FileSecrets::new();
         tokio::spawn(poll_files(Arc::downgrade(&files), FILE_POLL_INTERVAL));
         Self {
-            credential: render_credentials(credential),
+            source,
             files,
             metrics,
         }
     }
 
-    /// Expiry of every served certificate resource, for `/metrics`.
+    /// Expiry of every served certificate resource, for `/metrics` (with attestation, the
+    /// mounted files only: each identity's certificate is its own).
     pub fn expiries(&self) -> Vec<(String, SystemTime)> {
         let mut out = Vec::new();
-        if let Some(c) = self.credential.borrow().as_deref() {
-            for secret in [&c.workload_cert, &c.root_ca] {
-                if let Some(t) = secret.not_after {
-                    out.push((secret.name.clone(), t));
+        if let SecretSource::Itself(credential) = &self.source {
+            if let Some(c) = credential.borrow().as_deref() {
+                for secret in [&c.workload_cert, &c.root_ca] {
+                    if let Some(t) = secret.not_after {
+                        out.push((secret.name.clone(), t));
+                    }
                 }
             }
         }
@@ -244,14 +280,26 @@ impl SdsService {
         out
     }
 
+    /// What `request`'s client is served; an attested client holds its identity until the
+    /// returned value is dropped.
+    async fn credential_for<T>(&self, request: &Request<T>) -> Result<StreamCredential, Status> {
+        match &self.source {
+            SecretSource::Itself(credential) => Ok((credential.clone(), None)),
+            SecretSource::Attested(workloads) => {
+                let assigned = workloads.assign(request).await?;
+                Ok((render_credentials(assigned.served.clone()), Some(assigned)))
+            }
+        }
+    }
+
     async fn run_stream(
         self,
         mut requests: Streaming<DiscoveryRequest>,
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        (mut credential, _held): StreamCredential,
     ) {
         let _connected = self.metrics.stream_opened(StreamKind::Sds);
         let mut state = StreamState::new(self.files.clone());
-        let mut credential = self.credential.clone();
         let mut files_changed = self.files.changed.subscribe();
         loop {
             tokio::select! {
@@ -301,8 +349,12 @@ impl SecretDiscoveryService for SdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        let credential = self.credential_for(&request).await?;
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(self.clone().run_stream(request.into_inner(), tx));
+        tokio::spawn(
+            self.clone()
+                .run_stream(request.into_inner(), tx, credential),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -320,24 +372,27 @@ impl SecretDiscoveryService for SdsService {
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
+        let (credential, _held) = self.credential_for(&request).await?;
         let request = request.into_inner();
         let mut state = StreamState::new(self.files.clone());
         state.on_request(request)?;
-        let secrets = state.changed(self.credential.borrow().as_deref());
+        let secrets = state.changed(credential.borrow().as_deref());
         Ok(Response::new(state.respond(secrets)))
     }
 }
 
-/// Serves SDS on `socket` until `shutdown`; a stale socket file is replaced and the socket is
+/// Serves SDS on `socket` (permissions `mode`) until `shutdown`; a stale socket file is replaced and the socket is
 /// removed on exit.
 pub async fn serve(
     service: SdsService,
     socket: &Path,
+    mode: u32,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve_unix(
         tonic::service::Routes::new(SecretDiscoveryServiceServer::new(service)),
         socket,
+        mode,
         shutdown,
     )
     .await
