@@ -265,8 +265,9 @@ async fn a_call_without_a_token_is_unauthenticated_and_nothing_is_issued() {
     );
 }
 
-/// A ztunnel-style request for another identity (`ImpersonatedIdentity`) gets Istio's
-/// refusal and nothing: meshca used to issue the caller's own identity instead.
+/// A ztunnel-style request for another identity (`ImpersonatedIdentity`) while no node account
+/// is trusted gets Istio's refusal and nothing: meshca used to issue the caller's own identity
+/// instead.
 #[tokio::test]
 async fn an_impersonating_request_is_refused_and_nothing_is_issued() {
     let ra = Ra::start().await;
@@ -294,12 +295,13 @@ async fn an_impersonating_request_is_refused_and_nothing_is_issued() {
     assert_eq!(denials[0].outcome, "denied");
     assert_eq!(denials[0].target, pod);
     let details: Value = serde_json::from_str(&denials[0].details).unwrap();
-    assert!(
-        details["reason"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("asked for {pod}")),
+    assert_eq!(
+        details["reason"], "no node account is trusted (auth.trusted_node_accounts is empty)",
         "{details}"
+    );
+    assert_eq!(
+        details["impersonated_by"], "spiffe://cluster.local/ns/default/sa/default",
+        "the caller that asked, on record"
     );
 
     // Without it, the same caller gets its own identity as before.
