@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::auth::node::{Impersonation, ImpersonationError};
-use crate::auth::{Authenticator, Caller, Credentials};
+use crate::auth::{Authenticator, Caller, Credentials, KubernetesCaller};
 use crate::metrics::RaMetrics;
 use crate::tls::PeerInfo;
 use crate::trust::TrustBundles;
@@ -235,11 +235,7 @@ fn requester_of(
         // The node authorizer checked the pod and read its node from the API server.
         Some(i) => (Some(i.agent_pod.clone()), Some(i.node.clone())),
         None => (
-            kubernetes.and_then(|k| {
-                k.pod
-                    .as_ref()
-                    .map(|p| format!("{}/{}", k.namespace, p.name))
-            }),
+            kubernetes.and_then(KubernetesCaller::pod_name),
             kubernetes.and_then(|k| k.node.clone()),
         ),
     };
@@ -307,11 +303,10 @@ impl CertificateService {
             %error,
             "impersonation refused"
         );
-        let pod = caller.kubernetes.as_ref().and_then(|k| {
-            k.pod
-                .as_ref()
-                .map(|p| format!("{}/{}", k.namespace, p.name))
-        });
+        let pod = caller
+            .kubernetes
+            .as_ref()
+            .and_then(KubernetesCaller::pod_name);
         self.audit_refusal(
             (caller.method.as_str(), &caller.principal),
             requested,

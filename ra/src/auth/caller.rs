@@ -77,6 +77,18 @@ pub enum AuthError {
     BadServiceAccount(String),
 }
 
+// === impl KubernetesCaller ===
+
+impl KubernetesCaller {
+    /// The caller's pod as `namespace/name`, the way records and logs name it; None for a
+    /// token bound to no pod.
+    pub fn pod_name(&self) -> Option<String> {
+        self.pod
+            .as_ref()
+            .map(|p| format!("{}/{}", self.namespace, p.name))
+    }
+}
+
 // === impl AuthMethod ===
 
 impl AuthMethod {
