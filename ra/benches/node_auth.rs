@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use meshca_ca::{SpiffeId, TrustDomain};
+use meshca_kube::fake::FakeApiServer;
+use meshca_kube::pods::{PodSpec, PodStatus};
+use meshca_kube::{Cache, ObjectKey, ObjectMeta, Pod, PodIndex, Reflector, ReflectorSettings};
 use meshca_ra::auth::node::{decide, NodeAuthorizer, NodePolicy, PodView};
 use meshca_ra::auth::{AuthMethod, Caller, KubernetesCaller, PodBinding};
 use meshca_ra::config::{AuthConfig, ClusterConfig};
-use meshca_ra::kube::fake::FakeApiServer;
-use meshca_ra::kube::pods::{PodSpec, PodStatus};
-use meshca_ra::kube::{Cache, ObjectKey, ObjectMeta, Pod, PodIndex, Reflector, ReflectorSettings};
 
 const NODES: usize = 1_000;
 const PODS_PER_NODE: usize = 10;
@@ -201,7 +201,7 @@ fn node_authorization(c: &mut Criterion) {
         let (before, high_before) = rss_kib();
         let started = Instant::now();
         let reflector = Reflector::<Pod, PodIndex>::start(
-            meshca_ra::KubeClient::from_cluster_config(&cluster).expect("client"),
+            meshca_kube::KubeClient::new(&cluster.api_server()).expect("client"),
             ReflectorSettings::default(),
         );
         let mut rx = reflector.subscribe();

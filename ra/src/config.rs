@@ -11,10 +11,6 @@ use serde::{Deserialize, Serialize};
 /// Istio's default cluster id; an empty `clusterid` header means this one.
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 
-/// In-cluster service-account mount, as every Kubernetes client library reads it.
-pub const IN_CLUSTER_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
-pub const IN_CLUSTER_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GrpcConfig {
@@ -320,6 +316,19 @@ impl From<NodeAccount> for String {
 impl std::fmt::Display for NodeAccount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl ClusterConfig {
+    /// The API server settings (`api_server_*`, `request_timeout`) as the Kubernetes client
+    /// takes them.
+    pub fn api_server(&self) -> meshca_kube::Endpoint {
+        meshca_kube::Endpoint {
+            url: self.api_server_url.clone(),
+            ca_file: self.api_server_ca_file.clone(),
+            token_file: self.api_server_token_file.clone(),
+            request_timeout: self.request_timeout,
+        }
     }
 }
 

@@ -2,13 +2,12 @@
 //! authentication (renewal certs, Athenz X.509, Kubernetes JWTs) and node authorization of
 //! `ImpersonatedIdentity`, CSR checks, the published trust bundle and its stream, the
 //! observability endpoints, the admin/audit REST API with the rotation gates, and the
-//! Kubernetes client behind TokenReview, the pod caches and the root ConfigMaps.
+//! root ConfigMaps (through `meshca-kube`, which also backs TokenReview and the pod caches).
 
 pub mod auth;
 pub mod config;
 pub mod dev;
 pub mod jwk;
-pub mod kube;
 pub mod metrics;
 pub mod rest;
 pub mod root_configmap;
@@ -20,7 +19,6 @@ pub use config::{
     AthenzConfig, AuthConfig, ClusterConfig, GrpcConfig, IstioConfig, JwtMode, MetricsConfig,
     RestConfig, RestRole, RestToken,
 };
-pub use kube::{KubeClient, KubeClientError};
 /// TLS plumbing shared with the standalone CA service, which lives in the CA crate.
 pub use meshca_ca::tls;
 pub use root_configmap::{

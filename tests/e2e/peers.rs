@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use meshca_ca::testing::{CaSpec, LeafSpec, TestCa};
-use meshca_ra::kube::fake::FakeApiServer;
+use meshca_kube::fake::FakeApiServer;
 use serde_json::{json, Value};
 
 pub const REVIEWER_TOKEN: &str = "meshca-reviewer-token";

@@ -23,12 +23,15 @@ async fn the_publisher_writes_through_the_tls_api_server() {
     cluster.add_namespace("default", &[]);
     cluster.add_namespace("kube-public", &[]);
 
-    let client = meshca_ra::KubeClient::from_cluster_config(&ClusterConfig {
-        api_server_url: Some(format!("https://{addr}")),
-        api_server_ca_file: Some(dir.path().join("ca.crt")),
-        api_server_token_file: Some(dir.path().join("token")),
-        ..ClusterConfig::default()
-    })
+    let client = meshca_kube::KubeClient::new(
+        &ClusterConfig {
+            api_server_url: Some(format!("https://{addr}")),
+            api_server_ca_file: Some(dir.path().join("ca.crt")),
+            api_server_token_file: Some(dir.path().join("token")),
+            ..ClusterConfig::default()
+        }
+        .api_server(),
+    )
     .unwrap();
     let bundle = meshca_ca::testing::GeneratedChain::new(meshca_ca::KeyType::EcP256)
         .root

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::caller::{parse_service_account, AuthError, PodBinding, TokenIdentity};
 use crate::config::ClusterConfig;
-use crate::kube::{KubeClient, KubeClientError};
+use meshca_kube::{KubeClient, KubeClientError};
 
 const TOKEN_REVIEWS_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
@@ -80,10 +80,10 @@ struct UserInfo {
 // === impl TokenReviewer ===
 
 impl TokenReviewer {
-    /// Reaches the cluster's API server as [`KubeClient::from_cluster_config`] does.
+    /// Reaches the cluster's API server as [`ClusterConfig::api_server`] says.
     pub fn new(config: &ClusterConfig) -> Result<Self, KubeClientError> {
         Ok(Self {
-            api: KubeClient::from_cluster_config(config)?,
+            api: KubeClient::new(&config.api_server())?,
             audiences: config.audiences.clone(),
             cache: Mutex::new(HashMap::new()),
             cache_ttl: config.tokenreview_cache_ttl,

@@ -18,7 +18,7 @@ use super::plan::{
     ROOT_CONFIGMAP_NAME,
 };
 use super::queue::WorkQueue;
-use crate::kube::{
+use meshca_kube::{
     ConfigMap, KubeClient, KubeError, ListParams, Namespace, ObjectKey, ObjectMap, Reflector,
     ReflectorSettings, Resource, Snapshot,
 };
@@ -403,7 +403,7 @@ async fn reread(client: &KubeClient, namespace: &str) -> Result<Option<ConfigMap
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kube::ObjectMeta;
+    use meshca_kube::ObjectMeta;
 
     fn ns(name: &str, rv: &str) -> (ObjectKey, Arc<Namespace>) {
         let object = Namespace {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::{AuthConfig, IstioConfig};
-use crate::kube::{KubeClient, KubeClientError};
+use meshca_kube::{KubeClient, KubeClientError};
 
 pub use controller::{ReconcileError, RootConfigMapSettings, RECONCILE_BACKOFF};
 pub use plan::{
@@ -65,7 +65,7 @@ pub fn publisher_client(
         .clusters
         .get(&istio.cluster_id)
         .ok_or_else(|| RootConfigMapSetupError::UnknownCluster(istio.cluster_id.clone()))?;
-    KubeClient::from_cluster_config(cluster).map_err(|source| RootConfigMapSetupError::Client {
+    KubeClient::new(&cluster.api_server()).map_err(|source| RootConfigMapSetupError::Client {
         cluster: istio.cluster_id.clone(),
         source,
     })

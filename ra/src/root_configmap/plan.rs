@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::kube::{ConfigMap, Namespace, ObjectMap, ObjectMeta, Snapshot};
+use meshca_kube::{ConfigMap, Namespace, ObjectMap, ObjectMeta, Snapshot};
 
 /// The ConfigMap istio-agent mounts (istiod's `PILOT_CA_CERT_CONFIGMAP` default; istio-csr's
 /// fixed name).
@@ -228,7 +228,7 @@ mod tests {
                 name: name.into(),
                 ..ObjectMeta::default()
             },
-            status: crate::kube::objects::NamespaceStatus {
+            status: meshca_kube::objects::NamespaceStatus {
                 phase: Some(phase.into()),
                 ..Default::default()
             },

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use axum::routing::post;
 use axum::Json;
+use meshca_kube::{ConfigMap, KubeError, ListParams, Namespace, ObjectMeta};
 use meshca_ra::auth::tokenreview::TokenReviewer;
 use meshca_ra::config::ClusterConfig;
-use meshca_ra::kube::{ConfigMap, KubeError, ListParams, Namespace, ObjectMeta};
 use serde_json::json;
 
 use crate::{cluster, TOKEN};

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use meshca_ra::kube::fake::FakeApiServer;
+use meshca_kube::fake::FakeApiServer;
 use serde_json::{json, Value};
 
 use crate::{within, TOKEN};

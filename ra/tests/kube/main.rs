@@ -1,5 +1,5 @@
 //! The Kubernetes client, reflector and root-ConfigMap publisher against the fake API server
-//! (`meshca_ra::kube::fake`) over a real loopback socket: what a cluster operator would see in
+//! (`meshca_kube::fake`) over a real loopback socket: what a cluster operator would see in
 //! the cluster, and what the publisher reports.
 
 mod client;
@@ -10,9 +10,9 @@ mod reflector;
 use std::future::Future;
 use std::time::Duration;
 
+use meshca_kube::fake::FakeApiServer;
+use meshca_kube::KubeClient;
 use meshca_ra::config::ClusterConfig;
-use meshca_ra::kube::fake::FakeApiServer;
-use meshca_ra::kube::KubeClient;
 use tempfile::TempDir;
 
 pub const TOKEN: &str = "meshca-sa-token";
@@ -33,12 +33,15 @@ pub async fn cluster() -> Cluster {
     let token_file = dir.path().join("token");
     // Trailing newline, as kubelet-projected tokens do not have but hand-made files often do.
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let client = KubeClient::from_cluster_config(&ClusterConfig {
-        api_server_url: Some(format!("http://{addr}")),
-        api_server_token_file: Some(token_file.clone()),
-        request_timeout: Duration::from_secs(2),
-        ..ClusterConfig::default()
-    })
+    let client = KubeClient::new(
+        &ClusterConfig {
+            api_server_url: Some(format!("http://{addr}")),
+            api_server_token_file: Some(token_file.clone()),
+            request_timeout: Duration::from_secs(2),
+            ..ClusterConfig::default()
+        }
+        .api_server(),
+    )
     .unwrap()
     .with_watch_timeout(Duration::from_secs(30));
     Cluster {

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshca_kube::fake::FakeApiServer;
+use meshca_kube::{ConfigMap, KubeError};
 use meshca_pki::keys::sha256_hex;
-use meshca_ra::kube::fake::FakeApiServer;
-use meshca_ra::kube::{ConfigMap, KubeError};
 use meshca_ra::{RootCertPublisher, RootConfigMapSettings};
 use serde_json::json;
 use tokio::sync::watch;

@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use meshca_ra::kube::{
-    ConfigMap, ListParams, Namespace, Pod, PodIndex, Reflector, ReflectorSettings,
-};
+use meshca_kube::{ConfigMap, ListParams, Namespace, Pod, PodIndex, Reflector, ReflectorSettings};
 use serde_json::json;
 
 use crate::{cluster, eventually};

@@ -11,7 +11,7 @@ use meshca_ca::{SpiffeId, TrustDomain};
 
 use super::caller::Caller;
 use crate::config::{AuthConfig, NodeAccount, DEFAULT_CLUSTER_ID};
-use crate::kube::{
+use meshca_kube::{
     KubeClient, KubeClientError, ListParams, Pod, PodIndex, Reflector, ReflectorSettings,
 };
 
@@ -260,7 +260,7 @@ impl NodeAuthorizer {
         }
         let mut pods = BTreeMap::new();
         for (id, cluster) in &config.clusters {
-            let client = KubeClient::from_cluster_config(cluster).map_err(|source| {
+            let client = KubeClient::new(&cluster.api_server()).map_err(|source| {
                 NodeAuthorizerSetupError {
                     cluster: id.clone(),
                     source,

@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::auth::{AuthMethod, KubernetesCaller, PodBinding};
-use crate::kube::pods::{PodSpec, PodStatus};
-use crate::kube::{Cache, ObjectKey, ObjectMeta};
+use meshca_kube::pods::{PodSpec, PodStatus};
+use meshca_kube::{Cache, ObjectKey, ObjectMeta};
 
 const WEB: &str = "spiffe://cluster.local/ns/web/sa/web";
 

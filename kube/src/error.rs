@@ -52,11 +52,11 @@ pub enum KubeError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KubeClientError {
-    #[error("api_server_url is unset and KUBERNETES_SERVICE_HOST is not in the environment (not in a pod?)")]
+    #[error("no API server URL is configured and KUBERNETES_SERVICE_HOST is not in the environment (not in a pod?)")]
     NoApiServer,
-    #[error("api_server_url {url:?}: {reason}")]
+    #[error("URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
-    #[error("api_server_ca_file {}: {reason}", path.display())]
+    #[error("CA file {}: {reason}", path.display())]
     CaFile { path: PathBuf, reason: String },
     #[error("HTTP client: {0}")]
     Http(#[source] reqwest::Error),

@@ -13,7 +13,7 @@ pub mod pods;
 pub mod reflector;
 
 pub use api::{ListParams, WatchStream};
-pub use client::KubeClient;
+pub use client::{Endpoint, KubeClient, IN_CLUSTER_CA_FILE, IN_CLUSTER_TOKEN_FILE};
 pub use error::{KubeClientError, KubeError};
 pub use objects::{
     ConfigMap, Namespace, NamespaceStatus, ObjectList, ObjectMeta, Resource, Status, WatchEvent,

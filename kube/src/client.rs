@@ -1,5 +1,5 @@
 //! The connection to one cluster's API server: where it is, which CA verifies it, and which
-//! token meshca presents, worked out once from a `ClusterConfig` (in a pod, the same
+//! token meshca presents, worked out once from an [`Endpoint`] (in a pod, the same
 //! environment and service-account files every Kubernetes client library reads). Every call
 //! re-reads the token file, because projected tokens rotate under a running process.
 
@@ -10,13 +10,31 @@ use std::time::Duration;
 use reqwest::{Method, Url};
 
 use super::error::{KubeClientError, KubeError};
-use crate::config::{ClusterConfig, IN_CLUSTER_CA_FILE, IN_CLUSTER_TOKEN_FILE};
 
 /// The shortest time a watch asks the server to keep its stream open (each watch draws from
 /// one to two of these) before the server ends it and the reflector resumes. client-go draws
 /// from [5, 10) minutes for the same reasons: a fleet's watches do not reconnect at once, and a
 /// silently dead connection is given up.
 pub const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The service-account CA bundle every pod has, which verifies its cluster's API server.
+pub const IN_CLUSTER_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+/// The pod's own projected service-account token.
+pub const IN_CLUSTER_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// Where an API server (or a kubelet, which speaks the same objects) is and how meshca proves
+/// who it is there. Every field has the in-pod default a Kubernetes client library uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Default: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    pub url: Option<String>,
+    /// CA bundle verifying an https server (default: the pod's service-account `ca.crt`).
+    pub ca_file: Option<PathBuf>,
+    /// Bearer token presented on every call (default: the pod's service-account token).
+    pub token_file: Option<PathBuf>,
+    /// Bounds each unary call.
+    pub request_timeout: Duration,
+}
 
 /// A cheap-to-clone handle on one API server.
 #[derive(Clone, Debug)]
@@ -38,11 +56,10 @@ struct Inner {
 // === impl KubeClient ===
 
 impl KubeClient {
-    /// `api_server_url` (default `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`),
-    /// `api_server_ca_file` (default the pod's service-account `ca.crt`, read only for https),
-    /// `api_server_token_file` (default the pod's service-account token), `request_timeout`.
-    pub fn from_cluster_config(config: &ClusterConfig) -> Result<Self, KubeClientError> {
-        let url = match &config.api_server_url {
+    /// A client of `endpoint`; the CA file is read now (only for https), the token on every
+    /// call.
+    pub fn new(endpoint: &Endpoint) -> Result<Self, KubeClientError> {
+        let url = match &endpoint.url {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => in_cluster_url()?,
         };
@@ -57,11 +74,11 @@ impl KubeClient {
             });
         }
         let mut http = reqwest::Client::builder()
-            .connect_timeout(config.request_timeout)
+            .connect_timeout(endpoint.request_timeout)
             .redirect(reqwest::redirect::Policy::none());
         if base.scheme() == "https" {
-            let path = config
-                .api_server_ca_file
+            let path = endpoint
+                .ca_file
                 .clone()
                 .unwrap_or_else(|| IN_CLUSTER_CA_FILE.into());
             let pem = std::fs::read(&path).map_err(|e| KubeClientError::CaFile {
@@ -79,12 +96,12 @@ impl KubeClient {
         Ok(Self {
             inner: Arc::new(Inner {
                 base,
-                token_file: config
-                    .api_server_token_file
+                token_file: endpoint
+                    .token_file
                     .clone()
                     .unwrap_or_else(|| IN_CLUSTER_TOKEN_FILE.into()),
                 http: http.build().map_err(KubeClientError::Http)?,
-                request_timeout: config.request_timeout,
+                request_timeout: endpoint.request_timeout,
                 watch_timeout: DEFAULT_WATCH_TIMEOUT,
             }),
         })
@@ -195,9 +212,11 @@ mod tests {
     use super::*;
 
     fn client(url: &str) -> Result<KubeClient, KubeClientError> {
-        KubeClient::from_cluster_config(&ClusterConfig {
-            api_server_url: Some(url.into()),
-            ..ClusterConfig::default()
+        KubeClient::new(&Endpoint {
+            url: Some(url.into()),
+            ca_file: None,
+            token_file: None,
+            request_timeout: Duration::from_secs(5),
         })
     }
 
@@ -216,13 +235,14 @@ mod tests {
 
     #[test]
     fn https_needs_a_readable_ca_and_other_schemes_are_refused() {
-        let missing = ClusterConfig {
-            api_server_url: Some("https://127.0.0.1:6443".into()),
-            api_server_ca_file: Some("/nonexistent/ca.crt".into()),
-            ..ClusterConfig::default()
+        let missing = Endpoint {
+            url: Some("https://127.0.0.1:6443".into()),
+            ca_file: Some("/nonexistent/ca.crt".into()),
+            token_file: None,
+            request_timeout: Duration::from_secs(5),
         };
         assert!(matches!(
-            KubeClient::from_cluster_config(&missing),
+            KubeClient::new(&missing),
             Err(KubeClientError::CaFile { .. })
         ));
         assert!(matches!(

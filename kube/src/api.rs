@@ -251,7 +251,7 @@ async fn decode_body<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kube::objects::{ConfigMap, Namespace};
+    use crate::objects::{ConfigMap, Namespace};
 
     #[test]
     fn paths_follow_the_kind_scope() {

@@ -323,7 +323,7 @@ async fn pause(failures: &mut u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kube::objects::{ConfigMap, ObjectMeta};
+    use crate::objects::{ConfigMap, ObjectMeta};
 
     fn cm(ns: &str, rv: &str, value: &str) -> ConfigMap {
         ConfigMap {
