@@ -57,6 +57,64 @@ pub struct AgentConfig {
     /// Octal permissions of both sockets, e.g. `"0660"`; default `0777` with attestation (every
     /// process may connect and is served only itself) and `0660` without.
     pub socket_mode: Option<String>,
+    /// `attestation = "k8s"`: where the node's pods are read from.
+    pub k8s: K8sAttestationConfig,
+}
+
+/// `[agent.k8s]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct K8sAttestationConfig {
+    /// The node the agent runs on (the DaemonSet passes `spec.nodeName`); required.
+    pub node_name: Option<String>,
+    pub pod_source: PodSourceKind,
+    /// `pod_source = "api_server"`; each defaults to the pod's in-cluster setting.
+    pub api_server_url: Option<String>,
+    pub api_server_ca_file: Option<PathBuf>,
+    pub api_server_token_file: Option<PathBuf>,
+    /// `pod_source = "kubelet"`: e.g. `https://<node IP>:10250` (needs `nodes/proxy` get) or
+    /// the read-only `http://<node IP>:10255`; required in that mode.
+    pub kubelet_url: Option<String>,
+    /// CA bundle of the kubelet's serving certificate (https only; default the pod's
+    /// service-account `ca.crt`, right when kubelets get their serving certificates from the
+    /// cluster CA).
+    pub kubelet_ca_file: Option<PathBuf>,
+    /// Default: the pod's service-account token.
+    pub kubelet_token_file: Option<PathBuf>,
+    /// How long a client whose pod or container is not reported yet is waited for before it
+    /// is refused.
+    #[serde(with = "humantime_serde")]
+    pub pod_wait: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+/// `agent.k8s.pod_source`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodSourceKind {
+    /// Watch the node's pods on the API server.
+    #[default]
+    ApiServer,
+    /// Ask the kubelet for its pods.
+    Kubelet,
+}
+
+impl Default for K8sAttestationConfig {
+    fn default() -> Self {
+        Self {
+            node_name: None,
+            pod_source: PodSourceKind::ApiServer,
+            api_server_url: None,
+            api_server_ca_file: None,
+            api_server_token_file: None,
+            kubelet_url: None,
+            kubelet_ca_file: None,
+            kubelet_token_file: None,
+            pod_wait: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -85,6 +143,7 @@ impl Default for AgentConfig {
             max_identities: 256,
             identity_grace: Duration::from_secs(60),
             socket_mode: None,
+            k8s: K8sAttestationConfig::default(),
         }
     }
 }

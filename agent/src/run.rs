@@ -15,7 +15,11 @@ use tokio::sync::watch;
 
 use meshca_pki::TrustDomain;
 
-use crate::attest::{validate_rules, AttestationMode, Attestor};
+use crate::attest::{
+    validate_rules, AttestationMode, Attestor, AttestorSettings, K8sSettings, PodSource,
+};
+use crate::config::PodSourceKind;
+use meshca_kube::Endpoint;
 use crate::client::{AskedAs, CaClient, CaClientConfig, WorkloadIdentity};
 use crate::config::AgentConfig;
 use crate::credential::Credential;
@@ -50,7 +54,7 @@ pub enum Serving {
     Itself,
     /// Each attested client its own, asked for as a node agent.
     Attested {
-        attestor: Attestor,
+        attestor: AttestorSettings,
         trust_domain: TrustDomain,
         max_identities: usize,
         grace: std::time::Duration,
@@ -71,8 +75,8 @@ pub enum AgentError {
     Client(#[from] tonic::transport::Error),
     #[error(transparent)]
     UnixRules(#[from] crate::attest::UnixRulesError),
-    #[error("agent.attestation = \"k8s\" needs the pod attestor, which this build does not have yet; use \"none\" or \"unix\"")]
-    KubernetesAttestation,
+    #[error("agent.k8s: {0}")]
+    KubernetesAttestation(#[from] meshca_kube::KubeClientError),
     #[error("agent.socket_mode {0:?} is not octal permissions such as \"0660\"")]
     SocketMode(String),
     #[error("agent.trust_domain {0:?}: {1}")]
@@ -133,18 +137,22 @@ impl AgentSettings {
         let spiffe_id = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
         let td = TrustDomain::new(trust_domain)
             .map_err(|e| AgentError::TrustDomain(trust_domain.to_string(), e.to_string()))?;
-        let serving = match config.attestation {
-            AttestationMode::None => Serving::Itself,
-            AttestationMode::Unix => Serving::Attested {
-                attestor: Attestor::Unix {
-                    rules: validate_rules(&config.unix_rules, &td)?,
-                    proc_root: config.proc_root.clone(),
-                },
+        let attestor = match config.attestation {
+            AttestationMode::None => None,
+            AttestationMode::Unix => Some(AttestorSettings::Unix {
+                rules: validate_rules(&config.unix_rules, &td)?,
+                proc_root: config.proc_root.clone(),
+            }),
+            AttestationMode::K8s => Some(AttestorSettings::K8s(k8s_settings(config)?)),
+        };
+        let serving = match attestor {
+            None => Serving::Itself,
+            Some(attestor) => Serving::Attested {
+                attestor,
                 trust_domain: td,
                 max_identities: config.max_identities.max(1),
                 grace: config.identity_grace,
             },
-            AttestationMode::K8s => return Err(AgentError::KubernetesAttestation),
         };
         let socket_mode = match &config.socket_mode {
             Some(text) => parse_socket_mode(text)?,
@@ -191,6 +199,39 @@ impl AgentSettings {
             serving,
         })
     }
+}
+
+/// `[agent.k8s]` resolved: the node is required, and so is the kubelet's URL when it is the
+/// source.
+fn k8s_settings(config: &AgentConfig) -> Result<K8sSettings, AgentError> {
+    let k8s = &config.k8s;
+    let node_name = k8s
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or(AgentError::Missing("k8s.node_name (attestation = \"k8s\")"))?;
+    let source = match k8s.pod_source {
+        PodSourceKind::ApiServer => PodSource::ApiServer(Endpoint {
+            url: k8s.api_server_url.clone(),
+            ca_file: k8s.api_server_ca_file.clone(),
+            token_file: k8s.api_server_token_file.clone(),
+            request_timeout: k8s.request_timeout,
+        }),
+        PodSourceKind::Kubelet => PodSource::Kubelet(Endpoint {
+            url: Some(k8s.kubelet_url.clone().ok_or(AgentError::Missing(
+                "k8s.kubelet_url (pod_source = \"kubelet\")",
+            ))?),
+            ca_file: k8s.kubelet_ca_file.clone(),
+            token_file: k8s.kubelet_token_file.clone(),
+            request_timeout: k8s.request_timeout,
+        }),
+    };
+    Ok(K8sSettings {
+        node_name,
+        source,
+        pod_wait: k8s.pod_wait,
+        proc_root: config.proc_root.clone(),
+    })
 }
 
 /// `"0660"`, `"0o660"` or `"660"`: octal permission bits, nothing above `0o777`.
@@ -251,9 +292,13 @@ pub async fn run(
         })?;
     match &settings.serving {
         Serving::Itself => println!("meshca agent for {}", settings.spiffe_id),
-        Serving::Attested { .. } => println!(
-            "meshca agent ({}), serving attested workloads (unix rules)",
-            settings.spiffe_id
+        Serving::Attested { attestor, .. } => println!(
+            "meshca agent ({}), serving attested workloads ({})",
+            settings.spiffe_id,
+            match attestor {
+                AttestorSettings::Unix { .. } => "unix rules".to_string(),
+                AttestorSettings::K8s(k8s) => format!("pods of node {}", k8s.node_name),
+            }
         ),
     }
     println!("  CA:                 {}", settings.client.ca_addr);
@@ -284,7 +329,7 @@ pub async fn run(
             max_identities,
             grace,
         } => Workloads::Attested {
-            attestor: Arc::new(attestor),
+            attestor: Arc::new(Attestor::start(attestor)?),
             pool: IdentityPool::new(
                 PoolSettings {
                     trust_domain,
@@ -453,9 +498,27 @@ mod tests {
             attestation: AttestationMode::K8s,
             ..AgentConfig::default()
         };
-        assert!(matches!(
-            resolve(&k8s),
-            Err(AgentError::KubernetesAttestation)
-        ));
+        let error = resolve(&k8s).unwrap_err().to_string();
+        assert!(error.contains("agent.k8s.node_name"), "{error}");
+        let mut kubelet = AgentConfig {
+            attestation: AttestationMode::K8s,
+            ..AgentConfig::default()
+        };
+        kubelet.k8s.node_name = Some("worker-1".into());
+        kubelet.k8s.pod_source = PodSourceKind::Kubelet;
+        let error = resolve(&kubelet).unwrap_err().to_string();
+        assert!(error.contains("agent.k8s.kubelet_url"), "{error}");
+        kubelet.k8s.kubelet_url = Some("http://10.0.0.1:10255".into());
+        let settings = resolve(&kubelet).unwrap();
+        assert_eq!(settings.socket_mode, 0o777);
+        let Serving::Attested {
+            attestor: AttestorSettings::K8s(k8s),
+            ..
+        } = settings.serving
+        else {
+            panic!("not the k8s attestor");
+        };
+        assert_eq!(k8s.node_name, "worker-1");
+        assert!(matches!(k8s.source, PodSource::Kubelet(e) if e.url.as_deref() == Some("http://10.0.0.1:10255")));
     }
 }

@@ -1,13 +1,15 @@
-//! A small Kubernetes API client for what meshca needs of a cluster: TokenReview, and
+//! A small Kubernetes API client for what meshca needs of a cluster: TokenReview,
 //! list/watch/create/update of core/v1 objects, with a reflector that keeps a local cache of
-//! one kind (the objects, or an index of them such as the pods by node). One place knows how
-//! to reach and authenticate to the API server.
+//! one kind (the objects, or an index of them: the pods by node for the RA's node
+//! authorization, one node's pods by UID for the agent's workload attestation), and the
+//! kubelet's pod list. One place knows how to reach and authenticate to the API server.
 
 pub mod api;
 pub mod client;
 pub mod error;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
+pub mod local_pods;
 pub mod objects;
 pub mod pods;
 pub mod reflector;
@@ -18,5 +20,6 @@ pub use error::{KubeClientError, KubeError};
 pub use objects::{
     ConfigMap, Namespace, NamespaceStatus, ObjectList, ObjectMeta, Resource, Status, WatchEvent,
 };
-pub use pods::{Pod, PodFacts, PodIndex};
+pub use local_pods::{LocalPod, PodsByUid};
+pub use pods::{ContainerStatus, Pod, PodFacts, PodIndex};
 pub use reflector::{Cache, ObjectKey, ObjectMap, Reflector, ReflectorSettings, Snapshot};

@@ -35,10 +35,28 @@ pub struct PodSpec {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PodStatus {
     /// `Pending`, `Running`, `Succeeded`, `Failed` or `Unknown`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// The running (or last run) containers; workload attestation matches a process's
+    /// container id against these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_statuses: Vec<ContainerStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_container_statuses: Vec<ContainerStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ephemeral_container_statuses: Vec<ContainerStatus>,
+}
+
+/// `v1.ContainerStatus`: only the runtime's id of the container.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    /// `<runtime>://<id>`, e.g. `containerd://4f3a…`; empty until the container was created.
+    #[serde(default, rename = "containerID", skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 /// What the index keeps of one pod.
@@ -74,6 +92,25 @@ impl Resource for Pod {
     }
     fn metadata_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
+    }
+}
+
+impl Pod {
+    /// The service account the pod runs as: `default` when the spec names none.
+    pub fn service_account(&self) -> &str {
+        self.spec
+            .service_account_name
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
+    }
+
+    /// Succeeded or Failed: its containers are gone and will not start again.
+    pub fn finished(&self) -> bool {
+        matches!(
+            self.status.phase.as_deref(),
+            Some("Succeeded") | Some("Failed")
+        )
     }
 }
 
@@ -118,26 +155,16 @@ impl PodIndex {
     }
 
     fn facts(pod: &Pod) -> PodFacts {
-        let finished = matches!(
-            pod.status.phase.as_deref(),
-            Some("Succeeded") | Some("Failed")
-        );
-        let service_account = pod
-            .spec
-            .service_account_name
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .unwrap_or("default");
         PodFacts {
             uid: pod.metadata.uid.as_deref().unwrap_or_default().into(),
-            service_account: service_account.into(),
+            service_account: pod.service_account().into(),
             node: pod
                 .spec
                 .node_name
                 .as_deref()
                 .filter(|n| !n.is_empty())
                 .map(Box::from),
-            finished,
+            finished: pod.finished(),
         }
     }
 }
@@ -187,6 +214,7 @@ mod tests {
             },
             status: PodStatus {
                 phase: Some(phase.into()),
+                ..PodStatus::default()
             },
         }
     }

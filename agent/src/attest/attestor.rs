@@ -1,21 +1,39 @@
 //! The configured attestor: turns a socket peer's credentials into the workload identity it is
 //! served, or says why it gets none. `unix` reads the peer's executable from the proc tree and
-//! applies the rules; the decision itself is `unix::resolve`'s.
+//! applies the rules (the decision itself is `unix::resolve`'s); `k8s` finds the peer's pod
+//! (`k8s`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use meshca_kube::KubeClientError;
+
+use super::k8s::{K8sAttestor, K8sSettings};
 use super::unix::{self, UnixRule};
 use super::workload::{PeerCredentials, WorkloadId};
 
-/// How callers are attested when the agent serves more than its own identity.
+/// How callers are to be attested when the agent serves more than its own identity, as
+/// configured; [`Attestor::start`] makes it run.
 #[derive(Clone, Debug)]
-pub enum Attestor {
+pub enum AttestorSettings {
     /// `attestation = "unix"`: uid, gid and executable rules, SPIRE's unix attestor.
     Unix {
         rules: Vec<UnixRule>,
         /// `/proc`, or a fake tree in tests.
         proc_root: PathBuf,
     },
+    /// `attestation = "k8s"`: the peer's pod on this node, SPIRE's k8s attestor.
+    K8s(K8sSettings),
+}
+
+/// A running attestor.
+#[derive(Debug)]
+pub enum Attestor {
+    Unix {
+        rules: Vec<UnixRule>,
+        proc_root: PathBuf,
+    },
+    K8s(K8sAttestor),
 }
 
 /// Why a caller was served nothing. The reason goes back to the caller (it is about the
@@ -31,11 +49,44 @@ pub enum AttestError {
         gid: u32,
         exe: Option<PathBuf>,
     },
+    #[error("the peer's pid is not visible to the agent (another pid namespace: a node agent needs hostPID)")]
+    NoPid,
+    #[error("process {pid} exited before it could be attested")]
+    ProcessGone { pid: u32 },
+    #[error("process {pid} does not run in a pod's container (its cgroup names none)")]
+    NotInPod { pid: u32 },
+    #[error("no pod with UID {uid} on node {node} (waited {})", humantime::format_duration(*waited))]
+    PodUnknown {
+        uid: String,
+        node: String,
+        waited: Duration,
+    },
+    #[error("pod {pod} has no container {container} (waited {})", humantime::format_duration(*waited))]
+    ContainerUnknown {
+        pod: String,
+        container: String,
+        waited: Duration,
+    },
+    #[error("pod {pod} has finished")]
+    PodFinished { pod: String },
+    #[error("pod {pod} runs as no valid identity: {reason}")]
+    InvalidIdentity { pod: String, reason: String },
+    #[error("the pods of node {node} are not known: {reason}")]
+    PodsUnavailable { node: String, reason: String },
 }
 
 // === impl Attestor ===
 
 impl Attestor {
+    /// Runs `settings`; the `k8s` attestor starts following the node's pods at once, so this
+    /// needs a Tokio runtime.
+    pub fn start(settings: AttestorSettings) -> Result<Self, KubeClientError> {
+        Ok(match settings {
+            AttestorSettings::Unix { rules, proc_root } => Self::Unix { rules, proc_root },
+            AttestorSettings::K8s(k8s) => Self::K8s(K8sAttestor::start(k8s)?),
+        })
+    }
+
     pub async fn attest(&self, peer: Option<PeerCredentials>) -> Result<WorkloadId, AttestError> {
         let peer = peer.ok_or(AttestError::NoPeerCredentials)?;
         match self {
@@ -47,6 +98,7 @@ impl Attestor {
                     exe,
                 })
             }
+            Self::K8s(k8s) => k8s.attest(&peer).await,
         }
     }
 }
@@ -59,6 +111,14 @@ impl AttestError {
         match self {
             Self::NoPeerCredentials => "no_peer_credentials",
             Self::NoRule { .. } => "no_rule",
+            Self::NoPid => "no_pid",
+            Self::ProcessGone { .. } => "process_gone",
+            Self::NotInPod { .. } => "not_in_pod",
+            Self::PodUnknown { .. } => "pod_unknown",
+            Self::ContainerUnknown { .. } => "container_unknown",
+            Self::PodFinished { .. } => "pod_finished",
+            Self::InvalidIdentity { .. } => "invalid_identity",
+            Self::PodsUnavailable { .. } => "pods_unavailable",
         }
     }
 }

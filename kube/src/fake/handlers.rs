@@ -437,7 +437,7 @@ impl Filter {
 }
 
 /// A JSON answer: 200 with the object, or the refusal's code with its `Status`.
-fn answer(result: Result<Value, Refusal>) -> Response {
+pub(super) fn answer(result: Result<Value, Refusal>) -> Response {
     match result {
         Ok(object) => (StatusCode::OK, axum::Json(object)).into_response(),
         Err((code, body)) => (
@@ -449,7 +449,7 @@ fn answer(result: Result<Value, Refusal>) -> Response {
 }
 
 /// `Authorization: Bearer <token>` or 401, as the authenticator answers.
-fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Refusal> {
+pub(super) fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), Refusal> {
     let expected = format!("Bearer {}", shared.token);
     if headers
         .get("authorization")

@@ -6,6 +6,7 @@
 //! (`testing` feature).
 
 mod handlers;
+mod kubelet;
 mod paging;
 mod pods;
 mod selector;
@@ -17,6 +18,16 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use store::{Broadcast, Shared};
+
+/// Serves `app` on a loopback port for the life of the runtime.
+async fn serve(app: axum::Router) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
 
 /// Handle on one fake server's state; clones share it.
 #[derive(Clone, Debug)]
@@ -39,15 +50,19 @@ impl FakeApiServer {
         handlers::router(self.shared.clone())
     }
 
+    /// The kubelet of `node`: its `GET /pods`, listing this cluster's pods bound there.
+    pub fn kubelet_router(&self, node: &str) -> axum::Router {
+        kubelet::router(self.shared.clone(), node.to_string())
+    }
+
     /// Serves [`Self::router`] over plain HTTP on a loopback port for the life of the runtime.
     pub async fn serve_http(&self) -> std::io::Result<SocketAddr> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let app = self.router();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(addr)
+        serve(self.router()).await
+    }
+
+    /// Serves [`Self::kubelet_router`] over plain HTTP, as a kubelet's read-only port does.
+    pub async fn serve_kubelet_http(&self, node: &str) -> std::io::Result<SocketAddr> {
+        serve(self.kubelet_router(node)).await
     }
 
     /// Creates an Active namespace with these labels (plus `kubernetes.io/metadata.name`).
@@ -243,6 +258,12 @@ impl FakeApiServer {
         };
         self.shared.publish(&mut store, vec![change]);
         true
+    }
+
+    /// The id of the container a bound pod runs (`status.containerStatuses[0].containerID`
+    /// after `containerd://`), known from the pod's UID alone.
+    pub fn container_id(pod_uid: &str) -> String {
+        pods::container_id(pod_uid)
     }
 
     /// The stored pod, as a GET would return it.

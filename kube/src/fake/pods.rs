@@ -285,7 +285,26 @@ fn bind(pod: &mut Value, node: &str, ip: Ipv4Addr) {
     status["hostIPs"] = json!([{"ip": host_ip}]);
     status["podIP"] = ip.clone().into();
     status["podIPs"] = json!([{"ip": ip}]);
-    status["startTime"] = at.into();
+    status["startTime"] = at.clone().into();
+    // The runtime's id of the started container, as containerd reports it to the kubelet.
+    let id = container_id(pod["metadata"]["uid"].as_str().unwrap_or_default());
+    let image = pod["spec"]["containers"][0]["image"].clone();
+    pod["status"]["containerStatuses"] = json!([{
+        "name": "app",
+        "state": {"running": {"startedAt": at}},
+        "lastState": {},
+        "ready": true,
+        "restartCount": 0,
+        "image": image,
+        "containerID": format!("containerd://{id}"),
+        "started": true,
+    }]);
+}
+
+/// The id the fake runtime gives a pod's container: 64 hex digits as containerd's, derived
+/// from the pod's UID so that a test can place a process in it before the pod is bound.
+pub(crate) fn container_id(pod_uid: &str) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pod_uid.as_bytes()))
 }
 
 /// The app, ReplicaSet and pod-template-hash a pod's name implies.
