@@ -6,6 +6,7 @@
 //! without bound.
 
 use std::collections::HashMap;
+use std::fmt::Write;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -54,10 +55,14 @@ struct PoolInner {
 #[derive(Debug)]
 struct Entry {
     served: Served,
+    refused: Refused,
     leases: usize,
     /// When the last lease was returned; None while leased.
     idle_since: Option<Instant>,
 }
+
+/// Why the CA refuses an identity, while it does.
+pub type Refused = watch::Receiver<Option<Arc<str>>>;
 
 /// A stream's hold on its identity; the identity's key is kept while any lease lives.
 #[derive(Debug)]
@@ -65,6 +70,7 @@ pub struct Lease {
     pool: Weak<PoolInner>,
     id: WorkloadId,
     pub served: Served,
+    pub refused: Refused,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +86,39 @@ pub struct HeldIdentity {
     pub id: WorkloadId,
     pub streams: usize,
     pub has_certificate: bool,
+    /// The CA's last refusal, while it refuses.
+    pub refused: Option<Arc<str>>,
+}
+
+/// The identities a node agent holds for attested clients: streams on each, whether it has a
+/// certificate, and whether the CA refuses it (the reason is in the log and told to the
+/// identity's clients). At most `agent.max_identities` series each.
+pub fn render_metrics(held: &[HeldIdentity]) -> String {
+    let mut out = String::new();
+    let families: [(&str, &str, fn(&HeldIdentity) -> usize); 3] = [
+        (
+            "meshca_agent_identity_streams",
+            "Streams served each held identity (zero during its grace period).",
+            |h| h.streams,
+        ),
+        (
+            "meshca_agent_identity_certified",
+            "1 when the held identity has a certificate to serve.",
+            |h| usize::from(h.has_certificate),
+        ),
+        (
+            "meshca_agent_identity_refused",
+            "1 while the CA refuses the held identity (its last answer was a refusal).",
+            |h| usize::from(h.refused.is_some()),
+        ),
+    ];
+    for (name, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for h in held {
+            let _ = writeln!(out, "{name}{{identity=\"{}\"}} {}", h.id, value(h));
+        }
+    }
+    out
 }
 
 // === impl IdentityPool ===
@@ -110,7 +149,7 @@ impl IdentityPool {
         if let Some(entry) = entries.get_mut(id) {
             entry.leases += 1;
             entry.idle_since = None;
-            return Ok(self.lease(id, entry.served.clone()));
+            return Ok(self.lease(id, entry));
         }
         if entries.len() >= self.inner.settings.max_identities {
             let oldest_idle = entries
@@ -130,24 +169,25 @@ impl IdentityPool {
                 }
             }
         }
-        let served = self.inner.start(id);
-        entries.insert(
-            id.clone(),
-            Entry {
-                served: served.clone(),
-                leases: 1,
-                idle_since: None,
-            },
-        );
+        let (served, refused) = self.inner.start(id);
+        let entry = Entry {
+            served,
+            refused,
+            leases: 1,
+            idle_since: None,
+        };
+        let lease = self.lease(id, &entry);
+        entries.insert(id.clone(), entry);
         tracing::info!(identity = %id, "holding a new identity");
-        Ok(self.lease(id, served))
+        Ok(lease)
     }
 
-    fn lease(&self, id: &WorkloadId, served: Served) -> Lease {
+    fn lease(&self, id: &WorkloadId, entry: &Entry) -> Lease {
         Lease {
             pool: Arc::downgrade(&self.inner),
             id: id.clone(),
-            served,
+            served: entry.served.clone(),
+            refused: entry.refused.clone(),
         }
     }
 
@@ -160,6 +200,7 @@ impl IdentityPool {
                 id: id.clone(),
                 streams: e.leases,
                 has_certificate: e.served.borrow().is_some(),
+                refused: e.refused.borrow().clone(),
             })
             .collect();
         held.sort_by(|a, b| a.id.cmp(&b.id));
@@ -176,23 +217,25 @@ impl PoolInner {
 
     /// Starts `id`'s rotation loop; it (and its key) ends when every receiver of what it
     /// serves is gone.
-    fn start(&self, id: &WorkloadId) -> Served {
+    fn start(&self, id: &WorkloadId) -> (Served, Refused) {
         let identity = WorkloadIdentity {
             spiffe_id: id.spiffe_id(&self.settings.trust_domain).to_string(),
             asked_as: AskedAs::NodeAgent,
             ..self.settings.template.clone()
         };
         let (fresh_tx, fresh_rx) = watch::channel(None);
+        let (refusal_tx, refused) = watch::channel(None);
         tokio::spawn(keep_fresh(
             self.client.clone(),
             identity,
             fresh_tx,
             self.metrics.clone(),
             self.bundle.clone(),
+            refusal_tx,
         ));
         let (served_tx, served_rx) = watch::channel(None);
         tokio::spawn(bundle::combine(fresh_rx, self.bundle.clone(), served_tx));
-        served_rx
+        (served_rx, refused)
     }
 
     /// A lease was returned: an identity with no streams left is dropped after the grace
@@ -283,6 +326,9 @@ mod tests {
                 });
             self.asked.lock().unwrap().push(impersonated.clone());
             let id = impersonated.ok_or_else(|| Status::unauthenticated("not a node agent"))?;
+            if id.contains("/ns/far/") {
+                return Err(Status::unauthenticated("no pod of far/far on this node"));
+            }
             Ok(Response::new(IstioCertificateResponse {
                 cert_chain: response(&self.authority, &body.csr, &id),
             }))
@@ -396,5 +442,28 @@ mod tests {
         let _c = pool.acquire(&id("c", "c")).unwrap();
         let held: Vec<String> = pool.held().iter().map(|h| h.id.to_string()).collect();
         assert_eq!(held, ["b/b", "c/c"]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_identity_says_so_until_it_is_issued() {
+        let (pool, _) = pool(8, Duration::from_secs(60));
+        let mut far = pool.acquire(&id("far", "far")).unwrap();
+        let reason = far.refused.wait_for(Option::is_some).await.unwrap().clone();
+        assert!(
+            reason.unwrap().contains("no pod of far/far on this node"),
+            "the RA's own words reach the clients"
+        );
+        let mut web = pool.acquire(&id("web", "web")).unwrap();
+        certificate(&mut web).await;
+        let metrics = render_metrics(&pool.held());
+        for line in [
+            "meshca_agent_identity_refused{identity=\"far/far\"} 1",
+            "meshca_agent_identity_refused{identity=\"web/web\"} 0",
+            "meshca_agent_identity_certified{identity=\"far/far\"} 0",
+            "meshca_agent_identity_certified{identity=\"web/web\"} 1",
+            "meshca_agent_identity_streams{identity=\"web/web\"} 1",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+        }
     }
 }

@@ -15,15 +15,20 @@ use crate::timing::RetryClass;
 use meshca_pki::time::random_unit;
 use meshca_pki::timing as pki_timing;
 
+/// Why the CA refuses an identity (its answer), while it does; cleared by the next issuance.
+pub type Refusal = watch::Sender<Option<Arc<str>>>;
+
 /// Keeps `identity`'s credential fresh and published on `tx` until every receiver is gone.
 /// Rotates at the grace point; failures back off (fast for transient codes, slow for
-/// refusals) while the last good credential stays published until it expires.
+/// refusals) while the last good credential stays published until it expires. A refusal's
+/// reason is published on `refusal` so that the identity's clients can be told.
 pub async fn keep_fresh(
     client: CaClient,
     identity: WorkloadIdentity,
     tx: watch::Sender<Option<Arc<Credential>>>,
     metrics: Arc<AgentMetrics>,
     mut bundle: watch::Receiver<Arc<StreamBundle>>,
+    refusal: Refusal,
 ) {
     let mut attempt = 0u32;
     let mut bundle_open = true;
@@ -47,6 +52,7 @@ pub async fn keep_fresh(
                     "certificate renewed"
                 );
                 tx.send_replace(Some(Arc::new(credential)));
+                refusal.send_if_modified(|r| r.take().is_some());
                 pki_timing::delay_until(at, SystemTime::now())
             }
             Err(error) => {
@@ -59,7 +65,8 @@ pub async fn keep_fresh(
                         tracing::warn!(spiffe_id = %identity.spiffe_id, %error, ?delay, "certificate request failed; retrying")
                     }
                     RetryClass::Slow => {
-                        tracing::error!(spiffe_id = %identity.spiffe_id, %error, ?delay, "certificate request refused; retrying slowly")
+                        tracing::error!(spiffe_id = %identity.spiffe_id, %error, ?delay, "certificate request refused; retrying slowly");
+                        refusal.send_replace(Some(error.to_string().into()));
                     }
                 }
                 let expired = tx
@@ -176,7 +183,14 @@ mod tests {
             let (bundle, bundle_rx) = watch::channel(Arc::default());
             let metrics = Arc::new(AgentMetrics::default());
             let client = CaClient::with_service(ra, None, "Kubernetes");
-            tokio::spawn(keep_fresh(client, identity, tx, metrics.clone(), bundle_rx));
+            tokio::spawn(keep_fresh(
+                client,
+                identity,
+                tx,
+                metrics.clone(),
+                bundle_rx,
+                watch::Sender::new(None),
+            ));
             Self {
                 calls,
                 published,

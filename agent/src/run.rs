@@ -18,18 +18,18 @@ use meshca_pki::TrustDomain;
 use crate::attest::{
     validate_rules, AttestationMode, Attestor, AttestorSettings, K8sSettings, PodSource,
 };
-use crate::config::PodSourceKind;
-use meshca_kube::Endpoint;
 use crate::client::{AskedAs, CaClient, CaClientConfig, WorkloadIdentity};
 use crate::config::AgentConfig;
+use crate::config::PodSourceKind;
 use crate::credential::Credential;
-use crate::identities::{IdentityPool, PoolSettings};
+use crate::identities::{self, IdentityPool, PoolSettings};
 use crate::metrics::AgentMetrics;
 use crate::refresh::keep_fresh;
 use crate::sds::SdsService;
 use crate::workload_api::{ATTESTED_SOCKET_MODE, PRIVATE_SOCKET_MODE};
 use crate::workloads::Workloads;
 use crate::{bundle, output, sds, workload_api};
+use meshca_kube::Endpoint;
 
 /// The agent's settings after defaults are applied.
 #[derive(Clone, Debug)]
@@ -265,6 +265,8 @@ pub async fn run(
         fresh_tx,
         metrics.clone(),
         bundle_rx.clone(),
+        // The agent's own identity: a refusal is in its log and `/readyz`, not told to clients.
+        watch::Sender::new(None),
     ));
     let (pool_client, bundle_for_pool) = (client.clone(), bundle_rx.clone());
     tokio::spawn(bundle::follow_trust_bundle(client, bundle_tx));
@@ -352,6 +354,10 @@ pub async fn run(
             let _ = api_stop.recv().await;
         },
     );
+    let pool = match &workloads {
+        Workloads::Itself(_) => None,
+        Workloads::Attested { pool, .. } => Some(pool.clone()),
+    };
     let sds_service = SdsService::serving(workloads, metrics.clone());
     let sds = sds::serve(
         sds_service.clone(),
@@ -361,11 +367,10 @@ pub async fn run(
             let _ = sds_stop.recv().await;
         },
     );
-    let http = axum::serve(listener, http_app(rx, sds_service, metrics)).with_graceful_shutdown(
-        async move {
+    let http = axum::serve(listener, http_app(rx, sds_service, metrics, pool))
+        .with_graceful_shutdown(async move {
             let _ = http_stop.recv().await;
-        },
-    );
+        });
     let (api, sds, http) = tokio::join!(api, sds, http);
     sds.map_err(|source| AgentError::Serve {
         what: "agent.sds_socket",
@@ -403,9 +408,16 @@ struct HttpState {
     current: Current,
     sds: SdsService,
     metrics: Arc<AgentMetrics>,
+    /// With attestation, the identities held for clients.
+    pool: Option<IdentityPool>,
 }
 
-fn http_app(current: Current, sds: SdsService, metrics: Arc<AgentMetrics>) -> Router {
+fn http_app(
+    current: Current,
+    sds: SdsService,
+    metrics: Arc<AgentMetrics>,
+    pool: Option<IdentityPool>,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -414,6 +426,7 @@ fn http_app(current: Current, sds: SdsService, metrics: Arc<AgentMetrics>) -> Ro
             current,
             sds,
             metrics,
+            pool,
         })
 }
 
@@ -426,7 +439,11 @@ async fn ready(State(state): State<HttpState>) -> (StatusCode, &'static str) {
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> String {
-    state.metrics.render(&state.sds.expiries())
+    let mut out = state.metrics.render(&state.sds.expiries());
+    if let Some(pool) = &state.pool {
+        out.push_str(&identities::render_metrics(&pool.held()));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -519,6 +536,8 @@ mod tests {
             panic!("not the k8s attestor");
         };
         assert_eq!(k8s.node_name, "worker-1");
-        assert!(matches!(k8s.source, PodSource::Kubelet(e) if e.url.as_deref() == Some("http://10.0.0.1:10255")));
+        assert!(
+            matches!(k8s.source, PodSource::Kubelet(e) if e.url.as_deref() == Some("http://10.0.0.1:10255"))
+        );
     }
 }

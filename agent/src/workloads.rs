@@ -31,6 +31,8 @@ pub struct Assigned {
     pub served: Served,
     /// Who the client was attested as (None: the agent's own identity).
     pub workload: Option<WorkloadId>,
+    /// What the kernel said about an attested client.
+    pub peer: Option<PeerCredentials>,
     _lease: Option<Lease>,
 }
 
@@ -38,13 +40,15 @@ pub struct Assigned {
 
 impl Workloads {
     /// The credential `request`'s client is to be served: `PERMISSION_DENIED` with the reason
-    /// when it cannot be attested, `RESOURCE_EXHAUSTED` when the agent holds as many
-    /// identities as it may and all are in use.
+    /// when it cannot be attested or the CA refuses its identity (and no certificate of it is
+    /// held), `RESOURCE_EXHAUSTED` when the agent holds as many identities as it may and all
+    /// are in use. An attested client's identity without a certificate yet is waited for.
     pub async fn assign<T>(&self, request: &Request<T>) -> Result<Assigned, Status> {
         match self {
             Self::Itself(served) => Ok(Assigned {
                 served: served.clone(),
                 workload: None,
+                peer: None,
                 _lease: None,
             }),
             Self::Attested {
@@ -67,12 +71,34 @@ impl Workloads {
                     tracing::warn!(%workload, %error, "no room for another identity");
                     Status::resource_exhausted(error.to_string())
                 })?;
+                if let Some(reason) = first_answer(&lease).await {
+                    metrics.unattested("refused_by_ca");
+                    return Err(Status::permission_denied(format!(
+                        "the CA refuses identity {workload}: {reason}"
+                    )));
+                }
                 Ok(Assigned {
                     served: lease.served.clone(),
                     workload: Some(workload),
+                    peer,
                     _lease: Some(lease),
                 })
             }
         }
     }
+}
+
+/// Waits until `lease`'s identity holds a certificate (None) or the CA refuses it (the
+/// reason). A certificate still held wins over a refusal of its renewal: it stays valid.
+async fn first_answer(lease: &Lease) -> Option<Arc<str>> {
+    let (mut served, mut refused) = (lease.served.clone(), lease.refused.clone());
+    let reason = tokio::select! {
+        biased;
+        _ = served.wait_for(Option::is_some) => return None,
+        reason = refused.wait_for(Option::is_some) => reason.ok().and_then(|r| r.clone()),
+    };
+    if lease.served.borrow().is_some() {
+        return None;
+    }
+    reason
 }

@@ -17,9 +17,9 @@ pub mod reflector;
 pub use api::{ListParams, WatchStream};
 pub use client::{Endpoint, KubeClient, IN_CLUSTER_CA_FILE, IN_CLUSTER_TOKEN_FILE};
 pub use error::{KubeClientError, KubeError};
+pub use local_pods::{LocalPod, PodsByUid};
 pub use objects::{
     ConfigMap, Namespace, NamespaceStatus, ObjectList, ObjectMeta, Resource, Status, WatchEvent,
 };
-pub use local_pods::{LocalPod, PodsByUid};
 pub use pods::{ContainerStatus, Pod, PodFacts, PodIndex};
 pub use reflector::{Cache, ObjectKey, ObjectMap, Reflector, ReflectorSettings, Snapshot};

@@ -55,7 +55,11 @@ pub struct PodStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStatus {
     /// `<runtime>://<id>`, e.g. `containerd://4f3a…`; empty until the container was created.
-    #[serde(default, rename = "containerID", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "containerID",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub container_id: Option<String>,
 }
 

@@ -83,6 +83,7 @@ async fn rotates_before_expiry_and_survives_a_server_outage() {
         tx,
         agent_metrics.clone(),
         bundle_rx,
+        watch::Sender::new(None),
     ));
 
     let first = next_credential(&mut rx, Duration::from_secs(15)).await;

@@ -168,9 +168,8 @@ impl K8sAttestor {
                     return Err(missing);
                 }
                 // One more fetch right at the deadline, if the pace allows none before.
-                let next = fetched_at.map_or_else(Instant::now, |at| {
-                    (at + KUBELET_MIN_REFRESH).min(deadline)
-                });
+                let next = fetched_at
+                    .map_or_else(Instant::now, |at| (at + KUBELET_MIN_REFRESH).min(deadline));
                 tokio::time::sleep_until(next).await;
                 let mut list = list.lock().await;
                 if list.fetched_at != fetched_at {
@@ -339,7 +338,10 @@ mod tests {
             let refused = f.attest(1).await.unwrap_err();
             assert_eq!(refused.reason(), "pod_unknown", "{refused}");
             assert!(started.elapsed() >= Duration::from_millis(1500));
-            assert!(refused.to_string().contains("on node worker-1"), "{refused}");
+            assert!(
+                refused.to_string().contains("on node worker-1"),
+                "{refused}"
+            );
 
             let (here, _) = f.pod("shop", "api-5c6b7-q8w9e", "api", NODE);
             f.process_in(2, &here, &"f".repeat(64));

@@ -12,8 +12,8 @@ pub mod unix;
 mod workload;
 
 pub use attestor::{AttestError, Attestor, AttestorSettings};
-pub use k8s::{K8sSettings, PodSource};
 pub use cgroup::{parse_cgroup, read_container, ContainerId, ContainerRef, PodUid};
+pub use k8s::{K8sSettings, PodSource};
 // `unix::resolve` stays behind its module name: it is one of two ways to resolve an identity.
 pub use unix::{
     read_exe, validate_rules, RuleTargetError, UnixMatcher, UnixRule, UnixRuleConfig,

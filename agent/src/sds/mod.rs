@@ -29,9 +29,11 @@ use crate::metrics::{AgentMetrics, StreamKind};
 use crate::workload_api::serve_unix;
 use crate::workloads::{Assigned, Workloads};
 
+mod access;
 mod files;
 mod secrets;
 
+use access::{may_read, FileReader};
 pub use files::FILE_POLL_INTERVAL;
 use files::{poll_files, FileSecrets};
 pub use secrets::{
@@ -73,6 +75,8 @@ struct StreamState {
     sent: HashMap<String, Arc<RenderedSecret>>,
     last_nonce: Option<String>,
     files: Arc<FileSecrets>,
+    /// An attested client: served only the files its own uid could read.
+    reader: Option<FileReader>,
 }
 
 /// What the stream does after a request.
@@ -87,7 +91,7 @@ enum RequestOutcome {
 // === impl StreamState ===
 
 impl StreamState {
-    fn new(files: Arc<FileSecrets>) -> Self {
+    fn new(files: Arc<FileSecrets>, reader: Option<FileReader>) -> Self {
         Self {
             node: None,
             subscribed: BTreeSet::new(),
@@ -95,6 +99,18 @@ impl StreamState {
             sent: HashMap::new(),
             last_nonce: None,
             files,
+            reader,
+        }
+    }
+
+    /// Whether this stream's client may be served `file` (always, without attestation).
+    fn may_read(&self, file: &FileResource) -> bool {
+        let Some(reader) = self.reader else {
+            return true;
+        };
+        match file {
+            FileResource::Cert { cert, key } => may_read(reader, cert) && may_read(reader, key),
+            FileResource::Root { ca } => may_read(reader, ca),
         }
     }
 
@@ -148,6 +164,12 @@ impl StreamState {
         }
         for added in names.difference(&self.subscribed) {
             match ResourceName::parse(added) {
+                Some(ResourceName::File(file)) if !self.may_read(&file) => tracing::warn!(
+                    node = self.node.as_deref().unwrap_or_default(),
+                    resource = %added,
+                    reader = ?self.reader,
+                    "the client's uid cannot read these files; they are not served to it"
+                ),
                 Some(resource) => {
                     if let ResourceName::File(file) = &resource {
                         self.files.subscribe(added, file);
@@ -203,6 +225,15 @@ impl Drop for StreamState {
             }
         }
     }
+}
+
+/// An attested client's uid and gid, which decide the files it may be served.
+fn file_reader(held: &Option<Assigned>) -> Option<FileReader> {
+    let peer = held.as_ref()?.peer?;
+    Some(FileReader {
+        uid: peer.uid,
+        gid: peer.gid,
+    })
 }
 
 /// A response with a version naming its content (equal versions mean equal secrets) and a
@@ -296,10 +327,10 @@ impl SdsService {
         self,
         mut requests: Streaming<DiscoveryRequest>,
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-        (mut credential, _held): StreamCredential,
+        (mut credential, held): StreamCredential,
     ) {
         let _connected = self.metrics.stream_opened(StreamKind::Sds);
-        let mut state = StreamState::new(self.files.clone());
+        let mut state = StreamState::new(self.files.clone(), file_reader(&held));
         let mut files_changed = self.files.changed.subscribe();
         loop {
             tokio::select! {
@@ -372,9 +403,9 @@ impl SecretDiscoveryService for SdsService {
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
-        let (credential, _held) = self.credential_for(&request).await?;
+        let (credential, held) = self.credential_for(&request).await?;
         let request = request.into_inner();
-        let mut state = StreamState::new(self.files.clone());
+        let mut state = StreamState::new(self.files.clone(), file_reader(&held));
         state.on_request(request)?;
         let secrets = state.changed(credential.borrow().as_deref());
         Ok(Response::new(state.respond(secrets)))
@@ -396,4 +427,63 @@ pub async fn serve(
         shutdown,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use envoy_types::pb::envoy::config::core::v3::Node;
+
+    use super::*;
+    use crate::credential::tests::{authority, response, ID};
+    use crate::credential::{KeyAndCsr, KeyType};
+
+    /// A certificate and key as a workload mounts them, readable by `mode`.
+    fn mounted(dir: &Path, mode: u32) -> String {
+        let request = KeyAndCsr::generate(KeyType::EcP256, ID).unwrap();
+        let answer = response(&authority(), &request.csr_pem, ID);
+        let chain = answer.concat();
+        let credential = request.accept(ID, &answer, SystemTime::now()).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, chain).unwrap();
+        std::fs::write(&key, &credential.key_pem).unwrap();
+        for file in [&cert, &key] {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        format!("file-cert:{}~{}", cert.display(), key.display())
+    }
+
+    fn served_to(reader: Option<FileReader>, name: &str) -> usize {
+        let mut state = StreamState::new(FileSecrets::new(), reader);
+        state
+            .on_request(DiscoveryRequest {
+                node: Some(Node {
+                    id: "sidecar~10.0.0.7~web.shop~shop.svc.cluster.local".into(),
+                    ..Node::default()
+                }),
+                resource_names: vec![name.into()],
+                type_url: SECRET_TYPE_URL.into(),
+                ..DiscoveryRequest::default()
+            })
+            .unwrap();
+        state.changed(None).len()
+    }
+
+    #[test]
+    fn attested_clients_get_only_files_their_uid_can_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let web = FileReader {
+            uid: 1001,
+            gid: 1001,
+        };
+        let private = mounted(dir.path(), 0o600);
+        // The agent's own clients (no attestation) and root are served what the agent reads.
+        assert_eq!(served_to(None, &private), 1);
+        assert_eq!(served_to(Some(FileReader { uid: 0, gid: 0 }), &private), 1);
+        assert_eq!(served_to(Some(web), &private), 0, "root's key, uid 1001");
+        let shared = mounted(dir.path(), 0o644);
+        assert_eq!(served_to(Some(web), &shared), 1);
+    }
 }

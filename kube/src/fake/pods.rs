@@ -304,7 +304,10 @@ fn bind(pod: &mut Value, node: &str, ip: Ipv4Addr) {
 /// The id the fake runtime gives a pod's container: 64 hex digits as containerd's, derived
 /// from the pod's UID so that a test can place a process in it before the pod is bound.
 pub(crate) fn container_id(pod_uid: &str) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pod_uid.as_bytes()))
+    hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        pod_uid.as_bytes(),
+    ))
 }
 
 /// The app, ReplicaSet and pod-template-hash a pod's name implies.
