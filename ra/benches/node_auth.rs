@@ -78,6 +78,7 @@ fn pod(ns: &str, name: &str, sa: &str, node: Option<&str>) -> Pod {
         },
         status: PodStatus {
             phase: Some("Running".into()),
+            ..PodStatus::default()
         },
     }
 }

@@ -6,6 +6,7 @@ mod admin_cli;
 mod agent;
 mod ambient;
 mod attestation;
+mod attestation_k8s;
 mod bench;
 mod credentials;
 mod drill;

@@ -13,7 +13,10 @@ stack and so hid an interop bug: grpc-core sends a percent-encoded
 `:authority` for `unix:` targets.
 
 Usage:
-    workload_client.py --socket PATH [--timeout SECONDS]
+    workload_client.py --socket PATH [--timeout SECONDS] [--svid-only]
+
+With --svid-only it stops after the SVID and bundles (a workload that only
+wants its identity, as in the attestation tests).
 
 Output, one JSON object per line on stdout, flushed as it is printed; serials
 are lowercase hex strings (a 128-bit serial does not fit a JSON integer that
@@ -163,6 +166,8 @@ def run(args):
     with client:
         svid = fetch_svid(client, deadline)
         fetch_bundles(client, deadline)
+        if args.svid_only:
+            return
         wait_for_rotation(client, hex_serial(svid.leaf), deadline)
     try:
         fetch_without_header(socket_path, deadline)
@@ -175,6 +180,9 @@ def main():
     parser.add_argument("--socket", required=True, help="the agent's Workload API Unix socket")
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="overall deadline in seconds"
+    )
+    parser.add_argument(
+        "--svid-only", action="store_true", help="stop after the SVID and bundles"
     )
     args = parser.parse_args()
     try:

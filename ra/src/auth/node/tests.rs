@@ -28,6 +28,7 @@ fn pod(ns: &str, name: &str, uid: &str, sa: &str, node: Option<&str>, phase: &st
         },
         status: PodStatus {
             phase: Some(phase.into()),
+            ..PodStatus::default()
         },
     }
 }
