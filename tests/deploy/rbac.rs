@@ -1,6 +1,7 @@
-//! The server's permissions in the cluster: TokenReview through `system:auth-delegator`, and
+//! Permissions in the cluster. The server's: TokenReview through `system:auth-delegator`, and
 //! the namespace and ConfigMap rules the root-ConfigMap publisher needs (istiod's namespace
-//! controller and istio-csr hold the same), bound to the account the Deployment runs as.
+//! controller and istio-csr hold the same), bound to the account the Deployment runs as. The
+//! agent's: read-only pods, for the `k8s` attestor's watch of its node's pods.
 
 use serde_json::Value;
 
@@ -90,6 +91,44 @@ fn the_server_may_publish_the_root_configmap() {
     for role in &roles {
         for rule in role["rules"].as_array().unwrap() {
             assert_ne!(rule["resources"], serde_json::json!(["*"]), "{rule}");
+        }
+    }
+}
+
+#[test]
+fn the_agent_may_watch_pods_and_nothing_else() {
+    let account = object("DaemonSet", "meshca-agent")["spec"]["template"]["spec"]
+        ["serviceAccountName"]
+        .as_str()
+        .unwrap();
+    let roles: Vec<&Value> = objects()
+        .iter()
+        .filter(|b| {
+            b["kind"] == "ClusterRoleBinding"
+                && b["subjects"].as_array().into_iter().flatten().any(|s| {
+                    s["kind"] == "ServiceAccount"
+                        && s["name"] == account
+                        && s["namespace"] == NAMESPACE
+                })
+        })
+        .filter_map(|b| {
+            objects().iter().find(|r| {
+                r["kind"] == "ClusterRole" && r["metadata"]["name"] == b["roleRef"]["name"]
+            })
+        })
+        .collect();
+    let pods: Vec<&str> = roles.iter().flat_map(|r| core_verbs(r, "pods")).collect();
+    for verb in ["get", "list", "watch"] {
+        assert!(pods.contains(&verb), "pods: {verb}");
+    }
+    for role in &roles {
+        for rule in role["rules"].as_array().unwrap() {
+            assert_eq!(rule["resources"], serde_json::json!(["pods"]), "{rule}");
+            assert_eq!(
+                rule["verbs"],
+                serde_json::json!(["get", "list", "watch"]),
+                "{rule}"
+            );
         }
     }
 }
