@@ -73,6 +73,24 @@ pub enum AskedAs {
 /// The request metadata key istiod and meshca read (istio-agent's `ImpersonatedIdentity`).
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 
+/// The `ImpersonatedIdentity` a request carries, read as an RA reads it: for in-process RAs in
+/// tests and benchmarks.
+#[cfg(any(test, feature = "testing"))]
+pub fn impersonated_identity(
+    request: &meshca_proto::istio::v1::auth::IstioCertificateRequest,
+) -> Option<String> {
+    match &request
+        .metadata
+        .as_ref()?
+        .fields
+        .get(IMPERSONATED_IDENTITY)?
+        .kind
+    {
+        Some(prost_types::value::Kind::StringValue(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FetchError {

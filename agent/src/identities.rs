@@ -299,7 +299,7 @@ mod tests {
     use tonic::{Request, Response, Status};
 
     use super::*;
-    use crate::client::IMPERSONATED_IDENTITY;
+    use crate::client::impersonated_identity;
     use crate::credential::tests::{authority, response};
     use crate::credential::KeyType;
 
@@ -316,14 +316,7 @@ mod tests {
             request: Request<IstioCertificateRequest>,
         ) -> Result<Response<IstioCertificateResponse>, Status> {
             let body = request.into_inner();
-            let impersonated = body
-                .metadata
-                .as_ref()
-                .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
-                .and_then(|v| match &v.kind {
-                    Some(prost_types::value::Kind::StringValue(s)) => Some(s.clone()),
-                    _ => None,
-                });
+            let impersonated = impersonated_identity(&body);
             self.asked.lock().unwrap().push(impersonated.clone());
             let id = impersonated.ok_or_else(|| Status::unauthenticated("not a node agent"))?;
             if id.contains("/ns/far/") {

@@ -86,8 +86,14 @@ pub enum RuleTargetError {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum UnixRulesError {
-    #[error("agent.unix_rules[{index}] would match every process: set uid, gid or path")]
+    #[error("agent.unix_rules[{index}] would match every process: set uid or gid (and path)")]
     NoMatcher { index: usize },
+    #[error(
+        "agent.unix_rules[{index}] matches only a path: add a uid or gid (a process can exec \
+         that program while holding another's connection, or place a file at that path in \
+         its own mount namespace)"
+    )]
+    PathAlone { index: usize },
     #[error(
         "agent.unix_rules[{index}].path {path:?} is not absolute (it is compared with the \
          resolved /proc/<pid>/exe)"
@@ -150,8 +156,11 @@ fn validate_rule(
     trust_domain: &TrustDomain,
 ) -> Result<UnixRule, UnixRulesError> {
     let matcher = &rule.matcher;
-    if matcher.uid.is_none() && matcher.gid.is_none() && matcher.path.is_none() {
-        return Err(UnixRulesError::NoMatcher { index });
+    if matcher.uid.is_none() && matcher.gid.is_none() {
+        return Err(match matcher.path {
+            None => UnixRulesError::NoMatcher { index },
+            Some(_) => UnixRulesError::PathAlone { index },
+        });
     }
     if let Some(path) = matcher.path.as_ref().filter(|p| !p.is_absolute()) {
         return Err(UnixRulesError::RelativePath {
@@ -466,11 +475,23 @@ mod tests {
         let cases = [
             (
                 rule(UnixMatcher::default(), "a", "b"),
-                "agent.unix_rules[1] would match every process: set uid, gid or path",
+                "agent.unix_rules[1] would match every process: set uid or gid (and path)",
             ),
             (
                 rule(
                     UnixMatcher {
+                        path: Some("/usr/local/bin/envoy".into()),
+                        ..UnixMatcher::default()
+                    },
+                    "a",
+                    "b",
+                ),
+                "agent.unix_rules[1] matches only a path: add a uid or gid",
+            ),
+            (
+                rule(
+                    UnixMatcher {
+                        uid: Some(0),
                         path: Some("bin/envoy".into()),
                         ..UnixMatcher::default()
                     },
