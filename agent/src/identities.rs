@@ -95,7 +95,8 @@ pub struct HeldIdentity {
 /// identity's clients). At most `agent.max_identities` series each.
 pub fn render_metrics(held: &[HeldIdentity]) -> String {
     let mut out = String::new();
-    let families: [(&str, &str, fn(&HeldIdentity) -> usize); 3] = [
+    type Sample = fn(&HeldIdentity) -> usize;
+    let families: [(&str, &str, Sample); 3] = [
         (
             "meshca_agent_identity_streams",
             "Streams served each held identity (zero during its grace period).",

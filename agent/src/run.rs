@@ -143,7 +143,7 @@ impl AgentSettings {
                 rules: validate_rules(&config.unix_rules, &td)?,
                 proc_root: config.proc_root.clone(),
             }),
-            AttestationMode::K8s => Some(AttestorSettings::K8s(k8s_settings(config)?)),
+            AttestationMode::K8s => Some(AttestorSettings::K8s(Box::new(k8s_settings(config)?))),
         };
         let serving = match attestor {
             None => Serving::Itself,

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::Value;
 
+mod attestation;
 mod rbac;
 
 /// The namespace `deploy/kustomization.yaml` puts everything in.
@@ -587,39 +588,6 @@ fn agent_config_is_accepted_by_meshca() {
         .unwrap();
     assert_eq!(ca_addr, format!("meshca.{NAMESPACE}.svc:{grpc_port}"));
     assert_eq!(toml_str(c, &["agent", "metrics_listen"]), "0.0.0.0:15020");
-}
-
-#[test]
-fn the_agent_attests_the_pods_of_its_node() {
-    let ds = object("DaemonSet", "meshca-agent");
-    let run = meshca_config_as(ds, "agent", &[]);
-    let c = &run.effective;
-    assert_eq!(toml_str(c, &["agent", "attestation"]), "k8s");
-    // The node comes from the downward API, the pids from the node's pid namespace.
-    assert_eq!(toml_str(c, &["agent", "k8s", "node_name"]), "worker-1");
-    assert_eq!(toml_str(c, &["agent", "k8s", "pod_source"]), "api_server");
-    let pod = &ds["spec"]["template"]["spec"];
-    assert_eq!(
-        pod["hostPID"], true,
-        "without hostPID no peer's /proc entry is visible"
-    );
-    // The API-server token the pod watch uses is mounted.
-    assert_eq!(pod["automountServiceAccountToken"], true);
-    assert_ne!(
-        object("ServiceAccount", "meshca-agent")["automountServiceAccountToken"],
-        false
-    );
-    // The server trusts the agent's account to ask for its node's pods.
-    let agent_account = format!(
-        "{NAMESPACE}/{}",
-        pod["serviceAccountName"].as_str().unwrap()
-    );
-    let server = config_map_toml("meshca");
-    let trusted = server["auth"]["trusted_node_accounts"].as_array().unwrap();
-    assert!(
-        trusted.iter().any(|a| a.as_str() == Some(&agent_account)),
-        "{agent_account} not in {trusted:?}"
-    );
 }
 
 #[test]

@@ -1,13 +1,13 @@
 //! The configured attestor: turns a socket peer's credentials into the workload identity it is
 //! served, or says why it gets none. `unix` reads the peer's executable from the proc tree and
 //! applies the rules (the decision itself is `unix::resolve`'s); `k8s` finds the peer's pod
-//! (`k8s`).
+//! among the node's pods (module `k8s`).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use meshca_kube::KubeClientError;
 
+use super::error::AttestError;
 use super::k8s::{K8sAttestor, K8sSettings};
 use super::unix::{self, UnixRule};
 use super::workload::{PeerCredentials, WorkloadId};
@@ -23,56 +23,19 @@ pub enum AttestorSettings {
         proc_root: PathBuf,
     },
     /// `attestation = "k8s"`: the peer's pod on this node, SPIRE's k8s attestor.
-    K8s(K8sSettings),
+    K8s(Box<K8sSettings>),
 }
 
 /// A running attestor.
 #[derive(Debug)]
 pub enum Attestor {
+    /// Stateless: the rules are applied to each peer.
     Unix {
         rules: Vec<UnixRule>,
         proc_root: PathBuf,
     },
-    K8s(K8sAttestor),
-}
-
-/// Why a caller was served nothing. The reason goes back to the caller (it is about the
-/// caller itself, not a secret of the agent's) and into a metric.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AttestError {
-    #[error("the connection carries no peer credentials (not a Unix socket?)")]
-    NoPeerCredentials,
-    #[error("no agent.unix_rules entry matches uid {uid}, gid {gid}{}", exe.as_ref().map(|e| format!(", executable {}", e.display())).unwrap_or_default())]
-    NoRule {
-        uid: u32,
-        gid: u32,
-        exe: Option<PathBuf>,
-    },
-    #[error("the peer's pid is not visible to the agent (another pid namespace: a node agent needs hostPID)")]
-    NoPid,
-    #[error("process {pid} exited before it could be attested")]
-    ProcessGone { pid: u32 },
-    #[error("process {pid} does not run in a pod's container (its cgroup names none)")]
-    NotInPod { pid: u32 },
-    #[error("no pod with UID {uid} on node {node} (waited {})", humantime::format_duration(*waited))]
-    PodUnknown {
-        uid: String,
-        node: String,
-        waited: Duration,
-    },
-    #[error("pod {pod} has no container {container} (waited {})", humantime::format_duration(*waited))]
-    ContainerUnknown {
-        pod: String,
-        container: String,
-        waited: Duration,
-    },
-    #[error("pod {pod} has finished")]
-    PodFinished { pod: String },
-    #[error("pod {pod} runs as no valid identity: {reason}")]
-    InvalidIdentity { pod: String, reason: String },
-    #[error("the pods of node {node} are not known: {reason}")]
-    PodsUnavailable { node: String, reason: String },
+    /// Holds the node's pods (a watch, or the kubelet's last list).
+    K8s(Box<K8sAttestor>),
 }
 
 // === impl Attestor ===
@@ -83,7 +46,7 @@ impl Attestor {
     pub fn start(settings: AttestorSettings) -> Result<Self, KubeClientError> {
         Ok(match settings {
             AttestorSettings::Unix { rules, proc_root } => Self::Unix { rules, proc_root },
-            AttestorSettings::K8s(k8s) => Self::K8s(K8sAttestor::start(k8s)?),
+            AttestorSettings::K8s(k8s) => Self::K8s(Box::new(K8sAttestor::start(*k8s)?)),
         })
     }
 
@@ -99,26 +62,6 @@ impl Attestor {
                 })
             }
             Self::K8s(k8s) => k8s.attest(&peer).await,
-        }
-    }
-}
-
-// === impl AttestError ===
-
-impl AttestError {
-    /// Short label for the refusal metric.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::NoPeerCredentials => "no_peer_credentials",
-            Self::NoRule { .. } => "no_rule",
-            Self::NoPid => "no_pid",
-            Self::ProcessGone { .. } => "process_gone",
-            Self::NotInPod { .. } => "not_in_pod",
-            Self::PodUnknown { .. } => "pod_unknown",
-            Self::ContainerUnknown { .. } => "container_unknown",
-            Self::PodFinished { .. } => "pod_finished",
-            Self::InvalidIdentity { .. } => "invalid_identity",
-            Self::PodsUnavailable { .. } => "pods_unavailable",
         }
     }
 }

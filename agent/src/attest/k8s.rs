@@ -15,8 +15,8 @@ use meshca_kube::{
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::attestor::AttestError;
 use super::cgroup::{read_container, ContainerRef};
+use super::error::AttestError;
 use super::workload::{PeerCredentials, WorkloadId};
 
 /// The kubelet is asked again at most this often while a pod is awaited (SPIRE's k8s

@@ -7,12 +7,14 @@
 
 mod attestor;
 pub mod cgroup;
+mod error;
 mod k8s;
 pub mod unix;
 mod workload;
 
-pub use attestor::{AttestError, Attestor, AttestorSettings};
+pub use attestor::{Attestor, AttestorSettings};
 pub use cgroup::{parse_cgroup, read_container, ContainerId, ContainerRef, PodUid};
+pub use error::AttestError;
 pub use k8s::{K8sSettings, PodSource};
 // `unix::resolve` stays behind its module name: it is one of two ways to resolve an identity.
 pub use unix::{
