@@ -81,6 +81,7 @@ wait_ready() { # url
 start_meshca() { # cacerts dir, data dir
   MESHCA_DATA_DIR=$2 MESHCA_CA_CACERTS_DIR=$1 MESHCA_LOG=warn \
     MESHCA_GRPC_MAX_IN_FLIGHT_ISSUANCES=1024 \
+    MESHCA_GRPC_RATE_LIMIT_PER_IDENTITY_RATE=0 MESHCA_GRPC_RATE_LIMIT_PER_ADDRESS_RATE=0 \
     "$bin" server --dev >"$2.log" 2>&1 &
   server_pid=$!
   pids+=("$server_pid")

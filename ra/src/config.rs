@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::RateLimit;
+
 /// Istio's default cluster id; an empty `clusterid` header means this one.
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 
@@ -30,6 +32,25 @@ pub struct GrpcConfig {
     /// `RESOURCE_EXHAUSTED` (clients retry with backoff) instead of queueing without bound,
     /// so a restart storm costs latency, not memory or timeouts.
     pub max_in_flight_issuances: usize,
+    /// Per-caller limits on CreateCertificate.
+    pub rate_limit: GrpcRateLimitConfig,
+}
+
+/// `[grpc.rate_limit]`: token buckets per caller, so that one tenant cannot take the RA from
+/// the others. `rate = 0` turns a limit off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcRateLimitConfig {
+    /// Per authenticated identity; a node agent's requests for its node's pods count as its
+    /// own. The default lets one node's restart storm through (110 pods, Kubernetes' default
+    /// maximum per node, well inside the burst).
+    pub per_identity: RateLimit,
+    /// Per peer IP address, checked before authentication (SPIRE's server allows 500
+    /// signings a second per address).
+    pub per_address: RateLimit,
+    /// Callers remembered per limit; beyond it the least recently seen are forgotten (and
+    /// start with a full burst again).
+    pub max_callers: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +155,9 @@ pub struct RestConfig {
     pub admins: Vec<String>,
     /// SPIFFE ids whose mesh client certificates may read (inventory, audit log).
     pub auditors: Vec<String>,
+    /// Failed authentications allowed per client address: past the burst the address gets
+    /// `429` with `Retry-After` until its bucket refills, whatever it presents.
+    pub failed_auth_limit: RateLimit,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +266,7 @@ impl Default for RestConfig {
             tokens: Vec::new(),
             admins: Vec::new(),
             auditors: Vec::new(),
+            failed_auth_limit: RateLimit { rate: 1, burst: 20 },
         }
     }
 }
@@ -260,6 +285,23 @@ impl Default for GrpcConfig {
             key_file: None,
             serving_cert_ttl: Duration::from_secs(24 * 3600),
             max_in_flight_issuances: 256,
+            rate_limit: GrpcRateLimitConfig::default(),
+        }
+    }
+}
+
+impl Default for GrpcRateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_identity: RateLimit {
+                rate: 200,
+                burst: 500,
+            },
+            per_address: RateLimit {
+                rate: 500,
+                burst: 1000,
+            },
+            max_callers: 100_000,
         }
     }
 }

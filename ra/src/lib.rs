@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod dev;
 pub mod jwk;
+pub mod limits;
 pub mod metrics;
 pub mod rest;
 pub mod root_configmap;

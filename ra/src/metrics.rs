@@ -27,6 +27,8 @@ pub struct RaMetrics {
     sign_errors: Mutex<BTreeMap<&'static str, u64>>,
     success_count: AtomicU64,
     shed: AtomicU64,
+    /// Calls refused by a per-caller limit, by limit (`address`, `identity`, `rest_auth`).
+    rate_limited: Mutex<BTreeMap<&'static str, u64>>,
     latency: Histogram,
 }
 
@@ -57,6 +59,16 @@ impl RaMetrics {
     /// A call refused with RESOURCE_EXHAUSTED because too many were in flight.
     pub fn shed(&self) {
         self.shed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call refused by the per-caller limit `limit`.
+    pub fn rate_limited(&self, limit: &'static str) {
+        *self
+            .rate_limited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(limit)
+            .or_default() += 1;
     }
 
     pub fn authentication_failed(&self, reason: &'static str) {
@@ -117,6 +129,21 @@ impl RaMetrics {
             "CreateCertificate calls refused with RESOURCE_EXHAUSTED (grpc.max_in_flight_issuances).",
             self.shed.load(Ordering::Relaxed),
         );
+        let limited = self
+            .rate_limited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let _ = writeln!(
+            out,
+            "# HELP meshca_rate_limited_count Calls refused by a per-caller limit (grpc.rate_limit, rest.failed_auth_limit), by limit.\n# TYPE meshca_rate_limited_count counter"
+        );
+        for (limit, count) in limited {
+            let _ = writeln!(
+                out,
+                "meshca_rate_limited_count{{limit=\"{limit}\"}} {count}"
+            );
+        }
         counter(
             &mut out,
             "citadel_server_authentication_failure_count",

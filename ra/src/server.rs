@@ -21,6 +21,7 @@ use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{
     AuthConfig, GrpcConfig, IstioConfig, MetricsConfig, RestConfig, RotationConfig, TrustConfig,
 };
+use crate::limits::{CallerLimitSettings, CallerLimits, FailedAuthLimit};
 use crate::metrics::{CaReadings, RaMetrics};
 use crate::rest::{self, RestState, TlsListener};
 use crate::root_configmap::{
@@ -139,6 +140,11 @@ impl RunningRa {
         let mut rest_state =
             RestState::new(&settings.rest, ca.clone(), trust_bundles.clone(), agents)?;
         rest_state.rotation = settings.rotation.clone();
+        rest_state.failed_auth = FailedAuthLimit::new(
+            settings.rest.failed_auth_limit,
+            settings.grpc.rate_limit.max_callers,
+            metrics.clone(),
+        );
         rest_state.root_configmaps = start_root_configmaps(settings, &ca, &trust_bundles)?;
         let bundles = TrustBundleServiceServer::new(TrustBundleWatch::new(
             trust_bundles.clone(),
@@ -146,13 +152,20 @@ impl RunningRa {
             metrics.clone(),
             watchers,
         ));
-        let service = IstioCertificateServiceServer::new(CertificateService::new(
-            ca.clone(),
-            trust_bundles.clone(),
-            auth.clone(),
-            metrics.clone(),
-            settings.grpc.max_in_flight_issuances,
-        ))
+        let service = IstioCertificateServiceServer::new(
+            CertificateService::new(
+                ca.clone(),
+                trust_bundles.clone(),
+                auth.clone(),
+                metrics.clone(),
+                settings.grpc.max_in_flight_issuances,
+            )
+            .with_limits(Arc::new(CallerLimits::new(&CallerLimitSettings {
+                per_identity: settings.grpc.rate_limit.per_identity,
+                per_address: settings.grpc.rate_limit.per_address,
+                max_callers: settings.grpc.rate_limit.max_callers,
+            }))),
+        )
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter

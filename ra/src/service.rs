@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::node::{Impersonation, ImpersonationError};
 use crate::auth::{Authenticator, Caller, Credentials, KubernetesCaller};
+use crate::limits::{CallerLimits, RateLimited};
 use crate::metrics::RaMetrics;
 use crate::tls::PeerInfo;
 use crate::trust::TrustBundles;
@@ -41,6 +42,8 @@ pub struct CertificateService {
     metrics: Arc<RaMetrics>,
     /// One permit per call being handled (`grpc.max_in_flight_issuances`).
     in_flight: Arc<Semaphore>,
+    /// `grpc.rate_limit`; none unless set with [`CertificateService::with_limits`].
+    limits: Option<Arc<CallerLimits>>,
 }
 
 // === impl CertificateService ===
@@ -59,7 +62,24 @@ impl CertificateService {
             auth,
             metrics,
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            limits: None,
         }
+    }
+
+    /// The same service, limiting each caller as `limits` says.
+    pub fn with_limits(self, limits: Arc<CallerLimits>) -> Self {
+        Self {
+            limits: Some(limits),
+            ..self
+        }
+    }
+
+    /// A call over its caller's limit: counted and logged at debug (a flood must not flood
+    /// the log), not audited (nothing was attempted on the caller's behalf).
+    fn limited(&self, limited: RateLimited, caller: &dyn std::fmt::Display) -> Status {
+        self.metrics.rate_limited(limited.kind.as_str());
+        tracing::debug!(%caller, limit = limited.kind.as_str(), retry_after = ?limited.retry_after, "rate limited");
+        limited.status()
     }
 }
 
@@ -131,6 +151,15 @@ impl IstioCertificateService for CertificateService {
             self.metrics.shed();
             return Err(Status::resource_exhausted(OVERLOADED));
         };
+        let peer_ip = request
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|p| p.remote_addr.ip());
+        if let (Some(limits), Some(ip)) = (&self.limits, peer_ip) {
+            limits
+                .check_address(ip, Instant::now())
+                .map_err(|limited| self.limited(limited, &ip))?;
+        }
         let _admission = self.ca.admit();
         let peer_addr = request
             .extensions()
@@ -149,6 +178,11 @@ impl IstioCertificateService for CertificateService {
                 return Err(Status::unauthenticated(AUTHENTICATION_FAILURE));
             }
         };
+        if let Some(limits) = &self.limits {
+            limits
+                .check_identity(caller.spiffe_id.as_str(), Instant::now())
+                .map_err(|limited| self.limited(limited, &caller.spiffe_id))?;
+        }
         let body = request.into_inner();
         let impersonation = match impersonated_identity(&body) {
             None => None,

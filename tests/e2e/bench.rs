@@ -10,7 +10,7 @@ use crate::harness::*;
 async fn the_load_generator_measures_a_real_server() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("meshca-dev");
-    let server = dev_server(tmp.path(), &[]);
+    let server = dev_server(tmp.path(), &no_rate_limits());
     let grpc = server.grpc;
     let root = data.join("root-cert.pem").display().to_string();
     let bench = |extra: &[&str]| {
@@ -123,10 +123,9 @@ async fn a_burst_of_ten_thousand_is_shed_and_retried_without_losing_one() {
     const BURST: u64 = 10_000;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("meshca-dev");
-    let server = dev_server(
-        tmp.path(),
-        &[("MESHCA_GRPC_MAX_IN_FLIGHT_ISSUANCES", "32".into())],
-    );
+    let mut env = no_rate_limits();
+    env.push(("MESHCA_GRPC_MAX_IN_FLIGHT_ISSUANCES", "32".into()));
+    let server = dev_server(tmp.path(), &env);
     let report = bench_report([
         "--addr",
         &server.grpc.to_string(),

@@ -18,6 +18,15 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 pub use crate::credentials::*;
 
+/// Environment that turns the per-caller rate limits off: a load generator is one caller
+/// asking thousands of times a second, which the limits exist to stop.
+pub fn no_rate_limits() -> Vec<(&'static str, String)> {
+    vec![
+        ("MESHCA_GRPC_RATE_LIMIT_PER_IDENTITY_RATE", "0".into()),
+        ("MESHCA_GRPC_RATE_LIMIT_PER_ADDRESS_RATE", "0".into()),
+    ]
+}
+
 /// Runs `meshca bench` with `args` (a load, or `--write-credential`); it must succeed.
 /// Returns what it printed.
 pub fn meshca_bench<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> String {

@@ -13,6 +13,7 @@ mod drill;
 mod harness;
 mod interop;
 mod inventory;
+mod limits;
 mod openapi;
 mod peers;
 mod ra;

@@ -63,7 +63,7 @@ fn view(record: &AuditRecord) -> AuditEventView {
     params(AuditQuery),
     responses(
         (status = 200, body = AuditPage), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
     ),
     security(("bearer" = []), ("mtls" = [])))]
 pub async fn list(
@@ -105,7 +105,7 @@ pub async fn list(
     operation_id = "verify_audit_log",
     responses(
         (status = 200, body = Verdict),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
     ),
     security(("bearer" = []), ("mtls" = [])))]
 pub async fn verify(

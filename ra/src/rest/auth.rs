@@ -1,7 +1,7 @@
 //! Who is calling the REST API, and may they: bearer tokens looked up by SHA-256 (the config
 //! never holds a token), or a mesh client certificate whose SPIFFE id is listed.
 
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
@@ -109,7 +109,23 @@ fn require(actor: Actor, role: RestRole) -> Result<Actor, ApiError> {
 /// Authenticates and authorizes; every failure is an audit event (`rest.authenticate`,
 /// outcome `denied`).
 fn admit(parts: &Parts, state: &RestState, role: RestRole) -> Result<Actor, ApiError> {
-    let actor = authenticate(parts, state).inspect_err(|e| record_denial(parts, state, None, e))?;
+    let address = parts
+        .extensions
+        .get::<ConnectInfo<RestPeer>>()
+        .map(|c| c.0 .0.remote_addr.ip());
+    if let Some(address) = address {
+        // Not audited: a guesser held back here would otherwise flood the audit log.
+        state
+            .failed_auth
+            .admit(address, Instant::now())
+            .map_err(ApiError::rate_limited)?;
+    }
+    let actor = authenticate(parts, state).inspect_err(|e| {
+        if let Some(address) = address {
+            state.failed_auth.failed(address, Instant::now());
+        }
+        record_denial(parts, state, None, e)
+    })?;
     require(actor.clone(), role).inspect_err(|e| record_denial(parts, state, Some(&actor), e))
 }
 

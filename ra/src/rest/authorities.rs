@@ -194,7 +194,7 @@ impl From<RotationError> for ApiError {
     operation_id = "list_authorities",
     responses(
         (status = 200, body = AuthorityList),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
     ),
     security(("bearer" = []), ("mtls" = [])))]
 pub async fn list(
@@ -234,7 +234,7 @@ pub async fn list(
         example = "2f9acfd5c2b24b466de6126716c3e3a3fad80eb6")),
     responses(
         (status = 200, body = AuthorityView), (status = 404, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
     ),
     security(("bearer" = []), ("mtls" = [])))]
 pub async fn show(
@@ -259,7 +259,7 @@ pub async fn show(
         (status = 400, body = ErrorBody, description = "Invalid plug-in set or body"),
         (status = 409, body = ErrorBody, description = "Already known, or managed by a cacerts directory"),
         (status = 503, body = ErrorBody, description = "The CA service (split deployment) is unavailable; nothing was changed"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
     ),
     security(("bearer" = []), ("mtls" = [])))]
 pub async fn prepare(
@@ -398,7 +398,7 @@ macro_rules! step_endpoint {
                 (status = 400, body = ErrorBody, description = "force is neither true nor false"),
                 (status = 409, body = ErrorBody, description = $refused),
                 (status = 503, body = ErrorBody, description = "The CA service (split deployment) is unavailable; nothing was changed"),
-                (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+                (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
             ),
             security(("bearer" = []), ("mtls" = [])))]
         pub async fn $name(

@@ -208,7 +208,7 @@ fn query_of<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     params(ListQuery),
     responses(
         (status = 200, body = CertificatePage), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
     ),
     security(("bearer" = []), ("mtls" = [])))]
 pub async fn list(
@@ -259,7 +259,7 @@ async fn find(store: &Store, serial: &str) -> Result<CertificateRow, ApiError> {
     responses(
         (status = 200, body = CertificateView), (status = 404, body = ErrorBody),
         (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
     ),
     security(("bearer" = []), ("mtls" = [])))]
 pub async fn show(
@@ -296,7 +296,7 @@ pub async fn show(
         (status = 200, body = CertificateView), (status = 404, body = ErrorBody),
         (status = 400, body = ErrorBody, description = "Not a hex serial, or not a revocation body"),
         (status = 409, body = ErrorBody, description = "Already revoked"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
     ),
     security(("bearer" = []), ("mtls" = [])))]
 pub async fn revoke(
@@ -358,7 +358,7 @@ async fn revoke_inner(
     responses(
         (status = 200, content((String = "application/x-ndjson"), (String = "text/csv"))),
         (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
     ),
     security(("bearer" = []), ("mtls" = [])))]
 pub async fn export(
@@ -497,7 +497,7 @@ pub struct CrlQuery {
         (status = 400, body = ErrorBody, description = "A parameter other than authority"),
         (status = 404, body = ErrorBody, description = "No such authority"),
         (status = 503, body = ErrorBody, description = "The CA service (split deployment) is unavailable"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody),
     ),
     security(("bearer" = []), ("mtls" = [])))]
 pub async fn crl(

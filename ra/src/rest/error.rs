@@ -14,6 +14,8 @@ use super::views::ErrorBody;
 pub struct ApiError {
     pub(super) status: StatusCode,
     pub(super) message: String,
+    /// `429`: when to try again (`Retry-After`, whole seconds).
+    retry_after: Option<std::time::Duration>,
 }
 
 // === impl ApiError ===
@@ -23,6 +25,18 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// `429 Too Many Requests`: the client's address has used up its failed authentications.
+    pub fn rate_limited(retry_after: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed authentications from this address; retry later",
+            )
         }
     }
 
@@ -73,6 +87,7 @@ impl IntoResponse for ApiError {
             StatusCode::CONFLICT => "conflict",
             StatusCode::BAD_REQUEST => "invalid_argument",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
             _ => "internal",
         };
         let body = ErrorBody {
@@ -80,6 +95,13 @@ impl IntoResponse for ApiError {
             message: self.message,
         };
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds.max(1)),
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

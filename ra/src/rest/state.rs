@@ -11,6 +11,7 @@ use serde_json::json;
 use super::callers::{Actor, TokenConfigError, TokenTable};
 use super::error::ApiError;
 use crate::config::{RestConfig, RotationConfig};
+use crate::limits::FailedAuthLimit;
 use crate::root_configmap::RootCertPublisher;
 use crate::trust::deliveries::AgentDeliveries;
 use crate::trust::TrustBundles;
@@ -26,6 +27,8 @@ pub struct RestState {
     pub rotation: RotationConfig,
     /// The `istio-ca-root-cert` publisher, when meshca keeps those ConfigMaps.
     pub root_configmaps: Option<Arc<RootCertPublisher>>,
+    /// `rest.failed_auth_limit` (none until set).
+    pub failed_auth: FailedAuthLimit,
     pub(super) tokens: Arc<TokenTable>,
     pub(super) admins: Arc<HashSet<String>>,
     pub(super) auditors: Arc<HashSet<String>>,
@@ -46,6 +49,7 @@ impl RestState {
             agents,
             rotation: RotationConfig::default(),
             root_configmaps: None,
+            failed_auth: FailedAuthLimit::default(),
             tokens: Arc::new(TokenTable::new(&config.tokens)?),
             admins: Arc::new(config.admins.iter().cloned().collect()),
             auditors: Arc::new(config.auditors.iter().cloned().collect()),

@@ -325,3 +325,81 @@ async fn the_published_bundle_follows_a_step_by_itself() {
         .unwrap();
     assert_eq!(published.borrow().roots().len(), 2);
 }
+
+/// `grpc.rate_limit`: a caller over its identity's burst, or an address over its own, gets
+/// `RESOURCE_EXHAUSTED` saying when to retry (also as `grpc-retry-pushback-ms`), nothing is
+/// issued or audited, and the refusal is counted; other callers are not slowed.
+#[tokio::test]
+async fn a_caller_over_its_limit_is_told_when_to_retry_and_nothing_is_issued() {
+    use meshca_ra::limits::{CallerLimitSettings, CallerLimits, RateLimit};
+
+    let mut ra = Ra::start().await;
+    ra.service =
+        ra.service
+            .clone()
+            .with_limits(Arc::new(CallerLimits::new(&CallerLimitSettings {
+                per_identity: RateLimit { rate: 1, burst: 2 },
+                per_address: RateLimit { rate: 1, burst: 4 },
+                max_callers: 100,
+            })));
+    for _ in 0..2 {
+        ra.call(&[ID], true).await.unwrap();
+    }
+    let before = (
+        ra.issued().await,
+        audit_events(&ra.ca, "certificate.issue", 2).await.len(),
+    );
+    let limited = ra.call(&[ID], true).await.unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    assert!(
+        limited
+            .message()
+            .starts_with("rate limit per caller identity exceeded; nothing was issued; retry in"),
+        "{}",
+        limited.message()
+    );
+    let pushback: u64 = limited
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((900..=1000).contains(&pushback), "{pushback} ms");
+    // The address had four calls: the limited one spent one too, an unauthenticated caller
+    // the last, and then the address is refused before authentication.
+    let refused = ra.call(&[ID], false).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let limited = ra.call(&[ID], false).await.unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    assert!(
+        limited.message().contains("per caller address"),
+        "{}",
+        limited.message()
+    );
+
+    // Refusals are audited in the background: give them the time they take. The
+    // unauthenticated call's denial is the only new event; the limited calls made none.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(ra.issued().await, before.0, "nothing issued");
+    assert_eq!(
+        audit_events(&ra.ca, "certificate.issue", 0).await.len(),
+        before.1 + 1,
+        "only the authentication failure is audited"
+    );
+
+    let metrics = ra.metrics.render(meshca_ra::metrics::CaReadings {
+        root_cert_expiry: 0,
+        cert_chain_expiry: 0,
+        cacerts_reload_failures: 0,
+        issuance_commits: 0,
+        issuances_committed: 0,
+    });
+    for line in [
+        "meshca_rate_limited_count{limit=\"identity\"} 1",
+        "meshca_rate_limited_count{limit=\"address\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+}

@@ -26,6 +26,8 @@ const AUDITOR: &str = "Bearer auditor-secret";
 struct Api {
     router: Router,
     ca: CertificateAuthority,
+    /// The client address requests come from, as the TLS listener reports it (none: unknown).
+    peer: Option<std::net::SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -40,6 +42,11 @@ struct Answer {
 
 impl Api {
     async fn start() -> Self {
+        Self::start_limiting(None).await
+    }
+
+    /// With `rest.failed_auth_limit = limit`, requests coming from 10.0.0.66.
+    async fn start_limiting(limit: Option<meshca_ra::limits::RateLimit>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = start_ca(dir.path()).await;
         let token = |name: &str, secret: &str, role| RestToken {
@@ -61,9 +68,13 @@ impl Api {
             RestState::new(&config, ca.clone(), bundles, agents).expect("valid token hashes");
         // The gates' propagation counts are what these tests look at, not the wait.
         state.rotation.settle = std::time::Duration::ZERO;
+        if let Some(limit) = limit {
+            state.failed_auth = meshca_ra::limits::FailedAuthLimit::new(limit, 100, Arc::default());
+        }
         Self {
             router: rest::router(state),
             ca,
+            peer: limit.map(|_| "10.0.0.66:50000".parse().unwrap()),
             _dir: dir,
         }
     }
@@ -87,6 +98,17 @@ impl Api {
             None => request.body(Body::empty()),
         }
         .unwrap();
+        let mut request = request;
+        if let Some(remote_addr) = self.peer {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(rest::RestPeer(
+                    meshca_ra::tls::PeerInfo {
+                        remote_addr,
+                        certs: Arc::default(),
+                    },
+                )));
+        }
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
@@ -455,4 +477,47 @@ async fn gated_steps_answer_409_naming_what_they_wait_for_unless_forced() {
         json!(["1 certificate it signed is still live"])
     );
     assert_eq!(events[1].outcome, "refused", "the refusal is on record too");
+}
+
+/// `rest.failed_auth_limit`: an address that keeps failing to authenticate is answered 429
+/// with `Retry-After`, even with a good token, until its bucket refills; the failures before
+/// that are audited, the 429s are not.
+#[tokio::test]
+async fn an_address_guessing_tokens_is_held_back() {
+    let limit = meshca_ra::limits::RateLimit { rate: 1, burst: 3 };
+    let api = Api::start_limiting(Some(limit)).await;
+    for guess in ["Bearer a", "Bearer b", "Bearer c"] {
+        assert_eq!(
+            api.get("/v1/certificates", guess).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let held = api.get("/v1/certificates", ADMIN).await;
+    assert_eq!(held.status, StatusCode::TOO_MANY_REQUESTS, "{}", held.body);
+    assert_eq!(held.body["error"], "rate_limited");
+    assert_eq!(held.headers[header::RETRY_AFTER], "1");
+    assert_eq!(audit_events(&api.ca, "rest.authenticate", 3).await.len(), 3);
+    // A second later the address has one failure to spend again, and the admin gets in
+    // (a success spends nothing).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for _ in 0..3 {
+        assert_eq!(
+            api.get("/v1/certificates", ADMIN).await.status,
+            StatusCode::OK
+        );
+    }
+
+    // Negative control: the same calls from an address the listener did not report are
+    // never held back.
+    let unlimited = Api::start().await;
+    for guess in ["Bearer a", "Bearer b", "Bearer c", "Bearer d"] {
+        assert_eq!(
+            unlimited.get("/v1/certificates", guess).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        unlimited.get("/v1/certificates", ADMIN).await.status,
+        StatusCode::OK
+    );
 }
