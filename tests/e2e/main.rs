@@ -10,6 +10,7 @@ mod attestation_k8s;
 mod bench;
 mod credentials;
 mod drill;
+mod faults;
 mod harness;
 mod interop;
 mod inventory;
