@@ -16,6 +16,7 @@ mod interop;
 mod inventory;
 mod limits;
 mod openapi;
+mod outage;
 mod peers;
 mod ra;
 mod refusals;
