@@ -24,3 +24,4 @@ mod replicas;
 mod root_configmap;
 mod sds;
 mod split;
+mod split_outage;

@@ -15,11 +15,11 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use crate::harness::*;
 use crate::peers::{self, ApiServerState, REVIEWER_TOKEN};
 
-const RA_ID: &str = "spiffe://cluster.local/ns/meshca/sa/meshca-ra";
+pub(crate) const RA_ID: &str = "spiffe://cluster.local/ns/meshca/sa/meshca-ra";
 const ADMIN: &str = "admin-token-for-the-split-test";
 
 /// The files both processes are configured with.
-struct Layout {
+pub(crate) struct Layout {
     dir: PathBuf,
     /// Issues RA client certificates (`ca.service_client_ca_file`).
     internal: TestCa,
@@ -30,7 +30,7 @@ struct Layout {
 impl Layout {
     /// Writes the plugged-in chain, an internal CA for RA client certificates, the RA's client
     /// certificate, and both configs.
-    fn write(dir: &Path, issuer: &JwtKey) -> Self {
+    pub(crate) fn write(dir: &Path, issuer: &JwtKey) -> Self {
         let d = dir.display();
         GeneratedChain::new(KeyType::EcP256).write(&dir.join("cacerts"));
         let internal = TestCa::new(&CaSpec::new("CN=meshca internal CA"), None);
@@ -97,7 +97,7 @@ jwks_file = "{d}/jwks.json"
         }
     }
 
-    fn start_ca(&self) -> MeshcaProcess {
+    pub(crate) fn start_ca(&self) -> MeshcaProcess {
         let config = self.dir.join("ca.toml").display().to_string();
         MeshcaProcess::start(
             &["ca", "--config", &config],
@@ -108,7 +108,7 @@ jwks_file = "{d}/jwks.json"
         )
     }
 
-    fn start_ra(&self) -> MeshcaProcess {
+    pub(crate) fn start_ra(&self) -> MeshcaProcess {
         self.start_ra_with(&[])
     }
 
@@ -130,7 +130,7 @@ jwks_file = "{d}/jwks.json"
         )
     }
 
-    fn root(&self) -> String {
+    pub(crate) fn root(&self) -> String {
         std::fs::read_to_string(self.dir.join("cacerts/root-cert.pem")).unwrap()
     }
 }
