@@ -7,7 +7,7 @@
 //! a moment for them (see [`commit_delay`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +33,10 @@ const COMMIT_SIBLINGS: usize = 16;
 const COMMIT_DELAY: Duration = Duration::from_millis(1);
 /// How often the waiting writer looks for new arrivals.
 const COMMIT_POLL: Duration = Duration::from_micros(100);
+/// How long a failed commit makes the CA unready (see [`IssuanceCommitter::failing`]). A
+/// replica taken out of a Service's endpoints gets no more calls, so it could never see a
+/// commit succeed again; after this it is ready again and the next call tells.
+pub const FAILED_COMMIT_HOLD: Duration = Duration::from_secs(10);
 
 /// Why an issuance could not be recorded.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -53,6 +57,10 @@ struct Pending {
     done: oneshot::Sender<Result<(), CommitError>>,
 }
 
+/// When the last commit failed and why, while no commit has succeeded since; shared by the
+/// writer and the handles.
+type LastFailure = Arc<Mutex<Option<(Instant, Arc<StoreError>)>>>;
+
 /// The handle callers record through; cheap to clone. The writer task stops when the last
 /// handle is dropped, after committing what was queued.
 #[derive(Clone, Debug)]
@@ -60,6 +68,8 @@ pub struct IssuanceCommitter {
     queue: mpsc::Sender<Pending>,
     /// Callers admitted (see [`IssuanceCommitter::admit`]) and not yet done.
     admitted: Arc<AtomicUsize>,
+    /// The last commit's failure, while no commit has succeeded since.
+    last_failure: LastFailure,
 }
 
 /// A caller on its way to an issuance, counted from admission until dropped.
@@ -86,10 +96,12 @@ impl IssuanceCommitter {
     pub fn start(store: &Store, metrics: Arc<CaMetrics>) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let admitted = Arc::new(AtomicUsize::new(0));
+        let last_failure = Arc::new(Mutex::new(None));
         let batches = Batches {
             receiver,
             admitted: admitted.clone(),
             batch: Vec::with_capacity(MAX_BATCH),
+            last_failure: last_failure.clone(),
         };
         match store.issuance_writer() {
             IssuanceWriter::Sqlite(writer) => {
@@ -102,7 +114,21 @@ impl IssuanceCommitter {
                 tokio::spawn(write_batches(writer, batches, metrics));
             }
         }
-        IssuanceCommitter { queue, admitted }
+        IssuanceCommitter {
+            queue,
+            admitted,
+            last_failure,
+        }
+    }
+
+    /// Why commits are failing (a full disk, a store that refuses writes), if the last one
+    /// failed less than [`FAILED_COMMIT_HOLD`] ago and none has succeeded since: readiness
+    /// reports it, since a store that answers reads may still take no writes.
+    pub fn failing(&self, now: Instant) -> Option<Arc<StoreError>> {
+        let last = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|(at, _)| now.saturating_duration_since(*at) < FAILED_COMMIT_HOLD)
+            .map(|(_, error)| error.clone())
     }
 
     /// Counts a caller from the moment it is admitted (before authentication and CSR checks,
@@ -144,6 +170,7 @@ struct Batches {
     receiver: mpsc::Receiver<Pending>,
     admitted: Arc<AtomicUsize>,
     batch: Vec<Pending>,
+    last_failure: LastFailure,
 }
 
 impl Batches {
@@ -200,7 +227,7 @@ async fn write_batches(
             .collect();
         let outcome = writer.insert_issuances(&items).await;
         drop(items);
-        answer(&mut batches.batch, outcome, &metrics);
+        batches.answer(outcome, &metrics);
     }
 }
 
@@ -228,12 +255,27 @@ fn write_batches_on_thread(
             .collect();
         let outcome = writer.insert_issuances(&items);
         drop(items);
-        answer(&mut batches.batch, outcome, &metrics);
+        batches.answer(outcome, &metrics);
     }
 }
 
-/// Tells each caller in `batch` how its issuance fared, and empties it.
-fn answer(batch: &mut Vec<Pending>, outcome: Result<Vec<bool>, StoreError>, metrics: &CaMetrics) {
+impl Batches {
+    /// Tells each caller in the batch how its issuance fared, empties it, and keeps the
+    /// outcome for readiness.
+    fn answer(&mut self, outcome: Result<Vec<bool>, StoreError>, metrics: &CaMetrics) {
+        let failure = answer(&mut self.batch, outcome, metrics);
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+            failure.map(|e| (Instant::now(), e));
+    }
+}
+
+/// Tells each caller in `batch` how its issuance fared, and empties it; returns the store's
+/// error if the batch failed.
+fn answer(
+    batch: &mut Vec<Pending>,
+    outcome: Result<Vec<bool>, StoreError>,
+    metrics: &CaMetrics,
+) -> Option<Arc<StoreError>> {
     match outcome {
         Ok(inserted) => {
             metrics.issuance_commits.fetch_add(1, Ordering::Relaxed);
@@ -252,6 +294,7 @@ fn answer(batch: &mut Vec<Pending>, outcome: Result<Vec<bool>, StoreError>, metr
                 // A caller that gave up is not an error: its record is kept all the same.
                 let _ = pending.done.send(answer);
             }
+            None
         }
         Err(e) => {
             tracing::error!(error = %e, issuances = batch.len(), "recording a batch of issuances failed");
@@ -259,6 +302,7 @@ fn answer(batch: &mut Vec<Pending>, outcome: Result<Vec<bool>, StoreError>, metr
             for pending in batch.drain(..) {
                 let _ = pending.done.send(Err(CommitError::Store(e.clone())));
             }
+            Some(e)
         }
     }
 }
@@ -285,6 +329,7 @@ mod tests {
         let committer = IssuanceCommitter {
             queue,
             admitted: Arc::default(),
+            last_failure: Arc::default(),
         };
         let first = committer.admit();
         let second = committer.clone().admit();
@@ -294,6 +339,27 @@ mod tests {
         assert_eq!(committer.admitted.load(Ordering::Relaxed), 0);
     }
 
+    #[test]
+    fn a_failed_commit_makes_the_ca_unready_for_a_while() {
+        let (queue, _receiver) = mpsc::channel(1);
+        let committer = IssuanceCommitter {
+            queue,
+            admitted: Arc::default(),
+            last_failure: Arc::default(),
+        };
+        let t0 = Instant::now();
+        assert!(committer.failing(t0).is_none());
+        let full = Arc::new(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        )));
+        *committer.last_failure.lock().unwrap() = Some((t0, full));
+        let reason = committer.failing(t0 + Duration::from_secs(1)).unwrap();
+        assert!(reason.to_string().contains("disk is full"), "{reason}");
+        // Past the hold it is ready again, so a replica out of rotation gets calls to retry.
+        assert!(committer.failing(t0 + FAILED_COMMIT_HOLD).is_none());
+    }
+
     #[tokio::test]
     async fn a_stopped_writer_refuses_and_says_so() {
         let (queue, receiver) = mpsc::channel(1);
@@ -301,6 +367,7 @@ mod tests {
         let committer = IssuanceCommitter {
             queue,
             admitted: Arc::default(),
+            last_failure: Arc::default(),
         };
         assert!(!committer.is_running());
         let record = IssuanceRecord {

@@ -9,6 +9,7 @@ mod attestation;
 mod attestation_k8s;
 mod bench;
 mod credentials;
+mod disk_full;
 mod drill;
 mod faults;
 mod harness;

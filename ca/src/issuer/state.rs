@@ -68,6 +68,8 @@ pub enum NotReady {
     Store(#[from] StoreError),
     #[error("issuance writer stopped")]
     WriterStopped,
+    #[error("recording issuances fails: {0}")]
+    CommitsFailing(Arc<StoreError>),
     #[error("CA service {0} unreachable")]
     CaServiceUnreachable(String),
     #[error("CA signing path has expired")]
@@ -120,6 +122,9 @@ impl CertificateAuthority {
             Mode::OwnRoots { committer, .. } | Mode::PluggedIn { committer } => {
                 if !committer.is_running() {
                     return Err(NotReady::WriterStopped);
+                }
+                if let Some(error) = committer.failing(std::time::Instant::now()) {
+                    return Err(NotReady::CommitsFailing(error));
                 }
             }
             Mode::Keyless { remote } => {
