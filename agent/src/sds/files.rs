@@ -41,13 +41,35 @@ pub(super) enum FileSecretError {
     NoCertificate(PathBuf),
     #[error("{0}: no PEM private key")]
     NoPrivateKey(PathBuf),
+    #[error("{0}: not a regular file")]
+    NotRegular(PathBuf),
+    #[error("{0}: larger than {MAX_FILE_BYTES} bytes")]
+    TooLarge(PathBuf),
 }
 
+/// The largest certificate or key file read: a bundle of a few hundred roots fits many times.
+/// A client names the path, so `/dev/zero` or a huge log must not make the agent read forever.
+pub(super) const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a regular file of at most [`MAX_FILE_BYTES`].
 pub(super) fn read_file(path: &Path) -> Result<Vec<u8>, FileSecretError> {
-    std::fs::read(path).map_err(|source| FileSecretError::Read {
+    use std::io::Read;
+    let failed = |source| FileSecretError::Read {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let file = std::fs::File::open(path).map_err(failed)?;
+    if !file.metadata().map_err(failed)?.is_file() {
+        return Err(FileSecretError::NotRegular(path.to_path_buf()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(failed)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(FileSecretError::TooLarge(path.to_path_buf()));
+    }
+    Ok(bytes)
 }
 
 /// Reads what a file resource names, refusing files that are not what they claim to be (so a
@@ -190,5 +212,30 @@ pub(super) async fn poll_files(files: Weak<FileSecrets>, every: Duration) {
         tokio::task::spawn_blocking(move || files.poll())
             .await
             .unwrap_or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_of_sane_size_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.pem");
+        std::fs::write(&big, vec![b'a'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        assert!(matches!(read_file(&big), Err(FileSecretError::TooLarge(_))));
+        // A device a client might name reads forever; a directory reads nothing useful.
+        assert!(matches!(
+            read_file(Path::new("/dev/zero")),
+            Err(FileSecretError::NotRegular(_))
+        ));
+        assert!(matches!(
+            read_file(dir.path()),
+            Err(FileSecretError::NotRegular(_))
+        ));
+        let fine = dir.path().join("ok.pem");
+        std::fs::write(&fine, "pem").unwrap();
+        assert_eq!(read_file(&fine).unwrap(), b"pem");
     }
 }

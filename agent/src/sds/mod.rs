@@ -227,6 +227,45 @@ impl Drop for StreamState {
     }
 }
 
+/// The stream state machine alone, for the fuzz target: `requests` in order on one stream
+/// with `credential` published (each flagged `true` answers the last response's nonce, as an
+/// ACK or NACK does). Returns how many responses went out, or the status that ended the
+/// stream. Panics if a response held a resource the stream is not subscribed to, or reused a
+/// nonce: what Envoy relies on.
+#[cfg(any(test, feature = "testing"))]
+pub fn drive_stream(
+    requests: impl IntoIterator<Item = (bool, DiscoveryRequest)>,
+    credential: &Credential,
+) -> Result<usize, Status> {
+    let secrets = CredentialSecrets::render(credential);
+    let mut state = StreamState::new(FileSecrets::new(), None);
+    let mut nonces = BTreeSet::new();
+    let mut sent = 0;
+    for (answers_last, mut request) in requests {
+        if answers_last {
+            request.response_nonce = state.last_nonce.clone().unwrap_or_default();
+        }
+        if state.on_request(request)? == RequestOutcome::Quiet {
+            continue;
+        }
+        let changed = state.changed(Some(&secrets));
+        for secret in &changed {
+            assert!(
+                state.subscribed.contains(&secret.name),
+                "{} sent unasked",
+                secret.name
+            );
+        }
+        if changed.is_empty() {
+            continue;
+        }
+        let response = state.respond(changed);
+        assert!(nonces.insert(response.nonce.clone()), "a nonce was reused");
+        sent += 1;
+    }
+    Ok(sent)
+}
+
 /// An attested client's uid and gid, which decide the files it may be served.
 fn file_reader(held: &Option<Assigned>) -> Option<FileReader> {
     let peer = held.as_ref()?.peer?;
