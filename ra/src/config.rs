@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::RateLimit;
+use crate::limits::{CallerLimitConfig, RateLimit};
 
 /// Istio's default cluster id; an empty `clusterid` header means this one.
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
@@ -33,24 +33,7 @@ pub struct GrpcConfig {
     /// so a restart storm costs latency, not memory or timeouts.
     pub max_in_flight_issuances: usize,
     /// Per-caller limits on CreateCertificate.
-    pub rate_limit: GrpcRateLimitConfig,
-}
-
-/// `[grpc.rate_limit]`: token buckets per caller, so that one tenant cannot take the RA from
-/// the others. `rate = 0` turns a limit off.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GrpcRateLimitConfig {
-    /// Per authenticated identity; a node agent's requests for its node's pods count as its
-    /// own. The default lets one node's restart storm through (110 pods, Kubernetes' default
-    /// maximum per node, well inside the burst).
-    pub per_identity: RateLimit,
-    /// Per peer IP address, checked before authentication (SPIRE's server allows 500
-    /// signings a second per address).
-    pub per_address: RateLimit,
-    /// Callers remembered per limit; beyond it the least recently seen are forgotten (and
-    /// start with a full burst again).
-    pub max_callers: usize,
+    pub rate_limit: CallerLimitConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,23 +268,7 @@ impl Default for GrpcConfig {
             key_file: None,
             serving_cert_ttl: Duration::from_secs(24 * 3600),
             max_in_flight_issuances: 256,
-            rate_limit: GrpcRateLimitConfig::default(),
-        }
-    }
-}
-
-impl Default for GrpcRateLimitConfig {
-    fn default() -> Self {
-        Self {
-            per_identity: RateLimit {
-                rate: 200,
-                burst: 500,
-            },
-            per_address: RateLimit {
-                rate: 500,
-                burst: 1000,
-            },
-            max_callers: 100_000,
+            rate_limit: CallerLimitConfig::default(),
         }
     }
 }

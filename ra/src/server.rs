@@ -21,7 +21,7 @@ use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{
     AuthConfig, GrpcConfig, IstioConfig, MetricsConfig, RestConfig, RotationConfig, TrustConfig,
 };
-use crate::limits::{CallerLimitSettings, CallerLimits, FailedAuthLimit};
+use crate::limits::{CallerLimits, FailedAuthLimit};
 use crate::metrics::{CaReadings, RaMetrics};
 use crate::rest::{self, RestState, TlsListener};
 use crate::root_configmap::{
@@ -160,11 +160,7 @@ impl RunningRa {
                 metrics.clone(),
                 settings.grpc.max_in_flight_issuances,
             )
-            .with_limits(Arc::new(CallerLimits::new(&CallerLimitSettings {
-                per_identity: settings.grpc.rate_limit.per_identity,
-                per_address: settings.grpc.rate_limit.per_address,
-                max_callers: settings.grpc.rate_limit.max_callers,
-            }))),
+            .with_limits(Arc::new(CallerLimits::new(&settings.grpc.rate_limit))),
         )
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -6,15 +6,25 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use super::bucket::RateLimit;
 use super::keyed::KeyedLimiter;
 
-/// `grpc.rate_limit`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CallerLimitSettings {
+/// `[grpc.rate_limit]`: token buckets per caller, so that one tenant cannot take the RA from
+/// the others. `rate = 0` turns a limit off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallerLimitConfig {
+    /// Per authenticated identity; a node agent's requests for its node's pods count as its
+    /// own. The default lets one node's restart storm through (110 pods, Kubernetes' default
+    /// maximum per node, well inside the burst).
     pub per_identity: RateLimit,
+    /// Per peer IP address, checked before authentication (SPIRE's server allows 500
+    /// signings a second per address).
     pub per_address: RateLimit,
-    /// Callers remembered per limit.
+    /// Callers remembered per limit; beyond it the least recently seen are forgotten (and
+    /// start with a full burst again).
     pub max_callers: usize,
 }
 
@@ -42,7 +52,7 @@ pub struct CallerLimits {
 // === impl CallerLimits ===
 
 impl CallerLimits {
-    pub fn new(settings: &CallerLimitSettings) -> Self {
+    pub fn new(settings: &CallerLimitConfig) -> Self {
         Self {
             per_address: KeyedLimiter::new(settings.per_address, settings.max_callers),
             per_identity: KeyedLimiter::new(settings.per_identity, settings.max_callers),
@@ -74,6 +84,22 @@ fn check<K: std::hash::Hash + Eq + Clone>(
         Some(limiter) => limiter
             .take(key, now)
             .map_err(|retry_after| RateLimited { kind, retry_after }),
+    }
+}
+
+impl Default for CallerLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_identity: RateLimit {
+                rate: 200,
+                burst: 500,
+            },
+            per_address: RateLimit {
+                rate: 500,
+                burst: 1000,
+            },
+            max_callers: 100_000,
+        }
     }
 }
 
@@ -125,7 +151,7 @@ mod tests {
 
     #[test]
     fn the_answer_says_when_to_retry() {
-        let limits = CallerLimits::new(&CallerLimitSettings {
+        let limits = CallerLimits::new(&CallerLimitConfig {
             per_identity: RateLimit { rate: 4, burst: 1 },
             per_address: RateLimit { rate: 0, burst: 0 },
             max_callers: 10,

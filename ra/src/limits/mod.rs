@@ -8,6 +8,6 @@ mod failed_auth;
 mod keyed;
 
 pub use bucket::{Bucket, RateLimit};
-pub use callers::{CallerLimitSettings, CallerLimits, LimitKind, RateLimited};
+pub use callers::{CallerLimitConfig, CallerLimits, LimitKind, RateLimited};
 pub use failed_auth::FailedAuthLimit;
 pub use keyed::KeyedLimiter;

@@ -331,17 +331,17 @@ async fn the_published_bundle_follows_a_step_by_itself() {
 /// issued or audited, and the refusal is counted; other callers are not slowed.
 #[tokio::test]
 async fn a_caller_over_its_limit_is_told_when_to_retry_and_nothing_is_issued() {
-    use meshca_ra::limits::{CallerLimitSettings, CallerLimits, RateLimit};
+    use meshca_ra::limits::{CallerLimitConfig, CallerLimits, RateLimit};
 
     let mut ra = Ra::start().await;
-    ra.service =
-        ra.service
-            .clone()
-            .with_limits(Arc::new(CallerLimits::new(&CallerLimitSettings {
-                per_identity: RateLimit { rate: 1, burst: 2 },
-                per_address: RateLimit { rate: 1, burst: 4 },
-                max_callers: 100,
-            })));
+    ra.service = ra
+        .service
+        .clone()
+        .with_limits(Arc::new(CallerLimits::new(&CallerLimitConfig {
+            per_identity: RateLimit { rate: 1, burst: 2 },
+            per_address: RateLimit { rate: 1, burst: 4 },
+            max_callers: 100,
+        })));
     for _ in 0..2 {
         ra.call(&[ID], true).await.unwrap();
     }
