@@ -16,6 +16,7 @@ mod harness;
 mod interop;
 mod inventory;
 mod limits;
+mod load;
 mod openapi;
 mod outage;
 mod peers;
