@@ -21,9 +21,9 @@ use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{
     AuthConfig, GrpcConfig, IstioConfig, MetricsConfig, RestConfig, RotationConfig, TrustConfig,
 };
-use crate::limits::{CallerLimits, FailedAuthLimit};
+use crate::limits::CallerLimits;
 use crate::metrics::{CaReadings, RaMetrics};
-use crate::rest::{self, RestState, TlsListener};
+use crate::rest::{self, FailedAuthLimit, RestState, TlsListener};
 use crate::root_configmap::{
     publisher_client, RootCertPublisher, RootConfigMapSettings, RootConfigMapSetupError,
 };

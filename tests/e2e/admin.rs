@@ -388,7 +388,15 @@ async fn every_endpoint_requires_its_role() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("meshca-dev");
     let admin_id = "spiffe://cluster.local/ns/default/sa/default";
-    let server = dev_server(tmp.path(), &[("MESHCA_REST_ADMINS", admin_id.to_string())]);
+    // Every endpoint is probed with a wrong token: more failures than an address may spend
+    // (rest.failed_auth_limit), which is not what this test is about.
+    let server = dev_server(
+        tmp.path(),
+        &[
+            ("MESHCA_REST_ADMINS", admin_id.to_string()),
+            ("MESHCA_REST_FAILED_AUTH_LIMIT_RATE", "0".into()),
+        ],
+    );
     let grpc = server.grpc;
     let root = std::fs::read_to_string(data.join("root-cert.pem")).unwrap();
     let rest = Rest::new(server.rest, &root);

@@ -121,12 +121,23 @@ fn admit(parts: &Parts, state: &RestState, role: RestRole) -> Result<Actor, ApiE
             .map_err(ApiError::rate_limited)?;
     }
     let actor = authenticate(parts, state).inspect_err(|e| {
-        if let Some(address) = address {
+        // Only a credential that was presented and refused is a guess; a request with none
+        // (a browser before sign-in, a probe) spends nothing.
+        if let Some(address) = address.filter(|_| presents_credentials(parts)) {
             state.failed_auth.failed(address, Instant::now());
         }
         record_denial(parts, state, None, e)
     })?;
     require(actor.clone(), role).inspect_err(|e| record_denial(parts, state, Some(&actor), e))
+}
+
+/// Whether the request carries a bearer token or a client certificate.
+fn presents_credentials(parts: &Parts) -> bool {
+    parts.headers.contains_key(header::AUTHORIZATION)
+        || parts
+            .extensions
+            .get::<ConnectInfo<RestPeer>>()
+            .is_some_and(|c| !c.0 .0.certs.is_empty())
 }
 
 fn record_denial(parts: &Parts, state: &RestState, actor: Option<&Actor>, error: &ApiError) {

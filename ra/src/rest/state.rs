@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::callers::{Actor, TokenConfigError, TokenTable};
 use super::error::ApiError;
+use super::failed_auth::FailedAuthLimit;
 use crate::config::{RestConfig, RotationConfig};
-use crate::limits::FailedAuthLimit;
 use crate::root_configmap::RootCertPublisher;
 use crate::trust::deliveries::AgentDeliveries;
 use crate::trust::TrustBundles;

@@ -69,7 +69,7 @@ impl Api {
         // The gates' propagation counts are what these tests look at, not the wait.
         state.rotation.settle = std::time::Duration::ZERO;
         if let Some(limit) = limit {
-            state.failed_auth = meshca_ra::limits::FailedAuthLimit::new(limit, 100, Arc::default());
+            state.failed_auth = meshca_ra::rest::FailedAuthLimit::new(limit, 100, Arc::default());
         }
         Self {
             router: rest::router(state),
@@ -481,11 +481,15 @@ async fn gated_steps_answer_409_naming_what_they_wait_for_unless_forced() {
 
 /// `rest.failed_auth_limit`: an address that keeps failing to authenticate is answered 429
 /// with `Retry-After`, even with a good token, until its bucket refills; the failures before
-/// that are audited, the 429s are not.
+/// that are audited, the 429s are not. Requests without any credential spend nothing.
 #[tokio::test]
 async fn an_address_guessing_tokens_is_held_back() {
     let limit = meshca_ra::limits::RateLimit { rate: 1, burst: 3 };
     let api = Api::start_limiting(Some(limit)).await;
+    for _ in 0..5 {
+        let anonymous = api.call(Method::GET, "/v1/certificates", None, None).await;
+        assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    }
     for guess in ["Bearer a", "Bearer b", "Bearer c"] {
         assert_eq!(
             api.get("/v1/certificates", guess).await.status,
@@ -496,7 +500,8 @@ async fn an_address_guessing_tokens_is_held_back() {
     assert_eq!(held.status, StatusCode::TOO_MANY_REQUESTS, "{}", held.body);
     assert_eq!(held.body["error"], "rate_limited");
     assert_eq!(held.headers[header::RETRY_AFTER], "1");
-    assert_eq!(audit_events(&api.ca, "rest.authenticate", 3).await.len(), 3);
+    // The five anonymous requests and the three guesses; the held-back request is not there.
+    assert_eq!(audit_events(&api.ca, "rest.authenticate", 8).await.len(), 8);
     // A second later the address has one failure to spend again, and the admin gets in
     // (a success spends nothing).
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;

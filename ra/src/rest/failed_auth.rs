@@ -6,8 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::bucket::RateLimit;
-use super::keyed::KeyedLimiter;
+use crate::limits::{KeyedLimiter, RateLimit};
 use crate::metrics::RaMetrics;
 
 /// Cheap to clone; the default limits nothing.
