@@ -50,6 +50,24 @@ async fn kill_nine_under_load_loses_nothing_on_postgresql() {
     nothing_received_is_lost(vec![("MESHCA_STORE_URL", url)]).await;
 }
 
+/// A client of a plugged-in server, with a token and a CSR for `default/web`.
+async fn web_caller(
+    server: &MeshcaProcess,
+    chain: &meshca_ca::testing::GeneratedChain,
+    issuer: &JwtKey,
+) -> (
+    meshca_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient<
+        tonic::transport::Channel,
+    >,
+    String,
+    String,
+) {
+    let client = ca_client(server.grpc, &chain.root.pem(), None).await;
+    let token = issuer.mint(&sa_claims(K8S_ISSUER, "default", "web"));
+    let csr = WorkloadKey::ec().csr(&["spiffe://cluster.local/ns/default/sa/web"]);
+    (client, token, csr)
+}
+
 /// A broken `cacerts` update (half-written files, a key that is not the certificate's, an
 /// expired signing certificate) is refused: the previous material keeps signing and
 /// `meshca_cacerts_reload_failure_count` counts each; the next good update is taken.
@@ -64,9 +82,7 @@ async fn a_broken_cacerts_update_keeps_the_old_ca_signing() {
     let chain = GeneratedChain::new(KeyType::EcP256);
     let issuer = JwtKey::es256("k1");
     let server = plugged_in_server(dir, &chain, &issuer);
-    let mut client = ca_client(server.grpc, &chain.root.pem(), None).await;
-    let token = issuer.mint(&sa_claims(K8S_ISSUER, "default", "web"));
-    let csr = WorkloadKey::ec().csr(&["spiffe://cluster.local/ns/default/sa/web"]);
+    let (mut client, token, csr) = web_caller(&server, &chain, &issuer).await;
     let mut signer = async || {
         let answer = create_certificate(&mut client, &csr, 3600, Some(&token), None)
             .await
@@ -171,9 +187,7 @@ async fn a_peer_whose_clock_is_behind_accepts_a_fresh_certificate() {
     let chain = GeneratedChain::new(KeyType::EcP256);
     let issuer = JwtKey::es256("k1");
     let server = plugged_in_server(dir, &chain, &issuer);
-    let mut client = ca_client(server.grpc, &chain.root.pem(), None).await;
-    let token = issuer.mint(&sa_claims(K8S_ISSUER, "default", "web"));
-    let csr = WorkloadKey::ec().csr(&["spiffe://cluster.local/ns/default/sa/web"]);
+    let (mut client, token, csr) = web_caller(&server, &chain, &issuer).await;
     let answer = create_certificate(&mut client, &csr, 3600, Some(&token), None)
         .await
         .unwrap();
