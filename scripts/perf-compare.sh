@@ -28,16 +28,9 @@ for tool in openssl jq curl cfssl; do
   fi
 done
 
-cargo build --release --locked -p meshca >&2
-bin=$PWD/target/release/meshca
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+script_name=perf-compare
+# shellcheck source=scripts/lib/release.sh
+source scripts/lib/release.sh
 
 # --- 1. crypto bound --------------------------------------------------------------------------
 echo "openssl speed (3 s each)…" >&2
@@ -68,15 +61,6 @@ make_cacerts() { # dir, key algorithm args...
 }
 make_cacerts "$work/cacerts-p256" -newkey ec -pkeyopt ec_paramgen_curve:P-256
 make_cacerts "$work/cacerts-rsa" -newkey rsa:2048
-
-wait_ready() { # url
-  for _ in $(seq 1 100); do
-    curl -sf "$1" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "perf-compare: $1 never became ready" >&2
-  exit 1
-}
 
 start_meshca() { # cacerts dir, data dir
   MESHCA_DATA_DIR=$2 MESHCA_CA_CACERTS_DIR=$1 MESHCA_LOG=warn \

@@ -37,25 +37,9 @@ if ! command -v gnuplot >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnuplot-nox >/dev/null
 fi
 
-cargo build --release --locked -p meshca >&2
-bin=$PWD/target/release/meshca
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-wait_ready() { # url
-  for _ in $(seq 1 300); do
-    curl -sf "$1" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "soak: $1 never became ready" >&2
-  exit 1
-}
+script_name=soak
+# shellcheck source=scripts/lib/release.sh
+source scripts/lib/release.sh
 
 # One load generator on one address stands for a whole fleet, so the per-address limit is off;
 # the per-identity limit stays on (the load spreads over 64 identities, well under it).
@@ -64,7 +48,7 @@ MESHCA_DATA_DIR=$data MESHCA_LOG=warn MESHCA_GRPC_RATE_LIMIT_PER_ADDRESS_RATE=0 
   "$bin" server --dev >"$out/server.log" 2>&1 &
 server_pid=$!
 pids+=("$server_pid")
-wait_ready http://127.0.0.1:15014/readyz
+wait_ready http://127.0.0.1:15014/readyz 300
 
 declare -A label_of=([$server_pid]=server)
 agent_sockets=()
@@ -81,7 +65,7 @@ for i in $(seq 1 "$AGENTS"); do
   label_of[$!]=agent-$i
   agent_sockets+=("$dir/spiffe.sock")
 done
-for i in $(seq 1 "$AGENTS"); do wait_ready "http://127.0.0.1:$((16000 + i))/readyz"; done
+for i in $(seq 1 "$AGENTS"); do wait_ready "http://127.0.0.1:$((16000 + i))/readyz" 300; done
 
 common=(--addr 127.0.0.1:15012 --ca-cert "$data/root-cert.pem"
   --jwt-key "$data/dev/issuer-key.pem" --jwt-kid "$(jq -r '.keys[0].kid' "$data/dev/jwks.json")"
@@ -104,7 +88,8 @@ fetch_errors=0
 start=$(date +%s)
 samples=$((minutes * 60 / SAMPLE_SECS))
 for n in $(seq 0 "$samples"); do
-  sleep $((start + n * SAMPLE_SECS - $(date +%s) > 0 ? start + n * SAMPLE_SECS - $(date +%s) : 0))
+  wait_secs=$((start + n * SAMPLE_SECS - $(date +%s)))
+  ((wait_secs <= 0)) || sleep "$wait_secs"
   elapsed=$(($(date +%s) - start))
   for pid in "${!label_of[@]}"; do
     [[ -r /proc/$pid/status ]] || continue
@@ -166,7 +151,7 @@ table() { # process label
   echo "| process | RSS start MiB | RSS at sample ${WARMUP_SAMPLES} | RSS end | RSS max | FDs start | FDs at ${WARMUP_SAMPLES} | FDs end |"
   echo "|---|---|---|---|---|---|---|---|"
   table server
-  for i in 1 2 "$AGENTS"; do table "agent-$i"; done
+  for i in $(printf "%s\n" 1 2 "$AGENTS" | sort -nu); do table "agent-$i"; done
   table bench
 } >"$out/summary.md"
 

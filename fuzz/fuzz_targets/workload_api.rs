@@ -10,7 +10,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use libfuzzer_sys::fuzz_target;
 use meshca_agent::metrics::AgentMetrics;
@@ -62,6 +62,14 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+/// The first gRPC message of a response body, once all of it has arrived.
+fn first_message(data: &[u8]) -> Option<Bytes> {
+    let len = u32::from_be_bytes(data.get(1..5)?.try_into().unwrap()) as usize;
+    let message = data.get(5..5 + len)?;
+    assert_eq!(data[0], 0, "answers are not compressed");
+    Some(Bytes::copy_from_slice(message))
+}
+
 /// What came back: the grpc-status (0 when a message arrived first), its message, and the
 /// first message's bytes.
 struct Answer {
@@ -93,29 +101,36 @@ async fn call(path: &str, header: Option<&str>, body: &[u8]) -> Answer {
         Some((code, message))
     };
     if let Some((code, message)) = status_of(response.headers()) {
-        return Answer { code, message, first: None };
+        return Answer {
+            code,
+            message,
+            first: None,
+        };
     }
     let mut body = response.into_body();
     let mut data = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.expect("the server's body does not fail");
         match frame.into_data() {
-            Ok(mut chunk) => {
-                data.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-                if data.len() >= 5 {
-                    let len = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
-                    if data.len() >= 5 + len {
-                        assert_eq!(data[0], 0, "answers are not compressed");
-                        let first = Bytes::copy_from_slice(&data[5..5 + len]);
-                        return Answer { code: 0, message: String::new(), first: Some(first) };
-                    }
+            Ok(chunk) => {
+                data.extend_from_slice(&chunk);
+                if let Some(first) = first_message(&data) {
+                    return Answer {
+                        code: 0,
+                        message: String::new(),
+                        first: Some(first),
+                    };
                 }
             }
             Err(frame) => {
                 let trailers = frame.into_trailers().expect("data or trailers");
                 let (code, message) = status_of(&trailers).expect("trailers carry a grpc-status");
                 assert!(data.is_empty(), "a message cut short by its trailers");
-                return Answer { code, message, first: None };
+                return Answer {
+                    code,
+                    message,
+                    first: None,
+                };
             }
         }
     }
@@ -139,7 +154,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     if answer.code != 0 {
-        assert!(!answer.message.is_empty(), "refusal {} says why", answer.code);
+        assert!(
+            !answer.message.is_empty(),
+            "refusal {} says why",
+            answer.code
+        );
         return;
     }
     assert_eq!(header, Some("true"), "answered without the security header");
