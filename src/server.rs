@@ -59,6 +59,10 @@ pub async fn run(mut config: MeshcaConfig, dev_mode: bool) -> anyhow::Result<()>
             ra.rest_addr
         );
         println!(
+            "  web console:                    https://{}/ui/ (sign in with a REST token)",
+            ra.rest_addr
+        );
+        println!(
             "  REST tokens (admin, auditor):   {}, {}",
             dev_files.admin_token.display(),
             dev_files.auditor_token.display()

@@ -13,73 +13,16 @@ mod common;
 use std::time::{Duration, Instant};
 
 use meshca_ca::store::{CertificateFilter, CertificateStatus, Store};
+use meshca_ca::testing::load_synthetic_inventory;
 
 const DAY: i64 = 86_400;
 /// 2026-08-28T00:00:00Z: the first generated issuance.
 const BASE: i64 = 1_787_875_200;
 const ITERATIONS: usize = 200;
 
-fn columns() -> &'static str {
-    "serial, spiffe_id, trust_domain, namespace, service_account, not_before, not_after, \
-     issued_at, authority_id, requester_method, requester_principal, peer_address, cluster_id, \
-     public_key_sha256, cert_der, bundle_as_of"
-}
-
 async fn load(store: &Store, rows: i64) -> Duration {
     let started = Instant::now();
-    let span = 90 * DAY;
-    match store {
-        Store::Sqlite(pool) => {
-            let sql = format!(
-                "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < {rows}) \
-                 INSERT INTO issued_certificates ({cols}) SELECT \
-                 printf('%032x', n), \
-                 'spiffe://cluster.local/ns/ns-' || (n % 1000) || '/sa/sa-' || (n % 7), \
-                 'cluster.local', 'ns-' || (n % 1000), 'sa-' || (n % 7), \
-                 {BASE} + n * {span} / {rows} - 120, {BASE} + n * {span} / {rows} + {DAY}, \
-                 {BASE} + n * {span} / {rows}, \
-                 CASE WHEN n * 2 < {rows} THEN 'authority-old' ELSE 'authority-new' END, \
-                 'jwt', 'ns-' || (n % 1000) || '/sa-' || (n % 7), '10.0.0.1:40000', 'Kubernetes', \
-                 printf('%064x', n), randomblob(600), 0 FROM seq",
-                cols = columns()
-            );
-            sqlx::query(&sql).execute(pool).await.unwrap();
-            sqlx::query(
-                "INSERT INTO certificate_revocations (serial, reason, revoked_at, actor) \
-                 SELECT serial, 'keyCompromise', issued_at + 60, 'bench' \
-                 FROM issued_certificates WHERE id % 1000 = 7",
-            )
-            .execute(pool)
-            .await
-            .unwrap();
-            sqlx::query("ANALYZE").execute(pool).await.unwrap();
-        }
-        Store::Postgres(pool) => {
-            let sql = format!(
-                "INSERT INTO issued_certificates ({cols}) SELECT \
-                 lpad(to_hex(n), 32, '0'), \
-                 'spiffe://cluster.local/ns/ns-' || (n % 1000) || '/sa/sa-' || (n % 7), \
-                 'cluster.local', 'ns-' || (n % 1000), 'sa-' || (n % 7), \
-                 {BASE} + n * {span} / {rows} - 120, {BASE} + n * {span} / {rows} + {DAY}, \
-                 {BASE} + n * {span} / {rows}, \
-                 CASE WHEN n * 2 < {rows} THEN 'authority-old' ELSE 'authority-new' END, \
-                 'jwt', 'ns-' || (n % 1000) || '/sa-' || (n % 7), '10.0.0.1:40000', 'Kubernetes', \
-                 lpad(to_hex(n), 64, '0'), decode(repeat(md5(n::text), 38), 'hex'), 0 \
-                 FROM generate_series(1::bigint, {rows}::bigint) AS n",
-                cols = columns()
-            );
-            sqlx::query(&sql).execute(pool).await.unwrap();
-            sqlx::query(
-                "INSERT INTO certificate_revocations (serial, reason, revoked_at, actor) \
-                 SELECT serial, 'keyCompromise', issued_at + 60, 'bench' \
-                 FROM issued_certificates WHERE id % 1000 = 7",
-            )
-            .execute(pool)
-            .await
-            .unwrap();
-            sqlx::query("ANALYZE").execute(pool).await.unwrap();
-        }
-    }
+    load_synthetic_inventory(store, rows, BASE, 90 * DAY).await;
     started.elapsed()
 }
 

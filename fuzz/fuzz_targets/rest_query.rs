@@ -48,7 +48,7 @@ fn api() -> &'static Api {
             let agents =
                 meshca_ra::trust::deliveries::AgentDeliveries::start(watchers, ca.store().clone());
             let state = meshca_ra::rest::RestState::new(&config, ca, bundles, agents).unwrap();
-            meshca_ra::rest::router(state)
+            meshca_ra::rest::router(state, axum::Router::new())
         });
         Api {
             runtime,

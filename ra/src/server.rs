@@ -188,7 +188,8 @@ impl RunningRa {
         let rest_incoming = tls::incoming(rest_listener, tls::rest_server_config(certs.clone()));
         let rest = axum::serve(
             TlsListener::new(rest_incoming, rest_addr),
-            rest::router(rest_state).into_make_service_with_connect_info::<rest::RestPeer>(),
+            rest::router(rest_state, crate::console::router())
+                .into_make_service_with_connect_info::<rest::RestPeer>(),
         )
         .with_graceful_shutdown(async move {
             let _ = rest_stop.recv().await;

@@ -493,6 +493,7 @@ async fn every_endpoint_requires_its_role() {
     let mtls = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(root.as_bytes()).unwrap()])
         .identity(identity)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
     let response = mtls
@@ -509,6 +510,43 @@ async fn every_endpoint_requires_its_role() {
     assert_eq!(
         events["events"][0]["actor"],
         json!({"method": "mtls", "principal": admin_id})
+    );
+    // The same certificate signs in to the web console; the session is worth nothing on a
+    // connection without it.
+    let signed_in = mtls
+        .post(format!("{}/ui/sign-in", rest.base))
+        .header("origin", &rest.base)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("with=certificate&next=%2Fui%2Fauthorities")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let page = mtls
+        .get(format!("{}/ui/authorities", rest.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(admin_id) && html.contains("id=\"prepare\""),
+        "an admin's page"
+    );
+    let elsewhere = rest
+        .client
+        .get(format!("{}/ui/authorities", rest.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        elsewhere.url().path(),
+        "/ui/sign-in",
+        "the cookie without the certificate leads back to sign-in"
     );
     // The failed attempts above are on record too (written without holding up the answers).
     let expected = 2 * endpoints.len();

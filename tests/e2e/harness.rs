@@ -172,7 +172,7 @@ pub fn dev_agent(dir: &Path, grpc: SocketAddr, extra_env: &[(&str, String)]) -> 
 /// Kills `pid` once this test binary has exited: a process held by a `static` (a server shared
 /// by a file's tests) is never dropped, and must not outlive the run. Stops watching when `pid`
 /// exits first, so a recycled pid is never signalled.
-fn reap_with_this_process(pid: u32) {
+pub fn reap_with_this_process(pid: u32) {
     let me = std::process::id();
     let _ = Command::new("sh")
         .arg("-c")

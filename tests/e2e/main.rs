@@ -8,6 +8,7 @@ mod ambient;
 mod attestation;
 mod attestation_k8s;
 mod bench;
+mod console;
 mod credentials;
 mod disk_full;
 mod drill;

@@ -42,6 +42,12 @@ impl Store {
                 conditions.push(column, Param::Text(v.clone()));
             }
         }
+        let refusals_only = filter.outcome.as_deref().is_some_and(|o| o != "success");
+        if filter.unsuccessful || refusals_only {
+            // Word for word the partial index's condition, so both dialects use it (neither
+            // infers it from `outcome = 'refused'`).
+            conditions.push_fixed("outcome <> 'success'");
+        }
         for (condition, value) in [
             ("at >= ?", filter.since),
             ("at < ?", filter.until),

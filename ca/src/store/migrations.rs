@@ -25,6 +25,7 @@ pub(crate) const SQLITE: &[(&str, &str)] = embedded!("sqlite":
     "0004_inventory_indexes.sql",
     "0005_rotation_counters.sql",
     "0006_node_agent_requests.sql",
+    "0007_console.sql",
 );
 
 pub(crate) const POSTGRES: &[(&str, &str)] = embedded!("postgres":
@@ -34,6 +35,7 @@ pub(crate) const POSTGRES: &[(&str, &str)] = embedded!("postgres":
     "0004_inventory_indexes.sql",
     "0005_rotation_counters.sql",
     "0006_node_agent_requests.sql",
+    "0007_console.sql",
 );
 
 /// A dialect's embedded migrations as a source for sqlx's [`Migrator`].

@@ -27,6 +27,7 @@ macro_rules! with_pool {
 
 mod audit_log;
 mod authorities;
+mod console;
 mod counters;
 mod inventory;
 mod leadership;
@@ -39,8 +40,9 @@ mod sqlite_writer;
 use migrations::Embedded;
 pub use postgres_writer::PostgresIssuanceWriter;
 pub use records::{
-    AuditFilter, BundleDelivery, CertificateFilter, CertificateRow, CertificateStatus, Issuance,
-    IssuanceRecord, Renewal, RevocationRecord, StoreError, StoredAuthority, TransitionError,
+    AuditFilter, BundleDelivery, CertificateFilter, CertificateRow, CertificateStatus,
+    ConsoleSession, Issuance, IssuanceRecord, Renewal, RevocationRecord, StoreError,
+    StoredAuthority, TransitionError,
 };
 pub use sqlite_writer::SqliteIssuanceWriter;
 

@@ -181,6 +181,8 @@ pub struct AuditFilter {
     pub action: Option<String>,
     pub actor: Option<String>,
     pub outcome: Option<String>,
+    /// Only refusals and denials (any outcome but `success`).
+    pub unsuccessful: bool,
     pub target: Option<String>,
     /// Unix seconds, inclusive.
     pub since: Option<i64>,
@@ -244,4 +246,23 @@ pub struct BundleDelivery {
     pub connected: i64,
     /// Root fingerprint → agents that were sent a bundle holding it.
     pub received: std::collections::BTreeMap<String, i64>,
+}
+
+/// A signed-in console session as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// SHA-256 (hex) of the id in the browser's cookie.
+    pub id_sha256: String,
+    /// How the browser signed in: `token` or `mtls`.
+    pub method: String,
+    /// The token's configured name, or the client certificate's SPIFFE id.
+    pub principal: String,
+    /// The role it signed in with: `admin` or `auditor`.
+    pub role: String,
+    /// SHA-256 (hex) of the bearer token it signed in with; `None` for a client certificate.
+    pub token_sha256: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
 }

@@ -40,7 +40,8 @@ pub struct AuditQuery {
     cursor: Option<String>,
 }
 
-fn view(record: &AuditRecord) -> AuditEventView {
+/// An audit record as the API (and the console) shows it.
+pub(crate) fn audit_view(record: &AuditRecord) -> AuditEventView {
     AuditEventView {
         seq: record.seq,
         at: unix_to_rfc3339(record.at),
@@ -72,6 +73,14 @@ pub async fn list(
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    audit_page(&state, query).await.map(Json)
+}
+
+/// One page of the log (the API's, and the console's).
+pub(crate) async fn audit_page(
+    state: &RestState,
+    query: AuditQuery,
+) -> Result<AuditPage, ApiError> {
     let limit = pagination::limit(query.limit)?;
     let before = query
         .cursor
@@ -82,6 +91,7 @@ pub async fn list(
         action: query.action,
         actor: query.actor,
         outcome: query.outcome,
+        unsuccessful: false,
         target: query.target,
         since: pagination::time_param("since", query.since.as_deref())?,
         until: pagination::time_param("until", query.until.as_deref())?,
@@ -93,10 +103,10 @@ pub async fn list(
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let (page, next) = pagination::split_page(records, limit, |r| Cursor(r.seq).encode("audit"));
-    Ok(Json(AuditPage {
-        events: page.iter().map(view).collect(),
+    Ok(AuditPage {
+        events: page.iter().map(audit_view).collect(),
         next_cursor: next,
-    }))
+    })
 }
 
 /// Walks the chain up to its head as it stands when the walk starts and names the first event
@@ -112,30 +122,32 @@ pub async fn verify(
     State(state): State<RestState>,
     _caller: Auditor,
 ) -> Result<Json<Verdict>, ApiError> {
+    audit_verdict(&state).await.map(Json)
+}
+
+/// Walks the chain (the API's verify, and the console's).
+pub(crate) async fn audit_verdict(state: &RestState) -> Result<Verdict, ApiError> {
     let verdict = state
         .ca
         .store()
         .verify_audit_log()
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    let (checked, head) = match verdict {
-        Ok(head) => head,
-        Err(broken) => {
-            return Ok(Json(Verdict {
-                intact: false,
-                checked: broken.seq - 1,
-                head: None,
-                first_broken: Some(BrokenLinkView {
-                    seq: broken.seq,
-                    reason: broken.reason,
-                }),
-            }))
-        }
-    };
-    Ok(Json(Verdict {
-        intact: true,
-        checked,
-        head: Some(head),
-        first_broken: None,
-    }))
+    Ok(match verdict {
+        Ok((checked, head)) => Verdict {
+            intact: true,
+            checked,
+            head: Some(head),
+            first_broken: None,
+        },
+        Err(broken) => Verdict {
+            intact: false,
+            checked: broken.seq - 1,
+            head: None,
+            first_broken: Some(BrokenLinkView {
+                seq: broken.seq,
+                reason: broken.reason,
+            }),
+        },
+    })
 }

@@ -58,13 +58,7 @@ fn authenticate(parts: &Parts, state: &RestState) -> Result<Actor, ApiError> {
     };
     let spiffe_id = verify_client_cert(&peer, state)
         .map_err(|why| unauthenticated(&format!("client certificate: {why}")))?;
-    let role = if state.admins.contains(&spiffe_id) {
-        Some(RestRole::Admin)
-    } else if state.auditors.contains(&spiffe_id) {
-        Some(RestRole::Auditor)
-    } else {
-        None
-    };
+    let role = state.role_of_spiffe_id(&spiffe_id);
     Ok(Actor {
         method: "mtls",
         principal: spiffe_id,
@@ -73,7 +67,7 @@ fn authenticate(parts: &Parts, state: &RestState) -> Result<Actor, ApiError> {
 }
 
 /// The SPIFFE id of a client chain that verifies to the mesh's trust bundle.
-fn verify_client_cert(peer: &PeerInfo, state: &RestState) -> Result<String, String> {
+pub(crate) fn verify_client_cert(peer: &PeerInfo, state: &RestState) -> Result<String, String> {
     let mut certs = peer.certs.iter().map(|c| ParsedCert::from_der(c.as_ref()));
     let leaf = certs
         .next()

@@ -201,10 +201,15 @@ pub async fn list(
     State(state): State<RestState>,
     _caller: Auditor,
 ) -> Result<Json<AuthorityList>, ApiError> {
+    authority_list(&state).await.map(Json)
+}
+
+/// Every authority and bundle root with its propagation (the API's list, and the console's).
+pub(crate) async fn authority_list(state: &RestState) -> Result<AuthorityList, ApiError> {
     let set = state.ca.authorities();
     let mut authorities = Vec::new();
     for entry in set.entries() {
-        authorities.push(view(&state, entry).await?);
+        authorities.push(view(state, entry).await?);
     }
     let now = unix_seconds(SystemTime::now());
     let mut bundle_roots = Vec::new();
@@ -213,7 +218,7 @@ pub async fn list(
         if bundle.authorities().root_since(fingerprint).is_none() {
             continue;
         }
-        let reach = reach_of_root(&state, fingerprint, now).await?;
+        let reach = reach_of_root(state, fingerprint, now).await?;
         bundle_roots.push(RootView {
             fingerprint_sha256: fingerprint.clone(),
             subject: root.subject_string(),
@@ -221,10 +226,10 @@ pub async fn list(
             propagation: propagation_view(&reach),
         });
     }
-    Ok(Json(AuthorityList {
+    Ok(AuthorityList {
         authorities,
         bundle_roots,
-    }))
+    })
 }
 
 /// One authority.
@@ -267,26 +272,54 @@ pub async fn prepare(
     Admin(actor): Admin,
     body: Result<Json<PrepareBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<AuthorityView>), ApiError> {
-    // A success is audited in the store's transaction; a refusal is recorded here.
-    let entry = match prepare_inner(&state, (actor.method, &actor.principal), body).await {
-        Ok(entry) => entry,
+    let prepared = async {
+        let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        prepare_request(body)
+    }
+    .await;
+    match prepared {
+        Ok(request) => prepare_as(&state, &actor, request)
+            .await
+            .map(|view| (StatusCode::CREATED, Json(view))),
         Err(e) => {
             state
                 .audit_action(&actor, "authority.prepare", "", Err(&e))
                 .await;
-            return Err(e);
+            Err(e)
         }
-    };
-    Ok((StatusCode::CREATED, Json(view(&state, &entry).await?)))
+    }
 }
 
-async fn prepare_inner(
+/// Prepares a generated root of `key_type` as `actor` (the console's prepare).
+pub(crate) async fn prepare_generated(
     state: &RestState,
-    actor: (&str, &str),
-    body: Result<Json<PrepareBody>, JsonRejection>,
-) -> Result<AuthorityEntry, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let request = match body {
+    actor: &Actor,
+    key_type: meshca_ca::keys::KeyType,
+) -> Result<AuthorityView, ApiError> {
+    prepare_as(state, actor, PrepareRequest::Generate(key_type)).await
+}
+
+/// A success is audited in the store's transaction; a refusal is recorded here.
+async fn prepare_as(
+    state: &RestState,
+    actor: &Actor,
+    request: PrepareRequest,
+) -> Result<AuthorityView, ApiError> {
+    let by = (actor.method, actor.principal.as_str());
+    match state.ca.prepare_authority(request, by).await {
+        Ok(entry) => view(state, &entry).await,
+        Err(e) => {
+            let e = ApiError::from(e);
+            state
+                .audit_action(actor, "authority.prepare", "", Err(&e))
+                .await;
+            Err(e)
+        }
+    }
+}
+
+fn prepare_request(body: PrepareBody) -> Result<PrepareRequest, ApiError> {
+    Ok(match body {
         PrepareBody::Generate(GenerateRequest { generate }) => {
             PrepareRequest::Generate(generate.key_type)
         }
@@ -298,8 +331,7 @@ async fn prepare_inner(
                 .cert_chain
                 .map(|pem| NamedPem::field("cert_chain", &pem)),
         }),
-    };
-    Ok(state.ca.prepare_authority(request, actor).await?)
+    })
 }
 
 /// `?force=true`: take a gated step although its gate does not hold (audited as forced).
@@ -312,9 +344,7 @@ pub struct StepParams {
     pub force: bool,
 }
 
-/// Takes `step` on the authority in the path and answers with its view. A gated step whose
-/// gate does not hold is refused with 409 naming what it waits for, unless forced. A step that
-/// happened was audited in its own transaction; a refused one is recorded here.
+/// Takes `step` on the authority in the path and answers with its view.
 async fn take_step(
     state: RestState,
     actor: Actor,
@@ -323,10 +353,33 @@ async fn take_step(
     step: RotationStep,
 ) -> Result<Json<AuthorityView>, ApiError> {
     let id = path_of(id)?;
+    match params {
+        Ok(Query(params)) => take_step_as(&state, &actor, &id, step, params.force)
+            .await
+            .map(Json),
+        Err(rejection) => {
+            let e = ApiError::bad_request(rejection.body_text());
+            state
+                .audit_action(&actor, step.audit_action(), &id, Err(&e))
+                .await;
+            Err(e)
+        }
+    }
+}
+
+/// Takes `step` on authority `id` as `actor` (the API's caller, or a console session). A gated
+/// step whose gate does not hold is refused with 409 naming what it waits for, unless forced.
+/// A step that happened was audited in its own transaction; a refused one is recorded here.
+pub(crate) async fn take_step_as(
+    state: &RestState,
+    actor: &Actor,
+    id: &str,
+    step: RotationStep,
+    force: bool,
+) -> Result<AuthorityView, ApiError> {
     let result = async {
-        let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let waits = waits_for(&state, &id, step).await?;
-        if !waits.is_empty() && !params.force {
+        let waits = waits_for(state, id, step).await?;
+        if !waits.is_empty() && !force {
             return Err(ApiError::conflict(format!(
                 "authority {id} not {}: {}; force=true takes the step anyway",
                 step.to().as_str(),
@@ -336,16 +389,16 @@ async fn take_step(
         let by = (actor.method, actor.principal.as_str());
         state
             .ca
-            .step_authority(&id, step, by, &waits)
+            .step_authority(id, step, by, &waits)
             .await
             .map_err(ApiError::from)
     }
     .await;
     match result {
-        Ok(entry) => Ok(Json(view(&state, &entry).await?)),
+        Ok(entry) => view(state, &entry).await,
         Err(e) => {
             state
-                .audit_action(&actor, step.audit_action(), &id, Err(&e))
+                .audit_action(actor, step.audit_action(), id, Err(&e))
                 .await;
             Err(e)
         }

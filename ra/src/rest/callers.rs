@@ -46,11 +46,29 @@ impl TokenTable {
     }
 
     pub(super) fn lookup(&self, token: &str) -> Option<(&str, RestRole)> {
+        self.lookup_with_sha256(token)
+            .map(|(name, role, _)| (name, role))
+    }
+
+    /// The token's name and role, and its SHA-256 (hex), which is what a console session
+    /// keeps of it.
+    pub(crate) fn lookup_with_sha256(&self, token: &str) -> Option<(&str, RestRole, String)> {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        self.by_digest(digest.as_ref())
+            .map(|(name, role)| (name, role, hex::encode(digest.as_ref())))
+    }
+
+    /// The name and role of the configured token whose SHA-256 is `sha256_hex`, if one still is.
+    pub(crate) fn by_sha256(&self, sha256_hex: &str) -> Option<(&str, RestRole)> {
+        let digest = hex::decode(sha256_hex).ok()?;
+        self.by_digest(&digest)
+    }
+
+    fn by_digest(&self, digest: &[u8]) -> Option<(&str, RestRole)> {
         self.tokens
             .iter()
             .find(|(known, _, _)| {
-                aws_lc_rs::constant_time::verify_slices_are_equal(known, digest.as_ref()).is_ok()
+                aws_lc_rs::constant_time::verify_slices_are_equal(known, digest).is_ok()
             })
             .map(|(_, name, role)| (name.as_str(), *role))
     }
@@ -87,6 +105,11 @@ mod tests {
             Some(("audit", RestRole::Auditor))
         );
         assert_eq!(table.lookup("s3cret"), None);
+        let (_, _, digest) = table.lookup_with_sha256("s3cret-audit").unwrap();
+        assert_eq!(digest, hash("s3cret-audit"));
+        assert_eq!(table.by_sha256(&digest), Some(("audit", RestRole::Auditor)));
+        assert_eq!(table.by_sha256("00"), None);
+        assert_eq!(table.by_sha256("not hex"), None);
         assert_eq!(
             table.lookup(&hash("s3cret-admin")),
             None,

@@ -10,6 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use meshca_ca::crl::RevocationReason;
 use meshca_ca::issuer::CrlError;
 use meshca_ca::store::{
     CertificateFilter, CertificateRow, CertificateStatus, RevocationRecord, Store,
@@ -20,6 +21,7 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Admin, Auditor};
+use super::callers::Actor;
 use super::error::{path_of, ApiError};
 use super::pagination::{self, unix_to_rfc3339, Cursor};
 use super::state::RestState;
@@ -216,7 +218,14 @@ pub async fn list(
     _caller: Auditor,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<CertificatePage>, ApiError> {
-    let query = query_of(query)?;
+    list_page(&state, &query_of(query)?).await.map(Json)
+}
+
+/// One page of the inventory (the API's list, and the console's).
+pub(crate) async fn list_page(
+    state: &RestState,
+    query: &ListQuery,
+) -> Result<CertificatePage, ApiError> {
     let filter = query.filter()?;
     let limit = pagination::limit(query.limit)?;
     let before = query
@@ -232,10 +241,10 @@ pub async fn list(
         .await
         .map_err(|e| ApiError::internal(&e))?;
     let (page, next) = pagination::split_page(rows, limit, |r| Cursor(r.id).encode("certificates"));
-    Ok(Json(CertificatePage {
+    Ok(CertificatePage {
         certificates: page.iter().map(|r| view(r, now)).collect(),
         next_cursor: next,
-    }))
+    })
 }
 
 async fn find(store: &Store, serial: &str) -> Result<CertificateRow, ApiError> {
@@ -268,7 +277,15 @@ pub async fn show(
     serial: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CertificateView>, ApiError> {
     let serial = path_of(serial)?;
-    let row = find(state.ca.store(), &serial).await?;
+    detail(&state, &serial).await.map(|(view, _)| Json(view))
+}
+
+/// One certificate's view with its PEM, and its DER.
+pub(crate) async fn detail(
+    state: &RestState,
+    serial: &str,
+) -> Result<(CertificateView, Vec<u8>), ApiError> {
+    let row = find(state.ca.store(), serial).await?;
     let record = state
         .ca
         .store()
@@ -280,10 +297,10 @@ pub async fn show(
         .ok_or_else(|| ApiError::not_found(format!("no certificate with serial {serial}")))?;
     let mut body = view(&row, now());
     body.pem = Some(pem::encode_config(
-        &pem::Pem::new("CERTIFICATE", record.cert_der),
+        &pem::Pem::new("CERTIFICATE", record.cert_der.clone()),
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
     ));
-    Ok(Json(body))
+    Ok((body, record.cert_der))
 }
 
 /// Revokes a certificate: renewal with it is refused and it is listed in its authority's CRL.
@@ -306,7 +323,29 @@ pub async fn revoke(
     body: Result<Json<RevokeBody>, JsonRejection>,
 ) -> Result<Json<CertificateView>, ApiError> {
     let serial = path_of(serial)?;
-    let result = revoke_inner(&state, &actor.principal, &serial, body).await;
+    match body {
+        Ok(Json(body)) => revoke_as(&state, &actor, &serial, body.reason)
+            .await
+            .map(Json),
+        Err(rejection) => {
+            let error = ApiError::bad_request(rejection.body_text());
+            state
+                .audit_action(&actor, "certificate.revoke", &serial, Err(&error))
+                .await;
+            Err(error)
+        }
+    }
+}
+
+/// Revokes as `actor` (the API's caller, or a console session) and records it, or the
+/// refusal, in the audit log before answering.
+pub(crate) async fn revoke_as(
+    state: &RestState,
+    actor: &Actor,
+    serial: &str,
+    reason: RevocationReason,
+) -> Result<CertificateView, ApiError> {
+    let result = revoke_inner(state, &actor.principal, serial, reason).await;
     let details = result.as_ref().map(|v| {
         json!({
             "reason": v.revocation.as_ref().and_then(|r| r.reason.clone()),
@@ -314,19 +353,17 @@ pub async fn revoke(
         })
     });
     state
-        .audit_action(&actor, "certificate.revoke", &serial, details)
+        .audit_action(actor, "certificate.revoke", serial, details)
         .await;
-    result.map(Json)
+    result
 }
 
 async fn revoke_inner(
     state: &RestState,
     actor: &str,
     serial: &str,
-    body: Result<Json<RevokeBody>, JsonRejection>,
+    reason: RevocationReason,
 ) -> Result<CertificateView, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let reason = body.reason;
     let row = find(state.ca.store(), serial).await?;
     let inserted = state
         .ca
@@ -366,7 +403,14 @@ pub async fn export(
     _caller: Auditor,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let query = query_of(query)?;
+    export_response(&state, &query_of(query)?)
+}
+
+/// The streamed export of `query` (the API's, and the console's download).
+pub(crate) fn export_response(
+    state: &RestState,
+    query: &ExportQuery,
+) -> Result<Response, ApiError> {
     let csv = matches!(query.format.unwrap_or_default(), ExportFormat::Csv);
     let filter = query.filter()?;
     let store = state.ca.store().clone();

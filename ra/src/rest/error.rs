@@ -40,6 +40,21 @@ impl ApiError {
         }
     }
 
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What the caller is told.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// `429`: the `Retry-After` seconds.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+            .map(|wait| (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
     }
@@ -90,16 +105,16 @@ impl IntoResponse for ApiError {
             StatusCode::TOO_MANY_REQUESTS => "rate_limited",
             _ => "internal",
         };
+        let retry_after = self.retry_after();
         let body = ErrorBody {
             error: error.to_string(),
             message: self.message,
         };
         let mut response = (self.status, Json(body)).into_response();
-        if let Some(wait) = self.retry_after {
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(seconds.max(1)),
+                axum::http::HeaderValue::from(seconds),
             );
         }
         if self.status == StatusCode::UNAUTHORIZED {

@@ -3,18 +3,19 @@
 //! are bearer tokens (configured by SHA-256) or mesh client certificates whose SPIFFE id is
 //! listed; anonymous callers get only the trust bundle and health. This module holds the route
 //! list and the OpenAPI document built from it; handlers, callers, state and errors are its
-//! submodules, none of which depends on it.
+//! submodules, none of which depends on it. The handlers' bodies are functions of their own
+//! (`list_page`, `revoke_as`, …) that the web console ([`crate::console`]) calls too.
 
 mod audit;
 pub mod auth;
 mod authorities;
 pub mod callers;
-mod certificates;
+pub(crate) mod certificates;
 mod error;
 mod failed_auth;
 pub mod gates;
 mod listener;
-mod pagination;
+pub(crate) mod pagination;
 mod state;
 pub mod views;
 
@@ -27,7 +28,9 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub(crate) use audit::{audit_page, audit_verdict, audit_view, AuditQuery};
 use auth::Auditor;
+pub(crate) use authorities::{authority_list, prepare_generated, take_step_as};
 pub use callers::{Actor, TokenTable};
 pub use error::ApiError;
 pub use failed_auth::FailedAuthLimit;
@@ -91,11 +94,13 @@ pub fn api() -> (Router<RestState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The API's routes, plus `/openapi.json` (auditors) and `/healthz` (anonymous).
-pub fn router(state: RestState) -> Router {
+/// The API's routes, plus `/openapi.json` (auditors), `/healthz` (anonymous) and `pages`
+/// (the web console, which the server adds; it is built on this module, not part of it).
+pub fn router(state: RestState, pages: Router<RestState>) -> Router {
     let (routes, document) = api();
     let document = Arc::new(document);
     routes
+        .merge(pages)
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/openapi.json",

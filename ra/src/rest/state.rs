@@ -11,7 +11,7 @@ use serde_json::json;
 use super::callers::{Actor, TokenConfigError, TokenTable};
 use super::error::ApiError;
 use super::failed_auth::FailedAuthLimit;
-use crate::config::{RestConfig, RotationConfig};
+use crate::config::{RestConfig, RestRole, RotationConfig};
 use crate::root_configmap::RootCertPublisher;
 use crate::trust::deliveries::AgentDeliveries;
 use crate::trust::TrustBundles;
@@ -29,7 +29,7 @@ pub struct RestState {
     pub root_configmaps: Option<Arc<RootCertPublisher>>,
     /// `rest.failed_auth_limit` (none until set).
     pub failed_auth: FailedAuthLimit,
-    pub(super) tokens: Arc<TokenTable>,
+    pub(crate) tokens: Arc<TokenTable>,
     pub(super) admins: Arc<HashSet<String>>,
     pub(super) auditors: Arc<HashSet<String>>,
 }
@@ -58,6 +58,17 @@ impl RestState {
 }
 
 impl RestState {
+    /// The role `rest.admins` / `rest.auditors` give a client certificate's SPIFFE id.
+    pub fn role_of_spiffe_id(&self, spiffe_id: &str) -> Option<RestRole> {
+        if self.admins.contains(spiffe_id) {
+            Some(RestRole::Admin)
+        } else if self.auditors.contains(spiffe_id) {
+            Some(RestRole::Auditor)
+        } else {
+            None
+        }
+    }
+
     /// Appends an audit event without holding up the response (used for denials, which an
     /// attacker controls the rate of).
     pub fn audit_in_background(&self, event: AuditEvent) {

@@ -1,7 +1,9 @@
-//! The RA's two front doors driven in process, without a socket: the REST router through
-//! `tower::ServiceExt::oneshot`, and `CreateCertificate` called on the service with the peer a
-//! TLS connection would have attached. Each test runs a real CA on a temp-dir SQLite store.
+//! The RA's two front doors driven in process, without a socket: the REST router (and the web
+//! console's pages on it) through `tower::ServiceExt::oneshot`, and `CreateCertificate` called
+//! on the service with the peer a TLS connection would have attached. Each test runs a real CA
+//! on a temp-dir SQLite store.
 
+mod console;
 mod create_certificate;
 mod rest;
 

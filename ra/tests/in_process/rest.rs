@@ -23,11 +23,11 @@ const ADMIN: &str = "Bearer admin-secret";
 const AUDITOR: &str = "Bearer auditor-secret";
 
 /// The router over a fresh CA, with an `admin` and an `audit` token.
-struct Api {
-    router: Router,
-    ca: CertificateAuthority,
+pub struct Api {
+    pub router: Router,
+    pub ca: CertificateAuthority,
     /// The client address requests come from, as the TLS listener reports it (none: unknown).
-    peer: Option<std::net::SocketAddr>,
+    pub peer: Option<std::net::SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -41,12 +41,12 @@ struct Answer {
 // === impl Api ===
 
 impl Api {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         Self::start_limiting(None).await
     }
 
     /// With `rest.failed_auth_limit = limit`, requests coming from 10.0.0.66.
-    async fn start_limiting(limit: Option<meshca_ra::limits::RateLimit>) -> Self {
+    pub async fn start_limiting(limit: Option<meshca_ra::limits::RateLimit>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = start_ca(dir.path()).await;
         let token = |name: &str, secret: &str, role| RestToken {
@@ -61,21 +61,28 @@ impl Api {
             ],
             ..RestConfig::default()
         };
-        let bundles = TrustBundles::start(ca.clone(), &Default::default()).unwrap();
-        let watchers = Arc::new(BundleWatchers::default());
-        let agents = AgentDeliveries::start(watchers, ca.store().clone());
-        let mut state =
-            RestState::new(&config, ca.clone(), bundles, agents).expect("valid token hashes");
-        // The gates' propagation counts are what these tests look at, not the wait.
-        state.rotation.settle = std::time::Duration::ZERO;
+        let mut state = rest_state(&ca, &config);
         if let Some(limit) = limit {
             state.failed_auth = meshca_ra::rest::FailedAuthLimit::new(limit, 100, Arc::default());
         }
         Self {
-            router: rest::router(state),
+            router: rest::router(state, meshca_ra::console::router()),
             ca,
             peer: limit.map(|_| "10.0.0.66:50000".parse().unwrap()),
             _dir: dir,
+        }
+    }
+
+    /// A router over the same CA whose configuration no longer holds any token.
+    pub async fn without_tokens(&self) -> Api {
+        Self {
+            router: rest::router(
+                rest_state(&self.ca, &RestConfig::default()),
+                meshca_ra::console::router(),
+            ),
+            ca: self.ca.clone(),
+            peer: self.peer,
+            _dir: tempfile::tempdir().unwrap(),
         }
     }
 
@@ -135,7 +142,7 @@ impl Api {
     }
 
     /// Issues a certificate for `default/<service_account>`; returns its serial.
-    async fn issue(&self, service_account: &str) -> String {
+    pub async fn issue(&self, service_account: &str) -> String {
         let id = SpiffeId::new(&format!(
             "spiffe://{TRUST_DOMAIN}/ns/default/sa/{service_account}"
         ))
@@ -155,6 +162,18 @@ impl Api {
         };
         self.ca.issue(request).await.unwrap().serial.to_hex()
     }
+}
+
+/// The REST state over `ca` with `config`.
+fn rest_state(ca: &CertificateAuthority, config: &RestConfig) -> RestState {
+    let bundles = TrustBundles::start(ca.clone(), &Default::default()).unwrap();
+    let watchers = Arc::new(BundleWatchers::default());
+    let agents = AgentDeliveries::start(watchers, ca.store().clone());
+    let mut state =
+        RestState::new(config, ca.clone(), bundles, agents).expect("valid token hashes");
+    // The gates' propagation counts are what these tests look at, not the wait.
+    state.rotation.settle = std::time::Duration::ZERO;
+    state
 }
 
 /// The API's error body, exactly.

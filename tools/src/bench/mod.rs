@@ -7,6 +7,7 @@
 mod args;
 mod call;
 mod cfssl;
+mod histogram;
 mod pacing;
 mod procfs;
 mod report;
@@ -25,9 +26,9 @@ pub use setup::BenchError;
 
 use call::{code_name, Attempt, Caller};
 use cfssl::CfsslConnection;
+use histogram::LatencyHistogram;
 use pacing::{pace, shed_retry_delay};
 use procfs::{process_cpu_seconds, process_disk_write_bytes};
-use report::percentiles;
 use setup::{connect, prepare};
 
 /// Runs the load and measures it.
@@ -73,7 +74,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         let shed_retry_for = args.shed_retry_for;
         let schedule = schedule.clone();
         workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let mut latencies = LatencyHistogram::default();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             let mut shed_retries = 0u64;
             loop {
@@ -111,7 +112,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
                 };
                 match outcome {
                     Attempt::Answered { valid } => {
-                        latencies.push(sent.elapsed());
+                        latencies.record(sent.elapsed());
                         if !valid {
                             *errors.entry("invalid_response".into()).or_default() += 1;
                         }
@@ -127,14 +128,14 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
             (latencies, errors, shed_retries)
         }));
     }
-    let mut latencies = Vec::new();
+    let mut latencies = LatencyHistogram::default();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut shed_retries = 0;
     for worker in workers {
         let (l, e, r) = worker
             .await
             .map_err(|e| BenchError::Setup(format!("worker failed: {e}")))?;
-        latencies.extend(l);
+        latencies.merge(&l);
         shed_retries += r;
         for (code, n) in e {
             *errors.entry(code).or_default() += n;
@@ -145,7 +146,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let disk_after = args.server_pid.and_then(process_disk_write_bytes);
     let own_cpu_after = process_cpu_seconds(std::process::id());
     let failed: u64 = errors.values().sum();
-    let answered = latencies.len() as u64;
+    let answered = latencies.count();
     let ok = answered.saturating_sub(errors.get("invalid_response").copied().unwrap_or(0));
     let requests = answered + failed - errors.get("invalid_response").copied().unwrap_or(0);
     Ok(BenchReport {
@@ -155,7 +156,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         shed_retries,
         seconds,
         throughput_per_sec: ok as f64 / seconds,
-        latency_ms: percentiles(latencies),
+        latency_ms: latencies.percentiles(),
         server_cpu_ms_per_issuance: match (cpu_before, cpu_after) {
             (Some(before), Some(after)) if ok > 0 => Some((after - before) * 1e3 / ok as f64),
             _ => None,

@@ -1,9 +1,7 @@
 //! What a `meshca bench` run measured, and how it is shown: a few lines for a terminal, or JSON.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// What a run measured.
 #[derive(Debug, Serialize)]
@@ -71,37 +69,5 @@ impl BenchReport {
             out.push_str(&format!("errors {code}: {n}\n"));
         }
         out
-    }
-}
-
-/// The latency percentiles of `samples`, in milliseconds.
-pub(super) fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
-    if samples.is_empty() {
-        return Percentiles::default();
-    }
-    samples.sort_unstable();
-    let at =
-        |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
-    Percentiles {
-        p50: at(0.50),
-        p90: at(0.90),
-        p99: at(0.99),
-        max: at(1.0),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_of_a_known_sample() {
-        let samples = (1..=100).map(Duration::from_millis).collect();
-        let p = percentiles(samples);
-        assert_eq!(
-            (p.p50.round(), p.p90.round(), p.p99.round(), p.max),
-            (51.0, 90.0, 99.0, 100.0)
-        );
-        assert_eq!(percentiles(Vec::new()).max, 0.0);
     }
 }
