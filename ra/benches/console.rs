@@ -13,7 +13,10 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use meshca_ca::testing::{load_synthetic_audit_log, load_synthetic_inventory};
-use meshca_ca::{CaConfig, CaSettings, CertificateAuthority, StoreConfig, TrustDomain};
+use meshca_ca::{
+    CaConfig, CaSettings, CertificateAuthority, IssueRequest, Requester, SpiffeId, StoreConfig,
+    TrustDomain, VerifiedCsr,
+};
 use meshca_pki::keys::sha256_hex;
 use meshca_pki::time::unix_seconds;
 use meshca_ra::rest::{self, RestState};
@@ -67,6 +70,8 @@ async fn run(label: &str, ca: CertificateAuthority, rows: i64) {
     let started = Instant::now();
     load_synthetic_inventory(ca.store(), rows, base, 90 * DAY).await;
     load_synthetic_audit_log(ca.store(), rows, base, 90 * DAY).await;
+    // What the CA's periodic pruning keeps of the counters: live buckets only.
+    ca.store().prune_counters(now).await.unwrap();
     println!(
         "{label}: {rows} certificates and audit events loaded in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -85,7 +90,7 @@ async fn run(label: &str, ca: CertificateAuthority, rows: i64) {
     let state = RestState::new(&config, ca.clone(), bundles, agents).unwrap();
     let router = rest::router(state, meshca_ra::console::router());
     let cookie = sign_in(&router).await;
-    let serial = format!("{:032x}", rows / 2);
+    let serial = issue_one(&ca).await;
     let pages = [
         ("overview", "/ui/".to_string()),
         ("certificates, newest 100", "/ui/certificates".to_string()),
@@ -131,6 +136,31 @@ async fn run(label: &str, ca: CertificateAuthority, rows: i64) {
             bytes as f64 / 1024.0
         );
     }
+}
+
+/// One certificate issued the way CreateCertificate issues it, for the certificate page.
+async fn issue_one(ca: &CertificateAuthority) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let csr = VerifiedCsr::from_pem(&csr).unwrap();
+    let id = SpiffeId::new("spiffe://cluster.local/ns/ns-3/sa/sa-3").unwrap();
+    let requester = Requester {
+        method: "jwt".into(),
+        principal: "system:serviceaccount:ns-3:sa-3".into(),
+        ..Requester::default()
+    };
+    let request = IssueRequest {
+        csr: &csr,
+        spiffe_id: &id,
+        requested_ttl_secs: 3600,
+        requester: &requester,
+        bundle_as_of: None,
+    };
+    ca.issue(request).await.unwrap().serial.to_hex()
 }
 
 async fn start_ca(dir: &std::path::Path, store: StoreConfig) -> CertificateAuthority {
