@@ -61,32 +61,22 @@ async fn log_page(
     verdict: Option<Verdict>,
 ) -> Result<Response, Rejection> {
     let form = FormValues::parse(raw)?;
-    let mut page = AuditLogPage {
+    let listing = form
+        .listing(|query: AuditQuery| async move {
+            audit_page(state, query)
+                .await
+                .map(|page| (page.events, page.next_cursor))
+        })
+        .await?;
+    Ok(render(&AuditLogPage {
         chrome: viewer.chrome("audit"),
         form,
         outcomes: ["success", "refused", "denied"],
-        events: Vec::new(),
-        next: None,
+        events: listing.rows,
+        next: listing.next,
         verdict,
-        error: None,
-    };
-    let listing = match page.form.to_query::<AuditQuery>(&[]) {
-        Ok(query) => audit_page(state, query).await,
-        Err(message) => Err(ApiError::bad_request(message)),
-    };
-    match listing {
-        Ok(listing) => {
-            page.next = listing
-                .next_cursor
-                .map(|cursor| page.form.query(&["cursor"], &[("cursor", &cursor)]));
-            page.events = listing.events;
-        }
-        Err(error) if error.status().is_client_error() => {
-            page.error = Some(error.message().to_string())
-        }
-        Err(error) => return Err(error.into()),
-    }
-    Ok(render(&page))
+        error: listing.error,
+    }))
 }
 
 pub async fn list(

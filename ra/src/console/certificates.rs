@@ -71,34 +71,26 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Rejection> {
     let form = FormValues::parse(raw.as_deref())?;
-    let mut page = ListPage {
+    let listing = form
+        .listing(|query: certificates::ListQuery| {
+            let state = &state;
+            async move {
+                certificates::list_page(state, &query)
+                    .await
+                    .map(|page| (page.certificates, page.next_cursor))
+            }
+        })
+        .await?;
+    Ok(render(&ListPage {
         chrome: viewer.chrome("certificates"),
         export_csv: form.query(&["cursor", "limit"], &[("format", "csv")]),
         export_ndjson: form.query(&["cursor", "limit"], &[("format", "ndjson")]),
         form,
-        certificates: Vec::new(),
-        next: None,
+        certificates: listing.rows,
+        next: listing.next,
         statuses: ["valid", "expired", "revoked"],
-        error: None,
-    };
-    // A filter the API refuses is shown above the form, which keeps what was typed.
-    let listing = match page.form.to_query::<certificates::ListQuery>(&[]) {
-        Ok(query) => certificates::list_page(&state, &query).await,
-        Err(message) => Err(ApiError::bad_request(message)),
-    };
-    match listing {
-        Ok(listing) => {
-            page.next = listing
-                .next_cursor
-                .map(|cursor| page.form.query(&["cursor"], &[("cursor", &cursor)]));
-            page.certificates = listing.certificates;
-        }
-        Err(error) if error.status().is_client_error() => {
-            page.error = Some(error.message().to_string())
-        }
-        Err(error) => return Err(error.into()),
-    }
-    Ok(render(&page))
+        error: listing.error,
+    }))
 }
 
 /// The export of a filter, as `/v1/certificates/export` streams it (an attachment).

@@ -3,9 +3,21 @@
 //! that were filled in are what the listing is asked for, what the form shows again, and what
 //! the next-page and export links carry.
 
+use std::future::Future;
+
 use serde::de::DeserializeOwned;
 
 use super::page::Rejection;
+use crate::rest::ApiError;
+
+/// What a listing page shows: a page of rows and the next page's query string, or why the API
+/// refused the filter (shown above the form, which keeps what was typed).
+#[derive(Debug)]
+pub struct Listing<T> {
+    pub rows: Vec<T>,
+    pub next: Option<String>,
+    pub error: Option<String>,
+}
 
 /// The non-empty parameters of a query string, in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -48,6 +60,37 @@ impl FormValues {
     /// The parameters, less `without`, as the API's query type (whose own checks apply).
     pub fn to_query<T: DeserializeOwned>(&self, without: &[&str]) -> Result<T, String> {
         serde_urlencoded::from_str(&self.query(without, &[])).map_err(|e| e.to_string())
+    }
+}
+
+impl FormValues {
+    /// Runs `fetch` (rows and the next cursor) on the API's query type `Q` read from the form.
+    /// A filter the API refuses (4xx) is the listing's error; any other failure is the page's.
+    pub async fn listing<Q, T, Fut>(
+        &self,
+        fetch: impl FnOnce(Q) -> Fut,
+    ) -> Result<Listing<T>, Rejection>
+    where
+        Q: DeserializeOwned,
+        Fut: Future<Output = Result<(Vec<T>, Option<String>), ApiError>>,
+    {
+        let fetched = match self.to_query::<Q>(&[]) {
+            Ok(query) => fetch(query).await,
+            Err(message) => Err(ApiError::bad_request(message)),
+        };
+        match fetched {
+            Ok((rows, cursor)) => Ok(Listing {
+                rows,
+                next: cursor.map(|cursor| self.query(&["cursor"], &[("cursor", &cursor)])),
+                error: None,
+            }),
+            Err(error) if error.status().is_client_error() => Ok(Listing {
+                rows: Vec::new(),
+                next: None,
+                error: Some(error.message().to_string()),
+            }),
+            Err(error) => Err(error.into()),
+        }
     }
 }
 
