@@ -175,26 +175,28 @@ pub async fn open(
     Ok(id)
 }
 
-/// Why a stored session no longer admits its browser, if it does not.
-fn still_entitled(parts: &Parts, state: &RestState, session: &ConsoleSession) -> Option<String> {
+/// How a stored session signed in (`token` or `mtls`) and with which role, if the credential
+/// behind it still holds that role (and, for a certificate, is on this connection).
+fn still_entitled(
+    parts: &Parts,
+    state: &RestState,
+    session: &ConsoleSession,
+) -> Option<(&'static str, RestRole)> {
     let role = role_of_name(&session.role)?;
-    match (session.method.as_str(), &session.token_sha256) {
+    let method = match (session.method.as_str(), &session.token_sha256) {
         ("token", Some(token_sha256)) => {
             let (name, configured) = state.tokens.by_sha256(token_sha256)?;
-            (name == session.principal && configured == role).then_some(())?;
+            (name == session.principal && configured == role).then_some("token")?
         }
         ("mtls", None) => {
-            let peer = parts
-                .extensions
-                .get::<ConnectInfo<RestPeer>>()
-                .map(|c| c.0 .0.clone())?;
-            let spiffe_id = crate::rest::auth::verify_client_cert(&peer, state).ok()?;
+            let peer = &parts.extensions.get::<ConnectInfo<RestPeer>>()?.0 .0;
+            let spiffe_id = crate::rest::auth::verify_client_cert(peer, state).ok()?;
             (spiffe_id == session.principal && state.role_of_spiffe_id(&spiffe_id) == Some(role))
-                .then_some(())?;
+                .then_some("mtls")?
         }
         _ => return None,
-    }
-    Some(session.principal.clone())
+    };
+    Some((method, role))
 }
 
 impl FromRequestParts<RestState> for Viewer {
@@ -214,17 +216,11 @@ impl FromRequestParts<RestState> for Viewer {
             .await
             .map_err(|e| Rejection::Api(ApiError::internal(&e)))?
             .ok_or_else(sign_in)?;
-        if still_entitled(parts, state, &session).is_none() {
+        let Some((method, role)) = still_entitled(parts, state, &session) else {
             // The credential behind it lost its role (or, for a certificate, is not on this
             // connection): the session ends here rather than at its expiry.
             let _ = state.ca.store().delete_console_session(&digest).await;
             return Err(sign_in());
-        }
-        let role = role_of_name(&session.role).ok_or_else(sign_in)?;
-        let method = if session.method == "mtls" {
-            "mtls"
-        } else {
-            "token"
         };
         Ok(Viewer {
             actor: Actor {
