@@ -21,9 +21,11 @@ trap 'rm -rf "$scratch"' EXIT
 for target in $(cargo fuzz list); do
   mkdir -p "$scratch/$target"
   log="$scratch/$target.log"
+  dict=()
+  if [[ -f "$target.dict" ]]; then dict=("-dict=$target.dict"); fi
   # A crash fails the run and leaves the input under fuzz/artifacts/<target>/.
   if ! cargo fuzz run -s none "$target" "$scratch/$target" "corpus/$target" -- \
-    -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
+    -max_total_time="$seconds" -print_final_stats=1 "${dict[@]}" >"$log" 2>&1; then
     tail -n 60 "$log" >&2
     echo "fuzz-smoke: $target FAILED" >&2
     exit 1

@@ -477,3 +477,24 @@ pub async fn load_synthetic_audit_log(
         }
     }
 }
+
+/// Drops the counters' expired buckets the way a running CA does ([`Store::prune_counters`])
+/// after a synthetic load. A loader writes months of buckets at once and the prune then deletes
+/// nearly all of them; a running CA prunes a few expired buckets at a time and autovacuum
+/// reuses their space, so its counter tables stay a day of buckets long. On PostgreSQL the
+/// tables are rewritten to that size (`VACUUM FULL`): otherwise the gate sums would scan the
+/// pages of a bloat no running store has (and a test server may run with autovacuum off).
+///
+/// [`Store::prune_counters`]: crate::store::Store::prune_counters
+pub async fn prune_counters_after_load(store: &crate::store::Store, now: i64) {
+    store.prune_counters(now).await.unwrap();
+    if let crate::store::Store::Postgres(pool) = store {
+        sqlx::query(
+            "VACUUM (FULL, ANALYZE) live_certificate_counts, identity_counts, bundle_counts, \
+             identity_latest",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}

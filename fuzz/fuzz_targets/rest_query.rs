@@ -3,60 +3,13 @@
 //! 200 or refused 400 with the API's error body.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 
-struct Api {
-    runtime: tokio::runtime::Runtime,
-    router: axum::Router,
-    _dir: std::path::PathBuf,
-}
-
-fn api() -> &'static Api {
-    static API: OnceLock<Api> = OnceLock::new();
-    API.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let dir = std::env::temp_dir().join(format!("meshca-fuzz-rest-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let router = runtime.block_on(async {
-            let ca = meshca_ca::CertificateAuthority::start(&meshca_ca::CaSettings {
-                trust_domain: meshca_ca::TrustDomain::new("cluster.local").unwrap(),
-                data_dir: dir.clone(),
-                store: meshca_ca::StoreConfig::default(),
-                ca: meshca_ca::CaConfig::default(),
-            })
-            .await
-            .unwrap();
-            let config = meshca_ra::RestConfig {
-                tokens: vec![meshca_ra::RestToken {
-                    name: "fuzz".into(),
-                    sha256: meshca_pki::keys::sha256_hex(b"fuzz-auditor"),
-                    role: meshca_ra::RestRole::Auditor,
-                }],
-                ..meshca_ra::RestConfig::default()
-            };
-            let bundles =
-                meshca_ra::trust::TrustBundles::start(ca.clone(), &Default::default()).unwrap();
-            let watchers = std::sync::Arc::new(meshca_ra::trust::stream::BundleWatchers::default());
-            let agents =
-                meshca_ra::trust::deliveries::AgentDeliveries::start(watchers, ca.store().clone());
-            let state = meshca_ra::rest::RestState::new(&config, ca, bundles, agents).unwrap();
-            meshca_ra::rest::router(state, axum::Router::new())
-        });
-        Api {
-            runtime,
-            router,
-            _dir: dir,
-        }
-    })
-}
+#[path = "shared/rest.rs"]
+mod shared;
 
 const PATHS: [&str; 4] = [
     "/v1/certificates",
@@ -79,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     else {
         return; // not a URI a client could send
     };
-    let api = api();
+    let api = shared::api("fuzz-auditor", meshca_ra::RestRole::Auditor, false);
     let status = api
         .runtime
         .block_on(api.router.clone().oneshot(request))

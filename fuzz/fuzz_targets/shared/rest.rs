@@ -1,0 +1,58 @@
+//! The REST listener's router (API and, when asked, the console) on a real CA over SQLite in a
+//! scratch directory, built once per fuzzing process, with one token of `role`.
+
+use std::sync::OnceLock;
+
+pub struct Api {
+    pub runtime: tokio::runtime::Runtime,
+    pub router: axum::Router,
+    _dir: std::path::PathBuf,
+}
+
+/// `token` is the bearer secret the router accepts for `role`; `console` merges `/ui/`.
+pub fn api(token: &str, role: meshca_ra::RestRole, console: bool) -> &'static Api {
+    static API: OnceLock<Api> = OnceLock::new();
+    API.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("meshca-fuzz-rest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let router = runtime.block_on(async {
+            let ca = meshca_ca::CertificateAuthority::start(&meshca_ca::CaSettings {
+                trust_domain: meshca_ca::TrustDomain::new("cluster.local").unwrap(),
+                data_dir: dir.clone(),
+                store: meshca_ca::StoreConfig::default(),
+                ca: meshca_ca::CaConfig::default(),
+            })
+            .await
+            .unwrap();
+            let config = meshca_ra::RestConfig {
+                tokens: vec![meshca_ra::RestToken {
+                    name: "fuzz".into(),
+                    sha256: meshca_pki::keys::sha256_hex(token.as_bytes()),
+                    role,
+                }],
+                ..meshca_ra::RestConfig::default()
+            };
+            let bundles =
+                meshca_ra::trust::TrustBundles::start(ca.clone(), &Default::default()).unwrap();
+            let watchers = std::sync::Arc::new(meshca_ra::trust::stream::BundleWatchers::default());
+            let agents =
+                meshca_ra::trust::deliveries::AgentDeliveries::start(watchers, ca.store().clone());
+            let state = meshca_ra::rest::RestState::new(&config, ca, bundles, agents).unwrap();
+            let pages = if console {
+                meshca_ra::console::router()
+            } else {
+                axum::Router::new()
+            };
+            meshca_ra::rest::router(state, pages)
+        });
+        Api {
+            runtime,
+            router,
+            _dir: dir,
+        }
+    })
+}
