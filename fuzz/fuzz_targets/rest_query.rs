@@ -19,13 +19,9 @@ const PATHS: [&str; 4] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&which, query)) = data.split_first() else {
+    let Some(uri) = shared::query_uri(data, &PATHS) else {
         return;
     };
-    let Ok(query) = std::str::from_utf8(query) else {
-        return;
-    };
-    let uri = format!("{}?{query}", PATHS[usize::from(which) % PATHS.len()]);
     let Ok(request) = Request::get(&uri)
         .header(header::AUTHORIZATION, "Bearer fuzz-auditor")
         .body(Body::empty())

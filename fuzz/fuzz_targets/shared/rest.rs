@@ -56,3 +56,11 @@ pub fn api(token: &str, role: meshca_ra::RestRole, console: bool) -> &'static Ap
         }
     })
 }
+
+/// The input as a request target: its first byte picks one of `paths`, the rest (UTF-8 only) is
+/// the query string.
+pub fn query_uri(data: &[u8], paths: &[&str]) -> Option<String> {
+    let (&which, query) = data.split_first()?;
+    let query = std::str::from_utf8(query).ok()?;
+    Some(format!("{}?{query}", paths[usize::from(which) % paths.len()]))
+}
