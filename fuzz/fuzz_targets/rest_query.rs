@@ -4,7 +4,7 @@
 #![no_main]
 
 use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::{header, Request};
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 
@@ -23,21 +23,19 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let Ok(request) = Request::get(&uri)
-        .header(header::AUTHORIZATION, "Bearer fuzz-auditor")
+        .header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", shared::AUDITOR_TOKEN),
+        )
         .body(Body::empty())
     else {
         return; // not a URI a client could send
     };
-    let api = shared::api("fuzz-auditor", meshca_ra::RestRole::Auditor, false);
+    let api = shared::api();
     let status = api
         .runtime
         .block_on(api.router.clone().oneshot(request))
         .unwrap()
         .status();
-    assert!(
-        status == StatusCode::OK
-            || status == StatusCode::BAD_REQUEST
-            || status == StatusCode::NOT_FOUND,
-        "{uri} answered {status}"
-    );
+    shared::assert_answered(&uri, status);
 });

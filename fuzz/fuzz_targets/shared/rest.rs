@@ -1,5 +1,5 @@
-//! The REST listener's router (API and, when asked, the console) on a real CA over SQLite in a
-//! scratch directory, built once per fuzzing process, with one token of `role`.
+//! The REST listener's router (API and console) on a real CA over SQLite in a scratch
+//! directory, built once per fuzzing process, with one auditor token.
 
 use std::sync::OnceLock;
 
@@ -9,8 +9,10 @@ pub struct Api {
     _dir: std::path::PathBuf,
 }
 
-/// `token` is the bearer secret the router accepts for `role`; `console` merges `/ui/`.
-pub fn api(token: &str, role: meshca_ra::RestRole, console: bool) -> &'static Api {
+/// The bearer secret the router accepts, for the auditor role.
+pub const AUDITOR_TOKEN: &str = "fuzz-auditor";
+
+pub fn api() -> &'static Api {
     static API: OnceLock<Api> = OnceLock::new();
     API.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -31,8 +33,8 @@ pub fn api(token: &str, role: meshca_ra::RestRole, console: bool) -> &'static Ap
             let config = meshca_ra::RestConfig {
                 tokens: vec![meshca_ra::RestToken {
                     name: "fuzz".into(),
-                    sha256: meshca_pki::keys::sha256_hex(token.as_bytes()),
-                    role,
+                    sha256: meshca_pki::keys::sha256_hex(AUDITOR_TOKEN.as_bytes()),
+                    role: meshca_ra::RestRole::Auditor,
                 }],
                 ..meshca_ra::RestConfig::default()
             };
@@ -42,12 +44,7 @@ pub fn api(token: &str, role: meshca_ra::RestRole, console: bool) -> &'static Ap
             let agents =
                 meshca_ra::trust::deliveries::AgentDeliveries::start(watchers, ca.store().clone());
             let state = meshca_ra::rest::RestState::new(&config, ca, bundles, agents).unwrap();
-            let pages = if console {
-                meshca_ra::console::router()
-            } else {
-                axum::Router::new()
-            };
-            meshca_ra::rest::router(state, pages)
+            meshca_ra::rest::router(state, meshca_ra::console::router())
         });
         Api {
             runtime,
@@ -62,5 +59,21 @@ pub fn api(token: &str, role: meshca_ra::RestRole, console: bool) -> &'static Ap
 pub fn query_uri(data: &[u8], paths: &[&str]) -> Option<String> {
     let (&which, query) = data.split_first()?;
     let query = std::str::from_utf8(query).ok()?;
-    Some(format!("{}?{query}", paths[usize::from(which) % paths.len()]))
+    Some(format!(
+        "{}?{query}",
+        paths[usize::from(which) % paths.len()]
+    ))
+}
+
+/// What every query must get: an answer (200), a refusal of the query (400) or of the path
+/// (404), never a server error.
+pub fn assert_answered(uri: &str, status: axum::http::StatusCode) {
+    use axum::http::StatusCode;
+    assert!(
+        matches!(
+            status,
+            StatusCode::OK | StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND
+        ),
+        "{uri} answered {status}"
+    );
 }
