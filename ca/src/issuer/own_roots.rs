@@ -16,8 +16,9 @@ use crate::store::{Store, StoreError, StoredAuthority};
 use crate::x509::ParsedCert;
 use meshca_pki::time::unix_seconds;
 
-/// How often the store is checked for rotation steps taken by another process sharing it, so
-/// every replica signs with the same authority within seconds of an activation.
+/// How often the store is checked for rotation steps taken by another process sharing it when
+/// no notification says so (SQLite; PostgreSQL while its listener is down), so every replica
+/// signs with the same authority within seconds of an activation even then.
 const AUTHORITY_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why the authorities on record could not be loaded or bootstrapped.
@@ -87,10 +88,20 @@ pub(super) async fn load_or_bootstrap(
 }
 
 /// Reloads the authorities whenever their ids or states in the store differ from the
-/// published set (a cheap query; keys are unsealed only on a change). Ends with the CA.
+/// published set (a cheap query; keys are unsealed only on a change), looking when the store
+/// notifies a change and at every poll interval. Ends with the CA.
 pub(super) async fn follow_store(inner: Weak<Inner>) {
+    let Some(store) = inner.upgrade().map(|inner| inner.store.clone()) else {
+        return;
+    };
+    let mut changes = store.authority_changes().await;
+    drop(store);
+    tracing::debug!(
+        pushed = changes.pushed(),
+        "following authority changes in the store"
+    );
     loop {
-        tokio::time::sleep(AUTHORITY_POLL_INTERVAL).await;
+        changes.next(AUTHORITY_POLL_INTERVAL).await;
         let Some(inner) = inner.upgrade() else {
             return;
         };

@@ -36,6 +36,7 @@ pub(crate) const POSTGRES: &[(&str, &str)] = embedded!("postgres":
     "0005_rotation_counters.sql",
     "0006_node_agent_requests.sql",
     "0007_console.sql",
+    "0008_authority_notify.sql",
 );
 
 /// A dialect's embedded migrations as a source for sqlx's [`Migrator`].
