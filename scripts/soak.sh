@@ -32,10 +32,9 @@ out=$(cd "$out" && pwd)
 for tool in jq curl; do
   command -v "$tool" >/dev/null || { echo "soak: $tool is missing" >&2; exit 1; }
 done
-if ! command -v gnuplot >/dev/null; then
-  echo "soak: installing gnuplot-nox (Debian) for the plot…" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gnuplot-nox >/dev/null
-fi
+# shellcheck source=scripts/lib/debian.sh
+source scripts/lib/debian.sh
+ensure_command gnuplot gnuplot-nox soak   # for the plot
 
 script_name=soak
 # shellcheck source=scripts/lib/release.sh

@@ -141,9 +141,15 @@ impl TokenSigner {
             nbf: now,
             sub: format!("system:serviceaccount:{namespace}:{name}"),
         };
+        self.sign(&claims)
+    }
+
+    /// Signs any claims with this key (`alg` and `kid` as for service-account tokens): other
+    /// issuers' tokens, e.g. step-ca's one-time tokens for `meshca bench --step-ca`.
+    pub fn sign(&self, claims: &impl Serialize) -> Result<String, MintError> {
         let mut header = jsonwebtoken::Header::new(self.algorithm);
         header.kid = self.kid.clone();
-        jsonwebtoken::encode(&header, &claims, &self.key).map_err(MintError::Sign)
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(MintError::Sign)
     }
 }
 

@@ -1,4 +1,4 @@
-//! `meshca bench`'s command line: where the RA (or cfssl) is, how callers authenticate, and the
+//! `meshca bench`'s command line: where the RA (or a peer CA) is, how callers authenticate, and the
 //! shape of the load.
 
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ pub struct BenchArgs {
     /// The RA, host:port.
     #[arg(long, default_value = "127.0.0.1:15012")]
     pub addr: String,
-    /// PEM roots that verify the RA's serving certificate.
+    /// PEM roots that verify the RA's (or step-ca's) serving certificate.
     #[arg(long, required_unless_present = "cfssl")]
     pub ca_cert: Option<PathBuf>,
     /// Load a cfssl `serve` at this host:port instead (`POST /api/v1/cfssl/sign` over plain
@@ -19,6 +19,18 @@ pub struct BenchArgs {
     /// in the comparison. cfssl drops URI SANs, so answers are checked only to be a certificate.
     #[arg(long, conflicts_with_all = ["client_cert", "token_file", "jwt_key"])]
     pub cfssl: Option<String>,
+    /// Load a smallstep step-ca at this host:port instead (`POST /1.0/sign` over HTTPS/1.1,
+    /// verified with `--ca-cert` and `--server-name`, one keep-alive connection per request in
+    /// flight): the peer that authenticates and records as meshca does. Every request carries
+    /// its own one-time token from a JWK provisioner, minted before the clock starts with
+    /// `--jwt-key` and `--jwt-kid`, `--jwt-issuer` as the provisioner's name and
+    /// `--jwt-audience` as its sign URL (`https://<dns name>/1.0/sign`).
+    #[arg(long, conflicts_with_all = ["cfssl", "client_cert", "token_file"], requires = "jwt_key")]
+    pub step_ca: Option<String>,
+    /// How many one-time tokens to mint for a `--step-ca` run (spread over the prepared
+    /// requests): more than it will send, or it ends in `tokens_exhausted` errors.
+    #[arg(long, default_value_t = 40_000)]
+    pub step_ca_tokens: usize,
     /// TLS server name to expect.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
@@ -93,7 +105,7 @@ pub struct BenchArgs {
     /// Instead of a load: get one certificate with these credentials (the first identity)
     /// and write `key.pem` (0600), `cert-chain.pem` and `root-cert.pem` into DIR, as
     /// istio-agent's `OUTPUT_CERTS` does; e.g. the workload certificate `--client-cert` needs.
-    #[arg(long, value_name = "DIR", conflicts_with = "cfssl")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["cfssl", "step_ca"])]
     pub write_credential: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]

@@ -6,8 +6,9 @@ use meshca_proto::istio::v1::auth::istio_certificate_service_client::IstioCertif
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
-use super::cfssl::CfsslConnection;
+use super::http1::{JsonConnection, PeerFailure};
 use super::setup::Prepared;
+use super::{cfssl, stepca};
 
 /// What one attempt came to.
 pub(super) enum Attempt {
@@ -16,19 +17,42 @@ pub(super) enum Attempt {
     },
     /// RESOURCE_EXHAUSTED: nothing was done; the caller may send it again.
     Shed,
+    /// The run's one-time tokens are used up (`--step-ca-tokens`): nothing was sent, and
+    /// this caller stops rather than spin.
+    OutOfTokens,
     /// gRPC code name (or `http_<status>`, `transport`).
     Failed(String),
 }
 
-/// One request in flight at a time, to meshca over a shared HTTP/2 channel or to cfssl over
-/// its own HTTP/1.1 connection.
+/// One request in flight at a time, to meshca over a shared HTTP/2 channel or to a peer CA
+/// over its own HTTP/1.1 connection.
 pub(super) enum Caller {
     Grpc {
         client: IstioCertificateServiceClient<Channel>,
         cluster_id: Option<MetadataValue<Ascii>>,
         ttl: i64,
     },
-    Cfssl(CfsslConnection),
+    Cfssl(JsonConnection),
+    StepCa(JsonConnection),
+}
+
+/// Which peer CA's API a `--cfssl` or `--step-ca` run speaks.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum PeerCa {
+    Cfssl,
+    StepCa,
+}
+
+// === impl PeerCa ===
+
+impl PeerCa {
+    /// A caller speaking this peer's API over `connection`.
+    pub(super) fn caller(self, connection: JsonConnection) -> Caller {
+        match self {
+            PeerCa::Cfssl => Caller::Cfssl(connection),
+            PeerCa::StepCa => Caller::StepCa(connection),
+        }
+    }
 }
 
 // === impl Caller ===
@@ -44,22 +68,39 @@ impl Caller {
                 let request = item.grpc_request(*ttl, cluster_id.as_ref());
                 match client.create_certificate(request).await {
                     Ok(response) => Attempt::Answered {
-                        valid: answer_is_valid(&response.into_inner().cert_chain, &item.spiffe_id),
+                        valid: chain_names(&response.into_inner().cert_chain, &item.spiffe_id),
                     },
                     Err(status) if status.code() == tonic::Code::ResourceExhausted => Attempt::Shed,
                     Err(status) => Attempt::Failed(code_name(status.code())),
                 }
             }
-            Caller::Cfssl(connection) => match connection.sign(&item.request.csr_pem).await {
-                Ok(valid) => Attempt::Answered { valid },
-                Err(failure) => Attempt::Failed(failure),
-            },
+            Caller::Cfssl(connection) => {
+                peer_attempt(cfssl::sign(connection, &item.request.csr_pem).await)
+            }
+            Caller::StepCa(connection) => peer_attempt(
+                stepca::sign(
+                    connection,
+                    &item.request.csr_pem,
+                    &item.one_time_tokens,
+                    &item.spiffe_id,
+                )
+                .await,
+            ),
         }
     }
 }
 
+/// A peer's answer (valid or not) or what failed; peers do not shed.
+fn peer_attempt(outcome: Result<bool, PeerFailure>) -> Attempt {
+    match outcome {
+        Ok(valid) => Attempt::Answered { valid },
+        Err(PeerFailure::OutOfTokens) => Attempt::OutOfTokens,
+        Err(PeerFailure::Failed(failure)) => Attempt::Failed(failure),
+    }
+}
+
 /// Whether an answer is a chain whose leaf names `spiffe_id`.
-fn answer_is_valid(chain: &[String], spiffe_id: &str) -> bool {
+pub(super) fn chain_names(chain: &[String], spiffe_id: &str) -> bool {
     let Some(leaf) = chain.first().and_then(|p| pem::parse(p).ok()) else {
         return false;
     };
@@ -98,8 +139,8 @@ mod tests {
 
     #[test]
     fn answers_must_name_the_identity() {
-        assert!(!answer_is_valid(&[], "spiffe://td/ns/a/sa/b"));
-        assert!(!answer_is_valid(
+        assert!(!chain_names(&[], "spiffe://td/ns/a/sa/b"));
+        assert!(!chain_names(
             &["not pem".into(), "x".into()],
             "spiffe://td/ns/a/sa/b"
         ));

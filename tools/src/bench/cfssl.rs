@@ -1,19 +1,11 @@
-//! `meshca bench --cfssl`: the peer in the comparison. cfssl's `serve` gets the same CSRs as
+//! `meshca bench --cfssl`: a peer in the comparison. cfssl's `serve` gets the same CSRs as
 //! meshca, `POST /api/v1/cfssl/sign` over plain HTTP/1.1, one keep-alive connection per request
 //! in flight.
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use meshca_pki::x509::ParsedCert;
 use serde::Deserialize;
 
-use super::setup::BenchError;
-
-/// One HTTP/1.1 connection to cfssl.
-pub(super) struct CfsslConnection {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    host: String,
-}
+use super::http1::{JsonConnection, PeerFailure};
 
 /// cfssl's answer to a sign request: `{"success": true, "result": {"certificate": "<PEM>"}}`.
 #[derive(Deserialize)]
@@ -27,54 +19,14 @@ struct SignResult {
     certificate: Option<String>,
 }
 
-// === impl CfsslConnection ===
-
-impl CfsslConnection {
-    pub(super) async fn connect(addr: &str) -> Result<Self, BenchError> {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| BenchError::Setup(format!("connecting to cfssl at {addr}: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| BenchError::Setup(format!("cfssl at {addr}: {e}")))?;
-        tokio::spawn(connection);
-        Ok(Self {
-            sender,
-            host: addr.to_string(),
-        })
-    }
-
-    /// Has cfssl sign `csr_pem`: whether its answer holds a certificate, or what failed, as
-    /// the report names it (`transport`, `http_<status>`, `invalid_request`).
-    pub(super) async fn sign(&mut self, csr_pem: &str) -> Result<bool, String> {
-        let body = serde_json::json!({ "certificate_request": csr_pem }).to_string();
-        let request = hyper::Request::post("/api/v1/cfssl/sign")
-            .header(hyper::header::HOST, self.host.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|_| "invalid_request".to_string())?;
-        self.sender
-            .ready()
-            .await
-            .map_err(|_| "transport".to_string())?;
-        let response = self
-            .sender
-            .send_request(request)
-            .await
-            .map_err(|_| "transport".to_string())?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|_| "transport".to_string())?;
-        if !status.is_success() {
-            return Err(format!("http_{}", status.as_u16()));
-        }
-        Ok(answer_is_valid(&body.to_bytes()))
-    }
+/// Has cfssl sign `csr_pem`: whether its answer holds a certificate, or what failed.
+pub(super) async fn sign(
+    connection: &mut JsonConnection,
+    csr_pem: &str,
+) -> Result<bool, PeerFailure> {
+    let body = serde_json::json!({ "certificate_request": csr_pem }).to_string();
+    let answer = connection.post("/api/v1/cfssl/sign", body).await?;
+    Ok(answer_is_valid(&answer))
 }
 
 /// Whether cfssl's answer succeeded with a certificate that parses (its SANs are cfssl's

@@ -8,10 +8,12 @@ mod args;
 mod call;
 mod cfssl;
 mod histogram;
+mod http1;
 mod pacing;
 mod procfs;
 mod report;
 mod setup;
+mod stepca;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,9 +26,9 @@ pub use args::BenchArgs;
 pub use report::{BenchReport, Percentiles};
 pub use setup::BenchError;
 
-use call::{code_name, Attempt, Caller};
-use cfssl::CfsslConnection;
+use call::{code_name, Attempt, Caller, PeerCa};
 use histogram::LatencyHistogram;
+use http1::{JsonConnection, PeerEndpoint};
 use pacing::{pace, shed_retry_delay};
 use procfs::{process_cpu_seconds, process_disk_write_bytes};
 use setup::{connect, prepare};
@@ -40,14 +42,26 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         (None, None) => Some(Instant::now() + Duration::from_secs(10)),
         (Some(_), None) => None,
     };
-    let channels = match &args.cfssl {
+    // A peer CA: how to reach it, and which API it speaks.
+    let peer: Option<(PeerEndpoint, PeerCa)> = match (&args.cfssl, &args.step_ca) {
+        (Some(addr), _) => Some((PeerEndpoint::plain(addr), PeerCa::Cfssl)),
+        (None, Some(addr)) => {
+            let roots = args.ca_cert.as_ref().map(setup::read).transpose()?;
+            let roots =
+                roots.ok_or_else(|| BenchError::Setup("--step-ca needs --ca-cert".into()))?;
+            let endpoint = PeerEndpoint::tls(addr, &roots, &args.server_name)?;
+            Some((endpoint, PeerCa::StepCa))
+        }
+        (None, None) => None,
+    };
+    let channels = match &peer {
         Some(_) => Vec::new(),
         None => connect(args).await?,
     };
     let mut callers = Vec::new();
     for worker in 0..args.concurrency.max(1) {
-        callers.push(match &args.cfssl {
-            Some(addr) => Caller::Cfssl(CfsslConnection::connect(addr).await?),
+        callers.push(match &peer {
+            Some((endpoint, peer_ca)) => peer_ca.caller(JsonConnection::connect(endpoint).await?),
             None => Caller::Grpc {
                 client: IstioCertificateServiceClient::new(
                     channels[worker % channels.len()].clone(),
@@ -123,6 +137,10 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
                             .or_default() += 1;
                     }
                     Attempt::Failed(code) => *errors.entry(code).or_default() += 1,
+                    Attempt::OutOfTokens => {
+                        *errors.entry("tokens_exhausted".into()).or_default() += 1;
+                        break;
+                    }
                 }
             }
             (latencies, errors, shed_retries)

@@ -2,9 +2,10 @@
 //! (client crypto is not what is being measured), and the TLS channels to the RA.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use meshca_agent::credential::{KeyAndCsr, KeyType};
+use meshca_pki::time::unix_seconds;
 use meshca_pki::x509::ParsedCert;
 use meshca_proto::istio::v1::auth::IstioCertificateRequest;
 use meshca_ra::dev::{ServiceAccountToken, TokenSigner};
@@ -12,6 +13,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::args::BenchArgs;
+use super::stepca::{OneTimeTokens, Provisioner};
 
 /// How long a `--jwt-key` token is valid: longer than any run.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
@@ -34,10 +36,12 @@ pub enum BenchError {
     Setup(String),
 }
 
-/// One prepared request: key and CSR, token and the identity the answer must name.
+/// One prepared request: key and CSR, token (or step-ca's one-time tokens) and the identity
+/// the answer must name.
 pub(super) struct Prepared {
     pub(super) request: KeyAndCsr,
     authorization: Option<String>,
+    pub(super) one_time_tokens: OneTimeTokens,
     pub(super) spiffe_id: String,
 }
 
@@ -66,7 +70,7 @@ impl Prepared {
     }
 }
 
-fn read(path: &PathBuf) -> Result<String, BenchError> {
+pub(super) fn read(path: &PathBuf) -> Result<String, BenchError> {
     std::fs::read_to_string(path).map_err(|source| BenchError::Read {
         path: path.clone(),
         source,
@@ -98,6 +102,7 @@ pub(super) fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
                 Ok(Prepared {
                     request,
                     authorization: None,
+                    one_time_tokens: OneTimeTokens::default(),
                     spiffe_id: spiffe_id.clone(),
                 })
             })
@@ -123,6 +128,11 @@ pub(super) fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
         ),
         None => None,
     };
+    let keys_per_identity = args.keys_per_identity.max(1);
+    let step_ca_run = format!("{:x}", unix_seconds(SystemTime::now()));
+    let tokens_per_request = args
+        .step_ca_tokens
+        .div_ceil(identities.len() * keys_per_identity);
     let mut prepared = Vec::new();
     for (namespace, service_account) in identities {
         let spiffe_id = format!(
@@ -131,6 +141,7 @@ pub(super) fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
         );
         let token = match (&fixed_token, &signer) {
             (Some(token), _) => Some(token.clone()),
+            (None, Some(_)) if args.step_ca.is_some() => None,
             (None, Some(signer)) => Some(
                 signer
                     .mint(&ServiceAccountToken {
@@ -146,12 +157,25 @@ pub(super) fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
             ),
             (None, None) => None,
         };
-        for _ in 0..args.keys_per_identity.max(1) {
+        for _ in 0..keys_per_identity {
             let request = KeyAndCsr::generate(key_type, &spiffe_id)
                 .map_err(|e| BenchError::Setup(e.to_string()))?;
+            let one_time_tokens = match (&args.step_ca, &signer) {
+                (Some(_), Some(signer)) => {
+                    let provisioner = Provisioner {
+                        signer,
+                        name: args.jwt_issuer.as_deref().unwrap_or_default(),
+                        sign_url: &args.jwt_audience,
+                    };
+                    let run = format!("{step_ca_run}-{}", prepared.len());
+                    OneTimeTokens::mint(&provisioner, &spiffe_id, &run, tokens_per_request)?
+                }
+                _ => OneTimeTokens::default(),
+            };
             prepared.push(Prepared {
                 request,
                 authorization: token.as_ref().map(|t| format!("Bearer {t}")),
+                one_time_tokens,
                 spiffe_id: spiffe_id.clone(),
             });
         }
