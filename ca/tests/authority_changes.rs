@@ -16,7 +16,7 @@ const LONG_POLL: Duration = Duration::from_secs(60);
 const QUIET: Duration = Duration::from_millis(400);
 
 /// Whether `changes` stays asleep for `QUIET` (it returns early only on a wake-up).
-async fn stays_quiet(changes: &mut meshca_ca::store::AuthorityChanges) -> bool {
+async fn stays_quiet(changes: &mut meshca_ca::store::authority_changes::AuthorityChanges) -> bool {
     let started = Instant::now();
     changes.next(QUIET).await;
     started.elapsed() >= QUIET

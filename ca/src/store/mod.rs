@@ -27,7 +27,7 @@ macro_rules! with_pool {
 
 mod audit_log;
 mod authorities;
-mod authority_changes;
+pub mod authority_changes;
 mod console;
 mod counters;
 mod inventory;
@@ -38,7 +38,6 @@ mod records;
 pub(crate) mod sql;
 mod sqlite_writer;
 
-pub use authority_changes::AuthorityChanges;
 use migrations::Embedded;
 pub use postgres_writer::PostgresIssuanceWriter;
 pub use records::{

@@ -1,11 +1,11 @@
 //! One call of the load and what it came to: answered (and whether the answer holds), shed by
 //! an overloaded server, or failed under a name the report counts.
 
-use meshca_pki::x509::ParsedCert;
 use meshca_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
+use super::answer::chain_names;
 use super::http1::{JsonConnection, PeerFailure};
 use super::setup::Prepared;
 use super::{cfssl, stepca};
@@ -99,18 +99,6 @@ fn peer_attempt(outcome: Result<bool, PeerFailure>) -> Attempt {
     }
 }
 
-/// Whether an answer is a chain whose leaf names `spiffe_id`.
-pub(super) fn chain_names(chain: &[String], spiffe_id: &str) -> bool {
-    let Some(leaf) = chain.first().and_then(|p| pem::parse(p).ok()) else {
-        return false;
-    };
-    let Ok(cert) = ParsedCert::from_der(leaf.contents()) else {
-        return false;
-    };
-    let uris = cert.uri_sans();
-    chain.len() >= 2 && uris == [spiffe_id]
-}
-
 /// `InvalidArgument` → `invalid_argument`, as gRPC spells codes.
 pub(super) fn code_name(code: tonic::Code) -> String {
     let mut out = String::new();
@@ -135,14 +123,5 @@ mod tests {
             code_name(tonic::Code::ResourceExhausted),
             "resource_exhausted"
         );
-    }
-
-    #[test]
-    fn answers_must_name_the_identity() {
-        assert!(!chain_names(&[], "spiffe://td/ns/a/sa/b"));
-        assert!(!chain_names(
-            &["not pem".into(), "x".into()],
-            "spiffe://td/ns/a/sa/b"
-        ));
     }
 }

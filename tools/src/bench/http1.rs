@@ -9,7 +9,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::setup::BenchError;
+use super::error::BenchError;
 
 /// One HTTP/1.1 connection to a peer CA.
 pub(super) struct JsonConnection {

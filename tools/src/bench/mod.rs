@@ -4,9 +4,11 @@
 //! id); the report has throughput, latency percentiles, errors by gRPC code and, given the
 //! server's PID, its CPU seconds per issuance read from /proc.
 
+mod answer;
 mod args;
 mod call;
 mod cfssl;
+mod error;
 mod histogram;
 mod http1;
 mod pacing;
@@ -23,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use meshca_proto::istio::v1::auth::istio_certificate_service_client::IstioCertificateServiceClient;
 
 pub use args::BenchArgs;
+pub use error::BenchError;
 pub use report::{BenchReport, Percentiles};
-pub use setup::BenchError;
 
 use call::{code_name, Attempt, Caller, PeerCa};
 use histogram::LatencyHistogram;

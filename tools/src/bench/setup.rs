@@ -13,28 +13,11 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::args::BenchArgs;
+use super::error::BenchError;
 use super::stepca::{OneTimeTokens, Provisioner};
 
 /// How long a `--jwt-key` token is valid: longer than any run.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
-
-/// Why a run (or `--write-credential`) could not be set up or finished.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BenchError {
-    #[error("{path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("writing into {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Setup(String),
-}
 
 /// One prepared request: key and CSR, token (or step-ca's one-time tokens) and the identity
 /// the answer must name.

@@ -11,9 +11,9 @@ use meshca_pki::time::unix_seconds;
 use meshca_ra::dev::TokenSigner;
 use serde::{Deserialize, Serialize};
 
-use super::call::chain_names;
+use super::answer::chain_names;
+use super::error::BenchError;
 use super::http1::{JsonConnection, PeerFailure};
-use super::setup::BenchError;
 
 /// Longer than any run: a token is used within the run it was minted for.
 const ONE_TIME_TOKEN_LIFETIME: Duration = Duration::from_secs(600);
