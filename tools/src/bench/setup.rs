@@ -116,6 +116,15 @@ pub(super) fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
     let tokens_per_request = args
         .step_ca_tokens
         .div_ceil(identities.len() * keys_per_identity);
+    // With `--step-ca`, the JWK provisioner whose one-time tokens each request carries.
+    let provisioner = match (&args.step_ca, &signer) {
+        (Some(_), Some(signer)) => Some(Provisioner {
+            signer,
+            name: args.jwt_issuer.as_deref().unwrap_or_default(),
+            sign_url: &args.jwt_audience,
+        }),
+        _ => None,
+    };
     let mut prepared = Vec::new();
     for (namespace, service_account) in identities {
         let spiffe_id = format!(
@@ -124,7 +133,7 @@ pub(super) fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
         );
         let token = match (&fixed_token, &signer) {
             (Some(token), _) => Some(token.clone()),
-            (None, Some(_)) if args.step_ca.is_some() => None,
+            (None, Some(_)) if provisioner.is_some() => None,
             (None, Some(signer)) => Some(
                 signer
                     .mint(&ServiceAccountToken {
@@ -143,17 +152,12 @@ pub(super) fn prepare(args: &BenchArgs) -> Result<Vec<Prepared>, BenchError> {
         for _ in 0..keys_per_identity {
             let request = KeyAndCsr::generate(key_type, &spiffe_id)
                 .map_err(|e| BenchError::Setup(e.to_string()))?;
-            let one_time_tokens = match (&args.step_ca, &signer) {
-                (Some(_), Some(signer)) => {
-                    let provisioner = Provisioner {
-                        signer,
-                        name: args.jwt_issuer.as_deref().unwrap_or_default(),
-                        sign_url: &args.jwt_audience,
-                    };
+            let one_time_tokens = match &provisioner {
+                Some(provisioner) => {
                     let run = format!("{step_ca_run}-{}", prepared.len());
-                    OneTimeTokens::mint(&provisioner, &spiffe_id, &run, tokens_per_request)?
+                    OneTimeTokens::mint(provisioner, &spiffe_id, &run, tokens_per_request)?
                 }
-                _ => OneTimeTokens::default(),
+                None => OneTimeTokens::default(),
             };
             prepared.push(Prepared {
                 request,
