@@ -45,7 +45,7 @@ async fn counters_follow_renewal_batches_revocation_and_expiry() {
         let live = || store.count_live_certificates(&authority, now);
         let renewal = |since| store.identity_renewal(since, now);
 
-        issue_for(&ca, "a", 100).await;
+        let a_first = issue_for(&ca, "a", 100).await;
         issue_for(&ca, "b", 100).await;
         let a_renewed = issue_for(&ca, "a", 200).await;
         assert_eq!(live().await.unwrap(), 3, "{dialect}: every certificate");
@@ -71,18 +71,21 @@ async fn counters_follow_renewal_batches_revocation_and_expiry() {
             "{dialect}: every c certificate"
         );
 
-        // Revoking an identity's newest certificate takes it out of both counts.
-        let revoked = store
-            .insert_revocation(&RevocationRecord {
-                serial: a_renewed.serial.to_hex(),
-                reason: "keyCompromise".into(),
-                revoked_at: now,
-                actor: "test".into(),
-            })
-            .await
-            .unwrap();
-        assert!(revoked);
+        let revoke = |certificate: &IssuedCertificate| RevocationRecord {
+            serial: certificate.serial.to_hex(),
+            reason: "keyCompromise".into(),
+            revoked_at: now,
+            actor: "test".into(),
+        };
+        // Revoking an identity's older certificate leaves the identity counted by its newest.
+        assert!(store.insert_revocation(&revoke(&a_first)).await.unwrap());
         assert_eq!(live().await.unwrap(), 18, "{dialect}");
+        let r = renewal(200).await.unwrap();
+        assert_eq!((r.live, r.renewed), (3, 2), "{dialect}: a still counted");
+
+        // Revoking an identity's newest certificate takes it out of both counts.
+        assert!(store.insert_revocation(&revoke(&a_renewed)).await.unwrap());
+        assert_eq!(live().await.unwrap(), 17, "{dialect}");
         let r = renewal(200).await.unwrap();
         assert_eq!(
             (r.live, r.renewed),
@@ -92,8 +95,8 @@ async fn counters_follow_renewal_batches_revocation_and_expiry() {
         let c = store.certificate_renewal(200, now).await.unwrap();
         assert_eq!(
             (c.live, c.renewed),
-            (18, 16),
-            "{dialect}: the revoked one left"
+            (17, 16),
+            "{dialect}: the revoked ones left"
         );
 
         // Past their expiry nothing is live; pruning then leaves the sums as they were.

@@ -96,7 +96,8 @@ impl Store {
     }
 
     /// Drops counter rows of buckets that expired more than an hour before `now`, so the sums
-    /// stay over live buckets only.
+    /// stay over live buckets only. `identity_latest` is scanned (one row per identity, every
+    /// ten minutes) rather than indexed by expiry, which would cost every issuance a page.
     pub async fn prune_counters(&self, now: i64) -> Result<(), StoreError> {
         let before = now - EXPIRED_KEPT_SECS;
         for sql in [

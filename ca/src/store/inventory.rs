@@ -31,8 +31,9 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<IssuanceRecord>, StoreError> {
         let sql = format!(
-            "SELECT {ISSUANCE_COLUMNS} FROM issued_certificates WHERE spiffe_id = $1 \
-             ORDER BY id DESC LIMIT $2"
+            "SELECT {ISSUANCE_COLUMNS} FROM issued_certificates c WHERE {} = $1 \
+             ORDER BY id DESC LIMIT $2",
+            self.spiffe_id_column()
         );
         with_pool!(self, pool => {
             sqlx::query_as::<_, IssuanceRecord>(&sql)
@@ -44,8 +45,8 @@ impl Store {
         .map_err(StoreError::Query)
     }
 
-    /// Issuances of certificates for one public key (SHA-256 of its SPKI, hex): "what was
-    /// issued for this key" is the first question after a key leaks.
+    /// Issuances of certificates for one public key (SHA-256 of its SPKI, hex). A scan: no API
+    /// asks this, and an index keyed by a hash would cost every commit a page per issuance.
     pub async fn issuances_for_public_key(
         &self,
         public_key_sha256: &str,
@@ -87,16 +88,16 @@ impl Store {
                 // A prefix as a byte-wise range, which an index serves (LIKE would not, on
                 // SQLite or under a linguistic PostgreSQL collation).
                 let prefix = &id[..id.len() - 1];
-                let column = match self {
-                    Store::Sqlite(_) => "c.spiffe_id",
-                    Store::Postgres(_) => "c.spiffe_id COLLATE \"C\"",
-                };
+                let column = self.spiffe_id_column();
                 conditions.push(&format!("{column} >= ?"), Param::Text(prefix.to_string()));
                 if let Some(upper) = prefix_upper_bound(prefix) {
                     conditions.push(&format!("{column} < ?"), Param::Text(upper));
                 }
             }
-            Some(id) => conditions.push("c.spiffe_id = ?", Param::Text(id.to_string())),
+            Some(id) => conditions.push(
+                &format!("{} = ?", self.spiffe_id_column()),
+                Param::Text(id.to_string()),
+            ),
             None => {}
         }
         for (condition, value) in [
@@ -200,6 +201,16 @@ impl Store {
                    ORDER BY revoked_at, serial";
         with_pool!(self, pool => sqlx::query_as::<_, RevocationRecord>(sql).fetch_all(pool).await)
             .map_err(StoreError::Query)
+    }
+
+    /// `issued_certificates c`'s SPIFFE id as its index has it: in byte order, which PostgreSQL
+    /// gives only under the "C" collation (the one index there), so that both exact ids and
+    /// prefixes as ranges use it.
+    fn spiffe_id_column(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "c.spiffe_id",
+            Store::Postgres(_) => "c.spiffe_id COLLATE \"C\"",
+        }
     }
 }
 
