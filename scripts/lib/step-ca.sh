@@ -1,5 +1,6 @@
-# Builds smallstep step-ca 0.19 from Debian's sources, for perf-compare.sh: source it after `cd`
-# to the repository, then call build_step_ca; it prints the binary's path. Debian packages
+# Builds smallstep step-ca 0.19 from Debian's sources, for perf-compare.sh: source it (and
+# scripts/lib/debian.sh) after `cd` to the repository, then call build_step_ca; it prints the
+# binary's path. Debian packages
 # step-ca's library (golang-github-smallstep-certificates-dev) but not its command, so the
 # command's main.go comes from the same source package (`apt-get source`) and is built in GOPATH
 # mode against the packaged libraries, without the cloud KMS/CAS plug-ins Debian leaves out
@@ -15,8 +16,7 @@ build_step_ca() {
   local packages=(golang-go golang-github-smallstep-certificates-dev dpkg-dev)
   if ! dpkg -s "${packages[@]}" >/dev/null 2>&1; then
     echo "step-ca: installing Go and step-ca's libraries (Debian)…" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      "${packages[@]}" >/dev/null
+    install_packages step-ca "${packages[@]}" || exit 1
   fi
   if ! apt-get source --print-uris golang-github-smallstep-certificates >/dev/null 2>&1; then
     echo "step-ca: adding Debian's source archive (deb-src) to apt…" >&2

@@ -32,8 +32,10 @@ pub(super) enum Caller {
         cluster_id: Option<MetadataValue<Ascii>>,
         ttl: i64,
     },
-    Cfssl(JsonConnection),
-    StepCa(JsonConnection),
+    Peer {
+        ca: PeerCa,
+        connection: JsonConnection,
+    },
 }
 
 /// Which peer CA's API a `--cfssl` or `--step-ca` run speaks.
@@ -41,18 +43,6 @@ pub(super) enum Caller {
 pub(super) enum PeerCa {
     Cfssl,
     StepCa,
-}
-
-// === impl PeerCa ===
-
-impl PeerCa {
-    /// A caller speaking this peer's API over `connection`.
-    pub(super) fn caller(self, connection: JsonConnection) -> Caller {
-        match self {
-            PeerCa::Cfssl => Caller::Cfssl(connection),
-            PeerCa::StepCa => Caller::StepCa(connection),
-        }
-    }
 }
 
 // === impl Caller ===
@@ -74,18 +64,13 @@ impl Caller {
                     Err(status) => Attempt::Failed(code_name(status.code())),
                 }
             }
-            Caller::Cfssl(connection) => {
-                peer_attempt(cfssl::sign(connection, &item.request.csr_pem).await)
-            }
-            Caller::StepCa(connection) => peer_attempt(
-                stepca::sign(
-                    connection,
-                    &item.request.csr_pem,
-                    &item.one_time_tokens,
-                    &item.spiffe_id,
-                )
-                .await,
-            ),
+            Caller::Peer { ca, connection } => peer_attempt(match ca {
+                PeerCa::Cfssl => cfssl::sign(connection, &item.request.csr_pem).await,
+                PeerCa::StepCa => {
+                    let (csr, tokens) = (&item.request.csr_pem, &item.one_time_tokens);
+                    stepca::sign(connection, csr, tokens, &item.spiffe_id).await
+                }
+            }),
         }
     }
 }

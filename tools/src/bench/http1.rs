@@ -105,34 +105,26 @@ impl JsonConnection {
 
     /// Posts `body` (JSON) to `path`: the answer's body on a 2xx, else what failed.
     pub(super) async fn post(&mut self, path: &str, body: String) -> Result<Bytes, PeerFailure> {
-        self.post_json(path, body)
-            .await
-            .map_err(PeerFailure::Failed)
-    }
-
-    async fn post_json(&mut self, path: &str, body: String) -> Result<Bytes, String> {
+        let failed = |name: &str| PeerFailure::Failed(name.to_string());
         let request = hyper::Request::post(path)
             .header(hyper::header::HOST, self.host.as_str())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|_| "invalid_request".to_string())?;
-        self.sender
-            .ready()
-            .await
-            .map_err(|_| "transport".to_string())?;
+            .map_err(|_| failed("invalid_request"))?;
+        self.sender.ready().await.map_err(|_| failed("transport"))?;
         let response = self
             .sender
             .send_request(request)
             .await
-            .map_err(|_| "transport".to_string())?;
+            .map_err(|_| failed("transport"))?;
         let status = response.status();
         let body = response
             .into_body()
             .collect()
             .await
-            .map_err(|_| "transport".to_string())?;
+            .map_err(|_| failed("transport"))?;
         if !status.is_success() {
-            return Err(format!("http_{}", status.as_u16()));
+            return Err(failed(&format!("http_{}", status.as_u16())));
         }
         Ok(body.to_bytes())
     }

@@ -63,7 +63,10 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let mut callers = Vec::new();
     for worker in 0..args.concurrency.max(1) {
         callers.push(match &peer {
-            Some((endpoint, peer_ca)) => peer_ca.caller(JsonConnection::connect(endpoint).await?),
+            Some((endpoint, ca)) => Caller::Peer {
+                ca: *ca,
+                connection: JsonConnection::connect(endpoint).await?,
+            },
             None => Caller::Grpc {
                 client: IstioCertificateServiceClient::new(
                     channels[worker % channels.len()].clone(),
