@@ -16,21 +16,19 @@ use std::time::SystemTime;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
-    SecretDiscoveryService, SecretDiscoveryServiceServer,
-};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
+use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::credential::Credential;
-use crate::metrics::{AgentMetrics, StreamKind};
+use crate::metrics::{AgentMetrics, StreamGuard, StreamKind};
 use crate::workload_api::serve_unix;
 use crate::workloads::{Assigned, Workloads};
 
 mod access;
 mod files;
+mod grpc;
 mod secrets;
 
 use access::{may_read, FileReader};
@@ -227,6 +225,65 @@ impl Drop for StreamState {
     }
 }
 
+/// One `StreamSecrets` stream: its requests, what it is served and what it was sent.
+struct StreamDriver {
+    requests: Streaming<DiscoveryRequest>,
+    credential: watch::Receiver<Option<Arc<CredentialSecrets>>>,
+    files_changed: watch::Receiver<u64>,
+    state: StreamState,
+    /// An attested client's identity, held while the stream lives.
+    _held: Option<Assigned>,
+    _connected: StreamGuard,
+}
+
+/// What a stream does next.
+enum Next {
+    Send(DiscoveryResponse),
+    /// End the stream with this status.
+    Refuse(Status),
+    End,
+}
+
+// === impl StreamDriver ===
+
+impl StreamDriver {
+    /// Waits for a request or a change that calls for a response.
+    async fn next(&mut self) -> Next {
+        loop {
+            tokio::select! {
+                request = self.requests.message() => match request {
+                    Ok(Some(request)) => match self.state.on_request(request) {
+                        Ok(RequestOutcome::Quiet) => continue,
+                        Ok(RequestOutcome::Subscribe) => {}
+                        Err(status) => return Next::Refuse(status),
+                    },
+                    Ok(None) => return Next::End,
+                    Err(status) => {
+                        tracing::debug!(code = ?status.code(), "SDS stream closed by peer");
+                        return Next::End;
+                    }
+                },
+                changed = self.credential.changed() => if changed.is_err() { return Next::End },
+                changed = self.files_changed.changed() => if changed.is_err() { return Next::End },
+            }
+            let secrets = self
+                .state
+                .changed(self.credential.borrow_and_update().as_deref());
+            self.files_changed.borrow_and_update();
+            if secrets.is_empty() {
+                continue;
+            }
+            let response = self.state.respond(secrets);
+            tracing::debug!(
+                node = self.state.node.as_deref().unwrap_or_default(),
+                version = %response.version_info,
+                "SDS push"
+            );
+            return Next::Send(response);
+        }
+    }
+}
+
 /// The stream state machine alone, for the fuzz target: `requests` in order on one stream
 /// with `credential` published (each flagged `true` answers the last response's nonce, as an
 /// ACK or NACK does). Returns how many responses went out, or the status that ended the
@@ -298,7 +355,7 @@ fn discovery_response(secrets: &[Arc<RenderedSecret>]) -> DiscoveryResponse {
     }
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(crate) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 // === impl SdsService ===
 
@@ -362,51 +419,32 @@ impl SdsService {
         }
     }
 
-    async fn run_stream(
-        self,
-        mut requests: Streaming<DiscoveryRequest>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-        (mut credential, held): StreamCredential,
-    ) {
-        let _connected = self.metrics.stream_opened(StreamKind::Sds);
-        let mut state = StreamState::new(self.files.clone(), file_reader(&held));
-        let mut files_changed = self.files.changed.subscribe();
-        loop {
-            tokio::select! {
-                request = requests.message() => match request {
-                    Ok(Some(request)) => match state.on_request(request) {
-                        Ok(RequestOutcome::Quiet) => continue,
-                        Ok(RequestOutcome::Subscribe) => {}
-                        Err(status) => {
-                            let _ = tx.send(Err(status)).await;
-                            return;
-                        }
-                    },
-                    Ok(None) => return,
-                    Err(status) => {
-                        tracing::debug!(code = ?status.code(), "SDS stream closed by peer");
-                        return;
-                    }
-                },
-                changed = credential.changed() => if changed.is_err() { return },
-                changed = files_changed.changed() => if changed.is_err() { return },
-                () = tx.closed() => return,
-            }
-            let secrets = state.changed(credential.borrow_and_update().as_deref());
-            files_changed.borrow_and_update();
-            if secrets.is_empty() {
-                continue;
-            }
-            let response = state.respond(secrets);
-            tracing::debug!(
-                node = state.node.as_deref().unwrap_or_default(),
-                version = %response.version_info,
-                "SDS push"
-            );
-            if tx.send(Ok(response)).await.is_err() {
-                return;
-            }
-        }
+    /// `requests`' responses, computed as the response body is polled: a stream costs no task
+    /// and no channel of its own (at 1,000 streams they measured ≈ 8 KiB of RSS per stream).
+    fn responses(
+        &self,
+        requests: Streaming<DiscoveryRequest>,
+        (credential, held): StreamCredential,
+    ) -> ResponseStream<DiscoveryResponse> {
+        let stream = StreamDriver {
+            state: StreamState::new(self.files.clone(), file_reader(&held)),
+            files_changed: self.files.changed.subscribe(),
+            requests,
+            credential,
+            _held: held,
+            _connected: self.metrics.stream_opened(StreamKind::Sds),
+        };
+        Box::pin(futures_util::stream::unfold(
+            Some(stream),
+            |stream| async move {
+                let mut stream = stream?;
+                match stream.next().await {
+                    Next::Send(response) => Some((Ok(response), Some(stream))),
+                    Next::Refuse(status) => Some((Err(status), None)),
+                    Next::End => None,
+                }
+            },
+        ))
     }
 }
 
@@ -420,12 +458,9 @@ impl SecretDiscoveryService for SdsService {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
         let credential = self.credential_for(&request).await?;
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(
-            self.clone()
-                .run_stream(request.into_inner(), tx, credential),
-        );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(
+            self.responses(request.into_inner(), credential),
+        ))
     }
 
     async fn delta_secrets(
@@ -460,7 +495,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     serve_unix(
-        tonic::service::Routes::new(SecretDiscoveryServiceServer::new(service)),
+        tonic::service::Routes::new(grpc::SdsServer::new(service)),
         socket,
         mode,
         shutdown,
