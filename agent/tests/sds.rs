@@ -342,6 +342,52 @@ async fn subscribe_ack_nack_stale_and_push_on_rotation() {
     server.stop().await;
 }
 
+/// The server's per-stream buffers start small (src/sds/grpc.rs): a bundle of ~64 KiB (many
+/// roots, as during a root rotation; more than the client's 64 KiB stream window) and a
+/// request with a large node still get through, and so does a small push after them.
+#[tokio::test]
+async fn large_bundles_and_requests_get_through() {
+    let authority = authority();
+    let mut big = credential(&authority);
+    while big.roots_pem.concat().len() < 64 * 1024 {
+        big.roots_pem.push(authority_root_pem(&self::authority()));
+    }
+    let server = Server::start(Some(big.clone())).await;
+    let mut envoy = server.stream().await;
+    envoy
+        .send(DiscoveryRequest {
+            node: Some(Node {
+                metadata: None,
+                id: format!("sidecar~10.0.0.7~{}", "w".repeat(16 * 1024)),
+                ..node()
+            }),
+            ..request(&["default", "ROOTCA"])
+        })
+        .await;
+    let initial = envoy.next().await;
+    assert!(initial.encoded_len() > 64 * 1024);
+    let served = secrets(&initial);
+    assert_eq!(trusted_ca(find(&served, "ROOTCA")), big.roots_pem.concat());
+    envoy.ack(&["default", "ROOTCA"], &initial).await;
+
+    // Back to one root: the small push after the large one.
+    let small = credential(&authority);
+    server
+        .credential
+        .send_replace(Some(Arc::new(small.clone())));
+    let pushed = envoy.next().await;
+    assert_eq!(
+        trusted_ca(find(&secrets(&pushed), "ROOTCA")),
+        small.roots_pem.concat()
+    );
+    assert_eq!(
+        tls_certificate(find(&secrets(&pushed), "default")).1,
+        small.key_pem
+    );
+    drop(envoy);
+    server.stop().await;
+}
+
 fn authority_root_pem(authority: &Authority) -> String {
     pem::encode_config(
         &pem::Pem::new("CERTIFICATE", authority.root().der().to_vec()),
