@@ -3,9 +3,10 @@
 //!
 //! `cargo bench -p meshca-ca --bench inventory [-- ROWS]` (default 1,000,000)
 //!
-//! Rows are generated inside the database (a recursive CTE / generate_series) to look like 90
-//! days of 24 h certificates for 7,000 workloads in 1,000 namespaces under two authorities,
-//! each with a ~600-byte DER; 0.1 % are revoked. Queries go through `Store`, the same calls the
+//! Rows are generated inside the database (a recursive CTE / generate_series) in two shapes:
+//! 90 days of 24 h certificates for 7,000 workloads in 1,000 namespaces (mostly expired), and a
+//! fleet's busy day (every certificate live, 50 identities in 10 namespaces); two authorities,
+//! each row with a ~600-byte DER, 0.1 % revoked. Queries go through `Store`, the same calls the
 //! REST handlers make.
 
 mod common;
@@ -13,16 +14,16 @@ mod common;
 use std::time::{Duration, Instant};
 
 use meshca_ca::store::{CertificateFilter, CertificateStatus, Store};
-use meshca_ca::testing::load_synthetic_inventory;
+use meshca_ca::testing::{load_synthetic_inventory, prune_counters_after_load, InventoryShape};
 
 const DAY: i64 = 86_400;
 /// 2026-08-28T00:00:00Z: the first generated issuance.
 const BASE: i64 = 1_787_875_200;
 const ITERATIONS: usize = 200;
 
-async fn load(store: &Store, rows: i64) -> Duration {
+async fn load(store: &Store, rows: i64, shape: InventoryShape) -> Duration {
     let started = Instant::now();
-    load_synthetic_inventory(store, rows, BASE, 90 * DAY).await;
+    load_synthetic_inventory(store, rows, BASE, shape).await;
     started.elapsed()
 }
 
@@ -51,15 +52,20 @@ where
     );
 }
 
-async fn run(label: &str, store: Store, rows: i64) {
-    let loaded = load(&store, rows).await;
+async fn run(label: &str, store: Store, rows: i64, shape: InventoryShape) {
+    let loaded = load(&store, rows, shape).await;
     println!(
-        "{label}: {rows} certificates loaded in {:.1} s",
+        "{label}, {shape:?}: {rows} certificates loaded in {:.1} s",
         loaded.as_secs_f64()
     );
-    // "Now" is half a day before the newest issuance: about a day's worth of certificates
-    // (1 %) are valid, as with 24 h certificates in steady state.
-    let now = BASE + 90 * DAY - DAY / 2;
+    // "Now" is half a day before the newest issuance: in 90 days, about a day's worth of
+    // certificates (1 %) are valid, as with 24 h certificates in steady state; on a busy day,
+    // all of them.
+    let now = BASE + shape.span_secs - DAY / 2;
+    // What the CA's periodic pruning keeps of the counters: live buckets only.
+    prune_counters_after_load(&store, now).await;
+    let (namespaces, accounts) = (shape.namespaces, shape.accounts_per_namespace());
+    let hours = shape.span_secs / 3600 - 1;
     let page = 100;
     let s = &store;
     let list = |filter: CertificateFilter, before: Option<i64>| async move {
@@ -84,8 +90,8 @@ async fn run(label: &str, store: Store, rows: i64) {
             CertificateFilter {
                 spiffe_id: Some(format!(
                     "spiffe://cluster.local/ns/ns-{}/sa/sa-{}",
-                    i % 1000,
-                    i % 7
+                    i as i64 % namespaces,
+                    i as i64 % accounts
                 )),
                 ..Default::default()
             },
@@ -96,7 +102,10 @@ async fn run(label: &str, store: Store, rows: i64) {
     measure("spiffe_id prefix (a namespace), newest 100", |i| {
         list(
             CertificateFilter {
-                spiffe_id: Some(format!("spiffe://cluster.local/ns/ns-{}/*", i % 1000)),
+                spiffe_id: Some(format!(
+                    "spiffe://cluster.local/ns/ns-{}/*",
+                    i as i64 % namespaces
+                )),
                 ..Default::default()
             },
             None,
@@ -106,8 +115,8 @@ async fn run(label: &str, store: Store, rows: i64) {
     measure("namespace + service_account + status=valid", |i| {
         list(
             CertificateFilter {
-                namespace: Some(format!("ns-{}", i % 1000)),
-                service_account: Some(format!("sa-{}", i % 7)),
+                namespace: Some(format!("ns-{}", i as i64 % namespaces)),
+                service_account: Some(format!("sa-{}", i as i64 % accounts)),
                 status: Some(CertificateStatus::Valid),
                 ..Default::default()
             },
@@ -116,7 +125,7 @@ async fn run(label: &str, store: Store, rows: i64) {
     })
     .await;
     measure("issued in a one-hour window, newest 100", |i| {
-        let from = BASE + (i as i64 % 80) * DAY;
+        let from = BASE + (i as i64 * 37 % hours) * 3600;
         list(
             CertificateFilter {
                 issued_after: Some(from),
@@ -150,6 +159,17 @@ async fn run(label: &str, store: Store, rows: i64) {
             s.count_live_certificates("authority-new", now)
                 .await
                 .unwrap() as usize
+        },
+    )
+    .await;
+    measure(
+        "identities and certificates renewed since a root joined (root reach)",
+        |_| async {
+            let since = now - 3600;
+            let identities = s.identity_renewal(since, now).await.unwrap();
+            let certificates = s.certificate_renewal(since, now).await.unwrap();
+            std::hint::black_box((identities, certificates));
+            1
         },
     )
     .await;
@@ -193,9 +213,13 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-        run("SQLite", Store::connect(&url).await.unwrap(), rows).await;
-
-        common::on_postgres("bench", |store| run("PostgreSQL", store, rows)).await;
+        for (name, shape) in [
+            ("ninety-days", InventoryShape::NINETY_DAYS),
+            ("busy-day", InventoryShape::BUSY_DAY),
+        ] {
+            let url = format!("sqlite://{}", dir.path().join(name).display());
+            run("SQLite", Store::connect(&url).await.unwrap(), rows, shape).await;
+            common::on_postgres("bench", |store| run("PostgreSQL", store, rows, shape)).await;
+        }
     });
 }

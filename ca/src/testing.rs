@@ -371,30 +371,67 @@ fn synthetic_columns() -> &'static str {
      public_key_sha256, cert_der, bundle_as_of"
 }
 
+/// How synthetic certificates are spread over time and identities. Identity `k` (certificate
+/// `n` has `k = n % identities`) is `spiffe://cluster.local/ns/ns-{k % namespaces}/sa/sa-{k /
+/// namespaces}`.
+#[derive(Clone, Copy, Debug)]
+pub struct InventoryShape {
+    /// Certificates are issued evenly over this many seconds.
+    pub span_secs: i64,
+    pub identities: i64,
+    pub namespaces: i64,
+}
+
+impl InventoryShape {
+    /// Three months of history: 90 days of 24 h certificates for 7,000 workloads in 1,000
+    /// namespaces, so all but about a day's worth are expired.
+    pub const NINETY_DAYS: Self = Self {
+        span_secs: 90 * 86_400,
+        identities: 7_000,
+        namespaces: 1_000,
+    };
+    /// A fleet's busy day: every certificate issued in the last 24 h, so all of them live, for
+    /// 50 identities in 10 namespaces (Deployments with many replicas sharing an identity).
+    pub const BUSY_DAY: Self = Self {
+        span_secs: 86_400,
+        identities: 50,
+        namespaces: 10,
+    };
+
+    /// The service accounts per namespace.
+    pub fn accounts_per_namespace(&self) -> i64 {
+        self.identities / self.namespaces
+    }
+}
+
 /// Inserts `rows` certificates generated inside the database (a recursive CTE on SQLite,
-/// `generate_series` on PostgreSQL), issued evenly over `span_secs` from `base`: 24 h each, for
-/// 7,000 workloads in 1,000 namespaces under two authorities (`authority-old` for the first
-/// half), each with a ~600-byte DER; 0.1 % revoked. What the inventory benches query.
+/// `generate_series` on PostgreSQL), issued evenly over the shape's span from `base`: 24 h
+/// each, under two authorities (`authority-old` for the first half), each with a ~600-byte
+/// DER; 0.1 % revoked. What the inventory benches query.
 pub async fn load_synthetic_inventory(
     store: &crate::store::Store,
     rows: i64,
     base: i64,
-    span_secs: i64,
+    shape: InventoryShape,
 ) {
     const DAY_SECS: i64 = 86_400;
-    let (span, base_time) = (span_secs, base);
+    let (span, base_time) = (shape.span_secs, base);
+    let (identities, namespaces) = (shape.identities, shape.namespaces);
+    // Namespace and service account of certificate `n`, as SQL expressions.
+    let ns = format!("'ns-' || (n % {identities} % {namespaces})");
+    let sa = format!("'sa-' || (n % {identities} / {namespaces})");
     match store {
         crate::store::Store::Sqlite(pool) => {
             let sql = format!(
                 "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < {rows}) \
                  INSERT INTO issued_certificates ({cols}) SELECT \
                  printf('%032x', n), \
-                 'spiffe://cluster.local/ns/ns-' || (n % 1000) || '/sa/sa-' || (n % 7), \
-                 'cluster.local', 'ns-' || (n % 1000), 'sa-' || (n % 7), \
+                 'spiffe://cluster.local/ns/' || {ns} || '/sa/' || {sa}, \
+                 'cluster.local', {ns}, {sa}, \
                  {base_time} + n * {span} / {rows} - 120, {base_time} + n * {span} / {rows} + {DAY_SECS}, \
                  {base_time} + n * {span} / {rows}, \
                  CASE WHEN n * 2 < {rows} THEN 'authority-old' ELSE 'authority-new' END, \
-                 'jwt', 'ns-' || (n % 1000) || '/sa-' || (n % 7), '10.0.0.1:40000', 'Kubernetes', \
+                 'jwt', {ns} || '/' || {sa}, '10.0.0.1:40000', 'Kubernetes', \
                  printf('%064x', n), randomblob(600), 0 FROM seq",
                 cols = synthetic_columns()
             );
@@ -413,12 +450,12 @@ pub async fn load_synthetic_inventory(
             let sql = format!(
                 "INSERT INTO issued_certificates ({cols}) SELECT \
                  lpad(to_hex(n), 32, '0'), \
-                 'spiffe://cluster.local/ns/ns-' || (n % 1000) || '/sa/sa-' || (n % 7), \
-                 'cluster.local', 'ns-' || (n % 1000), 'sa-' || (n % 7), \
+                 'spiffe://cluster.local/ns/' || {ns} || '/sa/' || {sa}, \
+                 'cluster.local', {ns}, {sa}, \
                  {base_time} + n * {span} / {rows} - 120, {base_time} + n * {span} / {rows} + {DAY_SECS}, \
                  {base_time} + n * {span} / {rows}, \
                  CASE WHEN n * 2 < {rows} THEN 'authority-old' ELSE 'authority-new' END, \
-                 'jwt', 'ns-' || (n % 1000) || '/sa-' || (n % 7), '10.0.0.1:40000', 'Kubernetes', \
+                 'jwt', {ns} || '/' || {sa}, '10.0.0.1:40000', 'Kubernetes', \
                  lpad(to_hex(n), 64, '0'), decode(repeat(md5(n::text), 38), 'hex'), 0 \
                  FROM generate_series(1::bigint, {rows}::bigint) AS n",
                 cols = synthetic_columns()
@@ -432,7 +469,12 @@ pub async fn load_synthetic_inventory(
             .execute(pool)
             .await
             .unwrap();
-            sqlx::query("ANALYZE").execute(pool).await.unwrap();
+            // As autovacuum leaves a table after a day of inserts: statistics, and the visibility
+            // map that lets a query answer from an index alone.
+            sqlx::query("VACUUM (ANALYZE) issued_certificates, certificate_revocations")
+                .execute(pool)
+                .await
+                .unwrap();
         }
     }
 }

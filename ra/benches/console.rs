@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use meshca_ca::testing::{
-    load_synthetic_audit_log, load_synthetic_inventory, prune_counters_after_load,
+    load_synthetic_audit_log, load_synthetic_inventory, prune_counters_after_load, InventoryShape,
 };
 use meshca_ca::{
     CaConfig, CaSettings, CertificateAuthority, IssueRequest, Requester, SpiffeId, StoreConfig,
@@ -70,7 +70,7 @@ async fn run(label: &str, ca: CertificateAuthority, rows: i64) {
     // The newest certificates were issued in the last day, so the overview's week is full.
     let base = now - 90 * DAY;
     let started = Instant::now();
-    load_synthetic_inventory(ca.store(), rows, base, 90 * DAY).await;
+    load_synthetic_inventory(ca.store(), rows, base, InventoryShape::NINETY_DAYS).await;
     load_synthetic_audit_log(ca.store(), rows, base, 90 * DAY).await;
     // What the CA's periodic pruning keeps of the counters: live buckets only.
     prune_counters_after_load(ca.store(), now).await;

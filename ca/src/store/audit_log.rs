@@ -32,16 +32,12 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let mut conditions = Conditions::default();
-        for (column, value) in [
+        conditions.push_texts([
             ("action = ?", &filter.action),
             ("actor_principal = ?", &filter.actor),
             ("outcome = ?", &filter.outcome),
             ("target = ?", &filter.target),
-        ] {
-            if let Some(v) = value {
-                conditions.push(column, Param::Text(v.clone()));
-            }
-        }
+        ]);
         let refusals_only = filter.outcome.as_deref().is_some_and(|o| o != "success");
         if filter.unsuccessful || refusals_only {
             // Word for word the partial index's condition, so both dialects use it (neither

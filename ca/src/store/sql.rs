@@ -239,6 +239,18 @@ impl Conditions {
         self.sql.push_str(&condition.replace('?', &placeholder));
     }
 
+    /// Each condition whose text value is set, with that value.
+    pub(crate) fn push_texts<'a>(
+        &mut self,
+        conditions: impl IntoIterator<Item = (&'a str, &'a Option<String>)>,
+    ) {
+        for (condition, value) in conditions {
+            if let Some(v) = value {
+                self.push(condition, Param::Text(v.clone()));
+            }
+        }
+    }
+
     pub(crate) fn push_fixed(&mut self, condition: &str) {
         self.sql.push_str(" AND ");
         self.sql.push_str(condition);
