@@ -135,6 +135,12 @@ impl Authority {
         &self.path[0]
     }
 
+    /// Signing cert to root, as [`chain::build_path`](crate::chain::build_path) verified it
+    /// when the authority was made.
+    pub fn path(&self) -> &[ParsedCert] {
+        &self.path
+    }
+
     /// The root this authority's path ends at.
     pub fn root(&self) -> &ParsedCert {
         self.path.last().expect("path is never empty")

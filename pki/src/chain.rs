@@ -55,14 +55,48 @@ pub fn verify_leaf(
     now: SystemTime,
 ) -> Result<CertPath, PathError> {
     if roots.contains(leaf) {
-        return Err(PathError::NotCa {
-            subject: leaf.subject_string(),
-            reason: "a trust anchor is not a workload certificate".into(),
-        });
+        return Err(anchor_as_leaf(leaf));
     }
     let path = find_path(leaf, pool, roots)?;
     check_path(&path, now, true)?;
     Ok(CertPath { certs: path })
+}
+
+/// [`verify_leaf`] for a leaf signed by `issuer_path[0]`, where `issuer_path` is a path that
+/// [`build_path`] verified to a root in `roots` (an authority's own): one signature instead of
+/// one per link, and nothing copied, then the same validity and CA checks on every
+/// certificate. Renewal calls this on every request with one of meshca's own certificates.
+pub fn verify_leaf_on_path(
+    leaf: &ParsedCert,
+    issuer_path: &[ParsedCert],
+    roots: &[&ParsedCert],
+    now: SystemTime,
+) -> Result<(), PathError> {
+    if roots.contains(&leaf) {
+        return Err(anchor_as_leaf(leaf));
+    }
+    let issuer = issuer_path.first().expect("a path is never empty");
+    if leaf.is_signed_by(issuer).is_err() {
+        return Err(PathError::NoPath {
+            subject: leaf.subject_string(),
+            issuer: leaf.issuer().to_string(),
+        });
+    }
+    leaf.check_validity(now)
+        .map_err(|reason| PathError::Validity {
+            subject: leaf.subject_string(),
+            reason,
+        })?;
+    // Without the leaf in front, each certificate's depth below is counted from the issuer,
+    // as `verify_leaf` counts it past the leaf.
+    check_path(issuer_path, now, false)
+}
+
+fn anchor_as_leaf(leaf: &ParsedCert) -> PathError {
+    PathError::NotCa {
+        subject: leaf.subject_string(),
+        reason: "a trust anchor is not a workload certificate".into(),
+    }
 }
 
 /// The certificates from `start` to a root, by name and signature only.

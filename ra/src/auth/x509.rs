@@ -45,18 +45,35 @@ impl RenewalAuthenticator {
         &self,
         chain_der: &[CertificateDer<'static>],
     ) -> Result<Caller, AuthError> {
-        let (leaf, pool) = parse_chain(chain_der)?;
+        let leaf = parse_leaf(chain_der)?;
         let set = self.ca.authorities();
-        // The bundle's roots anchor; our own intermediates help clients that send only a leaf.
-        let mut pool = pool;
-        for entry in set.entries() {
-            pool.extend(entry.authority.intermediates().iter().cloned());
+        let bundle = set.bundle();
+        let now = SystemTime::now();
+        // Nearly every caller holds a certificate one of our trusted authorities signed (its
+        // authority key id is the authority's id): the rest of its path was verified when the
+        // authority loaded.
+        let issuer_id = leaf.authority_key_id().map(hex::encode);
+        let own_issuer = issuer_id
+            .as_deref()
+            .and_then(|id| set.get(id))
+            .filter(|e| e.state.trusted())
+            .map(|e| &e.authority)
+            .filter(|a| a.signing_cert().subject() == leaf.issuer());
+        match own_issuer {
+            Some(authority) => chain::verify_leaf_on_path(&leaf, authority.path(), &bundle, now),
+            None => {
+                // The bundle's roots anchor; our own intermediates help clients that send only
+                // a leaf.
+                let mut pool = parse_pool(chain_der)?;
+                for entry in set.entries() {
+                    pool.extend(entry.authority.intermediates().iter().cloned());
+                }
+                let roots: Vec<ParsedCert> = bundle.into_iter().cloned().collect();
+                chain::verify_leaf(&leaf, &pool, &roots, now).map(drop)
+            }
         }
-        let roots: Vec<ParsedCert> = set.bundle().into_iter().cloned().collect();
-        chain::verify_leaf(&leaf, &pool, &roots, SystemTime::now())
-            .map_err(|e| AuthError::ClientCert(format!("not a current meshca certificate: {e}")))?;
-        if let Some(aki) = leaf.authority_key_id() {
-            let issuer = hex::encode(aki);
+        .map_err(|e| AuthError::ClientCert(format!("not a current meshca certificate: {e}")))?;
+        if let Some(issuer) = issuer_id {
             if set.refuses_renewal_from(&issuer) {
                 return Err(AuthError::ClientCert(format!(
                     "issued by authority {issuer}, which was tainted; renew with another credential"
@@ -130,7 +147,7 @@ impl AthenzAuthenticator {
     }
 
     pub fn authenticate(&self, chain_der: &[CertificateDer<'static>]) -> Result<Caller, AuthError> {
-        let (leaf, pool) = parse_chain(chain_der)?;
+        let (leaf, pool) = (parse_leaf(chain_der)?, parse_pool(chain_der)?);
         chain::verify_leaf(&leaf, &pool, &self.roots, SystemTime::now())
             .map_err(|e| AuthError::ClientCert(format!("not an Athenz certificate: {e}")))?;
         let cn = common_name(leaf.subject())
@@ -169,16 +186,21 @@ impl AthenzAuthenticator {
     }
 }
 
-fn parse_chain(
-    chain_der: &[CertificateDer<'static>],
-) -> Result<(ParsedCert, Vec<ParsedCert>), AuthError> {
-    let mut certs = chain_der.iter().map(|c| {
-        ParsedCert::from_der(c.as_ref())
-            .map_err(|e| AuthError::ClientCert(format!("does not parse: {e}")))
-    });
-    let leaf = certs.next().ok_or(AuthError::NoCredential)??;
-    let pool = certs.collect::<Result<Vec<_>, _>>()?;
-    Ok((leaf, pool))
+/// The client's certificate: the first of the chain its TLS handshake presented.
+fn parse_leaf(chain_der: &[CertificateDer<'static>]) -> Result<ParsedCert, AuthError> {
+    let leaf = chain_der.first().ok_or(AuthError::NoCredential)?;
+    parse(leaf)
+}
+
+/// The rest of the presented chain, as candidate intermediates. Parsed only when a path must
+/// be searched: renewal with one of our own certificates does not look at it.
+fn parse_pool(chain_der: &[CertificateDer<'static>]) -> Result<Vec<ParsedCert>, AuthError> {
+    chain_der.iter().skip(1).map(parse).collect()
+}
+
+fn parse(der: &CertificateDer<'static>) -> Result<ParsedCert, AuthError> {
+    ParsedCert::from_der(der.as_ref())
+        .map_err(|e| AuthError::ClientCert(format!("does not parse: {e}")))
 }
 
 /// The (last) CN of a subject, in any of the string types CAs use.
