@@ -1,6 +1,7 @@
 //! The SDS gRPC service as the socket serves it: the generated server, except that
 //! `StreamSecrets` (one long-lived stream per Envoy) is decoded and encoded with buffers sized
-//! for SDS rather than tonic's defaults.
+//! for SDS rather than tonic's defaults. Generic over the service, so that this module needs
+//! nothing of the one that implements it.
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
@@ -11,8 +12,6 @@ use tonic::codegen::{http, BoxFuture, Context, Poll, Service};
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::{ProstDecoder, ProstEncoder};
-
-use super::{ResponseStream, SdsService};
 
 const STREAM_SECRETS: &str = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
 
@@ -30,9 +29,9 @@ const YIELD_THRESHOLD: usize = 32 * 1024;
 
 /// Serves SDS: `StreamSecrets` with [`SdsCodec`], everything else as generated.
 #[derive(Clone, Debug)]
-pub struct SdsServer {
-    service: SdsService,
-    generated: SecretDiscoveryServiceServer<SdsService>,
+pub struct SdsServer<S> {
+    service: S,
+    generated: SecretDiscoveryServiceServer<S>,
 }
 
 /// Prost encoding with [`STREAM_BUFFER`]-sized buffers.
@@ -40,12 +39,12 @@ pub struct SdsServer {
 struct SdsCodec;
 
 /// `StreamSecrets` alone, for [`Grpc::streaming`].
-struct StreamSecrets(SdsService);
+struct StreamSecrets<S>(S);
 
 // === impl SdsServer ===
 
-impl SdsServer {
-    pub fn new(service: SdsService) -> Self {
+impl<S: SecretDiscoveryService + Clone> SdsServer<S> {
+    pub fn new(service: S) -> Self {
         Self {
             generated: SecretDiscoveryServiceServer::new(service.clone()),
             service,
@@ -53,11 +52,11 @@ impl SdsServer {
     }
 }
 
-impl NamedService for SdsServer {
+impl<S> NamedService for SdsServer<S> {
     const NAME: &'static str = SERVICE_NAME;
 }
 
-impl Service<http::Request<tonic::body::Body>> for SdsServer {
+impl<S: SecretDiscoveryService + Clone> Service<http::Request<tonic::body::Body>> for SdsServer<S> {
     type Response = http::Response<tonic::body::Body>;
     type Error = std::convert::Infallible;
     type Future = BoxFuture<Self::Response, Self::Error>;
@@ -94,9 +93,9 @@ impl Codec for SdsCodec {
 
 // === impl StreamSecrets ===
 
-impl StreamingService<DiscoveryRequest> for StreamSecrets {
+impl<S: SecretDiscoveryService + Clone> StreamingService<DiscoveryRequest> for StreamSecrets<S> {
     type Response = DiscoveryResponse;
-    type ResponseStream = ResponseStream<DiscoveryResponse>;
+    type ResponseStream = S::StreamSecretsStream;
     type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
 
     fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {

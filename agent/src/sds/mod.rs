@@ -355,7 +355,7 @@ fn discovery_response(secrets: &[Arc<RenderedSecret>]) -> DiscoveryResponse {
     }
 }
 
-pub(crate) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 // === impl SdsService ===
 
