@@ -82,13 +82,10 @@ pub fn verify_leaf_on_path(
             issuer: leaf.issuer().to_string(),
         });
     }
-    leaf.check_validity(now)
-        .map_err(|reason| PathError::Validity {
-            subject: leaf.subject_string(),
-            reason,
-        })?;
-    // Without the leaf in front, each certificate's depth below is counted from the issuer,
-    // as `verify_leaf` counts it past the leaf.
+    // The leaf alone, as `check_path` treats a path's leaf (its validity); then the issuer's
+    // path with each certificate's depth counted from the issuer, as `verify_leaf` counts it
+    // past the leaf.
+    check_path(std::slice::from_ref(leaf), now, true)?;
     check_path(issuer_path, now, false)
 }
 

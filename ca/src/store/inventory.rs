@@ -90,21 +90,16 @@ impl Store {
             _ => CERTIFICATES,
         };
         let ids = match filter.spiffe_id.as_deref() {
+            // A prefix as a byte-wise range, which an index serves (LIKE would not, on SQLite or
+            // under a linguistic PostgreSQL collation).
             Some(id) if id.ends_with('*') => {
-                // A prefix as a byte-wise range, which an index serves (LIKE would not, on
-                // SQLite or under a linguistic PostgreSQL collation).
                 let prefix = &id[..id.len() - 1];
-                let upper = prefix_upper_bound(prefix);
-                let identities = match &upper {
-                    Some(upper) => self.identities_in_range(prefix, upper).await?,
-                    None => None,
-                };
-                match identities {
-                    Some(identities) if identities.is_empty() => return Ok(Vec::new()),
-                    Some(identities) => {
+                match self.prefix_plan(prefix).await? {
+                    PrefixPlan::NoIdentity => return Ok(Vec::new()),
+                    PrefixPlan::PerIdentity(identities) => {
                         per_identity_newest_ids(&mut conditions, from, column, &identities, limit)
                     }
-                    None => {
+                    PrefixPlan::Range { upper } => {
                         conditions.push(&format!("{column} >= ?"), Param::Text(prefix.to_string()));
                         if let Some(upper) = upper {
                             conditions.push(&format!("{column} < ?"), Param::Text(upper));
@@ -131,14 +126,14 @@ impl Store {
         .map_err(StoreError::Query)
     }
 
-    /// The distinct SPIFFE ids in `[lower, upper)`, when there are at most
-    /// [`PER_IDENTITY_PLAN_MAX`] of them. Each step is one seek in the SPIFFE id index (a skip
-    /// scan), however many certificates each identity has.
-    async fn identities_in_range(
-        &self,
-        lower: &str,
-        upper: &str,
-    ) -> Result<Option<Vec<String>>, StoreError> {
+    /// How to list the certificates whose SPIFFE id starts with `prefix`: the distinct ids
+    /// under it, when there are at most [`PER_IDENTITY_PLAN_MAX`], found by a skip scan (one
+    /// seek in the SPIFFE id index each, however many certificates each identity has); else
+    /// one range scan.
+    async fn prefix_plan(&self, prefix: &str) -> Result<PrefixPlan, StoreError> {
+        let Some(upper) = prefix_upper_bound(prefix) else {
+            return Ok(PrefixPlan::Range { upper: None });
+        };
         let column = self.spiffe_id_column();
         let sql = format!(
             "WITH RECURSIVE ids(spiffe_id, k) AS ( \
@@ -152,14 +147,18 @@ impl Store {
         );
         let identities: Vec<String> = with_pool!(self, pool => {
             sqlx::query_scalar(&sql)
-                .bind(lower)
-                .bind(upper)
+                .bind(prefix)
+                .bind(&upper)
                 .bind(PER_IDENTITY_PLAN_MAX as i64)
                 .fetch_all(pool)
                 .await
         })
         .map_err(StoreError::Query)?;
-        Ok((identities.len() <= PER_IDENTITY_PLAN_MAX).then_some(identities))
+        Ok(match identities.len() {
+            0 => PrefixPlan::NoIdentity,
+            n if n <= PER_IDENTITY_PLAN_MAX => PrefixPlan::PerIdentity(identities),
+            _ => PrefixPlan::Range { upper: Some(upper) },
+        })
     }
 
     /// Revocations of certificates `authority_id` issued: the entries of its CRL.
@@ -226,6 +225,16 @@ impl Store {
 /// [`per_identity_newest_ids`]); beyond, by one range scan, and a prefix that broad matches a large
 /// share of the rows, so the newest of them are found near the top of the id order.
 const PER_IDENTITY_PLAN_MAX: usize = 32;
+
+/// How a SPIFFE id prefix is listed (see [`Store::prefix_plan`]).
+enum PrefixPlan {
+    /// No certificate has an id under the prefix.
+    NoIdentity,
+    /// These identities, each one's newest read on its own and merged.
+    PerIdentity(Vec<String>),
+    /// One scan of the ids from the prefix up to `upper` (none: every id above the prefix).
+    Range { upper: Option<String> },
+}
 
 /// Every filter but the SPIFFE id, as conditions on `c` (the certificate) and `r` (its
 /// revocation).
