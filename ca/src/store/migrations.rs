@@ -27,6 +27,7 @@ pub(crate) const SQLITE: &[(&str, &str)] = embedded!("sqlite":
     "0006_node_agent_requests.sql",
     "0007_console.sql",
     "0009_commit_index_set.sql",
+    "0010_issued_minute_index.sql",
 );
 
 pub(crate) const POSTGRES: &[(&str, &str)] = embedded!("postgres":
@@ -39,6 +40,7 @@ pub(crate) const POSTGRES: &[(&str, &str)] = embedded!("postgres":
     "0007_console.sql",
     "0008_authority_notify.sql",
     "0009_commit_index_set.sql",
+    "0010_issued_minute_index.sql",
 );
 
 /// A dialect's embedded migrations as a source for sqlx's [`Migrator`].
