@@ -363,7 +363,7 @@ fn newest_ids_per_key(
 /// The minute of a certificate's issue, as the issue-time index (migration 0010) keys it.
 /// Integer division truncates the same way in SQLite, PostgreSQL and Rust.
 const ISSUED_MINUTE: &str = "c.issued_at / 60";
-const SECONDS_PER_KEY: i64 = 60;
+const MINUTE_SECS: i64 = 60;
 
 /// Up to this many minutes, a window of issue times is answered minute by minute: an hour,
 /// however it is aligned (61 minutes). Each minute is a branch of the query to plan (≈ 0.1 ms
@@ -383,10 +383,10 @@ impl WindowMinutes {
     /// since truncating division never decreases.
     fn of(after: Option<i64>, before: Option<i64>) -> Self {
         Self {
-            first: after.map(|t| t / SECONDS_PER_KEY),
+            first: after.map(|t| t / MINUTE_SECS),
             last: before
                 .and_then(|t| t.checked_sub(1))
-                .map(|t| t / SECONDS_PER_KEY),
+                .map(|t| t / MINUTE_SECS),
         }
     }
 
@@ -463,7 +463,7 @@ mod tests {
     fn the_index_is_keyed_by_the_minute_the_queries_name() {
         let expression = format!("({})", ISSUED_MINUTE.trim_start_matches("c."));
         assert_eq!(expression, "(issued_at / 60)");
-        assert_eq!(SECONDS_PER_KEY, 60);
+        assert_eq!(MINUTE_SECS, 60);
         let keyed = format!("({expression}, id");
         let tenth: Vec<_> = [
             super::super::migrations::SQLITE,
