@@ -141,7 +141,7 @@ async fn a_prefix_lists_what_a_scan_finds_in_either_plan() {
 /// committed late), so a minute's newest ids are not the window's.
 const DENSE: InventoryShape = InventoryShape {
     span_secs: 2 * 3_600,
-    identities: 20,
+    identities: 40,
     namespaces: 4,
 };
 
@@ -182,8 +182,10 @@ async fn a_window_lists_what_a_scan_finds_in_either_plan() {
             for (prefix, status) in [
                 (None, None),
                 (None, Some(CertificateStatus::Valid)),
-                // A prefix of all 20 identities is one range: the window's plan still applies.
+                // A prefix of all 40 identities is one range, and the window's plan still
+                // applies; one of a namespace's 10 is read identity by identity, in the window.
                 (Some("spiffe://cluster.local/ns/ns-"), None),
+                (Some("spiffe://cluster.local/ns/ns-1/"), None),
             ] {
                 let filter = CertificateFilter {
                     issued_after: after,
