@@ -80,7 +80,8 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<CertificateRow>, StoreError> {
         let mut conditions = Conditions::default();
-        push_conditions(&mut conditions, filter, now, before_id);
+        let minutes = WindowMinutes::of(filter.issued_after, filter.issued_before);
+        push_conditions(&mut conditions, filter, minutes, now, before_id);
         let limit = limit.max(0);
         let column = self.spiffe_id_column();
         let from = match filter.status {
@@ -108,7 +109,7 @@ impl Store {
                         if let Some(upper) = upper {
                             conditions.push(&format!("{column} < ?"), Param::Text(upper));
                         }
-                        newest_ids_in_window(&mut conditions, from, filter, limit)
+                        newest_ids_in_window(&mut conditions, from, minutes, limit)
                     }
                 }
             }
@@ -116,7 +117,7 @@ impl Store {
                 conditions.push(&format!("{column} = ?"), Param::Text(id.to_string()));
                 newest_ids(&conditions, from, limit)
             }
-            None => newest_ids_in_window(&mut conditions, from, filter, limit),
+            None => newest_ids_in_window(&mut conditions, from, minutes, limit),
         };
         // The rows are read only for the ids chosen: a query that must look at many
         // candidates (an hour of a busy day is 40,000 certificates) reads them from an index,
@@ -241,10 +242,12 @@ enum PrefixPlan {
 }
 
 /// Every filter but the SPIFFE id, as conditions on `c` (the certificate) and `r` (its
-/// revocation).
+/// revocation); the window of issue times also as the `minutes` it touches, which the
+/// issue-time index is keyed by (migration 0010).
 fn push_conditions(
     conditions: &mut Conditions,
     filter: &CertificateFilter,
+    minutes: WindowMinutes,
     now: i64,
     before_id: Option<i64>,
 ) {
@@ -263,8 +266,6 @@ fn push_conditions(
         Some(agent) => conditions.push("c.impersonated_by = ?", Param::Text(agent.to_string())),
         None => {}
     }
-    // The window's minutes too, which the issue-time index is keyed by (migration 0010).
-    let minutes = WindowMinutes::of(filter.issued_after, filter.issued_before);
     for (condition, value) in [
         (&format!("{ISSUED_MINUTE} >= ?")[..], minutes.first),
         (&format!("{ISSUED_MINUTE} <= ?")[..], minutes.last),
@@ -308,16 +309,16 @@ fn newest_ids(conditions: &Conditions, from: &str, limit: i64) -> String {
     )
 }
 
-/// The ids of the newest `limit` certificates matching `conditions` in the filter's window of
-/// issue times: minute by minute (see [`newest_ids_per_key`]) when the window is bounded and
-/// spans at most [`PER_MINUTE_PLAN_MAX`] minutes, else one scan.
+/// The ids of the newest `limit` certificates matching `conditions`, whose window of issue
+/// times touches `minutes`: minute by minute (see [`newest_ids_per_key`]) when the window is
+/// bounded and spans at most [`PER_MINUTE_PLAN_MAX`] minutes, else one scan.
 fn newest_ids_in_window(
     conditions: &mut Conditions,
     from: &str,
-    filter: &CertificateFilter,
+    minutes: WindowMinutes,
     limit: i64,
 ) -> String {
-    match WindowMinutes::of(filter.issued_after, filter.issued_before).few() {
+    match minutes.few() {
         Some(minutes) => newest_ids_per_key(
             conditions,
             from,
