@@ -243,10 +243,18 @@ fn node_authorization(c: &mut Criterion) {
             uid: listed["metadata"]["uid"].as_str().expect("uid").to_string(),
         });
     }
-    assert!(authorizer.authorize(&caller, &here).is_ok());
+    assert!(runtime
+        .block_on(authorizer.authorize(&caller, &here))
+        .is_ok());
     c.bench_function(
         "node authorization: authorize through the pod cache (10k pods)",
-        |b| b.iter(|| authorizer.authorize(&caller, &here).is_ok()),
+        |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(authorizer.authorize(&caller, &here))
+                    .is_ok()
+            })
+        },
     );
     drop(authorizer);
     drop(runtime);

@@ -59,6 +59,11 @@ pub struct AuthConfig {
     /// following the watch.
     #[serde(with = "humantime_serde")]
     pub pod_relist_interval: Duration,
+    /// How long an impersonation those caches would refuse for a pod they may not have seen
+    /// yet (missing, recreated, not yet scheduled, not on the node) waits for them to catch up
+    /// before it is refused.
+    #[serde(with = "humantime_serde")]
+    pub pod_cache_catch_up: Duration,
 }
 
 /// A Kubernetes service account, `namespace/name`, as `CA_TRUSTED_NODE_ACCOUNTS` spells it.
@@ -288,6 +293,7 @@ impl Default for AuthConfig {
             athenz: AthenzConfig::default(),
             trusted_node_accounts: Vec::new(),
             pod_relist_interval: Duration::from_secs(1800),
+            pod_cache_catch_up: Duration::from_secs(2),
         }
     }
 }

@@ -186,7 +186,7 @@ impl IstioCertificateService for CertificateService {
         let body = request.into_inner();
         let impersonation = match impersonated_identity(&body) {
             None => None,
-            Some(requested) => match self.auth.impersonate(&caller, requested) {
+            Some(requested) => match self.auth.impersonate(&caller, requested).await {
                 Ok(allowed) => Some(allowed),
                 Err(error) => {
                     return Err(self.refuse_impersonation(&caller, requested, &error, peer_addr));

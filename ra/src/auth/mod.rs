@@ -116,14 +116,14 @@ impl Authenticator {
     }
 
     /// Whether `caller` may have `requested` (the request's `ImpersonatedIdentity`) instead of
-    /// its own identity; see [`node::decide`].
-    pub fn impersonate(
+    /// its own identity; see [`node::decide`] and [`node::NodeAuthorizer::authorize`].
+    pub async fn impersonate(
         &self,
         caller: &Caller,
         requested: &str,
     ) -> Result<node::Impersonation, node::ImpersonationError> {
         match &self.nodes {
-            Some(nodes) => nodes.authorize(caller, requested),
+            Some(nodes) => nodes.authorize(caller, requested).await,
             None => Err(node::ImpersonationError::NotConfigured),
         }
     }

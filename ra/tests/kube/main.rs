@@ -4,6 +4,7 @@
 
 mod client;
 mod fake_pods;
+mod node_authorizer;
 mod publisher;
 mod reflector;
 
@@ -21,6 +22,7 @@ pub const TOKEN: &str = "meshca-sa-token";
 #[derive(Debug)]
 pub struct Cluster {
     pub api: FakeApiServer,
+    pub addr: std::net::SocketAddr,
     pub client: KubeClient,
     pub token_file: std::path::PathBuf,
     _dir: TempDir,
@@ -46,6 +48,7 @@ pub async fn cluster() -> Cluster {
     .with_watch_timeout(Duration::from_secs(30));
     Cluster {
         api,
+        addr,
         client,
         token_file,
         _dir: dir,

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::time::Duration;
 
 use meshca_ca::{SpiffeId, TrustDomain};
 
@@ -103,6 +104,8 @@ pub enum ImpersonationError {
 pub struct NodeAuthorizer {
     policy: NodePolicy,
     pods: BTreeMap<String, Reflector<Pod, PodIndex>>,
+    /// How long a refusal our cache may simply be late for waits for the cache to change.
+    catch_up: Duration,
 }
 
 /// One cluster's pod cache, for metrics and logs.
@@ -147,6 +150,20 @@ impl ImpersonationError {
     /// Only an unsynced cache says nothing about the caller: retrying soon may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::NotSynced { .. })
+    }
+
+    /// Refusals that a pod cache lagging behind the API server gives: the node agent's own
+    /// watch can see a pod created, recreated or scheduled before ours does. Facts that never
+    /// change for a pod (its service account, its node once set) are not waited on.
+    pub fn cache_may_be_behind(&self) -> bool {
+        matches!(
+            self,
+            Self::NotSynced { .. }
+                | Self::CallerPodMissing { .. }
+                | Self::UidMismatch { .. }
+                | Self::CallerNotScheduled { .. }
+                | Self::NotOnNode { .. }
+        )
     }
 }
 
@@ -279,11 +296,15 @@ impl NodeAuthorizer {
                 trusted: config.trusted_node_accounts.iter().cloned().collect(),
             },
             pods,
+            catch_up: config.pod_cache_catch_up,
         }))
     }
 
     /// [`decide`] against the caller's cluster's cache, read in place (no copy of the index).
-    pub fn authorize(
+    /// A refusal the cache may only be late for ([`ImpersonationError::cache_may_be_behind`])
+    /// is decided again on every change of the cache, for up to `auth.pod_cache_catch_up`:
+    /// ztunnel asks as soon as its own watch shows a pod on its node, which can be before ours.
+    pub async fn authorize(
         &self,
         caller: &Caller,
         requested: &str,
@@ -299,14 +320,28 @@ impl NodeAuthorizer {
                 PodView::NotSynced { cluster },
             );
         };
-        let receiver = reflector.subscribe();
-        let snapshot = receiver.borrow();
-        let view = if snapshot.synced {
-            PodView::Synced(&snapshot.objects)
-        } else {
-            PodView::NotSynced { cluster }
-        };
-        decide(&self.policy, caller, requested, view)
+        let mut receiver = reflector.subscribe();
+        let deadline = tokio::time::Instant::now() + self.catch_up;
+        loop {
+            let decision = {
+                let snapshot = receiver.borrow_and_update();
+                let view = if snapshot.synced {
+                    PodView::Synced(&snapshot.objects)
+                } else {
+                    PodView::NotSynced { cluster }
+                };
+                decide(&self.policy, caller, requested, view)
+            };
+            match decision {
+                Err(refusal) if refusal.cache_may_be_behind() => {
+                    let changed = tokio::time::timeout_at(deadline, receiver.changed()).await;
+                    if !matches!(changed, Ok(Ok(()))) {
+                        return Err(refusal);
+                    }
+                }
+                decided => return decided,
+            }
+        }
     }
 
     pub fn status(&self) -> Vec<PodCacheStatus> {
