@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::audit::AuditEvent;
 use crate::metrics::CaMetrics;
 use crate::store::{
-    IssuanceRecord, IssuanceWriter, PostgresIssuanceWriter, SqliteIssuanceWriter, Store, StoreError,
+    BatchEntry, EntryOutcome, IssuanceRecord, IssuanceWriter, PostgresIssuanceWriter,
+    SqliteIssuanceWriter, Store, StoreError,
 };
 
 /// The most issuances one transaction takes; the rest wait for the next.
@@ -44,6 +45,9 @@ pub const FAILED_COMMIT_HOLD: Duration = Duration::from_secs(10);
 pub enum CommitError {
     #[error("serial {0} is already on record")]
     DuplicateSerial(String),
+    /// The renewal's presented certificate is revoked; nothing was recorded.
+    #[error("certificate {serial} was revoked ({reason})")]
+    RenewalRevoked { serial: String, reason: String },
     /// The batch's transaction failed; nothing in it was recorded.
     #[error(transparent)]
     Store(Arc<StoreError>),
@@ -54,6 +58,8 @@ pub enum CommitError {
 struct Pending {
     record: IssuanceRecord,
     audit: AuditEvent,
+    /// For a renewal, the serial of the certificate presented (see [`BatchEntry`]).
+    renewal_of: Option<String>,
     done: oneshot::Sender<Result<(), CommitError>>,
 }
 
@@ -146,17 +152,20 @@ impl IssuanceCommitter {
     }
 
     /// Records `record` and its audit event; returns once the transaction that holds them is
-    /// committed.
+    /// committed. A renewal names the serial it presented (`renewal_of`): if that certificate
+    /// is revoked by then, nothing is recorded.
     pub async fn commit(
         &self,
         record: IssuanceRecord,
         audit: AuditEvent,
+        renewal_of: Option<String>,
     ) -> Result<(), CommitError> {
         let (done, answer) = oneshot::channel();
         self.queue
             .send(Pending {
                 record,
                 audit,
+                renewal_of,
                 done,
             })
             .await
@@ -220,11 +229,7 @@ async fn write_batches(
                 }
             }
         }
-        let items: Vec<_> = batches
-            .batch
-            .iter()
-            .map(|p| (&p.record, &p.audit))
-            .collect();
+        let items: Vec<_> = batches.batch.iter().map(Pending::entry).collect();
         let outcome = writer.insert_issuances(&items).await;
         drop(items);
         batches.answer(outcome, &metrics);
@@ -248,21 +253,27 @@ fn write_batches_on_thread(
                 batches.take_queued();
             }
         }
-        let items: Vec<_> = batches
-            .batch
-            .iter()
-            .map(|p| (&p.record, &p.audit))
-            .collect();
+        let items: Vec<_> = batches.batch.iter().map(Pending::entry).collect();
         let outcome = writer.insert_issuances(&items);
         drop(items);
         batches.answer(outcome, &metrics);
     }
 }
 
+impl Pending {
+    fn entry(&self) -> BatchEntry<'_> {
+        BatchEntry {
+            record: &self.record,
+            audit: &self.audit,
+            renewal_of: self.renewal_of.as_deref(),
+        }
+    }
+}
+
 impl Batches {
     /// Tells each caller in the batch how its issuance fared, empties it, and keeps the
     /// outcome for readiness.
-    fn answer(&mut self, outcome: Result<Vec<bool>, StoreError>, metrics: &CaMetrics) {
+    fn answer(&mut self, outcome: Result<Vec<EntryOutcome>, StoreError>, metrics: &CaMetrics) {
         let failure = answer(&mut self.batch, outcome, metrics);
         *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
             failure.map(|e| (Instant::now(), e));
@@ -273,23 +284,28 @@ impl Batches {
 /// error if the batch failed.
 fn answer(
     batch: &mut Vec<Pending>,
-    outcome: Result<Vec<bool>, StoreError>,
+    outcome: Result<Vec<EntryOutcome>, StoreError>,
     metrics: &CaMetrics,
 ) -> Option<Arc<StoreError>> {
     match outcome {
-        Ok(inserted) => {
+        Ok(outcomes) => {
             metrics.issuance_commits.fetch_add(1, Ordering::Relaxed);
-            let recorded = inserted.iter().filter(|i| **i).count() as u64;
+            let recorded = outcomes
+                .iter()
+                .filter(|o| **o == EntryOutcome::Recorded)
+                .count() as u64;
             metrics
                 .issuances_committed
                 .fetch_add(recorded, Ordering::Relaxed);
-            for (pending, inserted) in batch.drain(..).zip(inserted) {
-                let answer = if inserted {
-                    Ok(())
-                } else {
-                    Err(CommitError::DuplicateSerial(
+            for (pending, outcome) in batch.drain(..).zip(outcomes) {
+                let answer = match outcome {
+                    EntryOutcome::Recorded => Ok(()),
+                    EntryOutcome::SerialTaken => Err(CommitError::DuplicateSerial(
                         pending.record.issuance.serial.clone(),
-                    ))
+                    )),
+                    EntryOutcome::RenewalRevoked { serial, reason } => {
+                        Err(CommitError::RenewalRevoked { serial, reason })
+                    }
                 };
                 // A caller that gave up is not an error: its record is kept all the same.
                 let _ = pending.done.send(answer);
@@ -401,7 +417,7 @@ mod tests {
             serde_json::Value::Null,
         );
         assert!(matches!(
-            committer.commit(record, audit).await,
+            committer.commit(record, audit, None).await,
             Err(CommitError::Stopped)
         ));
     }

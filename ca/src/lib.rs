@@ -25,7 +25,7 @@ pub use csr::{CsrError, VerifiedCsr};
 pub use identity::{AuthorityId, Serial, SpiffeId, TrustDomain};
 pub use issued::IssuedCertificate;
 pub use issuer::{
-    CaSettings, CertificateAuthority, IssueError, IssueRequest, PrepareRequest, Requester,
+    CaSettings, CertificateAuthority, IssueError, IssueRequest, PrepareRequest, Refusal, Requester,
     RotationError, StartError,
 };
 pub use keys::KeyType;

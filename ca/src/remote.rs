@@ -183,9 +183,15 @@ impl RemoteCa {
             .clone()
     }
 
-    pub async fn sign(&self, request: pb::SignRequest) -> Result<IssuedCertificate, RemoteError> {
+    /// The certificate, and whether the service checked the renewal's revocation in the
+    /// transaction that recorded it (a service from before that check does not).
+    pub async fn sign(
+        &self,
+        request: pb::SignRequest,
+    ) -> Result<(IssuedCertificate, bool), RemoteError> {
         let answer = self.client().sign(request).await?.into_inner();
-        issued_from(answer)
+        let renewal_checked = answer.renewal_of_checked;
+        Ok((issued_from(answer)?, renewal_checked))
     }
 
     pub async fn serving_certificate(

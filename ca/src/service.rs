@@ -231,6 +231,7 @@ impl SigningService {
 
 fn signed(issued: IssuedCertificate) -> pb::SignResponse {
     pb::SignResponse {
+        renewal_of_checked: false,
         cert_chain_pem: issued.chain_pem,
         serial_hex: issued.serial.to_hex(),
         authority_id: issued.authority_id.to_string(),
@@ -246,7 +247,10 @@ fn signed(issued: IssuedCertificate) -> pb::SignResponse {
 /// the log.
 fn issue_status(error: IssueError) -> Status {
     let refusal = error.refusal();
-    if !matches!(refusal, Refusal::Invalid { .. }) {
+    if !matches!(
+        refusal,
+        Refusal::Invalid { .. } | Refusal::RenewalRevoked { .. }
+    ) {
         tracing::error!(%error, "issuance failed");
     }
     refusal.into()
@@ -298,6 +302,7 @@ impl CaRpc for SigningService {
             impersonated_by: non_empty(requester.impersonated_by),
             pod: non_empty(requester.pod),
             node: non_empty(requester.node),
+            renewal_of: non_empty(requester.renewal_of),
         };
         let issued = self
             .ca
@@ -314,7 +319,10 @@ impl CaRpc for SigningService {
             .map_err(issue_status)?;
         // Debug: the issuance is in the audit log (see the RA's CreateCertificate).
         tracing::debug!(serial = %issued.serial, spiffe_id = %spiffe_id, %ra, "issued certificate for an RA");
-        Ok(Response::new(signed(issued)))
+        Ok(Response::new(pb::SignResponse {
+            renewal_of_checked: requester.renewal_of.is_some(),
+            ..signed(issued)
+        }))
     }
 
     async fn issue_serving_certificate(

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use meshca_ca::keys::KeyType;
-use meshca_ca::store::IssuanceWriter;
+use meshca_ca::store::EntryOutcome::{Recorded, RenewalRevoked, SerialTaken};
+use meshca_ca::store::{BatchEntry, EntryOutcome, IssuanceWriter, RevocationRecord};
 use meshca_ca::testing::{issuance_event, issuance_record};
 use meshca_ca::{CertificateAuthority, IssueError, IssueRequest, SpiffeId, VerifiedCsr};
 
@@ -409,32 +410,112 @@ async fn a_duplicate_serial_in_a_batch_leaves_the_rest_recorded() {
     for (dialect, url) in stores(tmp.path()).await {
         let store = open_store(&url).await;
         let mut writer = store.issuance_writer();
-        assert_eq!(write_batch(&mut writer, &["01"]).await, [true], "{dialect}");
+        assert_eq!(
+            write_batch(&mut writer, &["01"]).await,
+            [Recorded],
+            "{dialect}"
+        );
         let inserted = write_batch(&mut writer, &["01", "02"]).await;
-        assert_eq!(inserted, [false, true], "{dialect}");
+        assert_eq!(inserted, [SerialTaken, Recorded], "{dialect}");
         assert_eq!(store.count_issuances().await.unwrap(), 2, "{dialect}");
         let targets = meshca_ca::testing::audit_targets(&store, 10).await;
         assert_eq!(targets, ["02", "01"], "{dialect}");
         // Twice in one batch: the first holder has it.
         let inserted = write_batch(&mut writer, &["03", "03"]).await;
-        assert_eq!(inserted, [true, false], "{dialect}");
+        assert_eq!(inserted, [Recorded, SerialTaken], "{dialect}");
         assert_eq!(store.count_issuances().await.unwrap(), 3, "{dialect}");
     }
 }
 
 /// One batch through whichever writer the store has (the SQLite one is synchronous: the group
 /// commit runs it on a thread of its own).
-async fn write_batch(writer: &mut IssuanceWriter, serials: &[&str]) -> Vec<bool> {
-    let records: Vec<_> = serials
+async fn write_batch(writer: &mut IssuanceWriter, serials: &[&str]) -> Vec<EntryOutcome> {
+    let entries: Vec<_> = serials.iter().map(|serial| (*serial, None)).collect();
+    write_entries(writer, &entries).await
+}
+
+/// [`write_batch`] with, for each serial, the serial it renews, if any.
+async fn write_entries(
+    writer: &mut IssuanceWriter,
+    entries: &[(&str, Option<&str>)],
+) -> Vec<EntryOutcome> {
+    let records: Vec<_> = entries
         .iter()
-        .map(|s| (issuance_record(s), issuance_event(s)))
+        .map(|(s, _)| (issuance_record(s), issuance_event(s)))
         .collect();
-    let items: Vec<_> = records.iter().map(|(r, a)| (r, a)).collect();
+    let items: Vec<_> = records
+        .iter()
+        .zip(entries)
+        .map(|((record, audit), (_, renewal_of))| BatchEntry {
+            record,
+            audit,
+            renewal_of: *renewal_of,
+        })
+        .collect();
     match writer {
         IssuanceWriter::Sqlite(writer) => writer.insert_issuances(&items),
         IssuanceWriter::Postgres(writer) => writer.insert_issuances(&items).await,
     }
     .unwrap()
+}
+
+/// A renewal whose presented certificate is revoked is left out of its batch, with its audit
+/// event, by the transaction that would have recorded it; the rest of the batch goes in. On
+/// PostgreSQL the writer knows the audit head here, so the batch first meets the one-statement
+/// path and must leave it.
+#[tokio::test]
+async fn a_renewal_of_a_revoked_certificate_is_not_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (dialect, url) in stores(tmp.path()).await {
+        let store = open_store(&url).await;
+        let mut writer = store.issuance_writer();
+        assert_eq!(
+            write_batch(&mut writer, &["0a", "0b"]).await,
+            [Recorded, Recorded],
+            "{dialect}"
+        );
+        let revocation = RevocationRecord {
+            serial: "0a".into(),
+            reason: "keyCompromise".into(),
+            revoked_at: 1_790_000_000,
+            actor: "token:ops".into(),
+        };
+        assert!(store.insert_revocation(&revocation).await.unwrap());
+
+        let outcomes = write_entries(
+            &mut writer,
+            &[("10", Some("0a")), ("11", Some("0b")), ("12", None)],
+        )
+        .await;
+        assert_eq!(
+            outcomes,
+            [
+                RenewalRevoked {
+                    serial: "0a".into(),
+                    reason: "keyCompromise".into()
+                },
+                Recorded,
+                Recorded
+            ],
+            "{dialect}"
+        );
+        let targets = meshca_ca::testing::audit_targets(&store, 10).await;
+        assert_eq!(targets, ["12", "11", "0b", "0a"], "{dialect}");
+        // Renewals of good certificates alone take the fast path again.
+        assert_eq!(
+            write_entries(&mut writer, &[("13", Some("0b"))]).await,
+            [Recorded],
+            "{dialect}"
+        );
+        // The control: the same issuance renewing nothing is recorded, so the revocation is
+        // what refused it.
+        assert_eq!(
+            write_batch(&mut writer, &["10"]).await,
+            [Recorded],
+            "{dialect}"
+        );
+        assert_eq!(store.count_issuances().await.unwrap(), 6, "{dialect}");
+    }
 }
 
 /// The group-commit writer on its own connection, batch after batch: with a serial already on
@@ -451,14 +532,18 @@ async fn the_issuance_writer_keeps_the_chain_through_other_appends_and_duplicate
         // The first batch learns the audit head; the next ones build on it.
         assert_eq!(
             write_batch(&mut writer, &["01", "02"]).await,
-            [true, true],
+            [Recorded, Recorded],
             "{dialect}"
         );
-        assert_eq!(write_batch(&mut writer, &["03"]).await, [true], "{dialect}");
+        assert_eq!(
+            write_batch(&mut writer, &["03"]).await,
+            [Recorded],
+            "{dialect}"
+        );
         // A serial on record: the batch cannot go in whole, the other one still does.
         assert_eq!(
             write_batch(&mut writer, &["01", "04"]).await,
-            [false, true],
+            [SerialTaken, Recorded],
             "{dialect}"
         );
         let mut expected: Vec<String> = ["01", "02", "03", "04"].map(String::from).to_vec();
@@ -466,7 +551,7 @@ async fn the_issuance_writer_keeps_the_chain_through_other_appends_and_duplicate
             let serial = format!("{n:02}");
             assert_eq!(
                 write_batch(&mut writer, &[&serial]).await,
-                [true],
+                [Recorded],
                 "{dialect}"
             );
             expected.push(serial);

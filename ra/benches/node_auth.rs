@@ -110,6 +110,7 @@ fn ztunnel_on(n: usize, index: &PodIndex) -> Caller {
             pod: Some(PodBinding { name, uid }),
             node: Some(format!("worker-{n}")),
         }),
+        renewal_of: None,
     }
 }
 

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use meshca_ca::audit::{AuditEvent, Outcome};
-use meshca_ca::{CertificateAuthority, IssueError, IssueRequest, Requester, SpiffeId, VerifiedCsr};
+use meshca_ca::{
+    CertificateAuthority, IssueError, IssueRequest, Refusal, Requester, SpiffeId, VerifiedCsr,
+};
 use meshca_proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateService;
 use meshca_proto::istio::v1::auth::{IstioCertificateRequest, IstioCertificateResponse};
 use serde_json::json;
@@ -231,7 +233,22 @@ impl IstioCertificateService for CertificateService {
                 bundle_as_of: Some(bundle.authorities().bundle_as_of()),
             })
             .await
-            .map_err(|error| refused(self.issue_status(subject, error)))?;
+            .map_err(|error| match error.refusal() {
+                // Found where the issuance would have been committed: the credential is no
+                // longer good, and the caller hears what any failed authentication gets.
+                Refusal::RenewalRevoked { message } => {
+                    self.metrics.authentication_failed("client_cert");
+                    tracing::warn!(peer = ?peer_addr, reason = %message, "authentication failed");
+                    self.audit_refusal(
+                        (caller.method.as_str(), &caller.principal),
+                        subject.as_str(),
+                        Outcome::Denied,
+                        json!({ "reason": message, "peer_address": peer_addr }),
+                    );
+                    Status::unauthenticated(AUTHENTICATION_FAILURE)
+                }
+                _ => refused(self.issue_status(subject, error)),
+            })?;
         if !bundle.authorities().trusts(issued.authority_id.as_str()) {
             // The signer is newer than the bundle taken (a directory switched roots at once):
             // the answer must still hold the root its own chain ends at.
@@ -281,6 +298,7 @@ fn requester_of(
         impersonated_by: impersonation.map(|i| i.agent.to_string()),
         pod,
         node,
+        renewal_of: caller.renewal_of.clone(),
     }
 }
 

@@ -155,18 +155,53 @@ fn key_files(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
+
 async fn issue(ra: &MeshcaProcess, root: &str, token: &str) -> Result<Vec<String>, tonic::Status> {
+    issue_keyed(ra, root, token).await.map(|(chain, _)| chain)
+}
+
+/// [`issue`], keeping the key for a renewal with the certificate.
+async fn issue_keyed(
+    ra: &MeshcaProcess,
+    root: &str,
+    token: &str,
+) -> Result<(Vec<String>, WorkloadKey), tonic::Status> {
     let mut client = ca_client(ra.grpc, root, None).await;
     let key = WorkloadKey::ec();
-    create_certificate(
-        &mut client,
-        &key.csr(&["spiffe://cluster.local/ns/default/sa/web"]),
-        3600,
-        Some(token),
-        None,
-    )
-    .await
-    .map(|r| r.cert_chain)
+    let chain = create_certificate(&mut client, &key.csr(&[WEB]), 3600, Some(token), None)
+        .await?
+        .cert_chain;
+    Ok((chain, key))
+}
+
+/// Renews over mTLS with `chain` (leaf and intermediates; its last element, the bundle, left
+/// out) and its key.
+async fn renew(
+    ra: &MeshcaProcess,
+    root: &str,
+    (chain, key): &(Vec<String>, WorkloadKey),
+) -> Result<Vec<String>, tonic::Status> {
+    let presented = chain[..chain.len() - 1].concat();
+    let mut client = ca_client(ra.grpc, root, Some((&presented, &key.key_pem()))).await;
+    create_certificate(&mut client, &key.csr(&[WEB]), 3600, None, None)
+        .await
+        .map(|r| r.cert_chain)
+}
+
+/// How many certificates the inventory lists (the tests here issue a handful).
+async fn listed(rest: &Rest) -> usize {
+    let (status, page) = rest.get("/v1/certificates?limit=100", ADMIN).await;
+    assert_eq!(status, 200, "{page}");
+    page["certificates"].as_array().unwrap().len()
+}
+
+fn serial_of(chain: &[String]) -> String {
+    meshca_ca::x509::ParsedCert::many_from_pem(chain[0].as_bytes())
+        .unwrap()
+        .remove(0)
+        .serial()
+        .to_hex()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -264,6 +299,48 @@ async fn a_keyless_ra_issues_through_the_ca_service_and_survives_its_outage() {
         assert!(Instant::now() < deadline, "RA not ready again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A keyless RA no longer looks up the revocation of a renewal's certificate itself: it sends
+/// the serial along, and the CA service refuses in the transaction that would record the new
+/// certificate. The workload hears what any failed authentication gets; nothing is recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyless_ra_refuses_the_renewal_of_a_revoked_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = JwtKey::es256("split");
+    let layout = Layout::write(dir.path(), &issuer);
+    let root = layout.root();
+    let token = issuer.mint(&sa_claims(K8S_ISSUER, "default", "web"));
+    let _ca = layout.start_ca();
+    let ra = layout.start_ra();
+    let revoked = issue_keyed(&ra, &root, &token).await.expect("issued");
+    let kept = issue_keyed(&ra, &root, &token).await.expect("issued");
+    let rest = Rest::new(ra.rest, &root);
+    let path = format!("/v1/certificates/{}/revoke", serial_of(&revoked.0));
+    let (status, body) = rest
+        .post(&path, ADMIN, json!({"reason": "keyCompromise"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let before = listed(&rest).await;
+
+    let refused = renew(&ra, &root, &revoked).await.expect_err("revoked");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert_eq!(listed(&rest).await, before, "nothing recorded");
+    assert!(
+        rest.audit_events_until("action=certificate.issue&outcome=denied", ADMIN, |n| n > 0)
+            .await
+            > 0,
+        "the refused renewal is on record"
+    );
+
+    // The control: a certificate that was not revoked renews through the same path.
+    let renewed = renew(&ra, &root, &kept).await.expect("renewed");
+    let (status, record) = rest
+        .get(&format!("/v1/certificates/{}", serial_of(&renewed)), ADMIN)
+        .await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["requester"]["method"], "renewal");
+    assert_eq!(listed(&rest).await, before + 1);
 }
 
 /// A node agent's request through a keyless RA: the RA authorizes it against the pods, and the

@@ -3,6 +3,7 @@
 //! is returned, or forwarded to the `meshca ca` service in a keyless RA.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use spki::SubjectPublicKeyInfoOwned;
@@ -42,6 +43,9 @@ pub struct Requester {
     /// Where the requester runs, when its credential says: its pod (`namespace/name`) and node.
     pub pod: Option<String>,
     pub node: Option<String>,
+    /// For a renewal, the serial (hex) of the meshca certificate the caller presented: the
+    /// issuance is refused, in the transaction that would record it, if that one is revoked.
+    pub renewal_of: Option<String>,
 }
 
 #[derive(Debug)]
@@ -76,6 +80,9 @@ pub enum IssueError {
     NotReady(SystemTime),
     #[error("recording the issuance: {0}")]
     Store(#[source] CommitError),
+    /// The certificate a renewal presented was revoked before the new one could be recorded.
+    #[error("the renewal's certificate {serial} was revoked ({reason})")]
+    RenewalRevoked { serial: String, reason: String },
     #[error(transparent)]
     Remote(#[from] RemoteError),
 }
@@ -98,6 +105,10 @@ pub enum Refusal {
         kind: &'static str,
         message: &'static str,
     },
+    /// The certificate a renewal presented is revoked: the caller's credential is no longer
+    /// good. The RA answers its caller as for any failed authentication; the CA service tells
+    /// the RA with FAILED_PRECONDITION, the only refusal its `Sign` gives with that code.
+    RenewalRevoked { message: String },
 }
 
 impl Refusal {
@@ -107,6 +118,7 @@ impl Refusal {
             Refusal::Invalid { kind, .. }
             | Refusal::Unavailable { kind, .. }
             | Refusal::Internal { kind, .. } => kind,
+            Refusal::RenewalRevoked { .. } => "renewal_revoked",
         }
     }
 }
@@ -117,6 +129,7 @@ impl From<Refusal> for tonic::Status {
             Refusal::Invalid { message, .. } => tonic::Status::invalid_argument(message),
             Refusal::Unavailable { message, .. } => tonic::Status::unavailable(message),
             Refusal::Internal { message, .. } => tonic::Status::internal(message),
+            Refusal::RenewalRevoked { message } => tonic::Status::failed_precondition(message),
         }
     }
 }
@@ -140,6 +153,9 @@ impl IssueError {
                 kind: "store_unavailable",
                 message: "certificate store unavailable; nothing was issued",
             },
+            e @ IssueError::RenewalRevoked { .. } => Refusal::RenewalRevoked {
+                message: e.to_string(),
+            },
             IssueError::NotReady(_) => Refusal::Internal {
                 kind: "ca_not_ready",
                 message: "CA is not ready",
@@ -152,6 +168,9 @@ impl IssueError {
                 // The service re-checked the request and refused it: its reason is the caller's.
                 RemoteErrorKind::InvalidArgument => Refusal::Invalid {
                     kind: "csr_error",
+                    message: remote.message.clone(),
+                },
+                RemoteErrorKind::Conflict => Refusal::RenewalRevoked {
                     message: remote.message.clone(),
                 },
                 _ => generation_failed,
@@ -168,8 +187,9 @@ impl CertificateAuthority {
         let committer = match &self.inner.mode {
             Mode::OwnRoots { committer, .. } | Mode::PluggedIn { committer } => committer,
             Mode::Keyless { remote } => {
-                // The service checks CSR, identity and TTL again under its own policy.
-                return Ok(remote
+                // The service checks CSR, identity and TTL again under its own policy, and the
+                // renewal's revocation where it records.
+                let (issued, renewal_checked) = remote
                     .sign(pb::SignRequest {
                         csr_der: req.csr.der().to_vec(),
                         spiffe_id: req.spiffe_id.to_string(),
@@ -189,9 +209,15 @@ impl CertificateAuthority {
                                 .unwrap_or_default(),
                             pod: req.requester.pod.clone().unwrap_or_default(),
                             node: req.requester.node.clone().unwrap_or_default(),
+                            renewal_of: req.requester.renewal_of.clone().unwrap_or_default(),
                         }),
                     })
-                    .await?);
+                    .await?;
+                if let (Some(renewed), false) = (&req.requester.renewal_of, renewal_checked) {
+                    // A service from before that check recorded it without looking.
+                    self.refuse_revoked_renewal(renewed).await?;
+                }
+                return Ok(issued);
             }
         };
         let ttl = self.inner.ttl.resolve(req.requested_ttl_secs)?;
@@ -292,6 +318,19 @@ impl CertificateAuthority {
         .await
     }
 
+    /// The revocation check a keyless RA makes itself when its CA service did not (one from
+    /// before the check); a check that cannot be made refuses, as an unchecked credential must.
+    async fn refuse_revoked_renewal(&self, serial: &str) -> Result<(), IssueError> {
+        match self.inner.store.revocation(serial).await {
+            Ok(None) => Ok(()),
+            Ok(Some(revoked)) => Err(IssueError::RenewalRevoked {
+                serial: serial.to_string(),
+                reason: revoked.reason,
+            }),
+            Err(error) => Err(IssueError::Store(CommitError::Store(Arc::new(error)))),
+        }
+    }
+
     /// Signs with the current authority and commits the record; a serial collision (the unique
     /// index) signs again with a new serial.
     async fn sign_and_record(
@@ -354,9 +393,12 @@ impl CertificateAuthority {
                 "certificate.issue",
                 &record.issuance.serial,
                 Outcome::Success,
-                issuance_details(&record.issuance),
+                issuance_details(&record.issuance, requester.renewal_of.as_deref()),
             );
-            match committer.commit(record, audit).await {
+            match committer
+                .commit(record, audit, requester.renewal_of.clone())
+                .await
+            {
                 Ok(()) => {
                     let issuers = authority.issuer_chain_pem();
                     let mut chain_pem = Vec::with_capacity(1 + issuers.len());
@@ -372,6 +414,9 @@ impl CertificateAuthority {
                 }
                 Err(CommitError::DuplicateSerial(_)) if attempt < SERIAL_ATTEMPTS => {
                     tracing::warn!(serial = %serial.to_hex(), "serial collision; signing again with a new serial");
+                }
+                Err(CommitError::RenewalRevoked { serial, reason }) => {
+                    return Err(IssueError::RenewalRevoked { serial, reason })
                 }
                 Err(e) => return Err(IssueError::Store(e)),
             }
@@ -403,9 +448,12 @@ pub fn sign_leaf(
     Ok((serial, authority.sign(template)?))
 }
 
-/// What the audit log says of an issuance; where the requester ran and whom it acted for only
-/// when known, so a workload's own request reads as it always did.
-fn issuance_details(issuance: &crate::store::Issuance) -> serde_json::Value {
+/// What the audit log says of an issuance; where the requester ran, whom it acted for and which
+/// certificate it renewed only when known, so a workload's own request reads as it always did.
+fn issuance_details(
+    issuance: &crate::store::Issuance,
+    renewal_of: Option<&str>,
+) -> serde_json::Value {
     let mut details = serde_json::json!({
         "spiffe_id": issuance.spiffe_id,
         "authority": issuance.authority_id,
@@ -422,6 +470,9 @@ fn issuance_details(issuance: &crate::store::Issuance) -> serde_json::Value {
             details[key] = value.as_str().into();
         }
     }
+    if let Some(serial) = renewal_of {
+        details["renewal_of"] = serial.into();
+    }
     details
 }
 
@@ -436,6 +487,23 @@ fn pem_cert(der: &[u8]) -> String {
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
+
+    /// A revoked renewal keeps its meaning across a keyless RA: the service says
+    /// FAILED_PRECONDITION, and the RA reads that back as the same refusal, not as a failure
+    /// to generate the certificate.
+    #[test]
+    fn a_revoked_renewal_is_the_same_refusal_on_both_sides_of_a_keyless_ra() {
+        let at_the_service = IssueError::RenewalRevoked {
+            serial: "0a".into(),
+            reason: "keyCompromise".into(),
+        }
+        .refusal();
+        assert_eq!(at_the_service.kind(), "renewal_revoked");
+        let status = tonic::Status::from(at_the_service.clone());
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        let at_the_ra = IssueError::Remote(RemoteError::from(status)).refusal();
+        assert_eq!(at_the_ra, at_the_service);
+    }
 
     /// Logged as `error=…`: a time in a log line is RFC 3339, not `SystemTime { tv_sec: … }`.
     #[test]

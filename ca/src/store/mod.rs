@@ -41,8 +41,8 @@ mod sqlite_writer;
 use migrations::Embedded;
 pub use postgres_writer::PostgresIssuanceWriter;
 pub use records::{
-    AuditFilter, BundleDelivery, CertificateFilter, CertificateRow, CertificateStatus,
-    ConsoleSession, Issuance, IssuanceRecord, Renewal, RevocationRecord, StoreError,
+    AuditFilter, BatchEntry, BundleDelivery, CertificateFilter, CertificateRow, CertificateStatus,
+    ConsoleSession, EntryOutcome, Issuance, IssuanceRecord, Renewal, RevocationRecord, StoreError,
     StoredAuthority, TransitionError,
 };
 pub use sqlite_writer::SqliteIssuanceWriter;
@@ -56,9 +56,10 @@ pub enum Store {
 /// The one writer of issuance records for a store, by dialect; the group commit
 /// ([`crate::commit`]) runs the SQLite one on a thread of its own and the PostgreSQL one as a
 /// task. Both record a batch in one transaction: each issuance unless its serial is on record
-/// already (or earlier in the batch: the first holder has it), then the audit events of those
-/// that went in, chained onto the log's head. They say per item whether it went in; an error
-/// means nothing of the batch was committed, and once the store is closed they refuse.
+/// already (or earlier in the batch: the first holder has it) or it renews a revoked
+/// certificate, then the audit events of those that went in, chained onto the log's head. They
+/// say per item what became of it ([`EntryOutcome`]); an error means nothing of the batch was
+/// committed, and once the store is closed they refuse.
 #[derive(Debug)]
 pub enum IssuanceWriter {
     Sqlite(SqliteIssuanceWriter),

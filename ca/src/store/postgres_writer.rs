@@ -4,11 +4,11 @@
 //! certificate, since each statement is a round trip; while this writer knows the audit head,
 //! as one statement (see [`insert_in_one_statement`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
-use super::records::{IssuanceRecord, StoreError};
+use super::records::{BatchEntry, EntryOutcome, StoreError};
 use super::sql::{
     append_audit_events_in, bind_audit_row, bind_issuance_row, AUDIT_COLUMNS, ISSUANCE_COLUMNS,
     ISSUANCE_ROWS_PER_STATEMENT, READ_AUDIT_HEAD,
@@ -46,8 +46,8 @@ impl PostgresIssuanceWriter {
     /// Records a batch in one transaction (see [`super::IssuanceWriter`]).
     pub async fn insert_issuances(
         &mut self,
-        items: &[(&IssuanceRecord, &AuditEvent)],
-    ) -> Result<Vec<bool>, StoreError> {
+        items: &[BatchEntry<'_>],
+    ) -> Result<Vec<EntryOutcome>, StoreError> {
         StoreError::refuse_when_closed(self.pool.is_closed(), &mut self.connection)?;
         let outcome = self.insert_on_connection(items).await;
         if outcome.is_err() {
@@ -59,8 +59,8 @@ impl PostgresIssuanceWriter {
 
     async fn insert_on_connection(
         &mut self,
-        items: &[(&IssuanceRecord, &AuditEvent)],
-    ) -> Result<Vec<bool>, sqlx::Error> {
+        items: &[BatchEntry<'_>],
+    ) -> Result<Vec<EntryOutcome>, sqlx::Error> {
         let connection = match &mut self.connection {
             Some(connection) => connection,
             slot @ None => slot.insert(self.pool.connect_options().connect().await?),
@@ -69,41 +69,57 @@ impl PostgresIssuanceWriter {
             self.guesses_paused -= 1;
         } else if let Some(head) = self.audit_head.take() {
             let mut tx = connection.begin().await?;
-            match insert_in_one_statement(&mut tx, items, &head).await? {
-                Some(moved_to) => {
-                    tx.commit().await?;
-                    self.audit_head = Some(moved_to);
-                    return Ok(vec![true; items.len()]);
-                }
-                None => {
-                    tx.rollback().await?;
-                    self.guesses_paused = HEAD_GUESS_PAUSE;
+            // A batch that renews a revoked certificate takes the ordinary path, which leaves
+            // that issuance out.
+            if revoked_renewals(&mut tx, items).await?.is_empty() {
+                match insert_in_one_statement(&mut tx, items, &head).await? {
+                    Some(moved_to) => {
+                        tx.commit().await?;
+                        self.audit_head = Some(moved_to);
+                        return Ok(vec![EntryOutcome::Recorded; items.len()]);
+                    }
+                    None => self.guesses_paused = HEAD_GUESS_PAUSE,
                 }
             }
+            tx.rollback().await?;
         }
         let mut tx = connection.begin().await?;
+        let revoked = revoked_renewals(&mut tx, items).await?;
+        let renews_revoked =
+            |item: &BatchEntry<'_>| item.renewal_of.and_then(|serial| revoked.get(serial));
+        let kept: Vec<&BatchEntry<'_>> = items
+            .iter()
+            .filter(|item| renews_revoked(item).is_none())
+            .collect();
         let mut new_serials = HashSet::new();
-        for chunk in items.chunks(ISSUANCE_ROWS_PER_STATEMENT) {
+        for chunk in kept.chunks(ISSUANCE_ROWS_PER_STATEMENT) {
             let mut insert = sqlx::QueryBuilder::new(format!(
                 "INSERT INTO issued_certificates ({ISSUANCE_COLUMNS}) "
             ));
-            insert.push_values(chunk, |mut row, (r, _)| {
-                bind_issuance_row!(row, r);
+            insert.push_values(chunk, |mut row, item| {
+                bind_issuance_row!(row, item.record);
             });
             insert.push(" ON CONFLICT (serial) DO NOTHING RETURNING serial");
             let serials: Vec<String> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
             new_serials.extend(serials);
         }
         // A serial twice in one batch went in once: the first holder has it.
-        let inserted: Vec<bool> = items
+        let outcomes: Vec<EntryOutcome> = items
             .iter()
-            .map(|(r, _)| new_serials.remove(&r.issuance.serial))
+            .map(|item| match (item.renewal_of, renews_revoked(item)) {
+                (Some(serial), Some(reason)) => EntryOutcome::RenewalRevoked {
+                    serial: serial.to_string(),
+                    reason: reason.clone(),
+                },
+                _ if new_serials.remove(&item.record.issuance.serial) => EntryOutcome::Recorded,
+                _ => EntryOutcome::SerialTaken,
+            })
             .collect();
         let events: Vec<&AuditEvent> = items
             .iter()
-            .zip(&inserted)
-            .filter(|(_, ok)| **ok)
-            .map(|((_, audit), _)| *audit)
+            .zip(&outcomes)
+            .filter(|(_, outcome)| **outcome == EntryOutcome::Recorded)
+            .map(|(item, _)| item.audit)
             .collect();
         if !events.is_empty() {
             append_audit_events_in!(tx, &events);
@@ -111,8 +127,26 @@ impl PostgresIssuanceWriter {
         let head: (i64, String) = sqlx::query_as(READ_AUDIT_HEAD).fetch_one(&mut *tx).await?;
         tx.commit().await?;
         self.audit_head = Some(head);
-        Ok(inserted)
+        Ok(outcomes)
     }
+}
+
+/// The revoked among the certificates the batch's renewals presented, serial to reason, read in
+/// the batch's transaction; no round trip when the batch renews nothing.
+async fn revoked_renewals(
+    tx: &mut PgConnection,
+    items: &[BatchEntry<'_>],
+) -> Result<HashMap<String, String>, sqlx::Error> {
+    let renewed: Vec<&str> = items.iter().filter_map(|item| item.renewal_of).collect();
+    if renewed.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT serial, reason FROM certificate_revocations WHERE serial = ANY($1)")
+            .bind(renewed)
+            .fetch_all(&mut *tx)
+            .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// A batch in one statement, three round trips with begin and commit instead of six: the
@@ -122,10 +156,10 @@ impl PostgresIssuanceWriter {
 /// head since, it gives `None` and the caller rolls back and takes the ordinary path.
 async fn insert_in_one_statement(
     tx: &mut PgConnection,
-    items: &[(&IssuanceRecord, &AuditEvent)],
+    items: &[BatchEntry<'_>],
     head: &(i64, String),
 ) -> Result<Option<(i64, String)>, sqlx::Error> {
-    let records = crate::audit::chain(items.iter().map(|(_, event)| *event), head.0 + 1, &head.1);
+    let records = crate::audit::chain(items.iter().map(|item| item.audit), head.0 + 1, &head.1);
     let count = items.len() as i64;
     let last_hash = records
         .last()
@@ -134,8 +168,8 @@ async fn insert_in_one_statement(
     let mut statement = sqlx::QueryBuilder::<sqlx::Postgres>::new(format!(
         "WITH ins AS (INSERT INTO issued_certificates ({ISSUANCE_COLUMNS}) "
     ));
-    statement.push_values(items, |mut row, (r, _)| {
-        bind_issuance_row!(row, r);
+    statement.push_values(items, |mut row, item| {
+        bind_issuance_row!(row, item.record);
     });
     statement.push(
         " ON CONFLICT (serial) DO NOTHING RETURNING 1), head AS (UPDATE audit_head SET seq = ",

@@ -1,6 +1,7 @@
 //! What the store reads and writes, as plain rows, and why a store operation failed. No SQL
 //! here: the writers and queries beside this module share these types.
 
+use crate::audit::AuditEvent;
 use crate::rotation::AuthorityState;
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +143,41 @@ row! {
         /// [`AuthoritySet::bundle_as_of`]: crate::rotation::AuthoritySet::bundle_as_of
         pub bundle_as_of: i64,
         flatten pub issuance: Issuance,
+    }
+}
+
+/// One issuance handed to the writer: its record, its audit event, and for a renewal the serial
+/// of the certificate the caller presented. That serial's revocation is checked inside the
+/// transaction that would record the new certificate, so a revocation committed before it
+/// (through any replica) refuses the renewal, with no read of its own on the request path.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchEntry<'a> {
+    pub record: &'a IssuanceRecord,
+    pub audit: &'a AuditEvent,
+    pub renewal_of: Option<&'a str>,
+}
+
+/// What became of one issuance of a committed batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryOutcome {
+    Recorded,
+    /// Its serial is on record already (or earlier in the batch): sign again.
+    SerialTaken,
+    /// The certificate it renews is revoked: nothing recorded, the caller is refused.
+    RenewalRevoked {
+        serial: String,
+        reason: String,
+    },
+}
+
+impl<'a> BatchEntry<'a> {
+    /// An issuance that renews nothing (a token, an Athenz certificate, a serving certificate).
+    pub fn new(record: &'a IssuanceRecord, audit: &'a AuditEvent) -> Self {
+        Self {
+            record,
+            audit,
+            renewal_of: None,
+        }
     }
 }
 

@@ -37,6 +37,11 @@ pub(crate) static INSERT_ISSUANCE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The revocation of the certificate a renewal presented, read inside the transaction that
+/// would record the renewed one.
+pub(crate) const RENEWED_REVOCATION: &str =
+    "SELECT reason FROM certificate_revocations WHERE serial = $1";
+
 /// One authority, in the state bound to `$2`, created and last updated at `$10`.
 pub(crate) static INSERT_AUTHORITY: LazyLock<String> = LazyLock::new(|| {
     format!(

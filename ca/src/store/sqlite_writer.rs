@@ -15,12 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use sqlx::SqlitePool;
 
-use super::records::{IssuanceRecord, StoreError};
-use super::sql::{ADVANCE_AUDIT_HEAD, INSERT_AUDIT_EVENT, INSERT_ISSUANCE, SET_AUDIT_HEAD_HASH};
-use crate::audit::AuditEvent;
+use super::records::{BatchEntry, EntryOutcome, StoreError};
+use super::sql::{
+    ADVANCE_AUDIT_HEAD, INSERT_AUDIT_EVENT, INSERT_ISSUANCE, RENEWED_REVOCATION,
+    SET_AUDIT_HEAD_HASH,
+};
 
 /// Page cache of the writer's connection, in KiB (SQLite's default is 2,000): the indexes keyed
 /// by serial and public key take inserts all over, so their pages are better kept than read
@@ -77,8 +79,8 @@ impl SqliteIssuanceWriter {
     /// Records a batch in one transaction (see [`super::IssuanceWriter`]).
     pub fn insert_issuances(
         &mut self,
-        items: &[(&IssuanceRecord, &AuditEvent)],
-    ) -> Result<Vec<bool>, StoreError> {
+        items: &[BatchEntry<'_>],
+    ) -> Result<Vec<EntryOutcome>, StoreError> {
         StoreError::refuse_when_closed(self.pool.is_closed(), &mut self.connection)?;
         let outcome = self
             .connection()
@@ -159,13 +161,29 @@ fn checkpoint_while_committing(path: &Path, wake: Receiver<()>) {
 
 fn insert_in_one_transaction(
     connection: &mut Connection,
-    items: &[(&IssuanceRecord, &AuditEvent)],
-) -> rusqlite::Result<Vec<bool>> {
+    items: &[BatchEntry<'_>],
+) -> rusqlite::Result<Vec<EntryOutcome>> {
+    // IMMEDIATE: the write lock is taken first, so no revocation can commit between the check
+    // below and this transaction's commit.
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut inserted = Vec::with_capacity(items.len());
+    let mut outcomes = Vec::with_capacity(items.len());
     {
         let mut insert = tx.prepare_cached(&INSERT_ISSUANCE)?;
-        for (r, _) in items {
+        for item in items {
+            if let Some(renewed) = item.renewal_of {
+                let revoked: Option<String> = tx
+                    .prepare_cached(RENEWED_REVOCATION)?
+                    .query_row([renewed], |row| row.get(0))
+                    .optional()?;
+                if let Some(reason) = revoked {
+                    outcomes.push(EntryOutcome::RenewalRevoked {
+                        serial: renewed.to_string(),
+                        reason,
+                    });
+                    continue;
+                }
+            }
+            let r = item.record;
             // A serial already on record (or twice in this batch: the first holder has it)
             // changes no row.
             let rows = insert.execute(params![
@@ -189,19 +207,24 @@ fn insert_in_one_transaction(
                 r.issuance.requester_pod,
                 r.issuance.requester_node,
             ])?;
-            inserted.push(rows == 1);
+            outcomes.push(if rows == 1 {
+                EntryOutcome::Recorded
+            } else {
+                EntryOutcome::SerialTaken
+            });
         }
     }
-    let count = inserted.iter().filter(|ok| **ok).count() as i64;
+    let recorded = |outcome: &EntryOutcome| *outcome == EntryOutcome::Recorded;
+    let count = outcomes.iter().filter(|o| recorded(o)).count() as i64;
     if count > 0 {
         let (last_seq, prev): (i64, String) = tx
             .prepare_cached(ADVANCE_AUDIT_HEAD)?
             .query_row([count], |row| Ok((row.get(0)?, row.get(1)?)))?;
         let events = items
             .iter()
-            .zip(&inserted)
-            .filter(|(_, ok)| **ok)
-            .map(|((_, event), _)| *event);
+            .zip(&outcomes)
+            .filter(|(_, outcome)| recorded(outcome))
+            .map(|(item, _)| item.audit);
         let records = crate::audit::chain(events, last_seq - count + 1, &prev);
         let mut append = tx.prepare_cached(&INSERT_AUDIT_EVENT)?;
         for record in &records {
@@ -224,13 +247,14 @@ fn insert_in_one_transaction(
             .execute([head_hash])?;
     }
     tx.commit()?;
-    Ok(inserted)
+    Ok(outcomes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::audit::{verify_chain, GENESIS_HASH};
+    use crate::store::EntryOutcome::{Recorded, SerialTaken};
     use crate::store::Store;
     use crate::testing::{issuance_event as event, issuance_record as record};
 
@@ -254,8 +278,10 @@ mod tests {
         store.append_audit(&event("before")).await.unwrap();
         let (a, b) = (record("0a"), record("0b"));
         let (ea, eb) = (event("0a"), event("0b"));
-        let inserted = writer.insert_issuances(&[(&a, &ea), (&b, &eb)]).unwrap();
-        assert_eq!(inserted, [true, true]);
+        let inserted = writer
+            .insert_issuances(&[BatchEntry::new(&a, &ea), BatchEntry::new(&b, &eb)])
+            .unwrap();
+        assert_eq!(inserted, [Recorded, Recorded]);
         store.append_audit(&event("after")).await.unwrap();
 
         let row = store
@@ -282,18 +308,20 @@ mod tests {
         let (store, mut writer) = store_and_writer(tmp.path()).await;
         let (first, first_event) = (record("01"), event("01"));
         assert_eq!(
-            writer.insert_issuances(&[(&first, &first_event)]).unwrap(),
-            [true]
+            writer
+                .insert_issuances(&[BatchEntry::new(&first, &first_event)])
+                .unwrap(),
+            [Recorded]
         );
         let (other, other_event) = (record("02"), event("02"));
         let inserted = writer
             .insert_issuances(&[
-                (&first, &first_event),
-                (&other, &other_event),
-                (&other, &other_event),
+                BatchEntry::new(&first, &first_event),
+                BatchEntry::new(&other, &other_event),
+                BatchEntry::new(&other, &other_event),
             ])
             .unwrap();
-        assert_eq!(inserted, [false, true, false]);
+        assert_eq!(inserted, [SerialTaken, Recorded, SerialTaken]);
         assert_eq!(store.count_issuances().await.unwrap(), 2);
         let targets = crate::testing::audit_targets(&store, 10).await;
         assert_eq!(targets, ["02", "01"]);
@@ -306,7 +334,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (_store, mut writer) = store_and_writer(tmp.path()).await;
         let (a, ea) = (record("0a"), event("0a"));
-        writer.insert_issuances(&[(&a, &ea)]).unwrap();
+        writer
+            .insert_issuances(&[BatchEntry::new(&a, &ea)])
+            .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             // The database file alone, without its WAL: what a checkpoint has copied.
@@ -348,7 +378,9 @@ mod tests {
             .await
             .unwrap();
         let (a, ea) = (record("0a"), event("0a"));
-        let err = writer.insert_issuances(&[(&a, &ea)]).unwrap_err();
+        let err = writer
+            .insert_issuances(&[BatchEntry::new(&a, &ea)])
+            .unwrap_err();
         assert!(matches!(err, StoreError::Sqlite(_)), "{err}");
         assert_eq!(store.count_issuances().await.unwrap(), 0);
 
@@ -356,12 +388,19 @@ mod tests {
             .execute(pool)
             .await
             .unwrap();
-        assert_eq!(writer.insert_issuances(&[(&a, &ea)]).unwrap(), [true]);
+        assert_eq!(
+            writer
+                .insert_issuances(&[BatchEntry::new(&a, &ea)])
+                .unwrap(),
+            [Recorded]
+        );
         assert_eq!(store.count_issuances().await.unwrap(), 1);
 
         // A closed store takes nothing more.
         pool.close().await;
         let (b, eb) = (record("0b"), event("0b"));
-        assert!(writer.insert_issuances(&[(&b, &eb)]).is_err());
+        assert!(writer
+            .insert_issuances(&[BatchEntry::new(&b, &eb)])
+            .is_err());
     }
 }

@@ -24,6 +24,11 @@ pub struct Requester {
     pub pod: ::prost::alloc::string::String,
     #[prost(string, tag = "7")]
     pub node: ::prost::alloc::string::String,
+    /// For a renewal over mTLS, the serial (hex) of the meshca certificate the caller presented.
+    /// The CA refuses the issuance, with FAILED_PRECONDITION and nothing recorded, if that
+    /// certificate is revoked when the new one would be committed.
+    #[prost(string, tag = "8")]
+    pub renewal_of: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SignRequest {
@@ -59,6 +64,11 @@ pub struct SignResponse {
     pub not_after_unix: i64,
     #[prost(bytes = "vec", tag = "5")]
     pub leaf_der: ::prost::alloc::vec::Vec<u8>,
+    /// True when the CA checked `Requester.renewal_of` against the revocations in the transaction
+    /// that recorded this certificate. An RA that asked for that check and gets false (a CA
+    /// from before it) checks the revocation itself before answering.
+    #[prost(bool, tag = "6")]
+    pub renewal_of_checked: bool,
 }
 /// A TLS serving certificate for an RA's own gRPC and REST ports.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -30,6 +30,10 @@ pub struct Caller {
     /// Set for a Kubernetes service-account token: its account and, for a token bound to a
     /// pod, where it runs. Node authorization needs it; certificate callers have none.
     pub kubernetes: Option<KubernetesCaller>,
+    /// For a renewal, the serial (hex) of the meshca certificate presented. Its revocation is
+    /// checked where the new certificate is committed, not here: in the same transaction, on
+    /// the thread that already holds the database.
+    pub renewal_of: Option<String>,
 }
 
 /// A service account, and where its token says it runs.

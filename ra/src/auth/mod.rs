@@ -140,7 +140,7 @@ impl Authenticator {
     pub async fn authenticate(&self, creds: &Credentials<'_>) -> Result<Caller, AuthError> {
         let mut failure = AuthError::NoCredential;
         if !creds.peer_certs.is_empty() {
-            match self.renewal.authenticate(creds.peer_certs).await {
+            match self.renewal.authenticate(creds.peer_certs) {
                 Ok(caller) => return Ok(caller),
                 Err(e) => failure = e,
             }
@@ -193,6 +193,7 @@ impl Authenticator {
             principal: token.username,
             cluster_id: Some(cluster_id.to_string()),
             kubernetes: Some(kubernetes),
+            renewal_of: None,
         })
     }
 }

@@ -40,11 +40,11 @@ impl RenewalAuthenticator {
     }
 
     /// Verifies the chain to the trust bundle, then refuses certificates whose authority was
-    /// tainted or revoked, and certificates an administrator revoked.
-    pub async fn authenticate(
-        &self,
-        chain_der: &[CertificateDer<'static>],
-    ) -> Result<Caller, AuthError> {
+    /// tainted or revoked. Whether an administrator revoked the certificate itself is checked
+    /// where the renewed one is committed ([`Caller::renewal_of`]): one indexed read inside
+    /// that transaction instead of a round trip to the store's reader here, and a revocation
+    /// committed in between is seen.
+    pub fn authenticate(&self, chain_der: &[CertificateDer<'static>]) -> Result<Caller, AuthError> {
         let leaf = parse_leaf(chain_der)?;
         let set = self.ca.authorities();
         let bundle = set.bundle();
@@ -80,23 +80,6 @@ impl RenewalAuthenticator {
                 )));
             }
         }
-        let serial = leaf.serial().to_hex();
-        match self.ca.store().revocation(&serial).await {
-            Ok(None) => {}
-            Ok(Some(revoked)) => {
-                return Err(AuthError::ClientCert(format!(
-                    "certificate {serial} was revoked ({})",
-                    revoked.reason
-                )))
-            }
-            Err(error) => {
-                // Fail closed: a revocation we cannot check is not a valid credential.
-                tracing::error!(%error, "checking revocation failed");
-                return Err(AuthError::ClientCert(
-                    "revocation status unavailable".into(),
-                ));
-            }
-        }
         let spiffe: Vec<String> = leaf
             .uri_sans()
             .into_iter()
@@ -121,6 +104,7 @@ impl RenewalAuthenticator {
             method: AuthMethod::Renewal,
             cluster_id: None,
             kubernetes: None,
+            renewal_of: Some(leaf.serial().to_hex()),
         })
     }
 }
@@ -182,6 +166,7 @@ impl AthenzAuthenticator {
             principal: cn,
             cluster_id: None,
             kubernetes: None,
+            renewal_of: None,
         })
     }
 }

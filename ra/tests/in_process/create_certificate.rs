@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use meshca_ca::keys::KeyType;
 use meshca_ca::rotation::RotationStep;
+use meshca_ca::store::RevocationRecord;
 use meshca_ca::testing::{CaSpec, TestCa};
 use meshca_ca::x509::ParsedCert;
 use meshca_ca::{Authority, CertificateAuthority, PrepareRequest};
@@ -21,6 +22,7 @@ use meshca_ra::service::{CertificateService, AUTHENTICATION_FAILURE};
 use meshca_ra::tls::PeerInfo;
 use meshca_ra::trust::TrustBundles;
 use meshca_ra::AuthConfig;
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 use tonic::{Code, Request};
 
@@ -263,6 +265,94 @@ async fn a_call_without_a_token_is_unauthenticated_and_nothing_is_issued() {
         details["reason"],
         "no client certificate and no bearer token"
     );
+}
+
+/// Renewal over mTLS with a certificate an administrator revoked: found where the renewed
+/// certificate would be committed, answered as any failed authentication, nothing issued, the
+/// denial on record under the renewing identity with the reason. A sibling that was not
+/// revoked still renews, and its record says which certificate it renewed.
+#[tokio::test]
+async fn a_renewal_with_a_revoked_certificate_is_unauthenticated_and_nothing_is_issued() {
+    let ra = Ra::start().await;
+    let first = ra.call(&[ID], true).await.unwrap();
+    let second = ra.call(&[ID], true).await.unwrap();
+    let leaf_der = |chain: &[String]| pem::parse(&chain[0]).unwrap().into_contents();
+    let serial_of = |chain: &[String]| {
+        ParsedCert::from_der(&leaf_der(chain))
+            .unwrap()
+            .serial()
+            .to_hex()
+    };
+    let renew = |chain: &[String]| {
+        let mut request = ra.request(csr_pem(&[ID]), false);
+        request.extensions_mut().insert(PeerInfo {
+            remote_addr: PEER.parse().unwrap(),
+            certs: Arc::new(vec![CertificateDer::from(leaf_der(chain))]),
+        });
+        ra.service.create_certificate(request)
+    };
+    assert!(ra
+        .ca
+        .store()
+        .insert_revocation(&RevocationRecord {
+            serial: serial_of(&first),
+            reason: "keyCompromise".into(),
+            revoked_at: 1_790_000_000,
+            actor: "token:ops".into(),
+        })
+        .await
+        .unwrap());
+    let before = ra.issued().await;
+
+    let status = renew(&first).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(status.message(), AUTHENTICATION_FAILURE, "no reason sent");
+    assert_eq!(ra.issued().await, before, "nothing issued");
+    assert_eq!(ra.metrics.authentication_failures(), 1);
+    let denials = audit_events(&ra.ca, "certificate.issue", 3).await;
+    let denial = denials
+        .iter()
+        .find(|e| e.outcome == "denied")
+        .unwrap_or_else(|| panic!("a denial among {denials:?}"));
+    assert_eq!(
+        (
+            denial.actor_method.as_str(),
+            denial.actor_principal.as_str()
+        ),
+        ("renewal", ID)
+    );
+    let details: Value = serde_json::from_str(&denial.details).unwrap();
+    let reason = details["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&serial_of(&first)) && reason.contains("keyCompromise"),
+        "{reason}"
+    );
+
+    // The control: the sibling renews, on record as a renewal of it.
+    let renewed = renew(&second).await.unwrap().into_inner().cert_chain;
+    assert_eq!(ra.issued().await, before + 1);
+    let record = ra
+        .ca
+        .store()
+        .issuance_by_serial(&serial_of(&renewed).parse().unwrap())
+        .await
+        .unwrap()
+        .expect("recorded")
+        .issuance;
+    assert_eq!(
+        (
+            record.requester_method.as_str(),
+            record.requester_principal.as_str()
+        ),
+        ("renewal", ID)
+    );
+    let issued = audit_events(&ra.ca, "certificate.issue", 4).await;
+    let event = issued
+        .iter()
+        .find(|e| e.target == serial_of(&renewed))
+        .expect("the renewal's event");
+    let details: Value = serde_json::from_str(&event.details).unwrap();
+    assert_eq!(details["renewal_of"], serial_of(&second));
 }
 
 /// A ztunnel-style request for another identity (`ImpersonatedIdentity`) while no node account

@@ -51,6 +51,7 @@ async fn authorizer(cluster: &Cluster, catch_up: Duration) -> (NodeAuthorizer, C
             }),
             node: Some("worker-1".into()),
         }),
+        renewal_of: None,
     };
     (authorizer, caller)
 }

@@ -84,6 +84,7 @@ fn ztunnel(pod: &str, uid: &str, node: Option<&str>) -> Caller {
             }),
             node: node.map(Into::into),
         }),
+        renewal_of: None,
     }
 }
 
