@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use meshca_ca::{SpiffeId, TrustDomain};
+use meshca_ca::TrustDomain;
 use meshca_kube::fake::FakeApiServer;
 use meshca_kube::pods::{PodSpec, PodStatus};
 use meshca_kube::{Cache, ObjectKey, ObjectMeta, Pod, PodIndex, Reflector, ReflectorSettings};
 use meshca_ra::auth::node::{decide, NodeAuthorizer, NodePolicy, PodView};
-use meshca_ra::auth::{AuthMethod, Caller, KubernetesCaller, PodBinding};
+use meshca_ra::auth::{Caller, PodBinding};
 use meshca_ra::config::{AuthConfig, ClusterConfig};
 
 const NODES: usize = 1_000;
@@ -99,19 +99,7 @@ fn ztunnel_on(n: usize, index: &PodIndex) -> Caller {
         .expect("ztunnel pod")
         .uid
         .to_string();
-    Caller {
-        spiffe_id: SpiffeId::new("spiffe://cluster.local/ns/istio-system/sa/ztunnel").unwrap(),
-        method: AuthMethod::Jwt,
-        principal: "system:serviceaccount:istio-system:ztunnel".into(),
-        cluster_id: Some("Kubernetes".into()),
-        kubernetes: Some(KubernetesCaller {
-            namespace: "istio-system".into(),
-            service_account: "ztunnel".into(),
-            pod: Some(PodBinding { name, uid }),
-            node: Some(format!("worker-{n}")),
-        }),
-        renewal_of: None,
-    }
+    Caller::ztunnel(&name, &uid, Some(&format!("worker-{n}")))
 }
 
 /// An identity with a pod on node `n`, and one with none there.

@@ -36,6 +36,34 @@ pub struct Caller {
     pub renewal_of: Option<String>,
 }
 
+// === impl Caller ===
+
+impl Caller {
+    /// Istio ambient's ztunnel (`istio-system/ztunnel`) in cluster `Kubernetes`, its token
+    /// bound to pod `istio-system/<pod>` with `uid`, on `node` when the token says: the node
+    /// agent that node authorization's tests and benches call as.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn ztunnel(pod: &str, uid: &str, node: Option<&str>) -> Self {
+        Caller {
+            spiffe_id: SpiffeId::new("spiffe://cluster.local/ns/istio-system/sa/ztunnel")
+                .expect("a SPIFFE id"),
+            method: AuthMethod::Jwt,
+            principal: "system:serviceaccount:istio-system:ztunnel".into(),
+            cluster_id: Some("Kubernetes".into()),
+            kubernetes: Some(KubernetesCaller {
+                namespace: "istio-system".into(),
+                service_account: "ztunnel".into(),
+                pod: Some(PodBinding {
+                    name: pod.into(),
+                    uid: uid.into(),
+                }),
+                node: node.map(Into::into),
+            }),
+            renewal_of: None,
+        }
+    }
+}
+
 /// A service account, and where its token says it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KubernetesCaller {

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use meshca_ca::{SpiffeId, TrustDomain};
+use meshca_ca::TrustDomain;
 use meshca_ra::auth::node::{ImpersonationError, NodeAuthorizer};
-use meshca_ra::auth::{AuthMethod, Caller, KubernetesCaller, PodBinding};
+use meshca_ra::auth::{Caller, PodBinding};
 use meshca_ra::config::{AuthConfig, ClusterConfig};
 use tokio::time::Instant;
 
@@ -37,22 +37,7 @@ async fn authorizer(cluster: &Cluster, catch_up: Duration) -> (NodeAuthorizer, C
         .unwrap()
         .unwrap();
     eventually("the pod cache syncs", || authorizer.status()[0].synced).await;
-    let caller = Caller {
-        spiffe_id: SpiffeId::new("spiffe://cluster.local/ns/istio-system/sa/ztunnel").unwrap(),
-        method: AuthMethod::Jwt,
-        principal: "system:serviceaccount:istio-system:ztunnel".into(),
-        cluster_id: Some("Kubernetes".into()),
-        kubernetes: Some(KubernetesCaller {
-            namespace: "istio-system".into(),
-            service_account: "ztunnel".into(),
-            pod: Some(PodBinding {
-                name: "ztunnel-a".into(),
-                uid: ztunnel_uid,
-            }),
-            node: Some("worker-1".into()),
-        }),
-        renewal_of: None,
-    };
+    let caller = Caller::ztunnel("ztunnel-a", &ztunnel_uid, Some("worker-1"));
     (authorizer, caller)
 }
 

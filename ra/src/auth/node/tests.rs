@@ -1,7 +1,7 @@
 //! The decision table of node authorization, over a real pod index.
 
 use super::*;
-use crate::auth::{AuthMethod, KubernetesCaller, PodBinding};
+use crate::auth::AuthMethod;
 use meshca_kube::pods::{PodSpec, PodStatus};
 use meshca_kube::{Cache, ObjectKey, ObjectMeta};
 
@@ -69,25 +69,6 @@ fn cluster() -> PodIndex {
     index
 }
 
-fn ztunnel(pod: &str, uid: &str, node: Option<&str>) -> Caller {
-    Caller {
-        spiffe_id: SpiffeId::new("spiffe://cluster.local/ns/istio-system/sa/ztunnel").unwrap(),
-        method: AuthMethod::Jwt,
-        principal: "system:serviceaccount:istio-system:ztunnel".into(),
-        cluster_id: Some("Kubernetes".into()),
-        kubernetes: Some(KubernetesCaller {
-            namespace: "istio-system".into(),
-            service_account: "ztunnel".into(),
-            pod: Some(PodBinding {
-                name: pod.into(),
-                uid: uid.into(),
-            }),
-            node: node.map(Into::into),
-        }),
-        renewal_of: None,
-    }
-}
-
 fn reason(caller: &Caller, requested: &str, index: &PodIndex) -> &'static str {
     match decide(&policy(), caller, requested, PodView::Synced(index)) {
         Ok(_) => "allowed",
@@ -100,7 +81,7 @@ fn a_node_agent_gets_the_identity_of_a_pod_on_its_node() {
     let index = cluster();
     let allowed = decide(
         &policy(),
-        &ztunnel("ztunnel-a", "zt-a", Some("worker-1")),
+        &Caller::ztunnel("ztunnel-a", "zt-a", Some("worker-1")),
         WEB,
         PodView::Synced(&index),
     )
@@ -116,7 +97,7 @@ fn a_node_agent_gets_the_identity_of_a_pod_on_its_node() {
     );
     // A token without the node claim (before Kubernetes 1.30) relies on the pod's node.
     assert_eq!(
-        reason(&ztunnel("ztunnel-a", "zt-a", None), WEB, &index),
+        reason(&Caller::ztunnel("ztunnel-a", "zt-a", None), WEB, &index),
         "allowed"
     );
 }
@@ -124,8 +105,8 @@ fn a_node_agent_gets_the_identity_of_a_pod_on_its_node() {
 #[test]
 fn the_decision_table() {
     let index = cluster();
-    let zt_a = ztunnel("ztunnel-a", "zt-a", Some("worker-1"));
-    let mut web_caller = ztunnel("web-1", "w1", Some("worker-1"));
+    let zt_a = Caller::ztunnel("ztunnel-a", "zt-a", Some("worker-1"));
+    let mut web_caller = Caller::ztunnel("web-1", "w1", Some("worker-1"));
     web_caller.spiffe_id = SpiffeId::new(WEB).unwrap();
     if let Some(k) = &mut web_caller.kubernetes {
         k.namespace = "web".into();
@@ -176,14 +157,14 @@ fn the_decision_table() {
         ),
         (
             "caller pod missing",
-            &ztunnel("ztunnel-gone", "zt-x", None),
+            &Caller::ztunnel("ztunnel-gone", "zt-x", None),
             WEB,
             &index,
             "caller_pod_missing",
         ),
         (
             "pod recreated under the same name",
-            &ztunnel("ztunnel-a", "zt-old", None),
+            &Caller::ztunnel("ztunnel-a", "zt-old", None),
             WEB,
             &index,
             "uid_mismatch",
@@ -204,7 +185,7 @@ fn the_decision_table() {
         ),
         (
             "token node is not the pod's",
-            &ztunnel("ztunnel-a", "zt-a", Some("worker-2")),
+            &Caller::ztunnel("ztunnel-a", "zt-a", Some("worker-2")),
             WEB,
             &index,
             "node_mismatch",
@@ -270,7 +251,7 @@ fn the_decision_table() {
         assert_eq!(reason(caller, requested, pods), *expected, "{what}");
     }
     // The other node's agent gets api, not web.
-    let zt_b = ztunnel("ztunnel-b", "zt-b", Some("worker-2"));
+    let zt_b = Caller::ztunnel("ztunnel-b", "zt-b", Some("worker-2"));
     assert_eq!(
         reason(&zt_b, "spiffe://cluster.local/ns/api/sa/api", &index),
         "allowed"
@@ -280,7 +261,7 @@ fn the_decision_table() {
 
 #[test]
 fn before_the_first_list_only_pod_checks_wait() {
-    let zt_a = ztunnel("ztunnel-a", "zt-a", None);
+    let zt_a = Caller::ztunnel("ztunnel-a", "zt-a", None);
     let unsynced = PodView::NotSynced {
         cluster: "Kubernetes",
     };
@@ -305,7 +286,7 @@ fn nobody_impersonates_without_trusted_accounts() {
     };
     let error = decide(
         &none,
-        &ztunnel("ztunnel-a", "zt-a", None),
+        &Caller::ztunnel("ztunnel-a", "zt-a", None),
         WEB,
         PodView::Synced(&cluster()),
     )
@@ -318,7 +299,7 @@ fn the_logged_reason_names_what_was_wrong() {
     let index = cluster();
     let error = decide(
         &policy(),
-        &ztunnel("ztunnel-a", "zt-a", None),
+        &Caller::ztunnel("ztunnel-a", "zt-a", None),
         "spiffe://cluster.local/ns/api/sa/api",
         PodView::Synced(&index),
     )
