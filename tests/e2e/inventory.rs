@@ -353,6 +353,48 @@ async fn inventory_revocation_crl_and_audit_chain() {
         .await
         .expect("an unrevoked certificate renews");
 
+    // The same through grpcio (gRPC's C core), renewing over mTLS as istio-agent does.
+    if let Some(python) = third_party_python("inventory_revocation_crl_and_audit_chain") {
+        let dir = &server.dir;
+        std::fs::write(dir.join("root.pem"), &server.root).unwrap();
+        std::fs::write(dir.join("workload-key.pem"), &key_pem).unwrap();
+        let grpcio_renews = |chain: &[String], id: &str, name: &str| {
+            let (cert, csr) = (
+                dir.join(format!("{name}.pem")),
+                dir.join(format!("{name}.csr")),
+            );
+            std::fs::write(&cert, chain[..chain.len() - 1].concat()).unwrap();
+            std::fs::write(&csr, keys.csr(&[id])).unwrap();
+            let output = std::process::Command::new(&python)
+                .arg(python_script("ca_client.py"))
+                .args([
+                    "--addr",
+                    &format!("localhost:{}", server.process.grpc.port()),
+                ])
+                .arg("--ca-cert")
+                .arg(dir.join("root.pem"))
+                .arg("--client-cert")
+                .arg(&cert)
+                .arg("--client-key")
+                .arg(dir.join("workload-key.pem"))
+                .arg("--csr-file")
+                .arg(&csr)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "{stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            serde_json::from_str::<Value>(stdout.trim()).unwrap()
+        };
+        let refused = grpcio_renews(victim, &id(IDENTITIES[0].0, IDENTITIES[0].1), "victim");
+        assert_eq!(refused["code"], "UNAUTHENTICATED", "{refused}");
+        let renewed = grpcio_renews(sibling, &sibling_id, "sibling");
+        assert_eq!(renewed["code"], "OK", "{renewed}");
+    }
+
     // The CRL lists it, and openssl refuses it with -crl_check while the sibling passes.
     let crl = server
         .rest
