@@ -1,28 +1,27 @@
 //! Local validation of Kubernetes service-account JWTs against the issuer's keys (a JWKS file,
 //! a JWKS URL, or the issuer's OIDC discovery document). Only RS256 and ES256 are accepted:
-//! never `none`, never HMAC (which would let a public key act as a shared secret).
+//! never `none`, never HMAC (which would let a public key act as a shared secret). Keys are
+//! parsed once per load ([`super::jws`]); the claims are checked here.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::caller::{parse_service_account, AuthError, PodBinding, TokenIdentity};
+use super::jws::{SignedToken, TokenAlgorithm, VerifyingKey};
 use crate::config::ClusterConfig;
 
 const MAX_LEEWAY: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct JwksAuthenticator {
-    issuer: String,
-    audiences: Vec<String>,
-    leeway: Duration,
+    rules: ClaimRules,
     source: KeySource,
     http: reqwest::Client,
-    keys: RwLock<Arc<JwkSet>>,
+    keys: RwLock<Vec<Arc<VerifyingKey>>>,
     /// When keys were last fetched because of an unknown `kid`; bounds how often a flood of
     /// forged `kid`s can make us call the issuer.
     last_forced_refresh: Mutex<Option<Instant>>,
@@ -80,9 +79,27 @@ enum KeySource {
     Discovery(String),
 }
 
+/// What the claims must say besides who the token names.
+#[derive(Debug)]
+struct ClaimRules {
+    issuer: String,
+    audiences: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    leeway: f64,
+}
+
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    aud: Option<Audience>,
+    /// NumericDate: seconds since the epoch, which RFC 7519 lets be fractional.
+    #[serde(default)]
+    exp: Option<f64>,
+    #[serde(default)]
+    nbf: Option<f64>,
     /// What a projected (bound) token adds about where it runs.
     #[serde(default, rename = "kubernetes.io")]
     kubernetes: Option<KubernetesClaim>,
@@ -107,6 +124,14 @@ struct ObjectRef {
     name: String,
     #[serde(default)]
     uid: String,
+}
+
+/// `aud`: one audience or several (RFC 7519 §4.1.3).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,12 +160,14 @@ impl JwksAuthenticator {
             .build()
             .map_err(JwksError::HttpClient)?;
         let this = Arc::new(Self {
-            issuer,
-            audiences: config.audiences.clone(),
-            leeway: config.leeway.min(MAX_LEEWAY),
+            rules: ClaimRules {
+                issuer,
+                audiences: config.audiences.clone(),
+                leeway: config.leeway.min(MAX_LEEWAY).as_secs_f64(),
+            },
             source,
             http,
-            keys: RwLock::new(Arc::new(JwkSet { keys: Vec::new() })),
+            keys: RwLock::new(Vec::new()),
             last_forced_refresh: Mutex::new(None),
             min_refresh: config.jwks_min_refresh,
         });
@@ -151,62 +178,40 @@ impl JwksAuthenticator {
 
     /// Validates `token`; returns its `sub` (the Kubernetes username) and where it runs.
     pub async fn validate(&self, token: &str) -> Result<TokenIdentity, AuthError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| AuthError::Token(format!("malformed: {e}")))?;
-        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
-            return Err(AuthError::Token(format!(
-                "algorithm {:?} is not allowed (RS256, ES256)",
-                header.alg
-            )));
-        }
-        let key = match self.find_key(header.kid.as_deref(), header.alg) {
+        let token = SignedToken::parse(token).map_err(|e| AuthError::Token(e.to_string()))?;
+        let key = match self.find_key(token.kid(), token.algorithm()) {
             Some(key) => key,
             None => {
                 self.refresh_for_unknown_kid().await;
-                self.find_key(header.kid.as_deref(), header.alg)
-                    .ok_or_else(|| AuthError::Token(format!("unknown kid {:?}", header.kid)))?
+                self.find_key(token.kid(), token.algorithm())
+                    .ok_or_else(|| AuthError::Token(format!("unknown kid {:?}", token.kid())))?
             }
         };
-        let mut validation = Validation::new(header.alg);
-        validation.algorithms = vec![header.alg];
-        validation.leeway = self.leeway.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&self.audiences);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+        let payload = token
+            .verify(&key)
             .map_err(|e| AuthError::Token(e.to_string()))?;
-        Ok(token_identity(data.claims))
+        let claims: Claims = serde_json::from_slice(&payload)
+            .map_err(|e| AuthError::Token(format!("claims: {e}")))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.rules.check(&claims, now).map_err(AuthError::Token)?;
+        Ok(token_identity(claims))
     }
 
-    fn find_key(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
-        let keys = self.keys.read().expect("jwks lock").clone();
-        let fits = |jwk: &&jsonwebtoken::jwk::Jwk| {
-            let family_ok = matches!(
-                (&jwk.algorithm, alg),
-                (
-                    jsonwebtoken::jwk::AlgorithmParameters::RSA(_),
-                    Algorithm::RS256
-                ) | (
-                    jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_),
-                    Algorithm::ES256
-                )
-            );
-            family_ok && jwk.common.key_id.as_deref() == kid
-        };
-        let jwk = match kid {
-            Some(_) => keys.keys.iter().find(fits),
-            // No kid: only unambiguous when exactly one key of the family exists.
-            None => {
-                let mut candidates = keys.keys.iter().filter(fits);
-                match (candidates.next(), candidates.next()) {
-                    (Some(only), None) => Some(only),
-                    _ => None,
-                }
-            }
-        }?;
-        DecodingKey::from_jwk(jwk).ok()
+    /// The key for `kid` and `algorithm`; with no `kid`, only when exactly one key of the
+    /// algorithm exists.
+    fn find_key(&self, kid: Option<&str>, algorithm: TokenAlgorithm) -> Option<Arc<VerifyingKey>> {
+        let keys = self.keys.read().expect("jwks lock");
+        let mut fitting = keys
+            .iter()
+            .filter(|key| key.algorithm() == algorithm && key.kid() == kid);
+        let key = fitting.next()?;
+        if kid.is_none() && fitting.next().is_some() {
+            return None;
+        }
+        Some(key.clone())
     }
 
     async fn refresh_for_unknown_kid(&self) {
@@ -218,7 +223,7 @@ impl JwksAuthenticator {
             *last = Some(Instant::now());
         }
         if let Err(error) = self.refresh().await {
-            tracing::warn!(issuer = %self.issuer, %error, "JWKS refresh for an unknown kid failed");
+            tracing::warn!(issuer = %self.rules.issuer, %error, "JWKS refresh for an unknown kid failed");
         }
     }
 
@@ -253,8 +258,22 @@ impl JwksAuthenticator {
                 self.get_json(&doc.jwks_uri).await?
             }
         };
-        tracing::debug!(issuer = %self.issuer, keys = set.keys.len(), "JWKS loaded");
-        *self.keys.write().expect("jwks lock") = Arc::new(set);
+        let issuer = &self.rules.issuer;
+        let keys: Vec<Arc<VerifyingKey>> = set
+            .keys
+            .iter()
+            .filter_map(|jwk| {
+                VerifyingKey::from_jwk(jwk)
+                    .inspect_err(|reason| {
+                        let kid = jwk.common.key_id.as_deref();
+                        tracing::debug!(%issuer, ?kid, %reason, "JWKS key not used");
+                    })
+                    .ok()
+                    .map(Arc::new)
+            })
+            .collect();
+        tracing::debug!(%issuer, keys = keys.len(), of = set.keys.len(), "JWKS loaded");
+        *self.keys.write().expect("jwks lock") = keys;
         Ok(())
     }
 
@@ -275,6 +294,36 @@ impl JwksAuthenticator {
             url: url.to_string(),
             source,
         })
+    }
+}
+
+// === impl ClaimRules ===
+
+impl ClaimRules {
+    /// What jsonwebtoken's validation checked for us before: `exp` present and not past,
+    /// `nbf` (if any) reached, each within the leeway; our issuer; one of our audiences.
+    fn check(&self, claims: &Claims, now: f64) -> Result<(), String> {
+        let exp = claims.exp.ok_or("no exp claim")?;
+        if exp < now - self.leeway {
+            return Err(format!("expired at {exp}"));
+        }
+        if let Some(nbf) = claims.nbf.filter(|nbf| *nbf > now + self.leeway) {
+            return Err(format!("not valid before {nbf}"));
+        }
+        match claims.iss.as_deref() {
+            Some(iss) if iss == self.issuer => {}
+            Some(iss) => return Err(format!("issuer {iss:?} is not {:?}", self.issuer)),
+            None => return Err("no iss claim".into()),
+        }
+        let audiences = match &claims.aud {
+            Some(Audience::One(aud)) => std::slice::from_ref(aud),
+            Some(Audience::Many(auds)) => auds.as_slice(),
+            None => return Err("no aud claim".into()),
+        };
+        if !audiences.iter().any(|aud| self.audiences.contains(aud)) {
+            return Err(format!("audiences {audiences:?}: none is ours"));
+        }
+        Ok(())
     }
 }
 
@@ -322,7 +371,7 @@ fn spawn_periodic_refresh(this: Weak<JwksAuthenticator>, every: Duration) {
             ticker.tick().await;
             let Some(this) = this.upgrade() else { return };
             if let Err(error) = this.refresh().await {
-                tracing::warn!(issuer = %this.issuer, %error, "periodic JWKS refresh failed; keeping the previous keys");
+                tracing::warn!(issuer = %this.rules.issuer, %error, "periodic JWKS refresh failed; keeping the previous keys");
             }
         }
     });
@@ -381,6 +430,63 @@ mod tests {
 
     fn claims(json: serde_json::Value) -> Claims {
         serde_json::from_value(json).unwrap()
+    }
+
+    /// Expiry and not-before within the leeway, our issuer, one of our audiences (as a string
+    /// or in a list); anything else is refused with what was wrong.
+    #[test]
+    fn claims_are_checked_for_time_issuer_and_audience() {
+        let rules = ClaimRules {
+            issuer: "https://kubernetes.default.svc.cluster.local".into(),
+            audiences: vec!["istio-ca".into(), "meshca".into()],
+            leeway: 60.0,
+        };
+        let now = 1_800_000_000.0;
+        let check = |changes: serde_json::Value| {
+            let mut c = serde_json::json!({
+                "sub": "system:serviceaccount:web:web", "iss": rules.issuer,
+                "aud": ["istio-ca"], "exp": now + 3600.0, "nbf": now - 10.0,
+            });
+            for (k, v) in changes.as_object().unwrap() {
+                match v {
+                    serde_json::Value::Null => c.as_object_mut().unwrap().remove(k),
+                    v => c.as_object_mut().unwrap().insert(k.clone(), v.clone()),
+                };
+            }
+            rules.check(&claims(c), now)
+        };
+        use serde_json::json;
+        assert_eq!(check(json!({})), Ok(()));
+        assert_eq!(check(json!({"aud": "meshca"})), Ok(()));
+        assert_eq!(check(json!({"aud": ["kubernetes", "meshca"]})), Ok(()));
+        assert_eq!(check(json!({"exp": now - 59.0, "nbf": null})), Ok(()));
+        assert_eq!(check(json!({"nbf": now + 59.0})), Ok(()));
+        assert_eq!(
+            check(json!({"exp": now - 61.0})),
+            Err("expired at 1799999939".into())
+        );
+        assert_eq!(check(json!({"exp": null})), Err("no exp claim".into()));
+        assert_eq!(
+            check(json!({"nbf": now + 61.5})),
+            Err("not valid before 1800000061.5".into())
+        );
+        assert_eq!(
+            check(json!({"iss": "https://evil.example"})),
+            Err(
+                "issuer \"https://evil.example\" is not \"https://kubernetes.default.svc.cluster.local\""
+                    .into()
+            )
+        );
+        assert_eq!(check(json!({"iss": null})), Err("no iss claim".into()));
+        assert_eq!(
+            check(json!({"aud": ["kubernetes"]})),
+            Err("audiences [\"kubernetes\"]: none is ours".into())
+        );
+        assert_eq!(
+            check(json!({"aud": []})),
+            Err("audiences []: none is ours".into())
+        );
+        assert_eq!(check(json!({"aud": null})), Err("no aud claim".into()));
     }
 
     /// A projected token as kubelet mounts it (Kubernetes 1.30+, with the node).

@@ -5,6 +5,7 @@
 
 mod caller;
 pub mod jwks;
+mod jws;
 pub mod node;
 pub mod tokenreview;
 pub mod x509;
