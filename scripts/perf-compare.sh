@@ -18,8 +18,9 @@
 #   scripts/perf-compare.sh                 # defaults: 10 s per run, concurrencies 1 8 64 256
 #   DURATION=5s CONCURRENCIES="8 64" scripts/perf-compare.sh
 #   PERF_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/meshca_perf scripts/perf-compare.sh
-#                                           # adds PostgreSQL-store runs (a disposable database;
-#                                           # the server CPU column then leaves out PostgreSQL's;
+#                                           # adds PostgreSQL-store runs (a disposable database,
+#                                           # dropped and made again; the server CPU column then
+#                                           # leaves out PostgreSQL's;
 #                                           # the open loop three times in a row)
 set -euo pipefail
 
@@ -158,6 +159,12 @@ stop "$server_pid"
 if [[ -n ${PERF_POSTGRES_URL:-} ]]; then
   echo "meshca, P-256 CA, PostgreSQL store…" >&2
   data=$work/meshca-pg
+  # Disposable: made afresh on the URL's server, so every run starts from the same empty store.
+  ensure_command psql postgresql-client perf-compare
+  perf_db=${PERF_POSTGRES_URL##*/}
+  perf_db=${perf_db%%\?*}
+  psql -q "${PERF_POSTGRES_URL%/*}/postgres" -c "DROP DATABASE IF EXISTS \"$perf_db\" WITH (FORCE)" \
+    -c "CREATE DATABASE \"$perf_db\""
   MESHCA_STORE_URL=$PERF_POSTGRES_URL start_meshca "$work/cacerts-p256" "$data"
   common=(--addr 127.0.0.1:15012 --ca-cert "$data/root-cert.pem")
   run "meshca P-256 PostgreSQL c=64" meshca "$server_pid" "${common[@]}" \

@@ -300,8 +300,9 @@ impl JwksAuthenticator {
 // === impl ClaimRules ===
 
 impl ClaimRules {
-    /// What jsonwebtoken's validation checked for us before: `exp` present and not past,
-    /// `nbf` (if any) reached, each within the leeway; our issuer; one of our audiences.
+    /// RFC 7519's registered claims as a service-account token must carry them: `exp` present
+    /// and not past, `nbf` (if any) reached, each within the leeway; our issuer; one of our
+    /// audiences.
     fn check(&self, claims: &Claims, now: f64) -> Result<(), String> {
         let exp = claims.exp.ok_or("no exp claim")?;
         if exp < now - self.leeway {
