@@ -538,3 +538,51 @@ pub fn python_script(name: &str) -> PathBuf {
         .join("python")
         .join(name)
 }
+
+/// How `tests/python/ca_client.py` proves who it is: a bearer token, or a workload chain and
+/// its key over mTLS (a renewal, as istio-agent makes one).
+pub enum GrpcioCredential<'a> {
+    Token(&'a Path),
+    ClientCert { chain: &'a Path, key: &'a Path },
+}
+
+/// `CreateCertificate` through grpcio (gRPC's C core), `calls` times with the CSR in `csr`
+/// against the server at `grpc`: each call's answer as the script reports it (`code`,
+/// `details`, `pushback_ms`).
+pub fn grpcio_create_certificate(
+    python: &Path,
+    grpc: SocketAddr,
+    ca_cert: &Path,
+    credential: GrpcioCredential<'_>,
+    csr: &Path,
+    calls: u32,
+) -> Vec<Value> {
+    let mut command = Command::new(python);
+    command
+        .arg(python_script("ca_client.py"))
+        .args(["--addr", &format!("localhost:{}", grpc.port())])
+        .arg("--ca-cert")
+        .arg(ca_cert)
+        .arg("--csr-file")
+        .arg(csr)
+        .args(["--calls", &calls.to_string()]);
+    match credential {
+        GrpcioCredential::Token(token) => command.arg("--token-file").arg(token),
+        GrpcioCredential::ClientCert { chain, key } => command
+            .arg("--client-cert")
+            .arg(chain)
+            .arg("--client-key")
+            .arg(key),
+    };
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}

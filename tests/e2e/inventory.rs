@@ -356,8 +356,9 @@ async fn inventory_revocation_crl_and_audit_chain() {
     // The same through grpcio (gRPC's C core), renewing over mTLS as istio-agent does.
     if let Some(python) = third_party_python("inventory_revocation_crl_and_audit_chain") {
         let dir = &server.dir;
-        std::fs::write(dir.join("root.pem"), &server.root).unwrap();
-        std::fs::write(dir.join("workload-key.pem"), &key_pem).unwrap();
+        let (root, key) = (dir.join("root.pem"), dir.join("workload-key.pem"));
+        std::fs::write(&root, &server.root).unwrap();
+        std::fs::write(&key, &key_pem).unwrap();
         let grpcio_renews = |chain: &[String], id: &str, name: &str| {
             let (cert, csr) = (
                 dir.join(format!("{name}.pem")),
@@ -365,29 +366,13 @@ async fn inventory_revocation_crl_and_audit_chain() {
             );
             std::fs::write(&cert, chain[..chain.len() - 1].concat()).unwrap();
             std::fs::write(&csr, keys.csr(&[id])).unwrap();
-            let output = std::process::Command::new(&python)
-                .arg(python_script("ca_client.py"))
-                .args([
-                    "--addr",
-                    &format!("localhost:{}", server.process.grpc.port()),
-                ])
-                .arg("--ca-cert")
-                .arg(dir.join("root.pem"))
-                .arg("--client-cert")
-                .arg(&cert)
-                .arg("--client-key")
-                .arg(dir.join("workload-key.pem"))
-                .arg("--csr-file")
-                .arg(&csr)
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            assert!(
-                output.status.success(),
-                "{stdout}{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            serde_json::from_str::<Value>(stdout.trim()).unwrap()
+            let credential = GrpcioCredential::ClientCert {
+                chain: &cert,
+                key: &key,
+            };
+            let answers =
+                grpcio_create_certificate(&python, server.process.grpc, &root, credential, &csr, 1);
+            answers[0].clone()
         };
         let refused = grpcio_renews(victim, &id(IDENTITIES[0].0, IDENTITIES[0].1), "victim");
         assert_eq!(refused["code"], "UNAUTHENTICATED", "{refused}");

@@ -2,10 +2,6 @@
 //! `CreateCertificate` faster than its identity may is answered `RESOURCE_EXHAUSTED` with the
 //! wait in the message and in `grpc-retry-pushback-ms`, and nothing is issued for it.
 
-use std::process::Command;
-
-use serde_json::Value;
-
 use crate::harness::*;
 
 #[tokio::test]
@@ -29,27 +25,14 @@ async fn grpcio_over_its_identity_limit_is_told_when_to_retry() {
         WorkloadKey::ec().csr(&["spiffe://cluster.local/ns/default/sa/default"]),
     )
     .unwrap();
-    let output = Command::new(&python)
-        .arg(python_script("ca_client.py"))
-        .args(["--addr", &format!("localhost:{}", server.grpc.port())])
-        .arg("--ca-cert")
-        .arg(data.join("root-cert.pem"))
-        .arg("--token-file")
-        .arg(data.join("dev/token"))
-        .arg("--csr-file")
-        .arg(&csr)
-        .args(["--calls", "5"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let calls = grpcio_create_certificate(
+        &python,
+        server.grpc,
+        &data.join("root-cert.pem"),
+        GrpcioCredential::Token(&data.join("dev/token")),
+        &csr,
+        5,
     );
-    let calls: Vec<Value> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let codes: Vec<&str> = calls.iter().map(|c| c["code"].as_str().unwrap()).collect();
     // The burst of three, then the bucket is empty (a token comes back each second; five
     // calls take far less).

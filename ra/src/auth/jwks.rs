@@ -437,6 +437,7 @@ mod tests {
     /// or in a list); anything else is refused with what was wrong.
     #[test]
     fn claims_are_checked_for_time_issuer_and_audience() {
+        use serde_json::json;
         let rules = ClaimRules {
             issuer: "https://kubernetes.default.svc.cluster.local".into(),
             audiences: vec!["istio-ca".into(), "meshca".into()],
@@ -444,7 +445,7 @@ mod tests {
         };
         let now = 1_800_000_000.0;
         let check = |changes: serde_json::Value| {
-            let mut c = serde_json::json!({
+            let mut c = json!({
                 "sub": "system:serviceaccount:web:web", "iss": rules.issuer,
                 "aud": ["istio-ca"], "exp": now + 3600.0, "nbf": now - 10.0,
             });
@@ -456,7 +457,6 @@ mod tests {
             }
             rules.check(&claims(c), now)
         };
-        use serde_json::json;
         assert_eq!(check(json!({})), Ok(()));
         assert_eq!(check(json!({"aud": "meshca"})), Ok(()));
         assert_eq!(check(json!({"aud": ["kubernetes", "meshca"]})), Ok(()));

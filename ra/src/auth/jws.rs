@@ -86,16 +86,11 @@ impl VerifyingKey {
             }
             _ => return Err(KeyError::Unsupported),
         };
-        let named = match jwk.common.key_algorithm {
-            None => None,
-            Some(KeyAlgorithm::RS256) => Some(TokenAlgorithm::Rs256),
-            Some(KeyAlgorithm::ES256) => Some(TokenAlgorithm::Es256),
-            Some(other) => return Err(KeyError::OtherAlgorithm(other)),
-        };
-        if named.is_some_and(|named| named != algorithm) {
-            return Err(KeyError::OtherAlgorithm(
-                jwk.common.key_algorithm.expect("named"),
-            ));
+        match (jwk.common.key_algorithm, algorithm) {
+            (None, _)
+            | (Some(KeyAlgorithm::RS256), TokenAlgorithm::Rs256)
+            | (Some(KeyAlgorithm::ES256), TokenAlgorithm::Es256) => {}
+            (Some(named), _) => return Err(KeyError::OtherAlgorithm(named)),
         }
         Ok(VerifyingKey {
             kid: jwk.common.key_id.clone(),
