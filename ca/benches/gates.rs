@@ -2,10 +2,8 @@
 //! issued over the last day, 50,000 workloads renewing every ~1.2 h, two authorities), on
 //! SQLite and (when `MESHCA_TEST_POSTGRES_URL` is set) PostgreSQL. Compares the count
 //! `GET /v1/authorities` made before (a scan of the unexpired certificates) with the counters
-//! the triggers keep now, and times the renewed-identity share.
-//!
-//! First, what the counters cost writers: 100,000 issuances recorded with and without the
-//! triggers, in one database each.
+//! kept now (by the issuance writer on SQLite, by triggers on PostgreSQL), and times the
+//! renewed-identity share.
 //!
 //! `cargo bench -p meshca-ca --bench gates [-- ROWS]` (default 1,000,000)
 
@@ -49,6 +47,7 @@ async fn load(store: &Store, rows: i64) -> Duration {
                 values(rows, "n", "printf('%032x', n)", "printf('%064x', n)", "randomblob(600)")
             );
             sqlx::query(&sql).execute(pool).await.unwrap();
+            meshca_ca::testing::count_synthetic_load(store).await;
             sqlx::query("ANALYZE").execute(pool).await.unwrap();
         }
         Store::Postgres(pool) => {
@@ -68,35 +67,6 @@ async fn load(store: &Store, rows: i64) -> Duration {
         }
     }
     started.elapsed()
-}
-
-/// The counters' triggers: the rotation gates' (0005) and the console's issuances per hour (0007).
-const GATE_TRIGGERS: [&str; 2] = ["issued_certificates_count", "certificate_revocations_count"];
-const HOURLY_TRIGGER: &str = "issued_certificates_per_hour";
-
-/// Seconds to record `rows` issuances into a fresh store without the triggers `dropped`.
-async fn timed_load(url: &str, rows: i64, dropped: &[&str]) -> f64 {
-    let store = Store::connect(url).await.unwrap();
-    for &trigger in dropped {
-        let sql = format!("DROP TRIGGER {trigger}");
-        let sql = match &store {
-            Store::Sqlite(_) => sql,
-            Store::Postgres(_) => {
-                let table = if trigger.starts_with("issued") {
-                    "issued_certificates"
-                } else {
-                    "certificate_revocations"
-                };
-                format!("{sql} ON {table}")
-            }
-        };
-        match &store {
-            Store::Sqlite(pool) => sqlx::query(&sql).execute(pool).await.map(drop),
-            Store::Postgres(pool) => sqlx::query(&sql).execute(pool).await.map(drop),
-        }
-        .unwrap();
-    }
-    load(&store, rows).await.as_secs_f64()
 }
 
 async fn measure<F, Fut>(name: &str, mut query: F)
@@ -123,7 +93,7 @@ where
 async fn run(label: &str, store: Store, rows: i64) {
     let loaded = load(&store, rows).await;
     println!(
-        "{label}: {rows} live certificates loaded (triggers included) in {:.1} s",
+        "{label}: {rows} live certificates loaded and counted in {:.1} s",
         loaded.as_secs_f64()
     );
     let s = &store;
@@ -173,19 +143,6 @@ fn main() {
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let sqlite = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
-        let sample = 100_000;
-        let all = [GATE_TRIGGERS[0], GATE_TRIGGERS[1], HOURLY_TRIGGER];
-        let without = timed_load(&sqlite("plain.db"), sample, &all).await;
-        let gates = timed_load(&sqlite("gates.db"), sample, &[HOURLY_TRIGGER]).await;
-        let with = timed_load(&sqlite("counted.db"), sample, &[]).await;
-        let per_issuance = |a: f64, b: f64| (b - a) / sample as f64 * 1e6;
-        println!(
-            "SQLite: {sample} issuances recorded in {without:.2} s without the counters' triggers, \
-             {gates:.2} s with the gates' ({:.1} µs per issuance), {with:.2} s with the hourly \
-             one too ({:.1} µs more)",
-            per_issuance(without, gates),
-            per_issuance(gates, with)
-        );
         run(
             "SQLite",
             Store::connect(&sqlite("bench.db")).await.unwrap(),

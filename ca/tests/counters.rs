@@ -1,5 +1,5 @@
-//! The rotation gates' counters, kept by triggers in the issuance and revocation
-//! transactions: live certificates per authority, and live identities by the bundle their
+//! The rotation gates' counters, kept in the issuance and revocation transactions (by the
+//! SQLite issuance writer per batch, by triggers otherwise): live certificates per authority, and live identities by the bundle their
 //! newest certificate carried, through renewal, batching, revocation, expiry and pruning. Runs
 //! on SQLite, and on PostgreSQL when configured (always in CI).
 

@@ -1,6 +1,7 @@
 //! What the web console keeps and reads: its sign-in sessions (by the SHA-256 of the cookie's
-//! id, so the table gives no session away), and the overview's numbers from the counters the
-//! migrations' triggers keep (hours and expiry buckets, never a scan of the inventory).
+//! id, so the table gives no session away), and the overview's numbers from the counters kept
+//! in each issuance's transaction (hours and expiry buckets, never a scan of the inventory; see
+//! [`super::counters`]).
 
 use super::records::{ConsoleSession, StoreError};
 use super::Store;

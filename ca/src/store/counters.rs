@@ -1,7 +1,9 @@
-//! What the rotation gates count, read from the counters the migrations' triggers keep in the
-//! same transaction as each issuance and revocation (sums over a few thousand small rows, not
-//! scans of every certificate, so `GET /v1/authorities` costs the same at a million
-//! certificates as at ten), and the replicas' reports of what their agents were sent.
+//! What the rotation gates count, read from counters kept in the same transaction as each
+//! issuance and revocation (sums over a few thousand small rows, not scans of every
+//! certificate, so `GET /v1/authorities` costs the same at a million certificates as at ten),
+//! and the replicas' reports of what their agents were sent. On SQLite the issuance writer
+//! keeps the issuance side per batch ([`super::sqlite_counters`]); on PostgreSQL, and for
+//! revocations on both, the migrations' triggers do.
 
 use super::records::{BundleDelivery, Renewal, StoreError};
 use super::Store;

@@ -28,6 +28,7 @@ pub(crate) const SQLITE: &[(&str, &str)] = embedded!("sqlite":
     "0007_console.sql",
     "0009_commit_index_set.sql",
     "0010_issued_minute_index.sql",
+    "0011_counters_in_the_writer.sql",
 );
 
 pub(crate) const POSTGRES: &[(&str, &str)] = embedded!("postgres":

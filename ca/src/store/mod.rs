@@ -36,6 +36,7 @@ mod migrations;
 mod postgres_writer;
 mod records;
 pub(crate) mod sql;
+pub(crate) mod sqlite_counters;
 mod sqlite_writer;
 
 use migrations::Embedded;
