@@ -4,7 +4,8 @@
 //! connection's peer chain handed to the handlers, which verify it for their purpose.
 
 use std::fmt;
-use std::io;
+use std::future::Future;
+use std::io::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
@@ -286,6 +287,7 @@ pub fn incoming(
                                 remote_addr,
                                 certs: Arc::new(certs),
                             },
+                            flush: FlushRound::Idle,
                         };
                         let _ = tx.send(Ok(conn)).await;
                     }
@@ -299,9 +301,28 @@ pub fn incoming(
 }
 
 /// A finished TLS connection and what it proved about the peer.
+///
+/// Its writes are encrypted as they come but reach the socket only at a flush, and a flush
+/// waits one round of the scheduler first ([`FlushRound`]).
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     info: PeerInfo,
+    flush: FlushRound,
+}
+
+/// Where a connection's flush stands. A group commit answers a batch of calls at once, and each
+/// answer's HTTP/2 task wakes its connection's task, which Tokio runs next (its LIFO slot): a
+/// flush per answer, each its own socket write and, over loopback, the peer's receive work in
+/// the kernel on our CPU. Holding the flush for one round (Tokio's `yield_now`: the task runs
+/// again once the worker has run out of ready tasks) lets the connection's other answers join
+/// the same write. An idle connection pays one pass of the scheduler.
+enum FlushRound {
+    /// Nothing held.
+    Idle,
+    /// Encrypted records wait for the round to end.
+    Waiting(Pin<Box<dyn Future<Output = ()> + Send + Sync>>),
+    /// The round ended (or another wake came first): write them out.
+    Due,
 }
 
 impl TlsConn {
@@ -335,16 +356,44 @@ impl AsyncRead for TlsConn {
     }
 }
 
+impl TlsConn {
+    /// Encrypts `bufs` into the session's outgoing records without writing to the socket;
+    /// `None` when the session's buffer is full (the caller writes through).
+    fn encrypt(&mut self, bufs: &[io::IoSlice<'_>]) -> Option<io::Result<usize>> {
+        match self.stream.get_mut().1.writer().write_vectored(bufs) {
+            Ok(0) => None,
+            done => Some(done),
+        }
+    }
+}
+
 impl AsyncWrite for TlsConn {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let this = &mut *self;
+        loop {
+            match &mut this.flush {
+                FlushRound::Idle if this.stream.get_ref().1.wants_write() => {
+                    this.flush = FlushRound::Waiting(Box::pin(tokio::task::yield_now()));
+                }
+                FlushRound::Idle => return Pin::new(&mut this.stream).poll_flush(cx),
+                FlushRound::Waiting(round) => {
+                    std::task::ready!(round.as_mut().poll(cx));
+                    this.flush = FlushRound::Due;
+                }
+                FlushRound::Due => {
+                    let flushed = std::task::ready!(Pin::new(&mut this.stream).poll_flush(cx));
+                    this.flush = FlushRound::Idle;
+                    return Poll::Ready(flushed);
+                }
+            }
+        }
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
@@ -354,10 +403,16 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        if bufs.iter().all(|buf| buf.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        match self.encrypt(bufs) {
+            Some(encrypted) => Poll::Ready(encrypted),
+            None => Pin::new(&mut self.stream).poll_write_vectored(cx, bufs),
+        }
     }
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        true
     }
 }
 

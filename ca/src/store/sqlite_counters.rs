@@ -204,6 +204,7 @@ impl<'a> BatchCounts<'a> {
 /// Counts every certificate on record afresh, as the writer would have counted them one batch at
 /// a time: for stores filled by SQL rather than through the writer (the benches' and tests'
 /// synthetic loads), and to check the writer against.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) const RECOUNT: &[&str] = &[
     "DELETE FROM live_certificate_counts",
     "DELETE FROM bundle_counts",
