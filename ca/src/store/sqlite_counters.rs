@@ -220,14 +220,16 @@ pub(crate) const RECOUNT: &[&str] = &[
      WHERE c.spiffe_id <> '' \
        AND NOT EXISTS (SELECT 1 FROM certificate_revocations r WHERE r.serial = c.serial) \
      GROUP BY 1, 2",
-    // Each identity's newest: latest issued_at, the later recorded on a tie.
+    // Each identity's newest: latest issued_at, the later recorded on a tie. (One sort of the
+    // table, where a lookup per certificate would read each identity's rows once per row.)
     "INSERT INTO identity_latest \
      (spiffe_id, serial, issued_at, bundle_as_of, expires_bucket, counted) \
-     SELECT c.spiffe_id, c.serial, c.issued_at, c.bundle_as_of, (c.not_after + 9) / 10 * 10, \
+     SELECT spiffe_id, serial, issued_at, bundle_as_of, (not_after + 9) / 10 * 10, \
             NOT EXISTS (SELECT 1 FROM certificate_revocations r WHERE r.serial = c.serial) \
-     FROM issued_certificates c WHERE c.spiffe_id <> '' AND c.id = ( \
-         SELECT d.id FROM issued_certificates d WHERE d.spiffe_id = c.spiffe_id \
-         ORDER BY d.issued_at DESC, d.id DESC LIMIT 1)",
+     FROM (SELECT spiffe_id, serial, issued_at, bundle_as_of, not_after, row_number() OVER ( \
+             PARTITION BY spiffe_id ORDER BY issued_at DESC, id DESC) AS newest_first \
+           FROM issued_certificates WHERE spiffe_id <> '') c \
+     WHERE newest_first = 1",
     "INSERT INTO identity_counts (bundle_as_of, expires_bucket, n) \
      SELECT bundle_as_of, expires_bucket, count(*) FROM identity_latest WHERE counted = 1 \
      GROUP BY 1, 2",
