@@ -329,6 +329,15 @@ impl TlsConn {
     pub fn peer(&self) -> &PeerInfo {
         &self.info
     }
+
+    /// Encrypts `bufs` into the session's outgoing records without writing to the socket;
+    /// `None` when the session's buffer is full (the caller writes through).
+    fn encrypt(&mut self, bufs: &[io::IoSlice<'_>]) -> Option<io::Result<usize>> {
+        match self.stream.get_mut().1.writer().write_vectored(bufs) {
+            Ok(0) => None,
+            done => Some(done),
+        }
+    }
 }
 
 impl fmt::Debug for TlsConn {
@@ -353,17 +362,6 @@ impl AsyncRead for TlsConn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl TlsConn {
-    /// Encrypts `bufs` into the session's outgoing records without writing to the socket;
-    /// `None` when the session's buffer is full (the caller writes through).
-    fn encrypt(&mut self, bufs: &[io::IoSlice<'_>]) -> Option<io::Result<usize>> {
-        match self.stream.get_mut().1.writer().write_vectored(bufs) {
-            Ok(0) => None,
-            done => Some(done),
-        }
     }
 }
 
