@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, OptionalExtension, Params, Transaction};
 
 use super::records::IssuanceRecord;
 
@@ -21,10 +21,9 @@ fn expires_bucket(not_after: i64) -> i64 {
     (not_after + 9) / 10 * 10
 }
 
-/// An identity's newest certificate, as `identity_latest` holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the counts need of an identity's newest certificate, as `identity_latest` holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Newest {
-    serial: String,
     issued_at: i64,
     bundle_as_of: i64,
     expires_bucket: i64,
@@ -35,7 +34,6 @@ struct Newest {
 impl Newest {
     fn of(record: &IssuanceRecord) -> Self {
         Newest {
-            serial: record.issuance.serial.clone(),
             issued_at: record.issuance.issued_at,
             bundle_as_of: record.bundle_as_of,
             expires_bucket: expires_bucket(record.issuance.not_after),
@@ -52,30 +50,41 @@ impl Newest {
 /// Folds one identity's certificates of a batch, in the order they were recorded, onto its
 /// newest on record: a certificate takes the place of one issued at the same second or
 /// earlier (the later recorded wins a tie), and the one it replaces stops counting toward
-/// `identity_counts` if it still did. Returns the newest if it changed.
-fn fold_newest(
+/// `identity_counts` if it still did. Returns the batch's certificate that became the newest,
+/// if one did.
+fn fold_newest<'r>(
     on_record: Option<Newest>,
-    recorded: &[&IssuanceRecord],
+    recorded: &[&'r IssuanceRecord],
     identity_counts: &mut BTreeMap<(i64, i64), i64>,
-) -> Option<Newest> {
+) -> Option<&'r IssuanceRecord> {
     let mut newest = on_record;
-    let mut changed = false;
-    for record in recorded {
-        if newest
-            .as_ref()
-            .is_some_and(|n| n.issued_at > record.issuance.issued_at)
-        {
+    let mut replaced_by = None;
+    for &record in recorded {
+        if newest.is_some_and(|n| n.issued_at > record.issuance.issued_at) {
             continue;
         }
-        if let Some(replaced) = newest.as_ref().filter(|n| n.counted) {
+        if let Some(replaced) = newest.filter(|n| n.counted) {
             *identity_counts.entry(replaced.key()).or_default() -= 1;
         }
         let next = Newest::of(record);
         *identity_counts.entry(next.key()).or_default() += 1;
         newest = Some(next);
-        changed = true;
+        replaced_by = Some(record);
     }
-    newest.filter(|_| changed)
+    replaced_by
+}
+
+/// Runs `sql` once with each of `rows`.
+fn execute_each<P: Params>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    rows: impl IntoIterator<Item = P>,
+) -> rusqlite::Result<()> {
+    let mut statement = tx.prepare_cached(sql)?;
+    for row in rows {
+        statement.execute(row)?;
+    }
+    Ok(())
 }
 
 /// What one batch adds to the counters, gathered as its issuances are recorded.
@@ -119,31 +128,32 @@ impl<'a> BatchCounts<'a> {
 
     /// Adds the batch to the counter tables, inside its transaction.
     pub(super) fn write(self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
-        let mut add_live = tx.prepare_cached(
+        execute_each(
+            tx,
             "INSERT INTO live_certificate_counts (authority_id, expires_bucket, n) \
              VALUES ($1, $2, $3) ON CONFLICT (authority_id, expires_bucket) \
              DO UPDATE SET n = n + excluded.n",
+            self.live
+                .iter()
+                .map(|((authority, bucket), n)| (authority, bucket, n)),
         )?;
-        for ((authority, bucket), n) in &self.live {
-            add_live.execute(params![authority, bucket, n])?;
-        }
-        let mut add_bundle = tx.prepare_cached(
+        execute_each(
+            tx,
             "INSERT INTO bundle_counts (bundle_as_of, expires_bucket, n) VALUES ($1, $2, $3) \
              ON CONFLICT (bundle_as_of, expires_bucket) DO UPDATE SET n = n + excluded.n",
+            self.bundles
+                .iter()
+                .map(|((bundle_as_of, bucket), n)| (bundle_as_of, bucket, n)),
         )?;
-        for ((bundle_as_of, bucket), n) in &self.bundles {
-            add_bundle.execute(params![bundle_as_of, bucket, n])?;
-        }
-        let mut add_hour = tx.prepare_cached(
+        execute_each(
+            tx,
             "INSERT INTO issued_per_hour (hour, n) VALUES ($1, $2) \
              ON CONFLICT (hour) DO UPDATE SET n = n + excluded.n",
+            &self.per_hour,
         )?;
-        for (hour, n) in &self.per_hour {
-            add_hour.execute(params![hour, n])?;
-        }
 
         let mut read_newest = tx.prepare_cached(
-            "SELECT serial, issued_at, bundle_as_of, expires_bucket, counted \
+            "SELECT issued_at, bundle_as_of, expires_bucket, counted \
              FROM identity_latest WHERE spiffe_id = $1",
         )?;
         let mut write_newest = tx.prepare_cached(
@@ -159,45 +169,44 @@ impl<'a> BatchCounts<'a> {
             let on_record = read_newest
                 .query_row([spiffe_id], |row| {
                     Ok(Newest {
-                        serial: row.get(0)?,
-                        issued_at: row.get(1)?,
-                        bundle_as_of: row.get(2)?,
-                        expires_bucket: row.get(3)?,
-                        counted: row.get(4)?,
+                        issued_at: row.get(0)?,
+                        bundle_as_of: row.get(1)?,
+                        expires_bucket: row.get(2)?,
+                        counted: row.get(3)?,
                     })
                 })
                 .optional()?;
-            if let Some(n) = fold_newest(on_record, recorded, &mut identity_counts) {
+            if let Some(record) = fold_newest(on_record, recorded, &mut identity_counts) {
+                let newest = Newest::of(record);
                 write_newest.execute(params![
                     spiffe_id,
-                    n.serial,
-                    n.issued_at,
-                    n.bundle_as_of,
-                    n.expires_bucket
+                    record.issuance.serial,
+                    newest.issued_at,
+                    newest.bundle_as_of,
+                    newest.expires_bucket
                 ])?;
             }
         }
         // A count only ever falls for a certificate that was counted, so its row exists. (SQLite
         // numbers `$n` parameters in the order they first appear in the text.)
-        let mut add_identities = tx.prepare_cached(
+        let (gained, lost): (Vec<_>, Vec<_>) = identity_counts
+            .into_iter()
+            .filter(|(_, n)| *n != 0)
+            .partition(|(_, n)| *n > 0);
+        execute_each(
+            tx,
             "INSERT INTO identity_counts (bundle_as_of, expires_bucket, n) VALUES ($1, $2, $3) \
              ON CONFLICT (bundle_as_of, expires_bucket) DO UPDATE SET n = n + excluded.n",
+            gained
+                .into_iter()
+                .map(|((bundle_as_of, bucket), n)| (bundle_as_of, bucket, n)),
         )?;
-        let mut take_identities = tx.prepare_cached(
+        execute_each(
+            tx,
             "UPDATE identity_counts SET n = n + $1 WHERE bundle_as_of = $2 AND expires_bucket = $3",
-        )?;
-        for ((bundle_as_of, bucket), n) in identity_counts {
-            match n {
-                0 => {}
-                1.. => add_identities
-                    .execute(params![bundle_as_of, bucket, n])
-                    .map(drop)?,
-                _ => take_identities
-                    .execute(params![n, bundle_as_of, bucket])
-                    .map(drop)?,
-            }
-        }
-        Ok(())
+            lost.into_iter()
+                .map(|((bundle_as_of, bucket), n)| (n, bundle_as_of, bucket)),
+        )
     }
 }
 
@@ -262,11 +271,7 @@ mod tests {
         let (second, third) = (issued("02", 1005, 20), issued("03", 1005, 30));
         let mut counts = BTreeMap::new();
         let folded = fold_newest(Some(newest(&first)), &[&second, &third], &mut counts);
-        assert_eq!(
-            folded,
-            Some(newest(&third)),
-            "the later recorded wins a tie"
-        );
+        assert_eq!(folded, Some(&third), "the later recorded wins a tie");
         let net: Vec<_> = counts.into_iter().filter(|(_, n)| *n != 0).collect();
         assert_eq!(net, [(newest(&first).key(), -1), (newest(&third).key(), 1)]);
     }
@@ -277,11 +282,7 @@ mod tests {
     fn a_new_identity_counts_and_an_older_certificate_changes_nothing() {
         let (a, late) = (issued("0a", 1000, 10), issued("0b", 990, 10));
         let mut counts = BTreeMap::new();
-        assert_eq!(
-            fold_newest(None, &[&a], &mut counts),
-            Some(newest(&a)),
-            "inserted"
-        );
+        assert_eq!(fold_newest(None, &[&a], &mut counts), Some(&a), "inserted");
         assert_eq!(counts, BTreeMap::from([(newest(&a).key(), 1)]));
 
         let mut counts = BTreeMap::new();

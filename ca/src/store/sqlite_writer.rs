@@ -216,22 +216,23 @@ fn insert_in_one_transaction(
             });
         }
     }
-    let recorded = |outcome: &EntryOutcome| *outcome == EntryOutcome::Recorded;
-    let count = outcomes.iter().filter(|o| recorded(o)).count() as i64;
+    let recorded: Vec<&BatchEntry<'_>> = items
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, outcome)| **outcome == EntryOutcome::Recorded)
+        .map(|(item, _)| item)
+        .collect();
+    let count = recorded.len() as i64;
     if count > 0 {
         let mut counts = BatchCounts::default();
-        for (item, _) in items.iter().zip(&outcomes).filter(|(_, o)| recorded(o)) {
+        for item in &recorded {
             counts.add(item.record);
         }
         counts.write(&tx)?;
         let (last_seq, prev): (i64, String) = tx
             .prepare_cached(ADVANCE_AUDIT_HEAD)?
             .query_row([count], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        let events = items
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, outcome)| recorded(outcome))
-            .map(|(item, _)| item.audit);
+        let events = recorded.iter().map(|item| item.audit);
         let records = crate::audit::chain(events, last_seq - count + 1, &prev);
         let mut append = tx.prepare_cached(&INSERT_AUDIT_EVENT)?;
         for record in &records {
