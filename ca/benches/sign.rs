@@ -51,7 +51,7 @@ fn sign_path(c: &mut Criterion) {
                             authority.path_not_after(),
                         );
                         let (_, der) = sign_leaf(&authority, &csr, &id, validity).unwrap();
-                        pem::encode(&pem::Pem::new("CERTIFICATE", der))
+                        meshca_ca::x509::certificate_pem(&der)
                     })
                 },
             );

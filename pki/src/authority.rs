@@ -1,14 +1,19 @@
 //! An authority: a signing certificate and key, the path to its root, and the trust bundle it
 //! is served with. Immutable; a reload or rotation publishes a new one.
 
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use der::asn1::SetOfVec;
 use x509_cert::attr::AttributeTypeAndValue;
 use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
 
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::serial_number::SerialNumber;
+
 use crate::chain::CertPath;
-use crate::identity::{AuthorityId, TrustDomain};
+use crate::identity::{AuthorityId, SpiffeId, TrustDomain};
+use crate::leaf::WorkloadCertWriter;
 use crate::keys::{KeyError, KeyType, SigningKey};
 use crate::x509::{self, CertTemplate, ParsedCert};
 
@@ -32,6 +37,9 @@ pub struct Authority {
     issuer_chain_pem: Vec<String>,
     /// The latest moment a leaf may expire: the earliest notAfter on the path.
     path_not_after: SystemTime,
+    /// What this authority's workload certificates share, encoded when it first signs one (a
+    /// keyless RA's authority never does).
+    workload_writer: OnceLock<WorkloadCertWriter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +104,7 @@ impl Authority {
             key_id,
             issuer_chain_pem,
             path_not_after,
+            workload_writer: OnceLock::new(),
         }
     }
 
@@ -191,15 +200,44 @@ impl Authority {
 
     /// Signs a certificate as this authority. Callers build every field in `template`.
     pub fn sign(&self, template: CertTemplate) -> Result<Vec<u8>, AuthoritySignError> {
-        let key = self
-            .key
-            .as_ref()
-            .ok_or_else(|| AuthoritySignError::NoKey(self.id.clone()))?;
         Ok(x509::sign_certificate(
             template,
             self.signing_cert().subject(),
-            key,
+            self.signing_key()?,
         )?)
+    }
+
+    /// Signs the workload certificate of [`profile::workload_template`] for `spki` and
+    /// `spiffe_id`, written by this authority's [`WorkloadCertWriter`]: the issuance path.
+    ///
+    /// [`profile::workload_template`]: crate::profile::workload_template
+    pub fn sign_workload(
+        &self,
+        spki: &SubjectPublicKeyInfoOwned,
+        spiffe_id: &SpiffeId,
+        serial: &SerialNumber,
+        validity: (SystemTime, SystemTime),
+    ) -> Result<Vec<u8>, AuthoritySignError> {
+        let key = self.signing_key()?;
+        let writer = match self.workload_writer.get() {
+            Some(writer) => writer,
+            None => {
+                let writer = WorkloadCertWriter::new(
+                    self.signing_cert().subject(),
+                    &key.signature_algorithm(),
+                    &self.key_id,
+                )?;
+                self.workload_writer.get_or_init(|| writer)
+            }
+        };
+        let tbs = writer.tbs(spki, spiffe_id.as_str(), serial, validity)?;
+        Ok(writer.certificate(&tbs, &key.sign(&tbs)))
+    }
+
+    fn signing_key(&self) -> Result<&SigningKey, AuthoritySignError> {
+        self.key
+            .as_ref()
+            .ok_or_else(|| AuthoritySignError::NoKey(self.id.clone()))
     }
 }
 

@@ -83,6 +83,10 @@ pub fn leaf_validity(
 }
 
 /// The complete template of a workload certificate: the caller's SPIFFE id as the only SAN.
+/// Issuance writes the same certificate with an authority's [`WorkloadCertWriter`], whose tests
+/// compare it byte for byte with this template signed by [`x509::sign_certificate`].
+///
+/// [`WorkloadCertWriter`]: crate::leaf::WorkloadCertWriter
 pub fn workload_template(
     csr: &VerifiedCsr,
     spiffe_id: &SpiffeId,
@@ -124,7 +128,10 @@ pub fn server_template(
 
 /// Every end-entity certificate meshca issues: empty subject, the SAN critical (RFC 5280
 /// §4.2.1.6, since the subject is empty), CA:FALSE, digitalSignature (+keyEncipherment for
-/// RSA keys), serverAuth+clientAuth, SKI, AKI.
+/// RSA keys), serverAuth+clientAuth, SKI, AKI. [`WorkloadCertWriter`] writes the same
+/// extensions, in this order, from [`leading_extensions`] and [`authority_key_id_extension`].
+///
+/// [`WorkloadCertWriter`]: crate::leaf::WorkloadCertWriter
 fn end_entity_template(
     spki: &SubjectPublicKeyInfoOwned,
     san: SubjectAltName,
@@ -132,11 +139,36 @@ fn end_entity_template(
     validity: (SystemTime, SystemTime),
     issuer_key_id: &[u8],
 ) -> Result<CertTemplate, der::Error> {
+    let mut extensions = Vec::with_capacity(6);
+    extensions.extend(leading_extensions(
+        spki.algorithm.oid == keys::OID_RSA_ENCRYPTION,
+    )?);
+    extensions.push(x509::extension(
+        false,
+        &SubjectKeyIdentifier(OctetString::new(keys::key_identifier(
+            spki.subject_public_key.raw_bytes(),
+        ))?),
+    )?);
+    extensions.push(authority_key_id_extension(issuer_key_id)?);
+    extensions.push(x509::extension(true, &san)?);
+    Ok(CertTemplate {
+        serial,
+        subject: RdnSequence(Vec::new()),
+        not_before: validity.0,
+        not_after: validity.1,
+        spki: spki.clone(),
+        extensions,
+    })
+}
+
+/// What an end-entity certificate's extensions start with: CA:FALSE, digitalSignature
+/// (+keyEncipherment for an RSA key), serverAuth+clientAuth.
+pub(crate) fn leading_extensions(rsa_key: bool) -> Result<[Extension; 3], der::Error> {
     let mut usage = KeyUsages::DigitalSignature.into();
-    if spki.algorithm.oid == keys::OID_RSA_ENCRYPTION {
+    if rsa_key {
         usage |= KeyUsages::KeyEncipherment;
     }
-    let extensions: Vec<Extension> = vec![
+    Ok([
         x509::extension(
             true,
             &BasicConstraints {
@@ -146,30 +178,19 @@ fn end_entity_template(
         )?,
         x509::extension(true, &KeyUsage(usage))?,
         x509::extension(false, &x509::server_client_eku())?,
-        x509::extension(
-            false,
-            &SubjectKeyIdentifier(OctetString::new(keys::key_identifier(
-                spki.subject_public_key.raw_bytes(),
-            ))?),
-        )?,
-        x509::extension(
-            false,
-            &AuthorityKeyIdentifier {
-                key_identifier: Some(OctetString::new(issuer_key_id)?),
-                authority_cert_issuer: None,
-                authority_cert_serial_number: None,
-            },
-        )?,
-        x509::extension(true, &san)?,
-    ];
-    Ok(CertTemplate {
-        serial,
-        subject: RdnSequence(Vec::new()),
-        not_before: validity.0,
-        not_after: validity.1,
-        spki: spki.clone(),
-        extensions,
-    })
+    ])
+}
+
+/// The AKI an authority whose key identifier is `issuer_key_id` gives its certificates.
+pub(crate) fn authority_key_id_extension(issuer_key_id: &[u8]) -> Result<Extension, der::Error> {
+    x509::extension(
+        false,
+        &AuthorityKeyIdentifier {
+            key_identifier: Some(OctetString::new(issuer_key_id)?),
+            authority_cert_issuer: None,
+            authority_cert_serial_number: None,
+        },
+    )
 }
 
 #[cfg(test)]

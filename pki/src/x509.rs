@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use der::asn1::{BitString, GeneralizedTime, Ia5String, OctetString, UtcTime};
+use der::asn1::{GeneralizedTime, Ia5String, OctetString, UtcTime};
 use der::{Decode, Encode, Header, Reader, SliceReader};
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use x509_cert::ext::pkix::name::GeneralName;
@@ -97,10 +97,7 @@ impl ParsedCert {
     }
 
     pub fn to_pem(&self) -> String {
-        pem::encode_config(
-            &pem::Pem::new("CERTIFICATE", self.der.clone()),
-            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-        )
+        certificate_pem(&self.der)
     }
 
     pub fn tbs(&self) -> &TbsCertificate {
@@ -266,6 +263,25 @@ pub fn first_element_range(der: &[u8]) -> der::Result<(usize, usize)> {
 
 // === writing certificates ===
 
+/// `der` as a `CERTIFICATE` PEM block with LF line endings, as the `pem` crate writes it, in one
+/// allocation: every issuance answers with its leaf in PEM, and the general encoder built it
+/// from a copy of the DER, a base64 string and a string per line.
+pub fn certificate_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----\n";
+    const END: &str = "-----END CERTIFICATE-----\n";
+    // 48 bytes are one 64-character line (RFC 7468 §2).
+    let lines = der.len().div_ceil(48);
+    let mut pem = String::with_capacity(BEGIN.len() + lines * 65 + END.len());
+    pem.push_str(BEGIN);
+    for line in der.chunks(48) {
+        base64::engine::general_purpose::STANDARD.encode_string(line, &mut pem);
+        pem.push('\n');
+    }
+    pem.push_str(END);
+    pem
+}
+
 /// Encodes a point in time the way RFC 5280 §4.1.2.5 requires: UTCTime through 2049,
 /// GeneralizedTime from 2050 on.
 pub fn x509_time(t: SystemTime) -> Result<Time, der::Error> {
@@ -353,12 +369,52 @@ pub fn sign_certificate(
     };
     let tbs_der = tbs.to_der()?;
     let signature = key.sign(&tbs_der);
-    let cert = Certificate {
-        tbs_certificate: tbs,
-        signature_algorithm,
-        signature: BitString::from_bytes(&signature)?,
-    };
-    cert.to_der()
+    Ok(certificate_der(
+        &tbs_der,
+        &signature_algorithm.to_der()?,
+        &signature,
+    ))
+}
+
+/// `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }` around a
+/// TBS already encoded (and signed): written once, not encoded a second time.
+pub fn certificate_der(tbs: &[u8], signature_algorithm: &[u8], signature: &[u8]) -> Vec<u8> {
+    // BIT STRING: a leading "0 unused bits" octet, then the signature.
+    let bits = 1 + signature.len();
+    let body = tbs.len() + signature_algorithm.len() + tlv_len(bits);
+    let mut der = Vec::with_capacity(tlv_len(body));
+    push_header(&mut der, der::Tag::Sequence, body);
+    der.extend_from_slice(tbs);
+    der.extend_from_slice(signature_algorithm);
+    push_header(&mut der, der::Tag::BitString, bits);
+    der.push(0);
+    der.extend_from_slice(signature);
+    der
+}
+
+/// The encoded length of a TLV whose value is `len` bytes (definite form, X.690 §8.1.3).
+pub(crate) fn tlv_len(len: usize) -> usize {
+    1 + length_len(len) + len
+}
+
+fn length_len(len: usize) -> usize {
+    match len {
+        0..=0x7f => 1,
+        _ => 1 + (usize::BITS - len.leading_zeros()).div_ceil(8) as usize,
+    }
+}
+
+/// Appends the tag and length of a TLV whose value is `len` bytes.
+pub(crate) fn push_header(out: &mut Vec<u8>, tag: der::Tag, len: usize) {
+    out.push(tag.into());
+    if len <= 0x7f {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = (len.leading_zeros() / 8) as usize;
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
 }
 
 /// The extensions of a CA certificate meshca generates.
@@ -393,6 +449,32 @@ pub fn server_client_eku() -> ExtendedKeyUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Headers as the `der` crate writes them, around every length-form boundary.
+    #[test]
+    fn tlv_headers_are_ders() {
+        for len in [0, 1, 0x7f, 0x80, 0xff, 0x100, 0x1234, 0xffff, 0x10000, 0x12_3456] {
+            let value = OctetString::new(vec![0u8; len]).unwrap().to_der().unwrap();
+            let mut header = Vec::new();
+            push_header(&mut header, der::Tag::OctetString, len);
+            assert_eq!(header, value[..value.len() - len], "{len}");
+            assert_eq!(tlv_len(len), value.len(), "{len}");
+        }
+    }
+
+    /// The same text as the `pem` crate's encoder, for every length around a line's 48 bytes.
+    #[test]
+    fn certificate_pem_is_the_pem_crates_text() {
+        for len in (0..200).chain([470, 480, 1_000, 4_096]) {
+            let der: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let expected = pem::encode_config(
+                &pem::Pem::new("CERTIFICATE", der.clone()),
+                pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+            );
+            assert_eq!(certificate_pem(&der), expected, "{len} bytes");
+            assert!(certificate_pem(&der).capacity() >= expected.len());
+        }
+    }
 
     #[test]
     fn time_encoding_switches_in_2050() {

@@ -21,7 +21,7 @@ use crate::profile::{self, TtlError};
 use crate::remote::{RemoteError, RemoteErrorKind};
 use crate::rotation::AuthorityState;
 use crate::store::{Issuance, IssuanceRecord};
-use crate::x509::{self, CertTemplate};
+use crate::x509;
 use meshca_pki::time::unix_seconds;
 use meshca_proto::meshca::ca::v1 as pb;
 
@@ -245,13 +245,7 @@ impl CertificateAuthority {
             req.requester,
             None,
             |authority, serial, validity| {
-                profile::workload_template(
-                    req.csr,
-                    req.spiffe_id,
-                    serial,
-                    validity,
-                    authority.key_id(),
-                )
+                authority.sign_workload(req.csr.public_key(), req.spiffe_id, serial, validity)
             },
         )
         .await
@@ -305,14 +299,14 @@ impl CertificateAuthority {
             &requester,
             signer,
             |authority, serial, validity| {
-                profile::server_template(
+                authority.sign(profile::server_template(
                     spki,
                     dns_names,
                     ip_addrs,
-                    serial,
+                    serial.clone(),
                     validity,
                     authority.key_id(),
-                )
+                )?)
             },
         )
         .await
@@ -340,11 +334,11 @@ impl CertificateAuthority {
         subject: RecordSubject<'_>,
         requester: &Requester,
         signer: Option<&str>,
-        template: impl Fn(
+        sign: impl Fn(
             &Authority,
-            SerialNumber,
+            &SerialNumber,
             (SystemTime, SystemTime),
-        ) -> Result<CertTemplate, der::Error>,
+        ) -> Result<Vec<u8>, AuthoritySignError>,
     ) -> Result<IssuedCertificate, IssueError> {
         let set = self.authorities();
         let authority = signer
@@ -364,7 +358,7 @@ impl CertificateAuthority {
             attempt += 1;
             let serial_number = x509::new_serial();
             let serial = Serial::from_be_bytes(serial_number.as_bytes());
-            let leaf_der = authority.sign(template(&authority, serial_number, validity)?)?;
+            let leaf_der = sign(&authority, &serial_number, validity)?;
             let record = IssuanceRecord {
                 issuance: Issuance {
                     serial: serial.to_hex(),
@@ -402,7 +396,7 @@ impl CertificateAuthority {
                 Ok(()) => {
                     let issuers = authority.issuer_chain_pem();
                     let mut chain_pem = Vec::with_capacity(1 + issuers.len());
-                    chain_pem.push(pem_cert(&leaf_der));
+                    chain_pem.push(x509::certificate_pem(&leaf_der));
                     chain_pem.extend(issuers.iter().cloned());
                     return Ok(IssuedCertificate {
                         serial,
@@ -443,9 +437,8 @@ pub fn sign_leaf(
 ) -> Result<(Serial, Vec<u8>), IssueError> {
     let serial_number = x509::new_serial();
     let serial = Serial::from_be_bytes(serial_number.as_bytes());
-    let template =
-        profile::workload_template(csr, spiffe_id, serial_number, validity, authority.key_id())?;
-    Ok((serial, authority.sign(template)?))
+    let der = authority.sign_workload(csr.public_key(), spiffe_id, &serial_number, validity)?;
+    Ok((serial, der))
 }
 
 /// What the audit log says of an issuance; where the requester ran, whom it acted for and which
@@ -476,12 +469,6 @@ fn issuance_details(
     details
 }
 
-fn pem_cert(der: &[u8]) -> String {
-    pem::encode_config(
-        &pem::Pem::new("CERTIFICATE", der.to_vec()),
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
-}
 
 #[cfg(test)]
 mod tests {

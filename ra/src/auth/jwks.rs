@@ -127,11 +127,38 @@ struct ObjectRef {
 }
 
 /// `aud`: one audience or several (RFC 7519 §4.1.3).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 enum Audience {
     One(String),
     Many(Vec<String>),
+}
+
+/// By the JSON type seen, where `#[serde(untagged)]` would buffer the value, fail as a string
+/// (building an error message) and try again as a list: ~10 allocations per token.
+impl<'de> Deserialize<'de> for Audience {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AudienceVisitor;
+        impl<'de> serde::de::Visitor<'de> for AudienceVisitor {
+            type Value = Audience;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Audience, E> {
+                Ok(Audience::One(value.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Audience, A::Error> {
+                let mut many = Vec::with_capacity(seq.size_hint().unwrap_or(1).min(16));
+                while let Some(aud) = seq.next_element()? {
+                    many.push(aud);
+                }
+                Ok(Audience::Many(many))
+            }
+        }
+        deserializer.deserialize_any(AudienceVisitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -488,6 +515,11 @@ mod tests {
             Err("audiences []: none is ours".into())
         );
         assert_eq!(check(json!({"aud": null})), Err("no aud claim".into()));
+        // Neither a string nor a list of strings: the token's claims do not parse.
+        for aud in [json!(7), json!([7]), json!({"aud": "meshca"}), json!(["meshca", null])] {
+            let parsed = serde_json::from_value::<Claims>(json!({"sub": "s", "aud": aud}));
+            assert!(parsed.is_err(), "{aud}");
+        }
     }
 
     /// A projected token as kubelet mounts it (Kubernetes 1.30+, with the node).
