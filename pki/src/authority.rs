@@ -13,8 +13,8 @@ use x509_cert::serial_number::SerialNumber;
 
 use crate::chain::CertPath;
 use crate::identity::{AuthorityId, SpiffeId, TrustDomain};
-use crate::leaf::WorkloadCertWriter;
 use crate::keys::{KeyError, KeyType, SigningKey};
+use crate::leaf::WorkloadCertWriter;
 use crate::x509::{self, CertTemplate, ParsedCert};
 
 /// Ten years, as Istio's self-signed root.

@@ -38,17 +38,21 @@ pub enum IdentityError {
 
 const MAX_SPIFFE_ID_LEN: usize = 2048;
 
+/// SPIFFE's trust domain name: lowercase letters, digits, '.', '-' and '_', 1 to 255 of them.
+fn is_trust_domain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
 // === impl TrustDomain ===
 
 impl TrustDomain {
     pub fn new(name: impl Into<String>) -> Result<Self, IdentityError> {
         let name = name.into();
-        let valid = !name.is_empty()
-            && name.len() <= 255
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-        if valid {
+        if is_trust_domain_name(&name) {
             Ok(Self(name))
         } else {
             Err(IdentityError::TrustDomain(name))
@@ -100,7 +104,9 @@ impl SpiffeId {
             .strip_prefix("spiffe://")
             .ok_or_else(|| err("scheme must be spiffe://"))?;
         let td_len = rest.find('/').unwrap_or(rest.len());
-        TrustDomain::new(&rest[..td_len]).map_err(|_| err("invalid trust domain"))?;
+        if !is_trust_domain_name(&rest[..td_len]) {
+            return Err(err("invalid trust domain"));
+        }
         let path = &rest[td_len..];
         if !path.is_empty() {
             for segment in path[1..].split('/') {
@@ -128,7 +134,16 @@ impl SpiffeId {
     }
 
     pub fn trust_domain(&self) -> TrustDomain {
-        TrustDomain(self.uri["spiffe://".len()..self.path_start].to_string())
+        TrustDomain(self.trust_domain_name().to_string())
+    }
+
+    /// Whether this id is in `trust_domain`, without making a [`TrustDomain`] of its own.
+    pub fn is_in(&self, trust_domain: &TrustDomain) -> bool {
+        self.trust_domain_name() == trust_domain.as_str()
+    }
+
+    fn trust_domain_name(&self) -> &str {
+        &self.uri["spiffe://".len()..self.path_start]
     }
 
     pub fn path(&self) -> &str {
@@ -252,6 +267,9 @@ mod tests {
             "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
         );
         assert_eq!(id.trust_domain(), td);
+        assert!(id.is_in(&td));
+        assert!(!id.is_in(&TrustDomain::new("cluster.loca").unwrap()));
+        assert!(!id.is_in(&TrustDomain::new("cluster.local.example").unwrap()));
         assert_eq!(
             id.kubernetes_workload(),
             Some(("default", "bookinfo-productpage"))

@@ -431,16 +431,15 @@ fn named_curve(alg: &AlgorithmIdentifierOwned) -> Option<ObjectIdentifier> {
         .ok()
 }
 
-/// Verifies `signature` over `message` by the key in `spki`, with `algorithm` as named by the
-/// signed object (certificate or CSR).
+/// Verifies `signature` over `message` by the key in `spki`, with the algorithm `alg` the signed
+/// object (certificate or CSR) names.
 pub fn verify_signature(
     spki: &SubjectPublicKeyInfoOwned,
-    algorithm: &AlgorithmIdentifierOwned,
+    alg: ObjectIdentifier,
     message: &[u8],
     signature_bytes: &[u8],
 ) -> Result<(), VerifyError> {
     let key = classify_public_key(spki).map_err(VerifyError::PublicKey)?;
-    let alg = algorithm.oid;
     let mismatch = || VerifyError::AlgorithmKeyMismatch {
         alg: oid_name(&alg),
         key: key.to_string(),
@@ -525,9 +524,9 @@ mod tests {
             assert_eq!(key.key_description(), kt.as_str());
             let sig = key.sign(b"hello");
             let spki = key.subject_public_key_info();
-            verify_signature(&spki, &key.signature_algorithm(), b"hello", &sig).unwrap();
+            verify_signature(&spki, key.signature_algorithm().oid, b"hello", &sig).unwrap();
             assert_eq!(
-                verify_signature(&spki, &key.signature_algorithm(), b"hellO", &sig),
+                verify_signature(&spki, key.signature_algorithm().oid, b"hellO", &sig),
                 Err(VerifyError::BadSignature)
             );
             // PKCS#8 round trip keeps the same public key.

@@ -112,8 +112,7 @@ impl WorkloadCertWriter {
         let general_names = tlv_len(uri.len());
         let san_value = tlv_len(general_names);
         let san = oid_len(&ID_CE_SUBJECT_ALT_NAME) + CRITICAL.len() + tlv_len(san_value);
-        let extensions =
-            leading.len() + tlv_len(ski) + self.authority_key_id.len() + tlv_len(san);
+        let extensions = leading.len() + tlv_len(ski) + self.authority_key_id.len() + tlv_len(san);
 
         let serial_len = usize::try_from(serial.encoded_len()?)?;
         let validity_len = usize::try_from(validity.encoded_len()?)?;

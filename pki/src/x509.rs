@@ -233,7 +233,7 @@ impl ParsedCert {
         }
         keys::verify_signature(
             issuer.spki(),
-            &self.cert.signature_algorithm,
+            self.cert.signature_algorithm.oid,
             &self.der[self.tbs_range.0..self.tbs_range.1],
             self.cert.signature.raw_bytes(),
         )
@@ -453,7 +453,9 @@ mod tests {
     /// Headers as the `der` crate writes them, around every length-form boundary.
     #[test]
     fn tlv_headers_are_ders() {
-        for len in [0, 1, 0x7f, 0x80, 0xff, 0x100, 0x1234, 0xffff, 0x10000, 0x12_3456] {
+        for len in [
+            0, 1, 0x7f, 0x80, 0xff, 0x100, 0x1234, 0xffff, 0x10000, 0x12_3456,
+        ] {
             let value = OctetString::new(vec![0u8; len]).unwrap().to_der().unwrap();
             let mut header = Vec::new();
             push_header(&mut header, der::Tag::OctetString, len);

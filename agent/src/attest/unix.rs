@@ -174,7 +174,7 @@ fn validate_rule(
             service_account,
         } => WorkloadId::new(namespace, service_account),
         UnixTarget::SpiffeId(id) => {
-            if id.trust_domain() != *trust_domain {
+            if !id.is_in(trust_domain) {
                 return Err(UnixRulesError::ForeignTrustDomain {
                     index,
                     id: id.clone(),

@@ -221,7 +221,7 @@ impl CertificateAuthority {
             }
         };
         let ttl = self.inner.ttl.resolve(req.requested_ttl_secs)?;
-        if req.spiffe_id.trust_domain() != self.inner.trust_domain {
+        if !req.spiffe_id.is_in(&self.inner.trust_domain) {
             return Err(IssueError::ForeignTrustDomain {
                 id: req.spiffe_id.to_string(),
                 trust_domain: self.inner.trust_domain.to_string(),
@@ -468,7 +468,6 @@ fn issuance_details(
     }
     details
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -516,7 +516,12 @@ mod tests {
         );
         assert_eq!(check(json!({"aud": null})), Err("no aud claim".into()));
         // Neither a string nor a list of strings: the token's claims do not parse.
-        for aud in [json!(7), json!([7]), json!({"aud": "meshca"}), json!(["meshca", null])] {
+        for aud in [
+            json!(7),
+            json!([7]),
+            json!({"aud": "meshca"}),
+            json!(["meshca", null]),
+        ] {
             let parsed = serde_json::from_value::<Claims>(json!({"sub": "s", "aud": aud}));
             assert!(parsed.is_err(), "{aud}");
         }

@@ -92,7 +92,7 @@ impl RenewalAuthenticator {
             )));
         };
         let id = SpiffeId::new(uri).map_err(|e| AuthError::ClientCert(e.to_string()))?;
-        if &id.trust_domain() != self.ca.trust_domain() {
+        if !id.is_in(self.ca.trust_domain()) {
             return Err(AuthError::ClientCert(format!(
                 "{id} is not in trust domain {}",
                 self.ca.trust_domain()

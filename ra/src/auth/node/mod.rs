@@ -201,7 +201,7 @@ pub fn decide(
     };
     let spiffe_id = SpiffeId::new(requested).map_err(|_| malformed())?;
     let (namespace, service_account) = spiffe_id.kubernetes_workload().ok_or_else(malformed)?;
-    if spiffe_id.trust_domain() != policy.trust_domain {
+    if !spiffe_id.is_in(&policy.trust_domain) {
         return Err(ImpersonationError::ForeignTrustDomain {
             requested: requested.to_string(),
             trust_domain: policy.trust_domain.to_string(),
