@@ -153,7 +153,7 @@ impl AuditRecord {
         field(self.outcome.as_bytes());
         field(self.details.as_bytes());
         field(self.prev_hash.as_bytes());
-        hex::encode(ctx.finish())
+        crate::keys::lower_hex(ctx.finish().as_ref())
     }
 }
 

@@ -197,7 +197,7 @@ impl Serial {
     }
 
     pub fn to_hex(&self) -> String {
-        hex::encode(&self.0)
+        crate::keys::lower_hex(&self.0)
     }
 }
 
@@ -234,7 +234,7 @@ impl fmt::Debug for Serial {
 
 impl AuthorityId {
     pub fn from_key_id(key_id: &[u8]) -> Self {
-        Self(hex::encode(key_id))
+        Self(crate::keys::lower_hex(key_id))
     }
 
     pub fn as_str(&self) -> &str {

@@ -494,7 +494,19 @@ pub fn oid_name(oid: &ObjectIdentifier) -> String {
 
 /// SHA-256 of DER bytes, hex; used for key and root fingerprints.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes))
+    lower_hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+}
+
+/// Lowercase hex, as `hex::encode` writes it, without its collecting of one `char` at a time:
+/// each issuance writes a serial, a key hash and an audit hash.
+pub fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
 }
 
 /// RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits. It is what Go and OpenSSL
@@ -516,6 +528,17 @@ pub fn spki_der(spki: &SubjectPublicKeyInfoOwned) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lower_hex_is_hex_crates() {
+        let every_byte: Vec<u8> = (0..=255).collect();
+        for len in [0, 1, 16, 32, 256] {
+            assert_eq!(
+                lower_hex(&every_byte[..len]),
+                hex::encode(&every_byte[..len])
+            );
+        }
+    }
 
     #[test]
     fn generated_keys_sign_and_verify() {

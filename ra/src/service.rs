@@ -167,8 +167,7 @@ impl IstioCertificateService for CertificateService {
             .extensions()
             .get::<PeerInfo>()
             .map(|p| p.remote_addr.to_string());
-        let (caller, peer) = match authenticate_explained(&self.auth, &self.metrics, &request).await
-        {
+        let (caller, _) = match authenticate_explained(&self.auth, &self.metrics, &request).await {
             Ok(ok) => ok,
             Err(reason) => {
                 self.audit_refusal(
@@ -220,7 +219,7 @@ impl IstioCertificateService for CertificateService {
             refused(Status::invalid_argument(mismatch.to_string()))
         })?;
 
-        let requester = requester_of(&caller, impersonation.as_ref(), peer.as_ref());
+        let requester = requester_of(&caller, impersonation.as_ref(), peer_addr.clone());
         // The bundle is taken before signing, so the record says which roots the answer holds.
         let mut bundle = self.bundles.current();
         let issued = self
@@ -279,7 +278,7 @@ impl IstioCertificateService for CertificateService {
 fn requester_of(
     caller: &Caller,
     impersonation: Option<&Impersonation>,
-    peer: Option<&PeerInfo>,
+    peer_address: Option<String>,
 ) -> Requester {
     let kubernetes = caller.kubernetes.as_ref();
     let (pod, node) = match impersonation {
@@ -293,7 +292,7 @@ fn requester_of(
     Requester {
         method: caller.method.as_str().to_string(),
         principal: caller.principal.clone(),
-        peer_address: peer.map(|p| p.remote_addr.to_string()),
+        peer_address,
         cluster_id: caller.cluster_id.clone(),
         impersonated_by: impersonation.map(|i| i.agent.to_string()),
         pod,
