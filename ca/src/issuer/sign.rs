@@ -395,7 +395,8 @@ impl CertificateAuthority {
             {
                 Ok(()) => {
                     let issuers = authority.issuer_chain_pem();
-                    let mut chain_pem = Vec::with_capacity(1 + issuers.len());
+                    // With room for the trust bundle an Istio answer ends with.
+                    let mut chain_pem = Vec::with_capacity(2 + issuers.len());
                     chain_pem.push(x509::certificate_pem(&leaf_der));
                     chain_pem.extend(issuers.iter().cloned());
                     return Ok(IssuedCertificate {
