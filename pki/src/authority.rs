@@ -5,10 +5,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use der::asn1::SetOfVec;
+use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::attr::AttributeTypeAndValue;
 use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
-
-use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::serial_number::SerialNumber;
 
 use crate::chain::CertPath;
