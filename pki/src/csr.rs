@@ -14,7 +14,7 @@ use x509_cert::request::Version;
 
 use crate::identity::SpiffeId;
 use crate::keys::{self, PublicKeyKind, VerifyError};
-use crate::x509::first_element_range;
+use crate::x509::{first_element_range, URI_TAG};
 
 /// Istio's CSRs are under 2 KiB; 64 KiB leaves room for RSA-8192 and still bounds parsing work.
 pub const MAX_CSR_PEM_BYTES: usize = 64 * 1024;
@@ -241,12 +241,6 @@ fn uri_sans(san: &[u8], uris: &mut Vec<String>) -> der::Result<()> {
     })?;
     reader.finish(())
 }
-
-/// `uniformResourceIdentifier [6] IMPLICIT IA5String`.
-const URI_TAG: Tag = Tag::ContextSpecific {
-    constructed: false,
-    number: der::TagNumber::N6,
-};
 
 #[cfg(test)]
 mod tests {

@@ -24,7 +24,7 @@ use x509_cert::time::Validity;
 
 use crate::keys;
 use crate::profile;
-use crate::x509::{self, push_header, tlv_len};
+use crate::x509::{self, push_header, tlv_len, URI_TAG};
 
 /// `version [0] EXPLICIT Version` with v3 (2).
 const VERSION_3: [u8; 5] = [0xa0, 0x03, 0x02, 0x01, 0x02];
@@ -36,11 +36,6 @@ const CRITICAL: [u8; 3] = [0x01, 0x01, 0xff];
 const EXTENSIONS_TAG: Tag = Tag::ContextSpecific {
     constructed: true,
     number: der::TagNumber::N3,
-};
-/// `uniformResourceIdentifier [6] IMPLICIT IA5String` in a GeneralName.
-const URI_TAG: Tag = Tag::ContextSpecific {
-    constructed: false,
-    number: der::TagNumber::N6,
 };
 
 /// What every workload certificate an authority signs has in common, encoded once.
@@ -73,11 +68,12 @@ impl WorkloadCertWriter {
             }
             Ok::<_, der::Error>(der)
         };
-        let mut signature_and_issuer = signature_algorithm.to_der()?;
+        let signature_algorithm = signature_algorithm.to_der()?;
+        let mut signature_and_issuer = signature_algorithm.clone();
         issuer.encode_to_vec(&mut signature_and_issuer)?;
         Ok(Self {
             signature_and_issuer,
-            signature_algorithm: signature_algorithm.to_der()?,
+            signature_algorithm,
             leading_extensions: encode_all(profile::leading_extensions(false)?)?,
             leading_extensions_rsa: encode_all(profile::leading_extensions(true)?)?,
             authority_key_id: profile::authority_key_id_extension(issuer_key_id)?.to_der()?,

@@ -392,6 +392,13 @@ pub fn certificate_der(tbs: &[u8], signature_algorithm: &[u8], signature: &[u8])
     der
 }
 
+/// `uniformResourceIdentifier [6] IMPLICIT IA5String` in a GeneralName: how a SPIFFE id is
+/// written into a certificate and read from a CSR.
+pub(crate) const URI_TAG: der::Tag = der::Tag::ContextSpecific {
+    constructed: false,
+    number: der::TagNumber::N6,
+};
+
 /// The encoded length of a TLV whose value is `len` bytes (definite form, X.690 §8.1.3).
 pub(crate) fn tlv_len(len: usize) -> usize {
     1 + length_len(len) + len
