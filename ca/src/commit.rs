@@ -43,8 +43,10 @@ pub const FAILED_COMMIT_HOLD: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CommitError {
-    #[error("serial {0} is already on record")]
-    DuplicateSerial(String),
+    /// Another certificate on record has the serial; the record comes back, to be signed
+    /// again under a new one.
+    #[error("serial {} is already on record", .0.issuance.serial)]
+    DuplicateSerial(Box<IssuanceRecord>),
     /// The renewal's presented certificate is revoked; nothing was recorded.
     #[error("certificate {serial} was revoked ({reason})")]
     RenewalRevoked { serial: String, reason: String },
@@ -60,7 +62,9 @@ struct Pending {
     audit: AuditEvent,
     /// For a renewal, the serial of the certificate presented (see [`BatchEntry`]).
     renewal_of: Option<String>,
-    done: oneshot::Sender<Result<(), CommitError>>,
+    /// Once committed, the record and its event go back, to be freed on the caller's thread
+    /// (glibc's allocator pays for every block one thread frees for another).
+    done: oneshot::Sender<Result<(IssuanceRecord, AuditEvent), CommitError>>,
 }
 
 /// When the last commit failed and why, while no commit has succeeded since; shared by the
@@ -151,15 +155,15 @@ impl IssuanceCommitter {
         !self.queue.is_closed()
     }
 
-    /// Records `record` and its audit event; returns once the transaction that holds them is
-    /// committed. A renewal names the serial it presented (`renewal_of`): if that certificate
+    /// Records `record` and its audit event; returns the record once the transaction that
+    /// holds them is committed. A renewal names the serial it presented (`renewal_of`): if that certificate
     /// is revoked by then, nothing is recorded.
     pub async fn commit(
         &self,
         record: IssuanceRecord,
         audit: AuditEvent,
         renewal_of: Option<String>,
-    ) -> Result<(), CommitError> {
+    ) -> Result<IssuanceRecord, CommitError> {
         let (done, answer) = oneshot::channel();
         self.queue
             .send(Pending {
@@ -170,7 +174,8 @@ impl IssuanceCommitter {
             })
             .await
             .map_err(|_| CommitError::Stopped)?;
-        answer.await.map_err(|_| CommitError::Stopped)?
+        let (record, _event) = answer.await.map_err(|_| CommitError::Stopped)??;
+        Ok(record)
     }
 }
 
@@ -299,10 +304,10 @@ fn answer(
                 .fetch_add(recorded, Ordering::Relaxed);
             for (pending, outcome) in batch.drain(..).zip(outcomes) {
                 let answer = match outcome {
-                    EntryOutcome::Recorded => Ok(()),
-                    EntryOutcome::SerialTaken => Err(CommitError::DuplicateSerial(
-                        pending.record.issuance.serial.clone(),
-                    )),
+                    EntryOutcome::Recorded => Ok((pending.record, pending.audit)),
+                    EntryOutcome::SerialTaken => {
+                        Err(CommitError::DuplicateSerial(Box::new(pending.record)))
+                    }
                     EntryOutcome::RenewalRevoked { serial, reason } => {
                         Err(CommitError::RenewalRevoked { serial, reason })
                     }
@@ -420,5 +425,28 @@ mod tests {
             committer.commit(record, audit, None).await,
             Err(CommitError::Stopped)
         ));
+    }
+
+    /// The committed record comes back to its caller; one whose serial is already on record
+    /// comes back whole in the error, to be signed again, and only the first is stored.
+    #[tokio::test]
+    async fn a_record_comes_back_committed_or_with_its_serial_taken() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::connect(&Store::default_sqlite_url(tmp.path()))
+            .await
+            .unwrap();
+        let committer = IssuanceCommitter::start(&store, Arc::default());
+        let record = crate::testing::issuance_record("0a");
+        let event = || crate::testing::issuance_event("0a");
+        let committed = committer
+            .commit(record.clone(), event(), None)
+            .await
+            .unwrap();
+        assert_eq!(committed, record);
+        match committer.commit(record.clone(), event(), None).await {
+            Err(CommitError::DuplicateSerial(back)) => assert_eq!(*back, record),
+            other => panic!("expected the serial to be taken, got {other:?}"),
+        }
+        assert_eq!(crate::testing::audit_targets(&store, 10).await, ["0a"]);
     }
 }

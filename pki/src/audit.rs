@@ -34,7 +34,23 @@ pub struct AuditEvent {
     pub target: String,
     pub outcome: Outcome,
     /// A JSON object with the rest.
-    pub details: serde_json::Value,
+    pub details: Details,
+}
+
+/// An event's details: a JSON object, held as the text the chain's hash covers. Rendered once,
+/// when the event is made, so an issuance's details go from its record's fields to text
+/// without a `serde_json::Value` map in between.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Details(String);
+
+/// An event at its place in the chain, borrowing the event: what the store's writers bind,
+/// without copying the event's text into an [`AuditRecord`] first.
+#[derive(Debug)]
+pub struct ChainedEvent<'a> {
+    pub seq: i64,
+    pub event: &'a AuditEvent,
+    pub prev_hash: String,
+    pub hash: String,
 }
 
 /// An event as stored: its place in the chain and its hashes.
@@ -72,6 +88,31 @@ impl Outcome {
     }
 }
 
+// === impl Details ===
+
+impl Details {
+    /// Details from a struct whose fields are strings, numbers and options of them (which
+    /// serializes as a JSON object, and cannot fail to).
+    ///
+    /// # Panics
+    /// If `fields` does not serialize to JSON, e.g. a map keyed by something other than strings.
+    pub fn of(fields: &impl Serialize) -> Self {
+        let mut text = Vec::with_capacity(256);
+        serde_json::to_writer(&mut text, fields).expect("audit details serialize as a JSON object");
+        Details(String::from_utf8(text).expect("serde_json writes UTF-8"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<serde_json::Value> for Details {
+    fn from(value: serde_json::Value) -> Self {
+        Details(value.to_string())
+    }
+}
+
 // === impl AuditEvent ===
 
 impl AuditEvent {
@@ -80,7 +121,7 @@ impl AuditEvent {
         action: &str,
         target: &str,
         outcome: Outcome,
-        details: serde_json::Value,
+        details: impl Into<Details>,
     ) -> Self {
         Self {
             at: std::time::SystemTime::now()
@@ -91,46 +132,68 @@ impl AuditEvent {
             action: action.to_string(),
             target: target.to_string(),
             outcome,
-            details,
+            details: details.into(),
         }
     }
 
-    /// The stored form at position `seq` after `prev_hash`.
-    pub fn chained(&self, seq: i64, prev_hash: &str) -> AuditRecord {
-        let mut record = AuditRecord {
+    /// This event's hash at position `seq` after `prev_hash`.
+    fn hash_at(&self, seq: i64, prev_hash: &str) -> String {
+        event_hash(&EventFields {
             seq,
             at: self.at,
-            actor_method: self.actor_method.clone(),
-            actor_principal: self.actor_principal.clone(),
-            action: self.action.clone(),
-            target: self.target.clone(),
-            outcome: self.outcome.as_str().to_string(),
-            details: self.details.to_string(),
-            prev_hash: prev_hash.to_string(),
-            hash: String::new(),
-        };
-        record.hash = record.compute_hash();
-        record
+            actor_method: &self.actor_method,
+            actor_principal: &self.actor_principal,
+            action: &self.action,
+            target: &self.target,
+            outcome: self.outcome.as_str(),
+            details: self.details.as_str(),
+            prev_hash,
+        })
     }
 }
 
-/// `events` in their stored form at `first_seq`, `first_seq + 1`, … after `prev_hash`, each
-/// one's hash the next one's `prev_hash`: how a batch is appended after the log's head.
+/// `events` at `first_seq`, `first_seq + 1`, … after `prev_hash`, each one's hash the next
+/// one's `prev_hash`: how a batch is appended after the log's head.
 pub fn chain<'a>(
     events: impl IntoIterator<Item = &'a AuditEvent>,
     first_seq: i64,
     prev_hash: &str,
-) -> Vec<AuditRecord> {
+) -> Vec<ChainedEvent<'a>> {
     let mut prev = prev_hash.to_string();
     events
         .into_iter()
         .zip(first_seq..)
         .map(|(event, seq)| {
-            let record = event.chained(seq, &prev);
-            prev.clone_from(&record.hash);
-            record
+            let hash = event.hash_at(seq, &prev);
+            let prev_hash = std::mem::replace(&mut prev, hash.clone());
+            ChainedEvent {
+                seq,
+                event,
+                prev_hash,
+                hash,
+            }
         })
         .collect()
+}
+
+// === impl ChainedEvent ===
+
+impl ChainedEvent<'_> {
+    /// The stored form, as a reader gets it back.
+    pub fn to_record(&self) -> AuditRecord {
+        AuditRecord {
+            seq: self.seq,
+            at: self.event.at,
+            actor_method: self.event.actor_method.clone(),
+            actor_principal: self.event.actor_principal.clone(),
+            action: self.event.action.clone(),
+            target: self.event.target.clone(),
+            outcome: self.event.outcome.as_str().to_string(),
+            details: self.event.details.as_str().to_string(),
+            prev_hash: self.prev_hash.clone(),
+            hash: self.hash.clone(),
+        }
+    }
 }
 
 // === impl AuditRecord ===
@@ -139,22 +202,51 @@ impl AuditRecord {
     /// SHA-256 over every field but `hash`, each length-prefixed so no two different events
     /// encode alike.
     pub fn compute_hash(&self) -> String {
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        let mut field = |bytes: &[u8]| {
-            ctx.update(&(bytes.len() as u64).to_be_bytes());
-            ctx.update(bytes);
-        };
-        field(&self.seq.to_be_bytes());
-        field(&self.at.to_be_bytes());
-        field(self.actor_method.as_bytes());
-        field(self.actor_principal.as_bytes());
-        field(self.action.as_bytes());
-        field(self.target.as_bytes());
-        field(self.outcome.as_bytes());
-        field(self.details.as_bytes());
-        field(self.prev_hash.as_bytes());
-        crate::keys::lower_hex(ctx.finish().as_ref())
+        event_hash(&EventFields {
+            seq: self.seq,
+            at: self.at,
+            actor_method: &self.actor_method,
+            actor_principal: &self.actor_principal,
+            action: &self.action,
+            target: &self.target,
+            outcome: &self.outcome,
+            details: &self.details,
+            prev_hash: &self.prev_hash,
+        })
     }
+}
+
+/// What an event's hash covers: every stored field but the hash.
+struct EventFields<'a> {
+    seq: i64,
+    at: i64,
+    actor_method: &'a str,
+    actor_principal: &'a str,
+    action: &'a str,
+    target: &'a str,
+    outcome: &'a str,
+    details: &'a str,
+    prev_hash: &'a str,
+}
+
+/// SHA-256 over `fields`, each length-prefixed so no two different events encode alike, as
+/// lowercase hex.
+fn event_hash(fields: &EventFields<'_>) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut field = |bytes: &[u8]| {
+        ctx.update(&(bytes.len() as u64).to_be_bytes());
+        ctx.update(bytes);
+    };
+    field(&fields.seq.to_be_bytes());
+    field(&fields.at.to_be_bytes());
+    field(fields.actor_method.as_bytes());
+    field(fields.actor_principal.as_bytes());
+    field(fields.action.as_bytes());
+    field(fields.target.as_bytes());
+    field(fields.outcome.as_bytes());
+    field(fields.details.as_bytes());
+    field(fields.prev_hash.as_bytes());
+    crate::keys::lower_hex(ctx.finish().as_ref())
 }
 
 /// Checks records given in `seq` order, continuing from (`prev_seq`, `prev_hash`); returns
@@ -201,20 +293,20 @@ mod tests {
     use serde_json::json;
 
     fn chain(n: i64) -> Vec<AuditRecord> {
-        let mut prev = GENESIS_HASH.to_string();
-        (1..=n)
+        let events: Vec<_> = (1..=n)
             .map(|seq| {
-                let event = AuditEvent::new(
+                AuditEvent::new(
                     ("token", "ops"),
                     "authority.activate",
                     &format!("id-{seq}"),
                     Outcome::Success,
                     json!({ "n": seq }),
-                );
-                let record = event.chained(seq, &prev);
-                prev = record.hash.clone();
-                record
+                )
             })
+            .collect();
+        super::chain(&events, 1, GENESIS_HASH)
+            .iter()
+            .map(ChainedEvent::to_record)
             .collect()
     }
 

@@ -1,10 +1,11 @@
 # Shared by the scripts that drive a release build of meshca (perf-compare.sh, soak.sh): source
-# it after `cd` to the repository. Builds the binary into $bin, makes a scratch directory $work,
-# and on exit kills every pid pushed onto $pids and removes $work.
+# it after `cd` to the repository. Builds the binary into $bin (under $CARGO_TARGET_DIR if
+# set), makes a scratch directory $work, and on exit kills every pid pushed onto $pids and
+# removes $work.
 #   script_name: the caller's name, prefixed to its messages.
 
 cargo build --release --locked -p meshca >&2
-bin=$PWD/target/release/meshca
+bin=$(realpath "${CARGO_TARGET_DIR:-target}")/release/meshca
 work=$(mktemp -d)
 pids=()
 cleanup() {

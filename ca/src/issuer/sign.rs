@@ -10,7 +10,7 @@ use spki::SubjectPublicKeyInfoOwned;
 use x509_cert::serial_number::SerialNumber;
 
 use super::state::{CertificateAuthority, Mode};
-use crate::audit::{AuditEvent, Outcome};
+use crate::audit::{AuditEvent, Details, Outcome};
 use crate::authority::{Authority, AuthoritySignError};
 use crate::commit::{CommitError, IssuanceCommitter};
 use crate::csr::VerifiedCsr;
@@ -25,8 +25,8 @@ use crate::x509;
 use meshca_pki::time::unix_seconds;
 use meshca_proto::meshca::ca::v1 as pb;
 
-/// How often to retry a serial collision before giving up (a collision of random 127-bit
-/// serials means the RNG is broken; retrying bounds the damage).
+/// How often to retry a serial collision before giving up (two serials of the same nanosecond
+/// drawing the same 64 random bits means the RNG is broken; retrying bounds the damage).
 const SERIAL_ATTEMPTS: usize = 3;
 
 /// Who asked for a certificate, for the issuance record.
@@ -352,36 +352,38 @@ impl CertificateAuthority {
             return Err(IssueError::NotReady(authority.path_not_after()));
         }
         let validity = profile::leaf_validity(now, ttl, authority.path_not_after());
-        let key_hash = keys::sha256_hex(&keys::spki_der(subject.spki));
+        // Built once: the subject's strings move in, and a serial collision hands the record
+        // back to be signed again under a new serial.
+        let mut record = IssuanceRecord {
+            issuance: Issuance {
+                serial: String::new(),
+                spiffe_id: subject.spiffe_id,
+                namespace: subject.namespace,
+                service_account: subject.service_account,
+                not_before: unix_seconds(validity.0),
+                not_after: unix_seconds(validity.1),
+                issued_at: unix_seconds(now),
+                authority_id: authority.id().to_string(),
+                requester_method: requester.method.clone(),
+                requester_principal: requester.principal.clone(),
+                peer_address: requester.peer_address.clone(),
+                cluster_id: requester.cluster_id.clone(),
+                public_key_sha256: keys::sha256_hex(&keys::spki_der(subject.spki)),
+                impersonated_by: requester.impersonated_by.clone(),
+                requester_pod: requester.pod.clone(),
+                requester_node: requester.node.clone(),
+            },
+            trust_domain: self.inner.trust_domain.to_string(),
+            cert_der: Vec::new(),
+            bundle_as_of,
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
             let serial_number = x509::new_serial();
             let serial = Serial::from_be_bytes(serial_number.as_bytes());
-            let leaf_der = sign(&authority, &serial_number, validity)?;
-            let record = IssuanceRecord {
-                issuance: Issuance {
-                    serial: serial.to_hex(),
-                    spiffe_id: subject.spiffe_id.clone(),
-                    namespace: subject.namespace.clone(),
-                    service_account: subject.service_account.clone(),
-                    not_before: unix_seconds(validity.0),
-                    not_after: unix_seconds(validity.1),
-                    issued_at: unix_seconds(now),
-                    authority_id: authority.id().to_string(),
-                    requester_method: requester.method.clone(),
-                    requester_principal: requester.principal.clone(),
-                    peer_address: requester.peer_address.clone(),
-                    cluster_id: requester.cluster_id.clone(),
-                    public_key_sha256: key_hash.clone(),
-                    impersonated_by: requester.impersonated_by.clone(),
-                    requester_pod: requester.pod.clone(),
-                    requester_node: requester.node.clone(),
-                },
-                trust_domain: self.inner.trust_domain.to_string(),
-                cert_der: leaf_der.clone(),
-                bundle_as_of,
-            };
+            record.cert_der = sign(&authority, &serial_number, validity)?;
+            record.issuance.serial = serial.to_hex();
             let audit = AuditEvent::new(
                 (&requester.method, &requester.principal),
                 "certificate.issue",
@@ -393,7 +395,8 @@ impl CertificateAuthority {
                 .commit(record, audit, requester.renewal_of.clone())
                 .await
             {
-                Ok(()) => {
+                Ok(committed) => {
+                    let leaf_der = committed.cert_der;
                     let issuers = authority.issuer_chain_pem();
                     // With room for the trust bundle an Istio answer ends with.
                     let mut chain_pem = Vec::with_capacity(2 + issuers.len());
@@ -407,8 +410,9 @@ impl CertificateAuthority {
                         authority_id: authority.id().clone(),
                     });
                 }
-                Err(CommitError::DuplicateSerial(_)) if attempt < SERIAL_ATTEMPTS => {
-                    tracing::warn!(serial = %serial.to_hex(), "serial collision; signing again with a new serial");
+                Err(CommitError::DuplicateSerial(taken)) if attempt < SERIAL_ATTEMPTS => {
+                    tracing::warn!(serial = %taken.issuance.serial, "serial collision; signing again with a new serial");
+                    record = *taken;
                 }
                 Err(CommitError::RenewalRevoked { serial, reason }) => {
                     return Err(IssueError::RenewalRevoked { serial, reason })
@@ -444,30 +448,37 @@ pub fn sign_leaf(
 
 /// What the audit log says of an issuance; where the requester ran, whom it acted for and which
 /// certificate it renewed only when known, so a workload's own request reads as it always did.
-fn issuance_details(
-    issuance: &crate::store::Issuance,
-    renewal_of: Option<&str>,
-) -> serde_json::Value {
-    let mut details = serde_json::json!({
-        "spiffe_id": issuance.spiffe_id,
-        "authority": issuance.authority_id,
-        "not_after": issuance.not_after,
-        "peer_address": issuance.peer_address,
-        "cluster_id": issuance.cluster_id,
-    });
-    for (key, value) in [
-        ("impersonated_by", &issuance.impersonated_by),
-        ("requester_pod", &issuance.requester_pod),
-        ("requester_node", &issuance.requester_node),
-    ] {
-        if let Some(value) = value {
-            details[key] = value.as_str().into();
-        }
-    }
-    if let Some(serial) = renewal_of {
-        details["renewal_of"] = serial.into();
-    }
-    details
+/// The fields are in the order a `serde_json` map sorts its keys, as the details were first
+/// written.
+#[derive(serde::Serialize)]
+struct IssuanceDetails<'a> {
+    authority: &'a str,
+    cluster_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    impersonated_by: Option<&'a str>,
+    not_after: i64,
+    peer_address: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    renewal_of: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requester_node: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requester_pod: Option<&'a str>,
+    spiffe_id: &'a str,
+}
+
+fn issuance_details(issuance: &crate::store::Issuance, renewal_of: Option<&str>) -> Details {
+    Details::of(&IssuanceDetails {
+        authority: &issuance.authority_id,
+        cluster_id: issuance.cluster_id.as_deref(),
+        impersonated_by: issuance.impersonated_by.as_deref(),
+        not_after: issuance.not_after,
+        peer_address: issuance.peer_address.as_deref(),
+        renewal_of,
+        requester_node: issuance.requester_node.as_deref(),
+        requester_pod: issuance.requester_pod.as_deref(),
+        spiffe_id: &issuance.spiffe_id,
+    })
 }
 
 #[cfg(test)]
@@ -490,6 +501,54 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         let at_the_ra = IssueError::Remote(RemoteError::from(status)).refusal();
         assert_eq!(at_the_ra, at_the_service);
+    }
+
+    /// An issuance's audit details are the text they were when built as a `serde_json` map
+    /// (keys sorted, unknown requester fields absent, no peer or cluster as `null`): stored
+    /// chains, saved queries and parsers see the same JSON.
+    #[test]
+    fn issuance_details_read_as_the_json_map_wrote_them() {
+        let mut issuance = crate::testing::issuance_record("0a").issuance;
+        let unset = (None, None, None, None, None);
+        let set = (
+            Some("10.0.0.7:41234"),
+            Some("Kube \"east\" ü"),
+            Some("spiffe://cluster.local/ns/istio-system/sa/ztunnel"),
+            Some("ns1/pod-1"),
+            Some("node-1"),
+        );
+        for (peer, cluster, impersonator, pod, node) in [unset, set] {
+            issuance.peer_address = peer.map(Into::into);
+            issuance.cluster_id = cluster.map(Into::into);
+            issuance.impersonated_by = impersonator.map(Into::into);
+            issuance.requester_pod = pod.map(Into::into);
+            issuance.requester_node = node.map(Into::into);
+            for renewal_of in [None, Some("0b")] {
+                let mut map = serde_json::json!({
+                    "spiffe_id": issuance.spiffe_id,
+                    "authority": issuance.authority_id,
+                    "not_after": issuance.not_after,
+                    "peer_address": issuance.peer_address,
+                    "cluster_id": issuance.cluster_id,
+                });
+                for (key, value) in [
+                    ("impersonated_by", &issuance.impersonated_by),
+                    ("requester_pod", &issuance.requester_pod),
+                    ("requester_node", &issuance.requester_node),
+                ] {
+                    if let Some(value) = value {
+                        map[key] = value.as_str().into();
+                    }
+                }
+                if let Some(serial) = renewal_of {
+                    map["renewal_of"] = serial.into();
+                }
+                assert_eq!(
+                    issuance_details(&issuance, renewal_of).as_str(),
+                    map.to_string()
+                );
+            }
+        }
     }
 
     /// Logged as `error=…`: a time in a log line is RFC 3339, not `SystemTime { tv_sec: … }`.

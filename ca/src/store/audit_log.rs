@@ -15,9 +15,12 @@ impl Store {
         with_pool!(self, pool => {
             async {
                 let mut tx = pool.begin_write().await?;
-                let mut records = append_audit_events_in!(tx, &[event]);
+                let record = append_audit_events_in!(tx, &[event])
+                    .pop()
+                    .expect("one event appended")
+                    .to_record();
                 tx.commit().await?;
-                Ok(records.pop().expect("one event appended"))
+                Ok(record)
             }
             .await
         })

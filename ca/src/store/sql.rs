@@ -109,17 +109,18 @@ macro_rules! bind_issuance_row {
 }
 pub(crate) use bind_issuance_row;
 
-/// Binds one audit record's values, in [`AUDIT_COLUMNS`] order, in a multi-row insert.
+/// Binds one chained audit event's values ([`crate::audit::ChainedEvent`]), in
+/// [`AUDIT_COLUMNS`] order, in a multi-row insert.
 macro_rules! bind_audit_row {
     ($row:ident, $record:expr) => {
         $row.push_bind($record.seq)
-            .push_bind($record.at)
-            .push_bind(&$record.actor_method)
-            .push_bind(&$record.actor_principal)
-            .push_bind(&$record.action)
-            .push_bind(&$record.target)
-            .push_bind(&$record.outcome)
-            .push_bind(&$record.details)
+            .push_bind($record.event.at)
+            .push_bind(&$record.event.actor_method)
+            .push_bind(&$record.event.actor_principal)
+            .push_bind(&$record.event.action)
+            .push_bind(&$record.event.target)
+            .push_bind($record.event.outcome.as_str())
+            .push_bind($record.event.details.as_str())
             .push_bind(&$record.prev_hash)
             .push_bind(&$record.hash)
     };
@@ -127,7 +128,7 @@ macro_rules! bind_audit_row {
 pub(crate) use bind_audit_row;
 
 /// The head protocol on sqlx, for either dialect: appends `$events` (`&[&AuditEvent]`, at least
-/// one) inside transaction `$tx` and yields their records. (A macro rather than a function:
+/// one) inside transaction `$tx` and yields them chained ([`crate::audit::ChainedEvent`]). (A macro rather than a function:
 /// sqlx's executor bounds for a transaction of either database do not fit one signature.)
 macro_rules! append_audit_events_in {
     ($tx:ident, $events:expr) => {{

@@ -238,13 +238,13 @@ fn insert_in_one_transaction(
         for record in &records {
             append.execute(params![
                 record.seq,
-                record.at,
-                record.actor_method,
-                record.actor_principal,
-                record.action,
-                record.target,
-                record.outcome,
-                record.details,
+                record.event.at,
+                record.event.actor_method,
+                record.event.actor_principal,
+                record.event.action,
+                record.event.target,
+                record.event.outcome.as_str(),
+                record.event.details.as_str(),
                 record.prev_hash,
                 record.hash,
             ])?;
