@@ -63,7 +63,8 @@ struct Pending {
     /// For a renewal, the serial of the certificate presented (see [`BatchEntry`]).
     renewal_of: Option<String>,
     /// Once committed, the record and its event go back, to be freed on the caller's thread
-    /// (glibc's allocator pays for every block one thread frees for another).
+    /// rather than the writer's (glibc's allocator takes the slow path for a block freed by a
+    /// thread other than the one that allocated it, once that thread's cache is full).
     done: oneshot::Sender<Result<(IssuanceRecord, AuditEvent), CommitError>>,
 }
 
@@ -156,8 +157,8 @@ impl IssuanceCommitter {
     }
 
     /// Records `record` and its audit event; returns the record once the transaction that
-    /// holds them is committed. A renewal names the serial it presented (`renewal_of`): if that certificate
-    /// is revoked by then, nothing is recorded.
+    /// holds them is committed. A renewal names the serial it presented (`renewal_of`): if
+    /// that certificate is revoked by then, nothing is recorded.
     pub async fn commit(
         &self,
         record: IssuanceRecord,

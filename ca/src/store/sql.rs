@@ -128,8 +128,9 @@ macro_rules! bind_audit_row {
 pub(crate) use bind_audit_row;
 
 /// The head protocol on sqlx, for either dialect: appends `$events` (`&[&AuditEvent]`, at least
-/// one) inside transaction `$tx` and yields them chained ([`crate::audit::ChainedEvent`]). (A macro rather than a function:
-/// sqlx's executor bounds for a transaction of either database do not fit one signature.)
+/// one) inside transaction `$tx` and yields them chained ([`crate::audit::ChainedEvent`]).
+/// (A macro rather than a function: sqlx's executor bounds for a transaction of either
+/// database do not fit one signature.)
 macro_rules! append_audit_events_in {
     ($tx:ident, $events:expr) => {{
         let events: &[&crate::audit::AuditEvent] = $events;
