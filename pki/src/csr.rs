@@ -14,6 +14,7 @@ use x509_cert::request::Version;
 
 use crate::identity::SpiffeId;
 use crate::keys::{self, PublicKeyKind, VerifyError};
+use crate::pem_block;
 use crate::x509::{first_element_range, URI_TAG};
 
 /// Istio's CSRs are under 2 KiB; 64 KiB leaves room for RSA-8192 and still bounds parsing work.
@@ -67,11 +68,11 @@ impl VerifiedCsr {
         if pem_text.len() > MAX_CSR_PEM_BYTES {
             return Err(CsrError::TooLarge(pem_text.len()));
         }
-        let block = pem::parse(pem_text).map_err(|e| CsrError::NotPem(e.to_string()))?;
-        if block.tag() != "CERTIFICATE REQUEST" && block.tag() != "NEW CERTIFICATE REQUEST" {
-            return Err(CsrError::WrongPemLabel(block.tag().to_string()));
+        let block = pem_block::first(pem_text).map_err(|e| CsrError::NotPem(e.to_string()))?;
+        if block.label != "CERTIFICATE REQUEST" && block.label != "NEW CERTIFICATE REQUEST" {
+            return Err(CsrError::WrongPemLabel(block.label.to_string()));
         }
-        Self::from_der(block.contents())
+        Self::from_der(&block.contents)
     }
 
     pub fn from_der(der: &[u8]) -> Result<Self, CsrError> {

@@ -1,9 +1,9 @@
 //! meshca's PKI without I/O: identity newtypes, keys and signatures, the X.509 writer, the
 //! SPIFFE workload profile and the direct DER writer issuance uses for it, path building, CSR
-//! checks, CRL encoding, authorities and their rotation states, the trust bundle, the audit
-//! log's hash chain, and certificate-rotation and backoff timing. The CA, the RA, the agent and
-//! the tools share it; it opens no file or socket, so everything here is tested as plain
-//! functions.
+//! checks and their PEM reader, CRL encoding, authorities and their rotation states, the trust
+//! bundle, the audit log's hash chain, and certificate-rotation and backoff timing. The CA, the
+//! RA, the agent and the tools share it; it opens no file or socket, so everything here is
+//! tested as plain functions.
 
 pub mod audit;
 pub mod authority;
@@ -14,6 +14,7 @@ pub mod csr;
 pub mod identity;
 pub mod keys;
 pub mod leaf;
+pub mod pem_block;
 pub mod profile;
 pub mod rotation;
 pub mod time;
