@@ -72,14 +72,19 @@ impl VerifiedCsr {
         if block.label != "CERTIFICATE REQUEST" && block.label != "NEW CERTIFICATE REQUEST" {
             return Err(CsrError::WrongPemLabel(block.label.to_string()));
         }
-        Self::from_der(&block.contents)
+        Self::verify_owned(block.contents)
     }
 
     pub fn from_der(der: &[u8]) -> Result<Self, CsrError> {
         if der.len() > MAX_CSR_PEM_BYTES {
             return Err(CsrError::TooLarge(der.len()));
         }
-        let request = CsrParts::decode(der).map_err(|e| CsrError::Malformed(e.to_string()))?;
+        Self::verify_owned(der.to_vec())
+    }
+
+    /// Checks `der` and keeps it: a CSR decoded from PEM is moved in, not copied again.
+    fn verify_owned(der: Vec<u8>) -> Result<Self, CsrError> {
+        let request = CsrParts::decode(&der).map_err(|e| CsrError::Malformed(e.to_string()))?;
         let spki: SubjectPublicKeyInfoOwned = request.public_key.ref_to_owned();
         let key_kind = keys::classify_public_key(&spki).map_err(CsrError::KeyNotAllowed)?;
         if let PublicKeyKind::Rsa { bits } = key_kind {
@@ -96,11 +101,12 @@ impl VerifiedCsr {
             request.signature.raw_bytes(),
         )
         .map_err(CsrError::Signature)?;
+        let uri_sans = request.uri_sans;
         Ok(Self {
-            der: der.to_vec(),
+            der,
             spki,
             key_kind,
-            uri_sans: request.uri_sans,
+            uri_sans,
         })
     }
 
@@ -316,13 +322,10 @@ mod tests {
             Some(uris)
         };
         let mut variants = vec![der[..der.len() - 1].to_vec(), [&der[..], &[0]].concat()];
-        for i in 0..der.len() {
-            for change in [0x01, 0x80, 0xff] {
-                let mut variant = der.clone();
-                variant[i] ^= change;
-                variants.push(variant);
-            }
-        }
+        variants.extend(crate::test_support::every_byte_changed(
+            &der,
+            &[0x01, 0x80, 0xff],
+        ));
         let mut accepted = 0;
         for variant in std::iter::once(der.clone()).chain(variants) {
             let ours = CsrParts::decode(&variant);

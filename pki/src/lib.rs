@@ -27,3 +27,20 @@ pub use csr::{CsrError, IdentityMismatch, VerifiedCsr};
 pub use identity::{AuthorityId, Serial, SpiffeId, TrustDomain};
 pub use keys::KeyType;
 pub use rotation::{AuthorityEntry, AuthoritySet, AuthorityState};
+
+#[cfg(test)]
+mod test_support {
+    /// `bytes` with one byte XORed by one of `changes`, for every byte and every change: the
+    /// near misses a decoder is compared on.
+    pub(crate) fn every_byte_changed(bytes: &[u8], changes: &[u8]) -> Vec<Vec<u8>> {
+        let mut variants = Vec::with_capacity(bytes.len() * changes.len());
+        for i in 0..bytes.len() {
+            for change in changes {
+                let mut variant = bytes.to_vec();
+                variant[i] ^= change;
+                variants.push(variant);
+            }
+        }
+        variants
+    }
+}

@@ -149,13 +149,10 @@ mod tests {
         let good = sample_pem();
         let bytes = good.as_bytes();
         let mut variants: Vec<Vec<u8>> = (0..bytes.len()).map(|n| bytes[..n].to_vec()).collect();
-        for i in 0..bytes.len() {
-            for change in [0x01, 0x20, 0x7f] {
-                let mut variant = bytes.to_vec();
-                variant[i] ^= change;
-                variants.push(variant);
-            }
-        }
+        variants.extend(crate::test_support::every_byte_changed(
+            bytes,
+            &[0x01, 0x20, 0x7f],
+        ));
         let mut accepted = 0;
         for variant in variants {
             let Ok(text) = std::str::from_utf8(&variant) else {
